@@ -1,0 +1,196 @@
+"""A cursor over bytes for TLS-style wire formats (RFC 9846 §3).
+
+``Buffer`` reads big-endian integers and length-prefixed vectors from
+received bytes, and appends them when building messages. It implements the
+"full recognition before processing" rule: :meth:`Buffer.pull_block` checks
+that the body of a length-prefixed vector was consumed exactly, and every
+short read raises :class:`~tcpls.errors.DecodeError` (decode_error alert).
+"""
+
+from __future__ import annotations
+
+import struct
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
+
+from .errors import DecodeError
+
+T = TypeVar("T")
+
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
+
+
+class Buffer:
+    """Read cursor (``Buffer(data=...)``) or write buffer (``Buffer()``)."""
+
+    __slots__ = ("_data", "_pos", "_end")
+
+    def __init__(self, data: bytes | bytearray | memoryview | None = None) -> None:
+        if data is None:
+            self._data: bytearray | bytes | memoryview = bytearray()
+            self._end = 0
+        else:
+            self._data = data
+            self._end = len(data)
+        self._pos = 0
+
+    # ------------------------------------------------------------------ reading
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int) -> None:
+        if not 0 <= pos <= self._end:
+            raise DecodeError("seek out of bounds")
+        self._pos = pos
+
+    @property
+    def remaining(self) -> int:
+        return self._end - self._pos
+
+    def eof(self) -> bool:
+        return self._pos >= self._end
+
+    def _take(self, n: int) -> int:
+        pos = self._pos
+        if n < 0 or pos + n > self._end:
+            raise DecodeError("message is shorter than its encoding says")
+        self._pos = pos + n
+        return pos
+
+    def pull_bytes(self, n: int) -> bytes:
+        pos = self._take(n)
+        return bytes(self._data[pos : pos + n])
+
+    def pull_uint8(self) -> int:
+        pos = self._take(1)
+        return self._data[pos]
+
+    def pull_uint16(self) -> int:
+        pos = self._take(2)
+        return _U16.unpack_from(self._data, pos)[0]
+
+    def pull_uint24(self) -> int:
+        pos = self._take(3)
+        d = self._data
+        return (d[pos] << 16) | (d[pos + 1] << 8) | d[pos + 2]
+
+    def pull_uint32(self) -> int:
+        pos = self._take(4)
+        return _U32.unpack_from(self._data, pos)[0]
+
+    def pull_uint48(self) -> int:
+        pos = self._take(6)
+        return int.from_bytes(self._data[pos : pos + 6], "big")
+
+    def pull_uint64(self) -> int:
+        pos = self._take(8)
+        return _U64.unpack_from(self._data, pos)[0]
+
+    def pull_length(self, size: int) -> int:
+        if size == 1:
+            return self.pull_uint8()
+        if size == 2:
+            return self.pull_uint16()
+        if size == 3:
+            return self.pull_uint24()
+        if size == 4:
+            return self.pull_uint32()
+        raise ValueError(f"bad length size {size}")
+
+    def pull_opaque(self, size: int, min_len: int = 0, max_len: int | None = None) -> bytes:
+        """``opaque x<min..max>`` with a ``size``-byte length prefix."""
+        n = self.pull_length(size)
+        if n < min_len or (max_len is not None and n > max_len):
+            raise DecodeError(f"vector length {n} outside <{min_len}..{max_len}>")
+        return self.pull_bytes(n)
+
+    @contextmanager
+    def pull_block(self, size: int, min_len: int = 0) -> Iterator[int]:
+        """Read a ``size``-byte length and limit reads to that many bytes.
+
+        On exit the block must have been consumed exactly: trailing bytes
+        inside a vector are a decode_error (RFC 9846 §4).
+        """
+        n = self.pull_length(size)
+        if n < min_len:
+            raise DecodeError(f"vector shorter than its minimum {min_len}")
+        start = self._pos
+        end = start + n
+        if end > self._end:
+            raise DecodeError("vector longer than the enclosing data")
+        outer_end = self._end
+        self._end = end
+        try:
+            yield n
+        finally:
+            self._end = outer_end
+        if self._pos != end:
+            raise DecodeError("extra bytes at the end of a vector")
+
+    def pull_list(self, size: int, item: Callable[[], T], min_len: int = 0) -> list[T]:
+        """A vector of items, each read by ``item()``."""
+        out: list[T] = []
+        with self.pull_block(size, min_len):
+            while self._pos < self._end:
+                out.append(item())
+        return out
+
+    def pull_rest(self) -> bytes:
+        pos = self._pos
+        self._pos = self._end
+        return bytes(self._data[pos : self._end])
+
+    def expect_end(self, what: str = "message") -> None:
+        if self._pos != self._end:
+            raise DecodeError(f"trailing bytes after {what}")
+
+    # ------------------------------------------------------------------ writing
+    def data(self) -> bytes:
+        return bytes(self._data)
+
+    def push_bytes(self, b: bytes | bytearray | memoryview) -> None:
+        self._data += b  # type: ignore[operator]
+
+    def push_uint8(self, v: int) -> None:
+        self._data.append(v)  # type: ignore[union-attr]
+
+    def push_uint16(self, v: int) -> None:
+        self._data += _U16.pack(v)  # type: ignore[operator]
+
+    def push_uint24(self, v: int) -> None:
+        self._data += v.to_bytes(3, "big")  # type: ignore[operator]
+
+    def push_uint32(self, v: int) -> None:
+        self._data += _U32.pack(v)  # type: ignore[operator]
+
+    def push_uint48(self, v: int) -> None:
+        self._data += v.to_bytes(6, "big")  # type: ignore[operator]
+
+    def push_uint64(self, v: int) -> None:
+        self._data += _U64.pack(v)  # type: ignore[operator]
+
+    def push_opaque(self, size: int, b: bytes) -> None:
+        if len(b) >= 1 << (8 * size):
+            raise ValueError("vector too long for its length prefix")
+        self._data += len(b).to_bytes(size, "big")  # type: ignore[operator]
+        self._data += b  # type: ignore[operator]
+
+    @contextmanager
+    def push_block(self, size: int) -> Iterator[None]:
+        """Reserve a ``size``-byte length prefix and back-patch it on exit."""
+        data = self._data
+        assert isinstance(data, bytearray)
+        start = len(data)
+        data += bytes(size)
+        yield
+        n = len(data) - start - size
+        if n >= 1 << (8 * size):
+            raise ValueError("vector too long for its length prefix")
+        data[start : start + size] = n.to_bytes(size, "big")
+
+    def push_list(self, size: int, push_item: Callable[[T], None], items: "list[T] | tuple[T, ...]") -> None:
+        with self.push_block(size):
+            for it in items:
+                push_item(it)

@@ -1,0 +1,204 @@
+"""One configuration object for both roles.
+
+``TLSConfig`` holds what a TLS endpoint needs to know before the first byte:
+its certificate chain and key, what it trusts, what it offers (suites,
+groups, signature schemes, ALPN), and where it logs keys. Loading helpers
+read PEM files; everything else is plain attributes validated by
+:meth:`TLSConfig.validate`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from .enums import CipherSuite, NamedGroup, SignatureScheme
+
+DEFAULT_CIPHER_SUITES: tuple[CipherSuite, ...] = (
+    CipherSuite.TLS_AES_128_GCM_SHA256,
+    CipherSuite.TLS_AES_256_GCM_SHA384,
+    CipherSuite.TLS_CHACHA20_POLY1305_SHA256,
+)
+DEFAULT_GROUPS: tuple[NamedGroup, ...] = (
+    NamedGroup.x25519,
+    NamedGroup.secp256r1,
+    NamedGroup.secp384r1,
+    NamedGroup.x448,
+)
+# What we accept in CertificateVerify (RFC 9846 §4.2.3), in preference order.
+DEFAULT_SIGNATURE_SCHEMES: tuple[SignatureScheme, ...] = (
+    SignatureScheme.ecdsa_secp256r1_sha256,
+    SignatureScheme.ecdsa_secp384r1_sha384,
+    SignatureScheme.ed25519,
+    SignatureScheme.rsa_pss_rsae_sha256,
+    SignatureScheme.rsa_pss_rsae_sha384,
+    SignatureScheme.rsa_pss_rsae_sha512,
+    SignatureScheme.ecdsa_secp521r1_sha512,
+    SignatureScheme.ed448,
+)
+# Schemes accepted for signatures inside certificates (signature_algorithms_cert):
+# the above plus PKCS#1 v1.5, which TLS 1.3 allows in certificates only.
+DEFAULT_CERT_SIGNATURE_SCHEMES: tuple[SignatureScheme, ...] = DEFAULT_SIGNATURE_SCHEMES + (
+    SignatureScheme.rsa_pkcs1_sha256,
+    SignatureScheme.rsa_pkcs1_sha384,
+    SignatureScheme.rsa_pkcs1_sha512,
+)
+
+_SUITES_BY_NAME = {s.name: s for s in DEFAULT_CIPHER_SUITES}
+_GROUPS_BY_NAME = {g.name: g for g in NamedGroup if g != NamedGroup.X25519MLKEM768}
+_GROUP_ALIASES = {"P-256": "secp256r1", "P-384": "secp384r1", "prime256v1": "secp256r1", "X25519": "x25519", "X448": "x448"}
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+
+SYSTEM_CA_FILES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/cert.pem",  # Alpine, macOS, BSD
+)
+
+
+def parse_cipher_suites(text: str | Sequence[str]) -> list[CipherSuite]:
+    """IANA suite names, comma or colon separated, to ``CipherSuite`` values."""
+    names = _split(text)
+    out = []
+    for n in names:
+        if n not in _SUITES_BY_NAME:
+            raise ValueError(f"unknown or unsupported cipher suite {n!r} (known: {', '.join(_SUITES_BY_NAME)})")
+        out.append(_SUITES_BY_NAME[n])
+    return out
+
+
+def parse_groups(text: str | Sequence[str]) -> list[NamedGroup]:
+    """IANA group names (``x25519``, ``secp256r1``, ...) to ``NamedGroup`` values."""
+    out = []
+    for n in _split(text):
+        n = _GROUP_ALIASES.get(n, n)
+        if n not in _GROUPS_BY_NAME or _GROUPS_BY_NAME[n] not in DEFAULT_GROUPS:
+            raise ValueError(f"unknown or unsupported group {n!r} (known: {', '.join(g.name for g in DEFAULT_GROUPS)})")
+        out.append(_GROUPS_BY_NAME[n])
+    return out
+
+
+def _split(text: str | Sequence[str]) -> list[str]:
+    if isinstance(text, str):
+        text = text.replace(":", ",").split(",")
+    return [t.strip() for t in text if t.strip()]
+
+
+def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(data)
+
+
+@dataclass
+class TLSConfig:
+    """Settings shared by client and server.
+
+    Attributes:
+        certificate_chain: our leaf certificate first, then intermediates.
+        private_key: key of the leaf certificate.
+        verify_peer: check the peer's certificate (client: always by default;
+            server: only when ``request_client_certificate``). Setting it to
+            False is the explicit *insecure* mode; it is never the default.
+        check_hostname: client checks that the server certificate matches
+            ``server_name``.
+        trust_anchors: trusted root certificates; None means the system store.
+        server_name: client: SNI to send and name to verify.
+        alpn_protocols: protocols we offer (client) or accept, in preference
+            order (server).
+        cipher_suites / groups / signature_schemes: what we offer/accept, in
+            preference order.
+        key_share_groups: groups the client sends key shares for in its first
+            ClientHello (default: the first of ``groups``).
+        middlebox_compat: send the compatibility ChangeCipherSpec and a
+            non-empty legacy_session_id (RFC 9846 appendix D.4).
+        hello_retry_cookie: server adds a cookie to HelloRetryRequest.
+        keylog_file: path to append SSLKEYLOGFILE lines to; defaults to the
+            ``SSLKEYLOGFILE`` environment variable.
+        keylog_callback: called with each key-log line (without newline).
+    """
+
+    certificate_chain: list[x509.Certificate] = field(default_factory=list)
+    private_key: Optional[PrivateKey] = None
+    verify_peer: bool = True
+    check_hostname: bool = True
+    trust_anchors: Optional[list[x509.Certificate]] = None
+    server_name: Optional[str] = None
+    alpn_protocols: list[str] = field(default_factory=list)
+    cipher_suites: list[CipherSuite] = field(default_factory=lambda: list(DEFAULT_CIPHER_SUITES))
+    groups: list[NamedGroup] = field(default_factory=lambda: list(DEFAULT_GROUPS))
+    key_share_groups: Optional[list[NamedGroup]] = None
+    signature_schemes: list[SignatureScheme] = field(default_factory=lambda: list(DEFAULT_SIGNATURE_SCHEMES))
+    request_client_certificate: bool = False
+    require_client_certificate: bool = False
+    middlebox_compat: bool = True
+    hello_retry_cookie: bool = True
+    keylog_file: Optional[str] = None
+    keylog_callback: Optional[Callable[[str], None]] = None
+    max_handshake_message_size: int = 1 << 17
+
+    # ----------------------------------------------------------- loading
+    def load_cert_chain(self, certfile: str, keyfile: Optional[str] = None, password: Optional[bytes] = None) -> None:
+        """Load a PEM certificate chain (leaf first) and its private key."""
+        with open(certfile, "rb") as f:
+            pem = f.read()
+        chain = x509.load_pem_x509_certificates(pem)
+        if keyfile is None:
+            key_pem = pem
+        else:
+            with open(keyfile, "rb") as f:
+                key_pem = f.read()
+        key = serialization.load_pem_private_key(key_pem, password=password)
+        if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+            raise ValueError(f"unsupported private key type {type(key).__name__}")
+        if chain[0].public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+            raise ValueError("the private key does not match the certificate")
+        self.certificate_chain = chain
+        self.private_key = key
+
+    def load_verify_locations(self, cafile: Optional[str] = None, cadata: Optional[bytes] = None) -> None:
+        """Trust the PEM certificates in ``cafile`` and/or ``cadata``."""
+        anchors = list(self.trust_anchors or [])
+        if cafile:
+            with open(cafile, "rb") as f:
+                anchors += x509.load_pem_x509_certificates(f.read())
+        if cadata:
+            anchors += x509.load_pem_x509_certificates(cadata)
+        self.trust_anchors = anchors
+
+    def get_trust_anchors(self) -> list[x509.Certificate]:
+        """The configured anchors, or the system store loaded on first use."""
+        if self.trust_anchors is None:
+            path = os.environ.get("SSL_CERT_FILE")
+            candidates = [path] if path else list(SYSTEM_CA_FILES)
+            for p in candidates:
+                if p and os.path.exists(p):
+                    with open(p, "rb") as f, warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # a few system roots have odd serials
+                        self.trust_anchors = x509.load_pem_x509_certificates(f.read())
+                    break
+            else:
+                self.trust_anchors = []
+        return self.trust_anchors
+
+    def get_keylog_file(self) -> Optional[str]:
+        return self.keylog_file or os.environ.get("SSLKEYLOGFILE") or None
+
+    def validate(self, *, server_side: bool) -> None:
+        """Raise ``ValueError`` for settings that cannot work."""
+        if not self.cipher_suites:
+            raise ValueError("no cipher suites configured")
+        if not self.groups:
+            raise ValueError("no key-exchange groups configured")
+        if server_side and (not self.certificate_chain or self.private_key is None):
+            raise ValueError("a server needs a certificate chain and a private key (load_cert_chain)")
+        for p in self.alpn_protocols:
+            if not 0 < len(p.encode()) < 256:
+                raise ValueError(f"ALPN protocol name {p!r} must be 1..255 bytes")

@@ -1,0 +1,398 @@
+"""The TLS 1.3 connection engine (sans-IO).
+
+Theory of operation
+-------------------
+``TLSConnection`` owns the record layer of one TLS connection and drives a
+handshake state machine (``ClientHandshake`` or ``ServerHandshake``):
+
+* input: ``receive_data(bytes, now)`` splits the stream into records
+  (``RecordReader``), removes protection with the current read key
+  (``RecordDecryptor``), reassembles handshake messages
+  (``HandshakeReader``) and hands them to the handshake; application data,
+  alerts and post-handshake messages become events.
+* output: the handshake and the verbs (``send_data``, ``close``,
+  ``key_update``) append protected records to one outgoing buffer, drained
+  by ``data_to_send()``. Handshake messages written under the same key are
+  coalesced into as few records as possible.
+* errors: a violation by the peer raises ``LocalProtocolError`` after the
+  fatal alert has been queued; a fatal alert from the peer raises
+  ``RemoteAlert``. Either way the connection is ``terminated``.
+
+The engine never reads a clock, opens a socket or blocks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Optional, Union
+
+from cryptography import x509
+
+from ..errors import (
+    ConnectionClosedError,
+    DecodeError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteAlert,
+    UnexpectedEOF,
+    UnexpectedMessage,
+    UsageError,
+)
+from . import events as ev
+from . import messages as M
+from .config import TLSConfig
+from .enums import TLS_1_3, AlertDescription, AlertLevel, ContentType, KeyUpdateRequest
+from .handshake.client import ClientHandshake
+from .handshake.server import ServerHandshake
+from .key_schedule import next_traffic_secret
+from .protection import RecordDecryptor, RecordEncryptor
+from .record import RecordReader, encode_plaintext_records
+from .suites import CipherSuiteInfo
+
+_CT_CCS = ContentType.CHANGE_CIPHER_SPEC
+_CT_ALERT = ContentType.ALERT
+_CT_HANDSHAKE = ContentType.HANDSHAKE
+_CT_APPDATA = ContentType.APPLICATION_DATA
+_CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
+
+# RFC 9846 §5.5: stay far below the AEAD confidentiality limits
+# (2^24.5 full-size records for AES-GCM) by updating keys early.
+KEY_UPDATE_AFTER_RECORDS = 1 << 23
+
+
+class TLSConnection:
+    """One TLS 1.3 connection, client or server. See ``docs/engine-api.md``."""
+
+    def __init__(self, config: TLSConfig, *, server_side: bool, server_name: Optional[str] = None) -> None:
+        config.validate(server_side=server_side)
+        self.config = config
+        self.server_side = server_side
+        self._out = bytearray()
+        self._hs_out = bytearray()  # handshake bytes not yet put in records
+        self._events: deque[ev.Event] = deque()
+        self._reader = RecordReader()
+        self._hs_reader = M.HandshakeReader(config.max_handshake_message_size)
+        self._encryptor: Optional[RecordEncryptor] = None
+        self._decryptor: Optional[RecordDecryptor] = None
+        self._suite: Optional[CipherSuiteInfo] = None
+        self._app_read = False  # application read key installed
+        self._app_write = False
+        self._pending_app: list[bytes] = []
+        self._pending_close = False
+        self._keylog_path = config.get_keylog_file()
+        self._started = False
+        self.handshake_complete = False
+        self.peer_closed = False
+        self.local_closed = False
+        self.terminated = False
+        self._hs: Union[ClientHandshake, ServerHandshake]
+        if server_side:
+            self._hs = ServerHandshake(config, self)
+        else:
+            self._hs = ClientHandshake(config, self, server_name)
+            self._hs.on_ticket = self._on_ticket
+        self._hs.on_key_update = self._on_key_update
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def version(self) -> Optional[int]:
+        return TLS_1_3 if self._hs.suite is not None else None
+
+    @property
+    def cipher_suite(self) -> Optional[int]:
+        return self._hs.suite.suite if self._hs.suite is not None else None
+
+    @property
+    def group(self) -> Optional[int]:
+        return self._hs.group
+
+    @property
+    def alpn_protocol(self) -> Optional[str]:
+        return self._hs.alpn_protocol
+
+    @property
+    def server_name(self) -> Optional[str]:
+        return self._hs.server_name
+
+    @property
+    def hello_retry(self) -> bool:
+        return self._hs.hello_retry
+
+    @property
+    def peer_certificates(self) -> list[x509.Certificate]:
+        return list(self._hs.peer_certificates)
+
+    # ------------------------------------------------------------------ verbs
+    def start_handshake(self, now: float = 0.0) -> None:
+        """Client: queue the ClientHello. Server: nothing to do."""
+        if self._started:
+            return
+        self._started = True
+        if isinstance(self._hs, ClientHandshake):
+            self._hs.start()
+            self._flush_handshake()
+
+    def send_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue application data; before the handshake completes it waits."""
+        if self.terminated:
+            raise ConnectionClosedError("the connection has failed")
+        if self.local_closed:
+            raise ConnectionClosedError("cannot send after close()")
+        if not data:
+            return
+        if self._app_write and self.handshake_complete:
+            enc = self._encryptor
+            assert enc is not None
+            enc.seal(_CT_APPDATA, data, self._out)
+            if enc.seq >= KEY_UPDATE_AFTER_RECORDS:
+                self._send_key_update(False)
+        else:
+            self._pending_app.append(bytes(data))
+
+    def close(self) -> None:
+        """Send close_notify (half-close: receiving goes on until the peer's)."""
+        if self.local_closed or self.terminated:
+            return
+        self.local_closed = True
+        if self.handshake_complete or self._encryptor is not None or not self._started:
+            self._send_alert(AlertDescription.close_notify, AlertLevel.WARNING)
+        else:
+            self._pending_close = True
+
+    def key_update(self, request_peer_update: bool = True) -> None:
+        """Send a KeyUpdate (RFC 9846 §4.6.3) and switch our sending key."""
+        if not self.handshake_complete:
+            raise UsageError("KeyUpdate is only possible after the handshake")
+        if self.local_closed or self.terminated:
+            raise ConnectionClosedError("connection is closed")
+        self._send_key_update(request_peer_update)
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the transport (drains the buffer)."""
+        if not self._out:
+            return b""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def next_event(self) -> Optional[ev.Event]:
+        return self._events.popleft() if self._events else None
+
+    # ------------------------------------------------------------------ input
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float = 0.0) -> None:
+        """Process bytes received from the transport."""
+        if self.terminated:
+            raise ConnectionClosedError("the connection has failed")
+        if not self._started:
+            self._started = True
+        if not data:
+            return
+        self._reader.feed(data)
+        received: list[bytes] = []
+        try:
+            self._process_records(received)
+        except LocalProtocolError as exc:
+            self._fail(exc)
+            raise
+        finally:
+            if received:
+                self._events.append(ev.DataReceived(b"".join(received)))
+            self._flush_handshake()
+
+    def receive_eof(self) -> None:
+        """The transport reached EOF. Truncation is an error."""
+        if self.peer_closed or self.terminated:
+            return
+        self.terminated = True
+        raise UnexpectedEOF(
+            "peer closed the connection during the handshake"
+            if not self.handshake_complete
+            else "peer closed the connection without close_notify"
+        )
+
+    def _process_records(self, received: list[bytes]) -> None:
+        reader = self._reader
+        while True:
+            rec = reader.next_record()
+            if rec is None:
+                return
+            ctype, header, body = rec
+            if ctype == _CT_CCS:
+                self._receive_ccs(body)
+                continue
+            dec = self._decryptor
+            if dec is None:
+                if ctype == _CT_APPDATA:
+                    raise UnexpectedMessage("protected record before keys were established")
+                inner, payload = ctype, body
+            elif ctype == _CT_APPDATA:
+                inner, payload = dec.open(header, body)
+            elif ctype == _CT_ALERT and not self.handshake_complete:
+                # A peer that failed to install keys may still alert in clear.
+                inner, payload = ctype, body
+            else:
+                raise UnexpectedMessage(f"unprotected record of type {ctype} after keys were established")
+
+            if inner == _CT_APPDATA:
+                if not self._app_read:
+                    raise UnexpectedMessage("application data before the handshake completed")
+                if self.peer_closed:
+                    continue  # RFC 9846 §6.1: data after close_notify is ignored
+                received.append(bytes(payload))
+            elif inner == _CT_HANDSHAKE:
+                self._receive_handshake(payload)
+            elif inner == _CT_ALERT:
+                self._receive_alert(payload)
+            else:
+                raise UnexpectedMessage(f"unexpected content type {inner} in a protected record")
+
+    def _receive_ccs(self, body: bytes | memoryview) -> None:
+        """RFC 9846 §5: a single 0x01 byte, only while the handshake runs."""
+        if bytes(body) != b"\x01":
+            raise UnexpectedMessage("invalid change_cipher_spec")
+        if self.handshake_complete or (self.server_side and self._hs.state.name == "START"):
+            raise UnexpectedMessage("change_cipher_spec outside the handshake")
+
+    def _receive_handshake(self, payload: bytes | memoryview) -> None:
+        if not payload:
+            raise UnexpectedMessage("empty handshake record")
+        hs_reader = self._hs_reader
+        hs_reader.feed(payload)
+        while True:
+            msg = hs_reader.next_message()
+            if msg is None:
+                return
+            msg_type, data = msg
+            self._hs.handle_message(msg_type, data)
+            if self._hs.complete and not self.handshake_complete:
+                self._on_handshake_complete()
+
+    def _receive_alert(self, payload: bytes | memoryview) -> None:
+        if len(payload) != 2:
+            raise DecodeError("alert record must be 2 bytes")
+        level, desc = payload[0], payload[1]
+        if desc == AlertDescription.close_notify:
+            self.peer_closed = True
+            self._events.append(ev.CloseNotifyReceived())
+            return
+        if desc == AlertDescription.user_canceled:
+            return  # RFC 9846 §6.1: followed by close_notify
+        # RFC 9846 §6.2: every other alert is fatal whatever its level.
+        self.terminated = True
+        self._events.append(ev.AlertReceived(desc, level))
+        raise RemoteAlert(desc)
+
+    # -------------------------------------------------------------- RecordSink
+    def send_handshake(self, data: bytes) -> None:
+        self._hs_out += data
+
+    def send_change_cipher_spec(self) -> None:
+        self._flush_handshake()
+        self._out += _CCS_RECORD
+
+    def set_write_secret(self, suite: CipherSuiteInfo, secret: bytes) -> None:
+        self._flush_handshake()
+        self._suite = suite
+        self._encryptor = RecordEncryptor(suite, secret)
+        if self._hs.master_secret is not None and secret in (self._hs.client_app_secret, self._hs.server_app_secret):
+            self._app_write = True
+
+    def set_read_secret(self, suite: CipherSuiteInfo, secret: bytes) -> None:
+        # RFC 9846 §5.1: handshake messages must not span a key change.
+        if self._hs_reader.has_partial():
+            raise UnexpectedMessage("handshake data left over at a key change")
+        self._suite = suite
+        self._decryptor = RecordDecryptor(suite, secret)
+        if self._hs.master_secret is not None and secret in (self._hs.client_app_secret, self._hs.server_app_secret):
+            self._app_read = True
+
+    def log_secret(self, label: str, client_random: bytes, secret: bytes) -> None:
+        """SSLKEYLOGFILE line: ``LABEL <client_random hex> <secret hex>``."""
+        if self._keylog_path is None and self.config.keylog_callback is None:
+            return
+        line = f"{label} {client_random.hex()} {secret.hex()}"
+        if self.config.keylog_callback is not None:
+            self.config.keylog_callback(line)
+        if self._keylog_path is not None:
+            with open(self._keylog_path, "a", encoding="ascii") as f:
+                f.write(line + "\n")
+
+    # -------------------------------------------------------------- internals
+    def _flush_handshake(self) -> None:
+        if not self._hs_out:
+            return
+        data = bytes(self._hs_out)
+        self._hs_out.clear()
+        if self._encryptor is not None:
+            self._encryptor.seal(_CT_HANDSHAKE, data, self._out)
+        else:
+            encode_plaintext_records(_CT_HANDSHAKE, data, self._out)
+
+    def _on_handshake_complete(self) -> None:
+        self.handshake_complete = True
+        self._flush_handshake()
+        hs = self._hs
+        subject = hs.peer_certificates[0].subject.rfc4514_string() if hs.peer_certificates else None
+        assert hs.suite is not None
+        self._events.append(
+            ev.HandshakeComplete(
+                version=TLS_1_3,
+                cipher_suite=hs.suite.suite,
+                group=hs.group,
+                alpn_protocol=hs.alpn_protocol,
+                server_name=hs.server_name,
+                hello_retry=hs.hello_retry,
+                session_resumed=False,
+                peer_certificate_subject=subject,
+            )
+        )
+        pending, self._pending_app = self._pending_app, []
+        closing = self.local_closed
+        self.local_closed = False
+        for chunk in pending:
+            self.send_data(chunk)
+        self.local_closed = closing
+        if self._pending_close:
+            self._pending_close = False
+            self._send_alert(AlertDescription.close_notify, AlertLevel.WARNING)
+
+    def _on_key_update(self, requested: bool) -> None:
+        """RFC 9846 §4.6.3: switch the read key; answer if asked."""
+        if self._hs_reader.has_partial():
+            raise UnexpectedMessage("handshake data left over at a KeyUpdate")
+        dec = self._decryptor
+        assert dec is not None and self._suite is not None
+        dec.update(next_traffic_secret(self._suite.hash_name, dec.secret))
+        self._events.append(ev.KeyUpdated("receive"))
+        if requested and not self.local_closed:
+            self._send_key_update(False)
+
+    def _send_key_update(self, request_peer: bool) -> None:
+        enc = self._encryptor
+        assert enc is not None and self._suite is not None
+        req = KeyUpdateRequest.update_requested if request_peer else KeyUpdateRequest.update_not_requested
+        enc.seal(_CT_HANDSHAKE, M.encode_handshake(M.KeyUpdate(req)), self._out)
+        enc.update(next_traffic_secret(self._suite.hash_name, enc.secret))
+        self._events.append(ev.KeyUpdated("send"))
+
+    def _on_ticket(self, ticket: M.NewSessionTicket) -> None:
+        self._events.append(ev.SessionTicketReceived(ticket))
+
+    def _send_alert(self, desc: int, level: int = AlertLevel.FATAL) -> None:
+        self._flush_handshake()
+        payload = bytes((level, desc))
+        if self._encryptor is not None:
+            self._encryptor.seal(_CT_ALERT, payload, self._out)
+        else:
+            encode_plaintext_records(_CT_ALERT, payload, self._out)
+
+    def _fail(self, exc: ProtocolError) -> None:
+        """Queue the fatal alert for ``exc`` and mark the connection dead."""
+        if self.terminated:
+            return
+        self.terminated = True
+        self._hs_out.clear()
+        try:
+            self._send_alert(exc.alert, AlertLevel.FATAL)
+        except Exception:  # noqa: BLE001 - an alert we cannot protect is dropped
+            pass

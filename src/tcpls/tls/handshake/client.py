@@ -1,0 +1,431 @@
+"""TLS 1.3 client handshake (RFC 9846 §2, §4).
+
+A state machine in the RFC's order (appendix A.1):
+
+    START --ClientHello--> WAIT_SH --ServerHello--> WAIT_EE
+      (HelloRetryRequest: send ClientHello2, stay in WAIT_SH, once)
+    WAIT_EE --EncryptedExtensions--> WAIT_CERT_CR
+    WAIT_CERT_CR --CertificateRequest--> WAIT_CERT
+    WAIT_CERT_CR / WAIT_CERT --Certificate--> WAIT_CV --CertificateVerify--> WAIT_FINISHED
+    WAIT_FINISHED --Finished--> send [Certificate, CertificateVerify,] Finished --> CONNECTED
+
+Each state has a table of the handshake messages it accepts; anything else
+is an unexpected_message alert.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from enum import Enum, auto
+from typing import Callable, Optional
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from ...errors import (
+    DecodeError,
+    DecryptError,
+    HandshakeFailure,
+    IllegalParameter,
+    LocalProtocolError,
+    MissingExtension,
+    ProtocolVersionError,
+    UnexpectedMessage,
+    UnsupportedExtension,
+)
+from .. import extensions as X
+from .. import messages as M
+from ..config import DEFAULT_CERT_SIGNATURE_SCHEMES, TLSConfig
+from ..enums import (
+    DOWNGRADE_TLS11,
+    DOWNGRADE_TLS12,
+    TLS_1_2,
+    TLS_1_3,
+    AlertDescription,
+    ExtensionType as E,
+    HandshakeType as H,
+    KeyUpdateRequest,
+)
+from ..kex import KeyShare
+from ..key_schedule import EarlySecret, HandshakeSecret, MasterSecret, finished_verify_data
+from ..signatures import CLIENT_CONTEXT, SERVER_CONTEXT, choose_scheme, sign, signed_content, verify
+from ..suites import CipherSuiteInfo, suite_info
+from ..transcript import Transcript
+from ..verify import parse_certificates, verify_chain_only, verify_server_chain
+from .common import (
+    ALLOWED_IN_CERTIFICATE_REQUEST,
+    ALLOWED_IN_ENCRYPTED_EXTENSIONS,
+    ALLOWED_IN_HRR,
+    ALLOWED_IN_SERVER_HELLO,
+    RecordSink,
+    check_server_extensions,
+    constant_time_equal,
+    unexpected,
+)
+
+
+class ClientState(Enum):
+    START = auto()
+    WAIT_SH = auto()
+    WAIT_EE = auto()
+    WAIT_CERT_CR = auto()
+    WAIT_CERT = auto()
+    WAIT_CV = auto()
+    WAIT_FINISHED = auto()
+    CONNECTED = auto()
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+class ClientHandshake:
+    """The client side of one TLS 1.3 handshake and its post-handshake messages."""
+
+    def __init__(self, config: TLSConfig, sink: RecordSink, server_name: Optional[str]) -> None:
+        self.config = config
+        self.sink = sink
+        self.server_name = server_name if server_name is not None else config.server_name
+        self.state = ClientState.START
+        self.transcript = Transcript()
+        self.random = os.urandom(32)
+        self.session_id = os.urandom(32) if config.middlebox_compat else b""
+        self.key_shares: dict[int, KeyShare] = {}
+        self.offered: set[int] = set()
+        self.hello_retry = False
+        self.ccs_sent = False
+        self.suite: Optional[CipherSuiteInfo] = None
+        self.group: Optional[int] = None
+        self.alpn_protocol: Optional[str] = None
+        self.peer_certificates: list[x509.Certificate] = []
+        self.certificate_request: Optional[M.CertificateRequest] = None
+        self.handshake_secret: Optional[HandshakeSecret] = None
+        self.master_secret: Optional[MasterSecret] = None
+        self.client_hs_secret = b""
+        self.server_hs_secret = b""
+        self.client_app_secret = b""
+        self.server_app_secret = b""
+        self.exporter_secret = b""
+        self.resumption_secret = b""
+        self.complete = False
+        self._handlers: dict[ClientState, dict[int, Callable[[bytes], None]]] = {
+            ClientState.WAIT_SH: {H.server_hello: self._handle_server_hello},
+            ClientState.WAIT_EE: {H.encrypted_extensions: self._handle_encrypted_extensions},
+            ClientState.WAIT_CERT_CR: {
+                H.certificate: self._handle_certificate,
+                H.certificate_request: self._handle_certificate_request,
+            },
+            ClientState.WAIT_CERT: {H.certificate: self._handle_certificate},
+            ClientState.WAIT_CV: {H.certificate_verify: self._handle_certificate_verify},
+            ClientState.WAIT_FINISHED: {H.finished: self._handle_finished},
+            ClientState.CONNECTED: {
+                H.new_session_ticket: self._handle_new_session_ticket,
+                H.key_update: self._handle_key_update,
+            },
+        }
+        # Set by the connection: called for post-handshake KeyUpdate and tickets.
+        self.on_key_update: Callable[[bool], None] = lambda requested: None
+        self.on_ticket: Callable[[M.NewSessionTicket], None] = lambda t: None
+
+    # ------------------------------------------------------------------ input
+    def handle_message(self, msg_type: int, data: bytes) -> None:
+        """Process one complete handshake message (header included)."""
+        handler = self._handlers.get(self.state, {}).get(msg_type)
+        if handler is None:
+            raise unexpected(self.state, msg_type)
+        handler(data)
+
+    def _decode(self, msg_type: int, data: bytes) -> object:
+        return M.decode_handshake(msg_type, memoryview(data)[4:], hash_len=self.suite.hash_len if self.suite else None)
+
+    # ------------------------------------------------------------ ClientHello
+    def start(self) -> None:
+        """Send the first ClientHello (RFC 9846 §4.1.2)."""
+        assert self.state is ClientState.START
+        groups = self.config.key_share_groups or self.config.groups[:1]
+        for g in groups:
+            if g not in self.config.groups:
+                raise ValueError(f"key_share group {g!r} is not in the configured groups")
+            self.key_shares[g] = KeyShare(g)
+        self._send_client_hello(cookie=None)
+        self.state = ClientState.WAIT_SH
+
+    def _send_client_hello(self, cookie: Optional[bytes]) -> None:
+        cfg = self.config
+        exts: list[tuple[int, bytes]] = []
+        if self.server_name and not _is_ip(self.server_name):
+            exts.append((E.server_name, X.encode_server_name(self.server_name)))
+        exts.append((E.supported_versions, X.encode_supported_versions_ch([TLS_1_3])))
+        exts.append((E.supported_groups, X.encode_supported_groups([int(g) for g in cfg.groups])))
+        exts.append((E.signature_algorithms, X.encode_signature_algorithms([int(s) for s in cfg.signature_schemes])))
+        exts.append(
+            (E.signature_algorithms_cert, X.encode_signature_algorithms([int(s) for s in DEFAULT_CERT_SIGNATURE_SCHEMES]))
+        )
+        exts.append((E.key_share, X.encode_key_share_ch([(g, ks.public) for g, ks in self.key_shares.items()])))
+        if cfg.alpn_protocols:
+            exts.append(
+                (E.application_layer_protocol_negotiation, X.encode_alpn([p.encode() for p in cfg.alpn_protocols]))
+            )
+        if cookie is not None:
+            exts.append((E.cookie, X.encode_cookie(cookie)))
+        exts.append((E.psk_key_exchange_modes, X.encode_psk_key_exchange_modes([1])))
+        self.offered = {t for t, _ in exts}
+        hello = M.ClientHello(
+            random=self.random,
+            legacy_session_id=self.session_id,
+            cipher_suites=[int(s) for s in cfg.cipher_suites],
+            extensions=exts,
+        )
+        data = M.encode_handshake(hello)
+        self.transcript.update(data)
+        self.sink.send_handshake(data)
+
+    # ------------------------------------------------------------ ServerHello
+    def _handle_server_hello(self, data: bytes) -> None:
+        sh = self._decode(H.server_hello, data)
+        assert isinstance(sh, M.ServerHello)
+        exts = dict(sh.extensions)
+        # RFC 9846 §4.1.3: without supported_versions the server picked TLS 1.2
+        # or older, which we do not speak.
+        if E.supported_versions not in exts:
+            raise ProtocolVersionError("server did not negotiate TLS 1.3")
+        version = X.decode_supported_versions_sh(exts[E.supported_versions])
+        if version != TLS_1_3:
+            raise IllegalParameter(f"server selected version {version:#06x} which was not offered")
+        if sh.legacy_version != TLS_1_2:
+            raise ProtocolVersionError("ServerHello legacy_version must be 0x0303")
+        if sh.random[-8:] in (DOWNGRADE_TLS12, DOWNGRADE_TLS11) and not sh.is_hello_retry_request:
+            raise IllegalParameter("downgrade sentinel in ServerHello.random")
+        if sh.legacy_session_id_echo != self.session_id:
+            raise IllegalParameter("legacy_session_id_echo does not match")
+        if sh.cipher_suite not in self.config.cipher_suites:
+            raise IllegalParameter(f"server selected cipher suite {sh.cipher_suite:#06x} which was not offered")
+        if sh.legacy_compression_method != 0:
+            raise IllegalParameter("legacy_compression_method must be 0")
+        if sh.is_hello_retry_request:
+            self._handle_hello_retry_request(sh, data, exts)
+            return
+        check_server_extensions("ServerHello", sh.extensions, ALLOWED_IN_SERVER_HELLO, self.offered)
+        if self.suite is not None and sh.cipher_suite != self.suite.suite:
+            raise IllegalParameter("ServerHello cipher suite differs from the HelloRetryRequest's")
+        if self.suite is None:
+            self.suite = suite_info(sh.cipher_suite)
+            self.transcript.set_hash(self.suite.hash_name)
+        if E.key_share not in exts:
+            raise MissingExtension("ServerHello has no key_share")
+        group, share = X.decode_key_share_sh(exts[E.key_share])
+        if group not in self.key_shares:
+            raise IllegalParameter("server key_share is for a group we sent no share for")
+        shared = self.key_shares[group].exchange(share)
+        self.group = group
+        self.key_shares.clear()
+        self.transcript.update(data)
+        self._derive_handshake_secrets(shared)
+        self.state = ClientState.WAIT_EE
+
+    def _handle_hello_retry_request(self, hrr: M.ServerHello, data: bytes, exts: dict[int, bytes]) -> None:
+        """RFC 9846 §4.1.4."""
+        if self.hello_retry:
+            raise UnexpectedMessage("second HelloRetryRequest")
+        check_server_extensions("HelloRetryRequest", hrr.extensions, ALLOWED_IN_HRR, self.offered | {E.cookie})
+        self.hello_retry = True
+        self.suite = suite_info(hrr.cipher_suite)
+        self.transcript.set_hash(self.suite.hash_name)
+        cookie = X.decode_cookie(exts[E.cookie]) if E.cookie in exts else None
+        if E.key_share in exts:
+            group = X.decode_key_share_hrr(exts[E.key_share])
+            if group not in self.config.groups:
+                raise IllegalParameter("HelloRetryRequest selected a group we do not support")
+            if group in self.key_shares:
+                raise IllegalParameter("HelloRetryRequest selected a group we already sent a share for")
+            self.key_shares = {group: KeyShare(group)}
+        elif cookie is None:
+            raise IllegalParameter("HelloRetryRequest would not change the ClientHello")
+        self.transcript.rewrite_for_hello_retry()
+        self.transcript.update(data)
+        # RFC 9846 appendix D.4: the compatibility CCS goes before the second flight.
+        self._send_ccs_once()
+        self._send_client_hello(cookie)
+
+    def _send_ccs_once(self) -> None:
+        if self.config.middlebox_compat and not self.ccs_sent:
+            self.ccs_sent = True
+            self.sink.send_change_cipher_spec()
+
+    def _derive_handshake_secrets(self, shared: bytes) -> None:
+        """RFC 9846 §7.1: Early Secret (no PSK) -> Handshake Secret."""
+        suite = self.suite
+        assert suite is not None
+        th = self.transcript.digest()
+        self.handshake_secret = EarlySecret(suite.hash_name, None).handshake_secret(shared)
+        self.client_hs_secret = self.handshake_secret.client_handshake_traffic_secret(th)
+        self.server_hs_secret = self.handshake_secret.server_handshake_traffic_secret(th)
+        self.sink.log_secret("CLIENT_HANDSHAKE_TRAFFIC_SECRET", self.random, self.client_hs_secret)
+        self.sink.log_secret("SERVER_HANDSHAKE_TRAFFIC_SECRET", self.random, self.server_hs_secret)
+        self.sink.set_read_secret(suite, self.server_hs_secret)
+        # Alerts from here on are protected with our handshake key.
+        self.sink.set_write_secret(suite, self.client_hs_secret)
+
+    # ---------------------------------------------------- EncryptedExtensions
+    def _handle_encrypted_extensions(self, data: bytes) -> None:
+        ee = self._decode(H.encrypted_extensions, data)
+        assert isinstance(ee, M.EncryptedExtensions)
+        check_server_extensions("EncryptedExtensions", ee.extensions, ALLOWED_IN_ENCRYPTED_EXTENSIONS, self.offered)
+        exts = dict(ee.extensions)
+        if E.server_name in exts and exts[E.server_name]:
+            raise DecodeError("server_name acknowledgement must be empty")
+        alpn = exts.get(E.application_layer_protocol_negotiation)
+        if alpn is not None:
+            protocols = X.decode_alpn(alpn)
+            if len(protocols) != 1:
+                raise IllegalParameter("server must select exactly one ALPN protocol")
+            name = protocols[0].decode("latin-1")
+            if name not in self.config.alpn_protocols:
+                raise IllegalParameter(f"server selected ALPN protocol {name!r} that was not offered")
+            self.alpn_protocol = name
+        if E.supported_groups in exts:
+            X.decode_supported_groups(exts[E.supported_groups])
+        self.transcript.update(data)
+        self.state = ClientState.WAIT_CERT_CR
+
+    # ---------------------------------------------------- CertificateRequest
+    def _handle_certificate_request(self, data: bytes) -> None:
+        cr = self._decode(H.certificate_request, data)
+        assert isinstance(cr, M.CertificateRequest)
+        if cr.certificate_request_context:
+            raise IllegalParameter("certificate_request_context must be empty during the handshake")
+        self._check_certificate_request(cr)
+        self.certificate_request = cr
+        self.transcript.update(data)
+        self.state = ClientState.WAIT_CERT
+
+    def _check_certificate_request(self, cr: M.CertificateRequest) -> None:
+        exts = dict(cr.extensions)
+        for t, _ in cr.extensions:
+            if t in ALLOWED_IN_CERTIFICATE_REQUEST or t not in {int(e) for e in E}:
+                continue
+            raise IllegalParameter(f"extension {t} is not allowed in CertificateRequest")
+        if E.signature_algorithms not in exts:
+            raise MissingExtension("CertificateRequest has no signature_algorithms")
+        X.decode_signature_algorithms(exts[E.signature_algorithms])
+
+    # ------------------------------------------------------------ Certificate
+    def _handle_certificate(self, data: bytes) -> None:
+        msg = self._decode(H.certificate, data)
+        assert isinstance(msg, M.Certificate)
+        if msg.certificate_request_context:
+            raise IllegalParameter("server Certificate must have an empty certificate_request_context")
+        if not msg.certificate_list:
+            raise DecodeError("server sent an empty Certificate message")
+        for entry in msg.certificate_list:
+            for t, _ in entry.extensions:
+                if t not in (E.status_request, E.signed_certificate_timestamp):
+                    raise IllegalParameter(f"extension {t} is not allowed in a CertificateEntry")
+                if t not in self.offered:
+                    raise UnsupportedExtension(f"CertificateEntry carries extension {t} that was not requested")
+        self.peer_certificates = parse_certificates([e.cert_data for e in msg.certificate_list])
+        if self.config.verify_peer:
+            anchors = self.config.get_trust_anchors()
+            name = self.server_name if self.config.check_hostname else None
+            if name is None and self.config.check_hostname:
+                raise LocalProtocolError(
+                    AlertDescription.internal_error,
+                    "certificate verify failed: no server name given (pass server_name, or disable check_hostname)",
+                )
+            if name is not None:
+                verify_server_chain(self.peer_certificates, anchors, name)
+            else:
+                verify_chain_only(self.peer_certificates, anchors)
+        self.transcript.update(data)
+        self.state = ClientState.WAIT_CV
+
+    def _handle_certificate_verify(self, data: bytes) -> None:
+        cv = self._decode(H.certificate_verify, data)
+        assert isinstance(cv, M.CertificateVerify)
+        if cv.algorithm not in self.config.signature_schemes:
+            raise IllegalParameter(f"server used signature scheme {cv.algorithm:#06x} that was not offered")
+        content = signed_content(SERVER_CONTEXT, self.transcript.digest())
+        verify(self.peer_certificates[0].public_key(), cv.algorithm, cv.signature, content)
+        self.transcript.update(data)
+        self.state = ClientState.WAIT_FINISHED
+
+    # --------------------------------------------------------------- Finished
+    def _handle_finished(self, data: bytes) -> None:
+        suite = self.suite
+        assert suite is not None and self.handshake_secret is not None
+        fin = self._decode(H.finished, data)
+        assert isinstance(fin, M.Finished)
+        expected = finished_verify_data(suite.hash_name, self.server_hs_secret, self.transcript.digest())
+        if not constant_time_equal(expected, fin.verify_data):
+            raise DecryptError("server Finished does not verify")
+        self.transcript.update(data)
+        # RFC 9846 §7.1: application secrets over ClientHello..server Finished.
+        th = self.transcript.digest()
+        self.master_secret = self.handshake_secret.master_secret()
+        self.client_app_secret = self.master_secret.client_application_traffic_secret(th)
+        self.server_app_secret = self.master_secret.server_application_traffic_secret(th)
+        self.exporter_secret = self.master_secret.exporter_master_secret(th)
+        self.sink.log_secret("CLIENT_TRAFFIC_SECRET_0", self.random, self.client_app_secret)
+        self.sink.log_secret("SERVER_TRAFFIC_SECRET_0", self.random, self.server_app_secret)
+        self.sink.log_secret("EXPORTER_SECRET", self.random, self.exporter_secret)
+        self.sink.set_read_secret(suite, self.server_app_secret)
+        # Our second flight, under the client handshake traffic key.
+        self._send_ccs_once()
+        if self.certificate_request is not None:
+            self._send_client_certificate(self.certificate_request)
+        verify_data = finished_verify_data(suite.hash_name, self.client_hs_secret, self.transcript.digest())
+        fin_bytes = M.encode_handshake(M.Finished(verify_data))
+        self.transcript.update(fin_bytes)
+        self.sink.send_handshake(fin_bytes)
+        self.sink.set_write_secret(suite, self.client_app_secret)
+        self.resumption_secret = self.master_secret.resumption_master_secret(self.transcript.digest())
+        self.state = ClientState.CONNECTED
+        self.complete = True
+
+    def _send_client_certificate(self, cr: M.CertificateRequest) -> None:
+        """RFC 9846 §4.4.2: our chain, or an empty Certificate if we have none
+        usable; CertificateVerify only with a non-empty chain."""
+        cfg = self.config
+        exts = dict(cr.extensions)
+        peer_schemes = X.decode_signature_algorithms(exts[E.signature_algorithms])
+        scheme = None
+        if cfg.certificate_chain and cfg.private_key is not None:
+            try:
+                scheme = choose_scheme(cfg.private_key, peer_schemes, cfg.signature_schemes)
+            except HandshakeFailure:
+                scheme = None
+        if scheme is None:
+            cert_msg = M.Certificate(cr.certificate_request_context, [])
+        else:
+            cert_msg = M.Certificate(
+                cr.certificate_request_context,
+                [M.CertificateEntry(c.public_bytes(Encoding.DER)) for c in cfg.certificate_chain],
+            )
+        cert_bytes = M.encode_handshake(cert_msg)
+        self.transcript.update(cert_bytes)
+        self.sink.send_handshake(cert_bytes)
+        if scheme is not None:
+            signature = sign(cfg.private_key, scheme, signed_content(CLIENT_CONTEXT, self.transcript.digest()))
+            cv_bytes = M.encode_handshake(M.CertificateVerify(scheme, signature))
+            self.transcript.update(cv_bytes)
+            self.sink.send_handshake(cv_bytes)
+
+    # ---------------------------------------------------------- post-handshake
+    def _handle_new_session_ticket(self, data: bytes) -> None:
+        nst = self._decode(H.new_session_ticket, data)
+        assert isinstance(nst, M.NewSessionTicket)
+        for t, _ in nst.extensions:
+            if t != E.early_data and t in {int(e) for e in E}:
+                raise IllegalParameter(f"extension {t} is not allowed in NewSessionTicket")
+        self.on_ticket(nst)
+
+    def _handle_key_update(self, data: bytes) -> None:
+        ku = self._decode(H.key_update, data)
+        assert isinstance(ku, M.KeyUpdate)
+        self.on_key_update(ku.request_update == KeyUpdateRequest.update_requested)
+

@@ -1,0 +1,75 @@
+"""(EC)DHE key exchange for the key_share extension (RFC 9846 §4.2.8, §7.4).
+
+One ``KeyShare`` object per offered group: it holds our private key and
+produces our public share and the shared secret with the peer's share.
+Peer shares are validated (length and point format); a bad share is an
+illegal_parameter alert (RFC 9846 §4.2.8.2).
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from ..errors import IllegalParameter
+from .enums import NamedGroup
+
+_CURVES: dict[int, type[ec.EllipticCurve]] = {
+    NamedGroup.secp256r1: ec.SECP256R1,
+    NamedGroup.secp384r1: ec.SECP384R1,
+    NamedGroup.secp521r1: ec.SECP521R1,
+}
+_POINT_LEN = {NamedGroup.secp256r1: 65, NamedGroup.secp384r1: 97, NamedGroup.secp521r1: 133}
+
+SUPPORTED_GROUPS = frozenset((NamedGroup.x25519, NamedGroup.x448, *_CURVES))
+
+
+class KeyShare:
+    """Our ephemeral key for one group."""
+
+    __slots__ = ("group", "_private", "public")
+
+    def __init__(self, group: int) -> None:
+        self.group = group
+        if group == NamedGroup.x25519:
+            self._private: object = x25519.X25519PrivateKey.generate()
+            self.public = self._private.public_key().public_bytes_raw()  # type: ignore[attr-defined]
+        elif group == NamedGroup.x448:
+            self._private = x448.X448PrivateKey.generate()
+            self.public = self._private.public_key().public_bytes_raw()  # type: ignore[attr-defined]
+        elif group in _CURVES:
+            self._private = ec.generate_private_key(_CURVES[group]())
+            # RFC 9846 §4.2.8.2: uncompressed UncompressedPointRepresentation.
+            self.public = self._private.public_key().public_bytes(  # type: ignore[attr-defined]
+                Encoding.X962, PublicFormat.UncompressedPoint
+            )
+        else:
+            raise ValueError(f"unsupported group {group}")
+
+    def exchange(self, peer_share: bytes) -> bytes:
+        """Shared secret with the peer's key_exchange bytes (RFC 9846 §7.4)."""
+        group = self.group
+        try:
+            if group == NamedGroup.x25519:
+                if len(peer_share) != 32:
+                    raise IllegalParameter("x25519 key share must be 32 bytes")
+                secret = self._private.exchange(x25519.X25519PublicKey.from_public_bytes(peer_share))  # type: ignore[attr-defined]
+                # RFC 9846 §7.4.2: reject the all-zero output (small-order point).
+                if secret == bytes(32):
+                    raise IllegalParameter("x25519 shared secret is zero")
+                return secret
+            if group == NamedGroup.x448:
+                if len(peer_share) != 56:
+                    raise IllegalParameter("x448 key share must be 56 bytes")
+                secret = self._private.exchange(x448.X448PublicKey.from_public_bytes(peer_share))  # type: ignore[attr-defined]
+                if secret == bytes(56):
+                    raise IllegalParameter("x448 shared secret is zero")
+                return secret
+            if len(peer_share) != _POINT_LEN[group] or peer_share[0] != 4:
+                raise IllegalParameter("ECDHE share must be an uncompressed point of the right size")
+            peer = ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[group](), peer_share)
+            return self._private.exchange(ec.ECDH(), peer)  # type: ignore[attr-defined]
+        except IllegalParameter:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise IllegalParameter(f"invalid key share for group {group}: {exc}") from None

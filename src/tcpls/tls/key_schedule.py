@@ -1,0 +1,259 @@
+"""The TLS 1.3 key schedule (RFC 9846 §7.1–§7.5), as typed stages.
+
+Theory of operation
+-------------------
+The schedule is a chain of HKDF-Extract steps, each adding one input secret::
+
+    0   + PSK (or 0)          -> EarlySecret
+    "derived" + (EC)DHE (or 0) -> HandshakeSecret
+    "derived" + 0              -> MasterSecret
+
+Each stage is its own class and only exposes the secrets that RFC 9846 §7.1
+derives from it, so deriving e.g. an application traffic secret from the
+handshake secret is a type error, not a silent interop bug (the Go
+``crypto/tls`` ``EarlySecret → HandshakeSecret → MasterSecret`` shape).
+
+Transcript hashes are passed in already computed (see
+:mod:`tcpls.tls.transcript`); this module never sees handshake messages.
+HKDF itself comes from ``cryptography``; ``hash_name`` is a hashlib name
+(``"sha256"``/``"sha384"``) as in :class:`~tcpls.tls.suites.CipherSuiteInfo`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac as _stdlib_hmac
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as _hmac
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
+
+if TYPE_CHECKING:
+    from .suites import CipherSuiteInfo
+
+__all__ = [
+    "hkdf_extract",
+    "hkdf_expand_label",
+    "derive_secret",
+    "empty_hash",
+    "EarlySecret",
+    "HandshakeSecret",
+    "MasterSecret",
+    "finished_verify_data",
+    "verify_finished",
+    "next_traffic_secret",
+    "traffic_key_iv",
+    "resumption_psk",
+    "export_keying_material",
+]
+
+# Labels of RFC 9846 §7.1 (without the "tls13 " prefix).
+LABEL_DERIVED = b"derived"
+LABEL_EXT_BINDER = b"ext binder"
+LABEL_RES_BINDER = b"res binder"
+LABEL_CLIENT_EARLY_TRAFFIC = b"c e traffic"
+LABEL_EARLY_EXPORTER = b"e exp master"
+LABEL_CLIENT_HANDSHAKE_TRAFFIC = b"c hs traffic"
+LABEL_SERVER_HANDSHAKE_TRAFFIC = b"s hs traffic"
+LABEL_CLIENT_APPLICATION_TRAFFIC = b"c ap traffic"
+LABEL_SERVER_APPLICATION_TRAFFIC = b"s ap traffic"
+LABEL_EXPORTER = b"exp master"
+LABEL_RESUMPTION = b"res master"
+LABEL_FINISHED = b"finished"  # §4.4.4
+LABEL_TRAFFIC_UPDATE = b"traffic upd"  # §7.2
+LABEL_KEY = b"key"  # §7.3
+LABEL_IV = b"iv"  # §7.3
+LABEL_RESUMPTION_PSK = b"resumption"  # §4.6.1
+LABEL_EXPORTER_FINAL = b"exporter"  # §7.5
+
+_HASH_CLASSES: dict[str, type[hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha384": hashes.SHA384}
+# One (immutable) hash object per name, so hot paths do not build new ones.
+_HASH_OBJECTS: dict[str, hashes.HashAlgorithm] = {n: c() for n, c in _HASH_CLASSES.items()}
+_EMPTY_HASHES: dict[str, bytes] = {n: hashlib.new(n).digest() for n in _HASH_CLASSES}
+_HASH_LENS: dict[str, int] = {n: hashlib.new(n).digest_size for n in _HASH_CLASSES}
+
+
+def _algorithm(hash_name: str) -> hashes.HashAlgorithm:
+    try:
+        return _HASH_OBJECTS[hash_name]
+    except KeyError:
+        raise ValueError(f"unsupported TLS 1.3 hash {hash_name!r}") from None
+
+
+def hash_len(hash_name: str) -> int:
+    """Output length in bytes of ``hash_name``."""
+    _algorithm(hash_name)
+    return _HASH_LENS[hash_name]
+
+
+def empty_hash(hash_name: str) -> bytes:
+    """``Hash("")``: the transcript hash of no messages."""
+    _algorithm(hash_name)
+    return _EMPTY_HASHES[hash_name]
+
+
+def hkdf_extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
+    """HKDF-Extract(salt, IKM) (RFC 5869 §2.2)."""
+    return HKDF.extract(_algorithm(hash_name), salt, ikm)
+
+
+def _hkdf_label(label: bytes, context: bytes, length: int) -> bytes:
+    # struct { uint16 length; opaque label<7..255>; opaque context<0..255>; }
+    full = b"tls13 " + label
+    if len(full) > 255 or len(context) > 255 or not 0 <= length <= 0xFFFF:
+        raise ValueError("HkdfLabel field out of range")
+    return b"".join((length.to_bytes(2, "big"), bytes((len(full),)), full, bytes((len(context),)), context))
+
+
+def hkdf_expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
+    """HKDF-Expand-Label(Secret, Label, Context, Length) (RFC 9846 §7.1).
+
+    ``label`` is given without the ``"tls13 "`` prefix, e.g. ``b"key"``.
+    """
+    return HKDFExpand(_algorithm(hash_name), length, _hkdf_label(label, context, length)).derive(secret)
+
+
+def derive_secret(hash_name: str, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
+    """Derive-Secret(Secret, Label, Messages) with ``Transcript-Hash(Messages)`` given."""
+    return hkdf_expand_label(hash_name, secret, label, transcript_hash, _HASH_LENS[hash_name])
+
+
+class EarlySecret:
+    """``Early Secret = HKDF-Extract(0, PSK)`` and the secrets derived from it.
+
+    Args:
+        hash_name: suite hash.
+        psk: the PSK; ``None`` means no PSK (Hash.length zero bytes).
+    """
+
+    __slots__ = ("hash_name", "secret")
+
+    def __init__(self, hash_name: str, psk: bytes | None = None) -> None:
+        n = hash_len(hash_name)
+        self.hash_name = hash_name
+        self.secret: bytes = hkdf_extract(hash_name, b"\x00" * n, psk if psk is not None else b"\x00" * n)
+
+    def binder_key(self, external: bool) -> bytes:
+        """``binder_key``: "ext binder" for external PSKs, "res binder" for resumption PSKs."""
+        label = LABEL_EXT_BINDER if external else LABEL_RES_BINDER
+        return derive_secret(self.hash_name, self.secret, label, _EMPTY_HASHES[self.hash_name])
+
+    def client_early_traffic_secret(self, transcript_hash: bytes) -> bytes:
+        """``client_early_traffic_secret``; transcript = ClientHello."""
+        return derive_secret(self.hash_name, self.secret, LABEL_CLIENT_EARLY_TRAFFIC, transcript_hash)
+
+    def early_exporter_master_secret(self, transcript_hash: bytes) -> bytes:
+        """``early_exporter_secret``; transcript = ClientHello."""
+        return derive_secret(self.hash_name, self.secret, LABEL_EARLY_EXPORTER, transcript_hash)
+
+    def handshake_secret(self, shared_secret: bytes | None) -> HandshakeSecret:
+        """Next stage: mix in the (EC)DHE/KEM shared secret (``None`` for psk_ke)."""
+        return HandshakeSecret(self.hash_name, self.secret, shared_secret)
+
+
+class HandshakeSecret:
+    """``Handshake Secret = HKDF-Extract(Derive-Secret(early, "derived", ""), shared)``.
+
+    Built by :meth:`EarlySecret.handshake_secret`.
+    """
+
+    __slots__ = ("hash_name", "secret")
+
+    def __init__(self, hash_name: str, early_secret: bytes, shared_secret: bytes | None) -> None:
+        n = _HASH_LENS[hash_name]
+        salt = derive_secret(hash_name, early_secret, LABEL_DERIVED, _EMPTY_HASHES[hash_name])
+        self.hash_name = hash_name
+        self.secret: bytes = hkdf_extract(hash_name, salt, shared_secret if shared_secret is not None else b"\x00" * n)
+
+    def client_handshake_traffic_secret(self, th: bytes) -> bytes:
+        """``client_handshake_traffic_secret``; transcript = ClientHello...ServerHello."""
+        return derive_secret(self.hash_name, self.secret, LABEL_CLIENT_HANDSHAKE_TRAFFIC, th)
+
+    def server_handshake_traffic_secret(self, th: bytes) -> bytes:
+        """``server_handshake_traffic_secret``; transcript = ClientHello...ServerHello."""
+        return derive_secret(self.hash_name, self.secret, LABEL_SERVER_HANDSHAKE_TRAFFIC, th)
+
+    def master_secret(self) -> MasterSecret:
+        """Next stage: the main ("master") secret."""
+        return MasterSecret(self.hash_name, self.secret)
+
+
+class MasterSecret:
+    """``Main Secret = HKDF-Extract(Derive-Secret(handshake, "derived", ""), 0)``.
+
+    Built by :meth:`HandshakeSecret.master_secret`.
+    """
+
+    __slots__ = ("hash_name", "secret")
+
+    def __init__(self, hash_name: str, handshake_secret: bytes) -> None:
+        n = _HASH_LENS[hash_name]
+        salt = derive_secret(hash_name, handshake_secret, LABEL_DERIVED, _EMPTY_HASHES[hash_name])
+        self.hash_name = hash_name
+        self.secret: bytes = hkdf_extract(hash_name, salt, b"\x00" * n)
+
+    def client_application_traffic_secret(self, th: bytes) -> bytes:
+        """``client_application_traffic_secret_0``; transcript = ClientHello...server Finished."""
+        return derive_secret(self.hash_name, self.secret, LABEL_CLIENT_APPLICATION_TRAFFIC, th)
+
+    def server_application_traffic_secret(self, th: bytes) -> bytes:
+        """``server_application_traffic_secret_0``; transcript = ClientHello...server Finished."""
+        return derive_secret(self.hash_name, self.secret, LABEL_SERVER_APPLICATION_TRAFFIC, th)
+
+    def exporter_master_secret(self, th: bytes) -> bytes:
+        """``exporter_secret``; transcript = ClientHello...server Finished."""
+        return derive_secret(self.hash_name, self.secret, LABEL_EXPORTER, th)
+
+    def resumption_master_secret(self, th: bytes) -> bytes:
+        """``resumption_secret``; transcript = ClientHello...client Finished."""
+        return derive_secret(self.hash_name, self.secret, LABEL_RESUMPTION, th)
+
+
+def finished_verify_data(hash_name: str, base_key: bytes, transcript_hash: bytes) -> bytes:
+    """Finished ``verify_data`` (RFC 9846 §4.4.4); also the PSK binder (§4.2.11.2).
+
+    ``finished_key = HKDF-Expand-Label(BaseKey, "finished", "", Hash.length)``;
+    ``verify_data = HMAC(finished_key, transcript_hash)``.
+    """
+    finished_key = hkdf_expand_label(hash_name, base_key, LABEL_FINISHED, b"", _HASH_LENS[hash_name])
+    mac = _hmac.HMAC(finished_key, _algorithm(hash_name))
+    mac.update(transcript_hash)
+    return mac.finalize()
+
+
+def verify_finished(hash_name: str, base_key: bytes, transcript_hash: bytes, received: bytes) -> bool:
+    """Constant-time check of a received Finished ``verify_data`` (or binder)."""
+    expected = finished_verify_data(hash_name, base_key, transcript_hash)
+    return _stdlib_hmac.compare_digest(expected, bytes(received))
+
+
+def next_traffic_secret(hash_name: str, secret: bytes) -> bytes:
+    """``application_traffic_secret_N+1`` (RFC 9846 §7.2, "traffic upd")."""
+    return hkdf_expand_label(hash_name, secret, LABEL_TRAFFIC_UPDATE, b"", _HASH_LENS[hash_name])
+
+
+def traffic_key_iv(suite: CipherSuiteInfo, secret: bytes) -> tuple[bytes, bytes]:
+    """``(write_key, write_iv)`` for ``secret`` (RFC 9846 §7.3)."""
+    h = suite.hash_name
+    return (
+        hkdf_expand_label(h, secret, LABEL_KEY, b"", suite.key_len),
+        hkdf_expand_label(h, secret, LABEL_IV, b"", suite.iv_len),
+    )
+
+
+def resumption_psk(hash_name: str, resumption_master_secret: bytes, ticket_nonce: bytes) -> bytes:
+    """PSK of a ticket: ``HKDF-Expand-Label(res_secret, "resumption", nonce, Hash.length)`` (§4.6.1)."""
+    return hkdf_expand_label(hash_name, resumption_master_secret, LABEL_RESUMPTION_PSK, ticket_nonce, _HASH_LENS[hash_name])
+
+
+def export_keying_material(hash_name: str, exporter_secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
+    """TLS-Exporter(label, context_value, key_length) (RFC 9846 §7.5).
+
+    ``exporter_secret`` is the exporter (or early exporter) secret; ``label``
+    is the full exporter label (no "tls13 " handling beyond HKDF-Expand-Label's).
+    No context and an empty context give the same result.
+    """
+    derived = derive_secret(hash_name, exporter_secret, label, _EMPTY_HASHES[hash_name])
+    context_hash = hashlib.new(hash_name, context).digest()
+    return hkdf_expand_label(hash_name, derived, LABEL_EXPORTER_FINAL, context_hash, length)

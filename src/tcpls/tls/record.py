@@ -1,0 +1,167 @@
+"""TLS record framing (RFC 9846 §5.1): stream bytes → records, and back.
+
+Theory of operation
+-------------------
+:class:`RecordReader` turns the TCP byte stream into whole records. It does
+not decrypt: it hands ``(outer content type, header, body)`` to the caller,
+which passes protected records (outer type application_data) to a
+:class:`~tcpls.tls.protection.RecordDecryptor` with ``header`` as the AAD.
+
+Buffering. Fed chunks are kept as immutable ``bytes`` in a list and only
+joined when a whole record (or a whole header) is available, so trickling a
+record in one byte at a time costs O(1) per feed, and feeding 256 KiB at once
+costs no copy beyond the one ``bytes(data)`` needed when the caller passes a
+mutable buffer. Records are returned as ``memoryview`` slices of that
+immutable buffer: no per-record copy, and a slice stays valid for as long as
+the caller keeps it (the docs only promise "until the next :meth:`feed`").
+
+Header checks, done as soon as the 5 header bytes are in (before the body
+is buffered):
+
+* unknown content type → ``unexpected_message`` (§5);
+* length above 2^14 (plaintext types) or 2^14 + 256 (application_data, i.e.
+  protected records) → ``record_overflow`` (§5.1, §5.2);
+* legacy_record_version: the major byte must be 3 and the minor 1..3, else
+  ``protocol_version`` (as OpenSSL does). Protected records must carry 0x0303
+  (§5.2; OpenSSL answers other values with ``decode_error``). For
+  plaintext records the field "MUST be ignored" (§5.1), so 0x0301–0x0303 are
+  all accepted (the first ClientHello record commonly uses 0x0301);
+* zero-length handshake or alert records → ``unexpected_message`` (§5.1,
+  §5.4); a change_cipher_spec record must be exactly the byte 0x01 (§5),
+  else ``unexpected_message``. Whether a CCS is allowed *at this point* is
+  the handshake engine's decision.
+"""
+
+from __future__ import annotations
+
+from ..errors import DecodeError, ProtocolVersionError, RecordOverflow, UnexpectedMessage
+from .enums import ContentType
+
+__all__ = ["MAX_PLAINTEXT", "MAX_CIPHERTEXT", "RecordReader", "encode_plaintext_records"]
+
+MAX_PLAINTEXT = 2**14
+MAX_CIPHERTEXT = 2**14 + 256
+
+_CCS = int(ContentType.CHANGE_CIPHER_SPEC)
+_ALERT = int(ContentType.ALERT)
+_HANDSHAKE = int(ContentType.HANDSHAKE)
+_APPLICATION_DATA = int(ContentType.APPLICATION_DATA)
+# Maximum TLSPlaintext/TLSCiphertext length per outer content type.
+_MAX_LENGTH = {_CCS: MAX_PLAINTEXT, _ALERT: MAX_PLAINTEXT, _HANDSHAKE: MAX_PLAINTEXT, _APPLICATION_DATA: MAX_CIPHERTEXT}
+
+
+class RecordReader:
+    """Reassembles TLS records from a byte stream.
+
+    Usage::
+
+        reader.feed(data)
+        while (record := reader.next_record()) is not None:
+            content_type, header, body = record
+    """
+
+    __slots__ = ("_buf", "_view", "_pos", "_chunks", "_chunks_len")
+
+    def __init__(self) -> None:
+        self._buf: bytes = b""
+        self._view = memoryview(self._buf)
+        self._pos = 0
+        self._chunks: list[bytes] = []
+        self._chunks_len = 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add received bytes (copied if ``data`` is mutable)."""
+        if not len(data):
+            return
+        chunk = data if type(data) is bytes else bytes(data)
+        self._chunks.append(chunk)
+        self._chunks_len += len(chunk)
+
+    def buffered(self) -> int:
+        """Number of received bytes not yet returned as records."""
+        return len(self._buf) - self._pos + self._chunks_len
+
+    def _join(self) -> None:
+        # Make everything buffered contiguous. Only called once enough bytes
+        # for the next header/record are available.
+        rest = self._view[self._pos :]
+        if len(rest):
+            self._chunks.insert(0, rest)  # type: ignore[arg-type]
+        buf = self._chunks[0] if len(self._chunks) == 1 and type(self._chunks[0]) is bytes else b"".join(self._chunks)
+        self._buf = buf
+        self._view = memoryview(buf)
+        self._pos = 0
+        self._chunks = []
+        self._chunks_len = 0
+
+    def next_record(self) -> tuple[int, memoryview, memoryview] | None:
+        """The next whole record as ``(outer type, 5-byte header, body)``, or None.
+
+        Raises:
+            UnexpectedMessage, RecordOverflow, ProtocolVersionError, DecodeError:
+                see the module docstring; the reader must not be used after.
+        """
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        if avail < 5:
+            if avail + self._chunks_len < 5:
+                return None
+            self._join()
+            buf = self._buf
+            pos = 0
+            avail = len(buf)
+        content_type = buf[pos]
+        major = buf[pos + 1]
+        minor = buf[pos + 2]
+        length = (buf[pos + 3] << 8) | buf[pos + 4]
+        max_length = _MAX_LENGTH.get(content_type)
+        if max_length is None:
+            raise UnexpectedMessage(f"unknown record content type {content_type}")
+        if major != 3 or not 1 <= minor <= 3:
+            raise ProtocolVersionError(f"bad record version 0x{major:02x}{minor:02x}")
+        if content_type == _APPLICATION_DATA:
+            if minor != 3:
+                raise DecodeError(f"protected record with version 0x{major:02x}{minor:02x}")
+        elif length == 0:
+            raise UnexpectedMessage("empty handshake, alert or change_cipher_spec record")
+        if length > max_length:
+            raise RecordOverflow(f"record of {length} bytes exceeds the limit")
+        end = pos + 5 + length
+        if end > len(buf):
+            if avail + self._chunks_len < 5 + length:
+                return None
+            self._join()
+            pos = 0
+            end = 5 + length
+        view = self._view
+        body = view[pos + 5 : end]
+        if content_type == _CCS and (length != 1 or body[0] != 1):
+            raise UnexpectedMessage("change_cipher_spec record is not the single byte 0x01")
+        self._pos = end
+        return content_type, view[pos : pos + 5], body
+
+
+def encode_plaintext_records(
+    content_type: int, data: bytes | bytearray | memoryview, out: bytearray, legacy_version: int = 0x0303
+) -> None:
+    """Append unprotected TLSPlaintext records carrying ``data`` to ``out``.
+
+    ``data`` is cut into fragments of at most 2^14 bytes. Empty ``data``
+    appends nothing (zero-length handshake/alert fragments are forbidden,
+    RFC 9846 §5.1). ``legacy_version`` is 0x0303, or 0x0301 for an initial
+    ClientHello.
+    """
+    n = len(data)
+    if not n:
+        return
+    prefix = bytes((content_type,)) + legacy_version.to_bytes(2, "big")
+    if n <= MAX_PLAINTEXT:
+        out += prefix + n.to_bytes(2, "big")
+        out += data
+        return
+    with memoryview(data) as view:
+        for pos in range(0, n, MAX_PLAINTEXT):
+            chunk = view[pos : pos + MAX_PLAINTEXT]
+            out += prefix + len(chunk).to_bytes(2, "big")
+            out += chunk
