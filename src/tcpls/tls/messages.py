@@ -87,7 +87,7 @@ class ClientHello:
     random: bytes  # 32
     legacy_session_id: bytes  # <0..32>
     cipher_suites: list[int]  # <2..2^16-2>
-    extensions: Extensions  # <7..2^16-1>
+    extensions: Extensions  # <7..2^16-1> in TLS 1.3 (see _pull_client_hello)
     legacy_compression_methods: bytes = b"\x00"  # <1..2^8-1>
     legacy_version: int = 0x0303
 
@@ -103,7 +103,7 @@ class ServerHello:
     random: bytes  # 32
     legacy_session_id_echo: bytes  # <0..32>
     cipher_suite: int
-    extensions: Extensions  # <6..2^16-1>
+    extensions: Extensions  # <6..2^16-1> in TLS 1.3 (see _pull_server_hello)
     legacy_compression_method: int = 0
     legacy_version: int = 0x0303
 
@@ -271,7 +271,11 @@ def _pull_client_hello(buf: Buffer) -> ClientHello:
         # hello. Left to the engine, which will answer protocol_version.
         extensions: Extensions = []
     else:
-        extensions = _pull_extensions(buf, 7)
+        # The TLS 1.3 floor <7..> only restates that supported_versions is
+        # mandatory, which the engine checks (answering protocol_version to a
+        # TLS 1.2 hello). The codec only rejects an empty block, which is not
+        # TLS 1.3 syntax and would not re-encode identically.
+        extensions = _pull_extensions(buf, 1)
         # §4.2.11: pre_shared_key MUST be the last extension in the ClientHello.
         for ext_type, _ in extensions[:-1]:
             if ext_type == _PRE_SHARED_KEY:
@@ -304,7 +308,9 @@ def _pull_server_hello(buf: Buffer) -> ServerHello:
     session_id_echo = buf.pull_opaque(1, 0, 32)
     cipher_suite = buf.pull_uint16()
     compression = buf.pull_uint8()
-    extensions = [] if buf.eof() else _pull_extensions(buf, 6)
+    # As for ClientHello, the <6..> floor is left to the supported_versions
+    # check of the engine; only an empty block is rejected here.
+    extensions = [] if buf.eof() else _pull_extensions(buf, 1)
     return ServerHello(
         random=random,
         legacy_session_id_echo=session_id_echo,

@@ -1,0 +1,326 @@
+"""Client and server engines wired in memory: every suite × group × key
+type, HRR, ALPN, client certificates, verification failures, KeyUpdate,
+close_notify and half-close, key log."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tcpls.errors import ConnectionClosedError, LocalProtocolError, RemoteAlert, UnexpectedEOF, UsageError
+from tcpls.tls import events as ev
+from tcpls.tls.config import TLSConfig
+from tcpls.tls.enums import AlertDescription as A
+from tcpls.tls.enums import CipherSuite, NamedGroup
+
+from tlspair import client_cert, configs, make_pair, pki
+
+SUITES = [CipherSuite.TLS_AES_128_GCM_SHA256, CipherSuite.TLS_AES_256_GCM_SHA384, CipherSuite.TLS_CHACHA20_POLY1305_SHA256]
+GROUPS = [NamedGroup.x25519, NamedGroup.secp256r1, NamedGroup.secp384r1, NamedGroup.x448]
+KEY_TYPES = ["ec256", "ec384", "rsa2048", "ed25519"]
+
+
+def _exchange(p, size: int = 70_000) -> None:
+    a, b = os.urandom(size), os.urandom(size // 3 + 1)
+    p.client.send_data(a)
+    p.server.send_data(b)
+    p.pump()
+    assert p.received("server") == a
+    assert p.received("client") == b
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
+@pytest.mark.parametrize("suite", SUITES, ids=lambda s: s.name)
+def test_matrix(suite, group, key_type):
+    c, s = configs(key_type, c_cipher_suites=[suite], c_groups=[group])
+    p = make_pair(c, s)
+    hc = [e for e in p.client_events if isinstance(e, ev.HandshakeComplete)]
+    assert len(hc) == 1 and hc[0].cipher_suite == suite and hc[0].group == group
+    assert not hc[0].hello_retry
+    assert p.client.cipher_suite == p.server.cipher_suite == suite
+    assert p.server.server_name == "localhost"
+    assert hc[0].peer_certificate_subject == "CN=localhost"
+    _exchange(p)
+
+
+@pytest.mark.parametrize("cookie", [True, False])
+def test_hello_retry_request(cookie):
+    c, s = configs(
+        c_groups=[NamedGroup.secp256r1, NamedGroup.x25519],
+        c_key_share_groups=[NamedGroup.secp256r1],
+        s_groups=[NamedGroup.x25519],
+        s_hello_retry_cookie=cookie,
+    )
+    p = make_pair(c, s)
+    assert p.client.hello_retry and p.server.hello_retry
+    assert p.client.group == p.server.group == NamedGroup.x25519
+    _exchange(p, 1000)
+
+
+def test_hrr_reverse_direction():
+    c, s = configs(c_groups=[NamedGroup.x25519, NamedGroup.secp256r1], s_groups=[NamedGroup.secp256r1])
+    p = make_pair(c, s)
+    assert p.client.hello_retry and p.client.group == NamedGroup.secp256r1
+
+
+def test_server_prefers_a_group_with_a_share_to_avoid_hrr():
+    c, s = configs(c_groups=[NamedGroup.secp256r1, NamedGroup.x25519], s_groups=[NamedGroup.x25519, NamedGroup.secp256r1])
+    p = make_pair(c, s)
+    assert not p.client.hello_retry and p.client.group == NamedGroup.secp256r1
+
+
+def test_no_common_group_is_handshake_failure():
+    c, s = configs(c_groups=[NamedGroup.secp384r1], s_groups=[NamedGroup.x25519])
+    p = make_pair(c, s, handshake=False)
+    with pytest.raises(LocalProtocolError) as ei:
+        p.server.receive_data(p.client.data_to_send())
+    assert ei.value.alert == A.handshake_failure
+    with pytest.raises(RemoteAlert) as ri:
+        p.client.receive_data(p.server.data_to_send())
+    assert ri.value.alert == A.handshake_failure
+    assert p.client.terminated and p.server.terminated
+
+
+def test_no_common_suite():
+    c, s = configs(c_cipher_suites=[CipherSuite.TLS_AES_256_GCM_SHA384], s_cipher_suites=[CipherSuite.TLS_AES_128_GCM_SHA256])
+    p = make_pair(c, s, handshake=False)
+    with pytest.raises(LocalProtocolError) as ei:
+        p.server.receive_data(p.client.data_to_send())
+    assert ei.value.alert == A.handshake_failure
+
+
+def test_alpn_server_preference():
+    c, s = configs(c_alpn_protocols=["http/1.1", "h2"], s_alpn_protocols=["h2", "http/1.1"])
+    p = make_pair(c, s)
+    assert p.client.alpn_protocol == p.server.alpn_protocol == "h2"
+
+
+def test_alpn_no_overlap():
+    c, s = configs(c_alpn_protocols=["foo"], s_alpn_protocols=["h2"])
+    p = make_pair(c, s, handshake=False)
+    with pytest.raises(LocalProtocolError) as ei:
+        p.server.receive_data(p.client.data_to_send())
+    assert ei.value.alert == A.no_application_protocol
+    with pytest.raises(RemoteAlert) as ri:
+        p.client.receive_data(p.server.data_to_send())
+    assert ri.value.alert_name == "no_application_protocol"
+
+
+def test_alpn_none_when_server_has_none():
+    c, s = configs(c_alpn_protocols=["h2"])
+    p = make_pair(c, s)
+    assert p.client.alpn_protocol is None
+
+
+def _fail_verification(c, s, server_name="localhost", expect=A.unknown_ca):
+    p = make_pair(c, s, server_name=server_name, handshake=False)
+    p.server.receive_data(p.client.data_to_send())
+    with pytest.raises(LocalProtocolError) as ei:
+        p.client.receive_data(p.server.data_to_send())
+    assert ei.value.alert == expect
+    alert = p.client.data_to_send()
+    assert alert, "the client queued its alert"
+    with pytest.raises(RemoteAlert) as ri:
+        p.server.receive_data(alert)
+    assert ri.value.alert == expect
+    return ei.value
+
+
+def test_untrusted_server_certificate():
+    from tcpls import _testcerts
+
+    other_ca, _ = _testcerts.make_ca("someone else")
+    c, s = configs(c_trust_anchors=[other_ca])
+    err = _fail_verification(c, s)
+    assert "certificate verify failed" in str(err)
+
+
+def test_wrong_hostname():
+    c, s = configs()
+    _fail_verification(c, s, server_name="www.example.org", expect=A.bad_certificate)
+
+
+def test_ip_address_name():
+    c, s = configs()
+    p = make_pair(c, s, server_name="127.0.0.1")
+    assert p.server.server_name is None  # no SNI for IP literals (RFC 6066 §3)
+
+
+def test_insecure_mode_is_explicit():
+    from tcpls import _testcerts
+
+    other_ca, _ = _testcerts.make_ca("someone else")
+    c, s = configs(c_trust_anchors=[other_ca], c_verify_peer=False)
+    make_pair(c, s, server_name="whatever")
+    assert TLSConfig().verify_peer is True
+
+
+def test_no_server_name_fails_verification_by_default():
+    c, s = configs()
+    p = make_pair(c, s, server_name=None, handshake=False)
+    p.server.receive_data(p.client.data_to_send())
+    with pytest.raises(LocalProtocolError):
+        p.client.receive_data(p.server.data_to_send())
+
+
+@pytest.mark.parametrize("key_type", ["ec256", "rsa2048", "ed25519"])
+def test_client_certificate_required(key_type):
+    cert, key = client_cert(key_type)
+    c, s = configs(s_require_client_certificate=True)
+    c.certificate_chain, c.private_key = [cert], key
+    p = make_pair(c, s)
+    assert p.server.peer_certificates[0] == cert
+    _exchange(p, 100)
+
+
+def test_client_certificate_missing():
+    c, s = configs(s_require_client_certificate=True)
+    p = make_pair(c, s, handshake=False)
+    p.server.receive_data(p.client.data_to_send())
+    p.client.receive_data(p.server.data_to_send())
+    with pytest.raises(LocalProtocolError) as ei:
+        p.server.receive_data(p.client.data_to_send())
+    assert ei.value.alert == A.certificate_required
+    with pytest.raises(RemoteAlert):
+        p.client.receive_data(p.server.data_to_send())
+
+
+def test_client_certificate_optional_and_absent():
+    c, s = configs(s_request_client_certificate=True)
+    p = make_pair(c, s)
+    assert p.server.peer_certificates == []
+
+
+def test_client_certificate_untrusted():
+    from tcpls import _testcerts
+
+    ca2, ca2_key = _testcerts.make_ca("other")
+    cert, key = _testcerts.make_leaf(ca2, ca2_key, ["c"], client=True)
+    c, s = configs(s_require_client_certificate=True)
+    c.certificate_chain, c.private_key = [cert], key
+    p = make_pair(c, s, handshake=False)
+    p.server.receive_data(p.client.data_to_send())
+    p.client.receive_data(p.server.data_to_send())
+    with pytest.raises(LocalProtocolError) as ei:
+        p.server.receive_data(p.client.data_to_send())
+    assert ei.value.alert == A.unknown_ca
+
+
+def test_half_close():
+    p = make_pair(*configs())
+    p.client.send_data(b"request")
+    p.client.close()
+    with pytest.raises(ConnectionClosedError):
+        p.client.send_data(b"more")
+    p.pump()
+    assert p.received("server") == b"request"
+    assert any(isinstance(e, ev.CloseNotifyReceived) for e in p.server_events)
+    assert p.server.peer_closed and not p.server.local_closed
+    p.server.send_data(b"response after the client's close_notify")
+    p.server.close()
+    p.pump()
+    assert p.received("client") == b"response after the client's close_notify"
+    assert p.client.peer_closed
+    p.client.receive_eof()  # clean EOF after close_notify: no error
+
+
+def test_truncation_is_an_error():
+    p = make_pair(*configs())
+    with pytest.raises(UnexpectedEOF):
+        p.client.receive_eof()
+
+
+def test_data_before_handshake_is_queued():
+    c, s = configs()
+    p = make_pair(c, s, handshake=False)
+    p.client.send_data(b"early bird")
+    p.pump()
+    assert p.received("server") == b"early bird"
+
+
+@pytest.mark.parametrize("requested", [True, False])
+def test_key_update(requested):
+    p = make_pair(*configs())
+    with pytest.raises(UsageError):
+        make_pair(*configs(), handshake=False).client.key_update()
+    p.client.key_update(request_peer_update=requested)
+    p.client.send_data(b"after update")
+    p.pump()
+    assert p.received("server") == b"after update"
+    updates = [e.direction for e in p.server_events if isinstance(e, ev.KeyUpdated)]
+    assert updates == (["receive", "send"] if requested else ["receive"])
+    p.server.send_data(b"reply")
+    p.pump()
+    assert p.received("client") == b"reply"
+    for _ in range(3):
+        p.server.key_update(True)
+        p.pump()
+    p.client.send_data(b"x")
+    p.server.send_data(b"y")
+    p.pump()
+    assert p.received("server").endswith(b"x") and p.received("client").endswith(b"y")
+
+
+def test_tampered_record_is_bad_record_mac():
+    p = make_pair(*configs())
+    p.client.send_data(b"secret")
+    data = bytearray(p.client.data_to_send())
+    data[-1] ^= 1
+    with pytest.raises(LocalProtocolError) as ei:
+        p.server.receive_data(bytes(data))
+    assert ei.value.alert == A.bad_record_mac
+    with pytest.raises(RemoteAlert):
+        p.client.receive_data(p.server.data_to_send())
+
+
+def test_byte_at_a_time():
+    c, s = configs()
+    p = make_pair(c, s, handshake=False)
+    for _ in range(4):
+        for b in p.client.data_to_send():
+            p.server.receive_data(bytes([b]))
+        for b in p.server.data_to_send():
+            p.client.receive_data(bytes([b]))
+    assert p.client.handshake_complete and p.server.handshake_complete
+
+
+def test_large_transfer():
+    p = make_pair(*configs())
+    data = os.urandom(5 * 1024 * 1024 + 17)
+    p.client.send_data(data)
+    p.pump()
+    assert p.received("server") == data
+
+
+def test_keylog_lines_match_on_both_sides(tmp_path):
+    client_lines, server_lines = [], []
+    path = tmp_path / "keys.log"
+    c, s = configs(c_keylog_callback=client_lines.append, s_keylog_file=str(path))
+    make_pair(c, s)
+    labels = [l.split()[0] for l in client_lines]
+    assert labels == [
+        "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+        "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+        "CLIENT_TRAFFIC_SECRET_0",
+        "SERVER_TRAFFIC_SECRET_0",
+        "EXPORTER_SECRET",
+    ]
+    server_lines = path.read_text().splitlines()
+    assert sorted(server_lines) == sorted(client_lines)
+    assert all(len(l.split()[1]) == 64 for l in client_lines)
+
+
+def test_keylog_environment_variable(tmp_path, monkeypatch):
+    path = tmp_path / "env.log"
+    monkeypatch.setenv("SSLKEYLOGFILE", str(path))
+    make_pair(*configs())
+    assert len(path.read_text().splitlines()) == 10  # both sides append
+
+
+def test_server_config_needs_a_certificate():
+    with pytest.raises(ValueError):
+        from tcpls.tls.connection import TLSConnection
+
+        TLSConnection(TLSConfig(), server_side=True)
