@@ -324,3 +324,23 @@ def test_server_config_needs_a_certificate():
         from tcpls.tls.connection import TLSConnection
 
         TLSConnection(TLSConfig(), server_side=True)
+
+
+def test_data_event_comes_before_close_notify():
+    p = make_pair(*configs())
+    p.client.send_data(b"last words")
+    p.client.close()
+    p.server.receive_data(p.client.data_to_send())
+    kinds = [type(e).__name__ for e in iter(p.server.next_event, None)]
+    assert kinds == ["DataReceived", "CloseNotifyReceived"]
+
+
+def test_data_event_comes_before_fatal_alert():
+    p = make_pair(*configs())
+    p.client.send_data(b"data")
+    first = p.client.data_to_send()
+    p.client._fail(LocalProtocolError(A.internal_error, "test"))
+    with pytest.raises(RemoteAlert):
+        p.server.receive_data(first + p.client.data_to_send())
+    kinds = [type(e).__name__ for e in iter(p.server.next_event, None)]
+    assert kinds == ["DataReceived", "AlertReceived"]

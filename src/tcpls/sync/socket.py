@@ -146,13 +146,13 @@ class TLSSocket:
                     conn.receive_eof()
             except ProtocolError as exc:
                 error = exc
-            if True:  # deliver what was decrypted before an error, too
-                while (event := conn.next_event()) is not None:
-                    if type(event) is _DataReceived:
-                        if chunks is None:
-                            chunks = [event.data]
-                        else:
-                            chunks.append(event.data)
+            # Deliver what was decrypted before an error, too.
+            while (event := conn.next_event()) is not None:
+                if type(event) is _DataReceived:
+                    if chunks is None:
+                        chunks = [event.data]
+                    else:
+                        chunks.append(event.data)
             self._queue_output()
         if chunks is not None:
             rest = self._rbuf[self._rpos :]

@@ -141,6 +141,19 @@ class TLSConfig:
     keylog_file: Optional[str] = None
     keylog_callback: Optional[Callable[[str], None]] = None
     max_handshake_message_size: int = 1 << 17
+    # Encodings derived from the settings above (static ClientHello
+    # extensions, our Certificate message), keyed by the inputs they came from.
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def cached(self, key: tuple, build: Callable[[], object]) -> object:
+        """Memoise ``build()`` under ``key`` (which must capture every input)."""
+        try:
+            return self._cache[key]
+        except KeyError:
+            if len(self._cache) > 64:
+                self._cache.clear()
+            value = self._cache[key] = build()
+            return value
 
     # ----------------------------------------------------------- loading
     def load_cert_chain(self, certfile: str, keyfile: Optional[str] = None, password: Optional[bytes] = None) -> None:

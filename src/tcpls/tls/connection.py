@@ -70,6 +70,7 @@ class TLSConnection:
         self._out = bytearray()
         self._hs_out = bytearray()  # handshake bytes not yet put in records
         self._events: deque[ev.Event] = deque()
+        self._rx: list[bytes] = []  # application data not yet turned into an event
         self._reader = RecordReader()
         self._hs_reader = M.HandshakeReader(config.max_handshake_message_size)
         self._encryptor: Optional[RecordEncryptor] = None
@@ -188,15 +189,13 @@ class TLSConnection:
         if not data:
             return
         self._reader.feed(data)
-        received: list[bytes] = []
         try:
-            self._process_records(received)
+            self._process_records()
         except LocalProtocolError as exc:
             self._fail(exc)
             raise
         finally:
-            if received:
-                self._events.append(ev.DataReceived(b"".join(received)))
+            self._flush_received()
             self._flush_handshake()
 
     def receive_eof(self) -> None:
@@ -210,7 +209,20 @@ class TLSConnection:
             else "peer closed the connection without close_notify"
         )
 
-    def _process_records(self, received: list[bytes]) -> None:
+    def _flush_received(self) -> None:
+        """Turn the application data gathered so far into one event."""
+        rx = self._rx
+        if rx:
+            self._events.append(ev.DataReceived(rx[0] if len(rx) == 1 else b"".join(rx)))
+            rx.clear()
+
+    def _emit(self, event: ev.Event) -> None:
+        """Queue ``event`` after any data that arrived before it."""
+        self._flush_received()
+        self._events.append(event)
+
+    def _process_records(self) -> None:
+        received = self._rx
         reader = self._reader
         while True:
             rec = reader.next_record()
@@ -273,13 +285,13 @@ class TLSConnection:
         level, desc = payload[0], payload[1]
         if desc == AlertDescription.close_notify:
             self.peer_closed = True
-            self._events.append(ev.CloseNotifyReceived())
+            self._emit(ev.CloseNotifyReceived())
             return
         if desc == AlertDescription.user_canceled:
             return  # RFC 9846 §6.1: followed by close_notify
         # RFC 9846 §6.2: every other alert is fatal whatever its level.
         self.terminated = True
-        self._events.append(ev.AlertReceived(desc, level))
+        self._emit(ev.AlertReceived(desc, level))
         raise RemoteAlert(desc)
 
     # -------------------------------------------------------------- RecordSink
@@ -334,7 +346,7 @@ class TLSConnection:
         hs = self._hs
         subject = hs.peer_certificates[0].subject.rfc4514_string() if hs.peer_certificates else None
         assert hs.suite is not None
-        self._events.append(
+        self._emit(
             ev.HandshakeComplete(
                 version=TLS_1_3,
                 cipher_suite=hs.suite.suite,
@@ -363,7 +375,7 @@ class TLSConnection:
         dec = self._decryptor
         assert dec is not None and self._suite is not None
         dec.update(next_traffic_secret(self._suite.hash_name, dec.secret))
-        self._events.append(ev.KeyUpdated("receive"))
+        self._emit(ev.KeyUpdated("receive"))
         if requested and not self.local_closed:
             self._send_key_update(False)
 
@@ -373,10 +385,10 @@ class TLSConnection:
         req = KeyUpdateRequest.update_requested if request_peer else KeyUpdateRequest.update_not_requested
         enc.seal(_CT_HANDSHAKE, M.encode_handshake(M.KeyUpdate(req)), self._out)
         enc.update(next_traffic_secret(self._suite.hash_name, enc.secret))
-        self._events.append(ev.KeyUpdated("send"))
+        self._emit(ev.KeyUpdated("send"))
 
     def _on_ticket(self, ticket: M.NewSessionTicket) -> None:
-        self._events.append(ev.SessionTicketReceived(ticket))
+        self._emit(ev.SessionTicketReceived(ticket))
 
     def _send_alert(self, desc: int, level: int = AlertLevel.FATAL) -> None:
         self._flush_handshake()

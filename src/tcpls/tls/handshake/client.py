@@ -160,12 +160,7 @@ class ClientHandshake:
         exts: list[tuple[int, bytes]] = []
         if self.server_name and not _is_ip(self.server_name):
             exts.append((E.server_name, X.encode_server_name(self.server_name)))
-        exts.append((E.supported_versions, X.encode_supported_versions_ch([TLS_1_3])))
-        exts.append((E.supported_groups, X.encode_supported_groups([int(g) for g in cfg.groups])))
-        exts.append((E.signature_algorithms, X.encode_signature_algorithms([int(s) for s in cfg.signature_schemes])))
-        exts.append(
-            (E.signature_algorithms_cert, X.encode_signature_algorithms([int(s) for s in DEFAULT_CERT_SIGNATURE_SCHEMES]))
-        )
+        exts += self._static_extensions()
         exts.append((E.key_share, X.encode_key_share_ch([(g, ks.public) for g, ks in self.key_shares.items()])))
         if cfg.alpn_protocols:
             exts.append(
@@ -173,7 +168,7 @@ class ClientHandshake:
             )
         if cookie is not None:
             exts.append((E.cookie, X.encode_cookie(cookie)))
-        exts.append((E.psk_key_exchange_modes, X.encode_psk_key_exchange_modes([1])))
+        exts.append((E.psk_key_exchange_modes, b"\x01\x01"))  # [psk_dhe_ke]
         self.offered = {t for t, _ in exts}
         hello = M.ClientHello(
             random=self.random,
@@ -184,6 +179,24 @@ class ClientHandshake:
         data = M.encode_handshake(hello)
         self.transcript.update(data)
         self.sink.send_handshake(data)
+
+    def _static_extensions(self) -> list[tuple[int, bytes]]:
+        """Extensions that depend only on the configuration (encoded once)."""
+        cfg = self.config
+        key = ("client-static", tuple(cfg.groups), tuple(cfg.signature_schemes))
+
+        def build() -> list[tuple[int, bytes]]:
+            return [
+                (E.supported_versions, X.encode_supported_versions_ch([TLS_1_3])),
+                (E.supported_groups, X.encode_supported_groups([int(g) for g in cfg.groups])),
+                (E.signature_algorithms, X.encode_signature_algorithms([int(s) for s in cfg.signature_schemes])),
+                (
+                    E.signature_algorithms_cert,
+                    X.encode_signature_algorithms([int(s) for s in DEFAULT_CERT_SIGNATURE_SCHEMES]),
+                ),
+            ]
+
+        return cfg.cached(key, build)  # type: ignore[return-value]
 
     # ------------------------------------------------------------ ServerHello
     def _handle_server_hello(self, data: bytes) -> None:

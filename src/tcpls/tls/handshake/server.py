@@ -295,7 +295,7 @@ class ServerHandshake:
 
         assert cfg.private_key is not None
         scheme = choose_scheme(cfg.private_key, self.client_signature_schemes, cfg.signature_schemes)
-        self._send(M.Certificate(b"", [M.CertificateEntry(c.public_bytes(Encoding.DER)) for c in cfg.certificate_chain]))
+        self._send_raw(self._certificate_message())
         signature = sign(cfg.private_key, scheme, signed_content(SERVER_CONTEXT, self.transcript.digest()))
         self._send(M.CertificateVerify(scheme, signature))
         verify_data = finished_verify_data(suite.hash_name, self.server_hs_secret, self.transcript.digest())
@@ -314,9 +314,19 @@ class ServerHandshake:
         self.state = next_state
 
     def _send(self, msg: object) -> None:
-        data = M.encode_handshake(msg)
+        self._send_raw(M.encode_handshake(msg))
+
+    def _send_raw(self, data: bytes) -> None:
         self.transcript.update(data)
         self.sink.send_handshake(data)
+
+    def _certificate_message(self) -> bytes:
+        """Our Certificate message (RFC 9846 §4.4.2), encoded once per chain."""
+        chain = tuple(self.config.certificate_chain)
+        return self.config.cached(  # type: ignore[return-value]
+            ("certificate", chain),
+            lambda: M.encode_handshake(M.Certificate(b"", [M.CertificateEntry(c.public_bytes(Encoding.DER)) for c in chain])),
+        )
 
     # ------------------------------------------------- client authentication
     def _handle_certificate(self, data: bytes) -> None:

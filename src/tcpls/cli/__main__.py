@@ -1,0 +1,57 @@
+"""``tcpls`` command line: ``server``, ``client`` and ``demo`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from . import commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tcpls", description="TLS 1.3 client and server (tcpls).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--alpn", metavar="LIST", help="ALPN protocols, comma separated")
+        p.add_argument("--ciphers", metavar="LIST", help="TLS 1.3 cipher suites (IANA names, ',' or ':' separated)")
+        p.add_argument("--groups", metavar="LIST", help="key exchange groups (IANA names, ',' or ':' separated)")
+        p.add_argument("--keylog", metavar="FILE", help="append SSLKEYLOGFILE lines to FILE")
+        p.add_argument("-v", "--verbose", action="store_true", help="print negotiated parameters / log connections")
+
+    server = sub.add_parser("server", help="serve TLS connections (echo or www)")
+    server.add_argument("--cert", required=True, help="PEM certificate chain, leaf first")
+    server.add_argument("--key", required=True, help="PEM private key")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=4433, help="0 picks a free port")
+    mode = server.add_mutually_exclusive_group()
+    mode.add_argument("--echo", action="store_true", help="echo each connection's bytes (default)")
+    mode.add_argument("--www", action="store_true", help="answer HTTP requests with a status page")
+    common(server)
+    server.set_defaults(func=commands.cmd_server)
+
+    client = sub.add_parser("client", help="connect, send stdin, print what comes back")
+    client.add_argument("host")
+    client.add_argument("port", type=int)
+    trust = client.add_mutually_exclusive_group()
+    trust.add_argument("--cafile", help="trust these PEM certificates (default: system store)")
+    trust.add_argument("--insecure", action="store_true", help="do NOT verify the server certificate")
+    client.add_argument("--sni", help="server name to send and verify (default: HOST)")
+    client.add_argument("--timeout", type=float, default=30.0, help="connect and handshake timeout (seconds)")
+    common(client)
+    client.set_defaults(func=commands.cmd_client)
+
+    demo = sub.add_parser("demo", help="run a local server and client with a throwaway CA")
+    demo.set_defaults(func=commands.cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return commands.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""The ``tcpls`` subcommands: thin glue over :mod:`tcpls.sync` and :mod:`tcpls.aio`.
+
+No protocol logic lives here: commands build a :class:`TLSConfig` from the
+flags, open connections with the public APIs, and move bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import html
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from .. import aio, sync
+from ..errors import LocalProtocolError, ProtocolError, RemoteAlert, TLSError
+from ..tls.config import TLSConfig, parse_cipher_suites, parse_groups
+from ..tls.enums import AlertDescription, CipherSuite, NamedGroup, enum_name
+
+log = logging.getLogger("tcpls.cli")
+
+READ_SIZE = 256 * 1024
+_CERT_ALERTS = {
+    AlertDescription.bad_certificate,
+    AlertDescription.unknown_ca,
+    AlertDescription.certificate_expired,
+    AlertDescription.certificate_unknown,
+    AlertDescription.certificate_revoked,
+    AlertDescription.unsupported_certificate,
+}
+
+
+class UsageFailure(Exception):
+    """Bad command-line input (printed as one error line, exit status 2)."""
+
+
+# ---------------------------------------------------------------- helpers
+def describe_error(exc: BaseException) -> str:
+    """One line for ``tcpls: error: ...``; always names the alert for TLS errors."""
+    if isinstance(exc, RemoteAlert):
+        return str(exc)
+    if isinstance(exc, LocalProtocolError):
+        text = exc.message or exc.alert_name
+        if exc.alert in _CERT_ALERTS and "certificate verify failed" not in text:
+            text = f"certificate verify failed: {text}"
+        text = f"{text} (alert {exc.alert_name})" if exc.alert_name not in text else text
+        return " ".join(text.split())
+    if isinstance(exc, TimeoutError):
+        return f"timed out{': ' + str(exc) if str(exc) else ''}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return " ".join((str(exc) or type(exc).__name__).split())
+
+
+def _name(enum_cls: Any, value: Any) -> str:
+    return "none" if value is None else enum_name(enum_cls, int(value))
+
+
+def negotiated(get: Any) -> list[tuple[str, str]]:
+    """``(key, value)`` lines describing a connection; ``get(name)`` reads an attribute."""
+    certs = get("peer_certificates") or []
+    return [
+        ("version", get("version") or "none"),
+        ("cipher_suite", _name(CipherSuite, get("cipher_suite"))),
+        ("group", _name(NamedGroup, get("group"))),
+        ("alpn", get("alpn_protocol") or "none"),
+        ("server_name", get("server_name") or "none"),
+        ("hello_retry", "yes" if get("hello_retry") else "no"),
+        ("peer_subject", certs[0].subject.rfc4514_string() if certs else "none"),
+    ]
+
+
+def _writer_info(writer: aio.TLSStreamWriter) -> Any:
+    names = {"version": "tls_version"}
+    return lambda key: writer.get_extra_info(names.get(key, key))
+
+
+def build_config(args: argparse.Namespace, *, server: bool) -> TLSConfig:
+    config = TLSConfig()
+    try:
+        if getattr(args, "ciphers", None):
+            config.cipher_suites = parse_cipher_suites(args.ciphers)
+        if getattr(args, "groups", None):
+            config.groups = parse_groups(args.groups)
+    except ValueError as exc:
+        raise UsageFailure(str(exc)) from None
+    if getattr(args, "alpn", None):
+        config.alpn_protocols = [p.strip() for p in args.alpn.split(",") if p.strip()]
+    if getattr(args, "keylog", None):
+        config.keylog_file = args.keylog
+    try:
+        if server:
+            config.load_cert_chain(args.cert, args.key)
+        elif args.insecure:
+            config.verify_peer = False
+            config.check_hostname = False
+        elif args.cafile:
+            config.load_verify_locations(cafile=args.cafile)
+        config.validate(server_side=server)
+    except (OSError, ValueError) as exc:
+        raise UsageFailure(describe_error(exc)) from None
+    return config
+
+
+# ---------------------------------------------------------------- server
+async def _echo(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> None:
+    peer = _peer(writer)
+    log.info("%s: connected: %s", peer, ", ".join(f"{k}={v}" for k, v in negotiated(_writer_info(writer))))
+    try:
+        while data := await reader.read(READ_SIZE):
+            writer.write(data)
+            await writer.drain()
+        log.info("%s: close_notify received", peer)
+    except (TLSError, OSError) as exc:
+        log.warning("%s: %s", peer, describe_error(exc))
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+async def _www(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> None:
+    peer = _peer(writer)
+    try:
+        request = await reader.readuntil(b"\r\n\r\n")
+        first = request.split(b"\r\n", 1)[0].decode("latin-1")
+        log.info("%s: %s", peer, first)
+        rows = "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>\n"
+            for k, v in negotiated(_writer_info(writer))
+        )
+        body = (
+            "<!DOCTYPE html>\n<html><head><title>tcpls</title></head><body>\n"
+            f"<h1>tcpls</h1>\n<p>Request: <code>{html.escape(first)}</code></p>\n"
+            f"<table>\n{rows}</table>\n</body></html>\n"
+        ).encode()
+        head = (
+            "HTTP/1.0 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        writer.write(head + body)
+        await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        log.info("%s: no complete HTTP request", peer)
+    except (TLSError, OSError) as exc:
+        log.warning("%s: %s", peer, describe_error(exc))
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _peer(writer: aio.TLSStreamWriter) -> str:
+    addr = writer.get_extra_info("peername")
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+
+
+async def _serve(args: argparse.Namespace, config: TLSConfig) -> int:
+    handler = _www if args.www else _echo
+    server = await aio.start_server(handler, args.host, args.port, config=config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    host, port = server.sockets[0].getsockname()[:2]
+    print(f"listening on {host}:{port}", file=sys.stderr, flush=True)
+    async with server:
+        await stop.wait()
+    log.info("stopping")
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    config = build_config(args, server=True)
+    try:
+        return asyncio.run(_serve(args, config))
+    except KeyboardInterrupt:  # interrupted before the signal handlers were installed
+        return 0
+
+
+# ---------------------------------------------------------------- client
+def cmd_client(args: argparse.Namespace) -> int:
+    config = build_config(args, server=False)
+    # For an IP literal the engine sends no SNI and checks the IP address SAN.
+    server_name = args.sni or args.host
+    sock = sync.connect((args.host, args.port), config, server_name=server_name, timeout=args.timeout)
+    sock.settimeout(None)
+    with sock:
+        if args.verbose:
+            for key, value in negotiated(lambda k: getattr(sock, k)):
+                print(f"{key}: {value}", file=sys.stderr)
+            sys.stderr.flush()
+        pump = threading.Thread(target=_pump_stdin, args=(sock,), name="tcpls-stdin", daemon=True)
+        pump.start()
+        out = sys.stdout.buffer
+        while data := sock.recv(READ_SIZE):
+            out.write(data)
+            out.flush()
+    return 0
+
+
+def _pump_stdin(sock: sync.TLSSocket) -> None:
+    """stdin → socket, then close_notify. Runs in its own thread."""
+    try:
+        stdin = sys.stdin.buffer
+        read = getattr(stdin, "read1", stdin.read)
+        while data := read(READ_SIZE):
+            sock.sendall(data)
+        sock.shutdown_write()
+    except (OSError, TLSError, ValueError):
+        pass  # the reading side reports connection errors
+
+
+# ---------------------------------------------------------------- demo
+async def _demo() -> int:
+    from .._testcerts import make_ca, make_leaf
+
+    ca_cert, ca_key = make_ca()
+    leaf, leaf_key = make_leaf(ca_cert, ca_key, names=["localhost", "127.0.0.1"])
+    server_config = TLSConfig(certificate_chain=[leaf, ca_cert], private_key=leaf_key, alpn_protocols=["echo/1"])
+    client_config = TLSConfig(trust_anchors=[ca_cert], alpn_protocols=["echo/1"])
+
+    server = await aio.start_server(_echo, "127.0.0.1", 0, config=server_config)
+    port = server.sockets[0].getsockname()[1]
+    print(f"server: listening on 127.0.0.1:{port} (throwaway CA {ca_cert.subject.rfc4514_string()!r})")
+    async with server:
+        reader, writer = await aio.open_connection(
+            "127.0.0.1", port, config=client_config, server_hostname="localhost"
+        )
+        print("client: handshake complete, verified against the demo CA")
+        for key, value in negotiated(_writer_info(writer)):
+            print(f"  {key}: {value}")
+        messages = [b"hello, tcpls", b"TLS 1.3 from scratch", b"x" * 50_000]
+        for msg in messages:
+            writer.write(msg)
+            await writer.drain()
+            echoed = await reader.readexactly(len(msg))
+            if echoed != msg:
+                print("demo: echo mismatch", file=sys.stderr)
+                return 1
+            shown = msg if len(msg) < 60 else msg[:20] + b"..." + f" ({len(msg)} bytes)".encode()
+            print(f"  sent and echoed: {shown!r}")
+        writer.write_eof()
+        rest = await reader.read()
+        print(f"client: close_notify exchanged ({len(rest)} trailing bytes)")
+        writer.close()
+        await writer.wait_closed()
+    print("demo: ok")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return asyncio.run(_demo())
+
+
+# ---------------------------------------------------------------- entry
+def run(args: argparse.Namespace) -> int:
+    """Run the selected command; errors become one ``tcpls: error:`` line."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="tcpls: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except UsageFailure as exc:
+        print(f"tcpls: error: {exc}", file=sys.stderr)
+        return 2
+    except (ProtocolError, TLSError, OSError, ValueError) as exc:
+        print(f"tcpls: error: {describe_error(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
