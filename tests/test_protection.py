@@ -22,6 +22,14 @@ from tcpls.tls.protection import SEQ_LIMIT, RecordDecryptor, RecordEncryptor
 from tcpls.tls.record import MAX_CIPHERTEXT, MAX_PLAINTEXT, RecordReader, encode_plaintext_records
 from tcpls.tls.suites import SUITES, suite_info
 
+
+class Out(list):
+    """The list of buffers ``seal`` appends to, viewable as the bytes on the wire."""
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self)
+
+
 try:
     from vectors.rfc8448 import CLIENT_AUTH, HELLO_RETRY, RESUMED_0RTT, SIMPLE_1RTT
 except ImportError:  # tests/ is a package
@@ -43,7 +51,7 @@ def pair(suite=AES128, secret: bytes | None = None) -> tuple[RecordEncryptor, Re
 
 def split_records(wire: bytes | bytearray) -> list[tuple[int, bytes, bytes]]:
     reader = RecordReader()
-    reader.feed(wire)
+    reader.feed(bytes(wire))
     out = []
     while (rec := reader.next_record()) is not None:
         out.append((rec[0], bytes(rec[1]), bytes(rec[2])))
@@ -95,7 +103,7 @@ def test_rfc8448_records(section, record, secret, seq, ctype) -> None:
     # seal byte-for-byte
     enc = RecordEncryptor(AES128, v(section, secret))
     enc.seq = seq
-    out = bytearray()
+    out = Out()
     enc.seal(ctype, payload, out)
     assert bytes(out) == wire
     assert enc.seq == seq + 1
@@ -103,10 +111,10 @@ def test_rfc8448_records(section, record, secret, seq, ctype) -> None:
 
 def test_rfc8448_plaintext_records() -> None:
     s = SIMPLE_1RTT
-    out = bytearray()
+    out = Out()
     encode_plaintext_records(HS, v(s, "client_hello"), out, legacy_version=0x0301)
     assert bytes(out) == v(s, "client_hs_record1_wire")
-    out = bytearray()
+    out = Out()
     encode_plaintext_records(HS, v(s, "server_hello"), out)
     assert bytes(out) == v(s, "server_hs_record1_wire")
     [(t, h, body)] = split_records(v(s, "client_hs_record1_wire"))
@@ -135,7 +143,7 @@ def test_rfc8448_server_flight_stream() -> None:
 def test_round_trip(suite, size: int) -> None:
     enc, dec = pair(suite)
     data = os.urandom(size)
-    out = bytearray()
+    out = Out()
     enc.seal(AD, data, out)
     recs = split_records(out)
     assert len(recs) == max(1, -(-size // MAX_PLAINTEXT))
@@ -156,7 +164,7 @@ def test_seal_accepts_buffers(data_type) -> None:
     enc, dec = pair()
     for n in (10, 40000):
         raw = os.urandom(n)
-        out = bytearray()
+        out = Out()
         enc.seal(HS, data_type(raw), out)
         assert b"".join(bytes(dec.open(h, b)[1]) for _, h, b in split_records(out)) == raw
 
@@ -164,21 +172,21 @@ def test_seal_accepts_buffers(data_type) -> None:
 @ALL_SUITES
 def test_padding_is_stripped(suite) -> None:
     enc, dec = pair(suite)
-    out = bytearray()
+    out = Out()
     enc.seal(HS, b"hello", out, padding=100)
     [(_, header, body)] = split_records(out)
     assert len(body) == 5 + 1 + 100 + suite.tag_len
     ctype, content = dec.open(header, body)
     assert (ctype, bytes(content)) == (HS, b"hello")
     # Padding is clipped to the record size limit.
-    out = bytearray()
+    out = Out()
     enc.seal(AD, bytes(MAX_PLAINTEXT - 10), out, padding=1000)
     [(_, header, body)] = split_records(out)
     assert len(body) == MAX_PLAINTEXT + 1 + suite.tag_len
     ctype, content = dec.open(header, body)
     assert (ctype, bytes(content)) == (AD, bytes(MAX_PLAINTEXT - 10))
     # Padding applies to every record of a long write; an empty padded record.
-    out = bytearray()
+    out = Out()
     enc.seal(AD, b"", out, padding=5)
     [(_, header, body)] = split_records(out)
     ctype, content = dec.open(header, body)
@@ -187,7 +195,7 @@ def test_padding_is_stripped(suite) -> None:
 
 def test_content_ending_in_zero_bytes() -> None:
     enc, dec = pair()
-    out = bytearray()
+    out = Out()
     enc.seal(AD, b"abc\x00\x00", out, padding=3)
     [(_, h, b)] = split_records(out)
     ctype, content = dec.open(h, b)
@@ -197,15 +205,15 @@ def test_content_ending_in_zero_bytes() -> None:
 def test_empty_handshake_record_refused() -> None:
     enc, _ = pair()
     with pytest.raises(ValueError):
-        enc.seal(HS, b"", bytearray())
+        enc.seal(HS, b"", Out())
     with pytest.raises(ValueError):
-        enc.seal(AD, b"x", bytearray(), padding=-1)
+        enc.seal(AD, b"x", Out(), padding=-1)
 
 
 def test_max_plaintext_record_size_limit() -> None:
     enc, dec = pair()
     enc.max_plaintext = 1000 - 1  # record_size_limit 1000 counts the content type
-    out = bytearray()
+    out = Out()
     enc.seal(AD, os.urandom(2500), out)
     recs = split_records(out)
     assert [len(b) for _, _, b in recs] == [1000 + 16, 1000 + 16, 2500 - 2 * 999 + 1 + 16]
@@ -215,7 +223,7 @@ def test_max_plaintext_record_size_limit() -> None:
     # A full-size record exceeds the advertised limit: record_overflow.
     big_enc, big_dec = pair()
     big_dec.max_plaintext = 999
-    out = bytearray()
+    out = Out()
     big_enc.seal(AD, bytes(1000), out)
     [(_, h, b)] = split_records(out)
     with pytest.raises(RecordOverflow):
@@ -231,7 +239,7 @@ def test_max_plaintext_record_size_limit() -> None:
 
 def test_tampering_is_bad_record_mac() -> None:
     enc, _ = pair(secret=b"k" * 32)
-    out = bytearray()
+    out = Out()
     enc.seal(AD, b"attack at dawn", out)
     [(_, header, body)] = split_records(out)
     for i in range(len(body)):
@@ -294,7 +302,7 @@ def test_overflow() -> None:
 def test_nonce_uses_sequence_number() -> None:
     secret = os.urandom(32)
     enc, dec = pair(secret=secret)
-    out = bytearray()
+    out = Out()
     for i in range(5):
         enc.seal(AD, b"same", out)
     recs = split_records(out)
@@ -311,11 +319,11 @@ def test_nonce_uses_sequence_number() -> None:
 def test_sequence_number_exhaustion() -> None:
     enc, dec = pair()
     enc.seq = dec.seq = SEQ_LIMIT - 1
-    out = bytearray()
+    out = Out()
     enc.seal(AD, b"last", out)
     assert enc.seq == SEQ_LIMIT
     with pytest.raises(InternalError):
-        enc.seal(AD, b"one too many", bytearray())
+        enc.seal(AD, b"one too many", Out())
     [(_, h, b)] = split_records(out)
     assert bytes(dec.open(h, b)[1]) == b"last"
     with pytest.raises(InternalError):
@@ -323,7 +331,7 @@ def test_sequence_number_exhaustion() -> None:
     # A multi-record write that would cross the limit is refused as a whole.
     enc2, _ = pair()
     enc2.seq = SEQ_LIMIT - 1
-    out = bytearray()
+    out = Out()
     with pytest.raises(InternalError):
         enc2.seal(AD, bytes(MAX_PLAINTEXT + 1), out)
     assert not out and enc2.seq == SEQ_LIMIT - 1
@@ -333,14 +341,14 @@ def test_sequence_number_exhaustion() -> None:
 def test_key_update(suite) -> None:
     secret = os.urandom(suite.hash_len)
     enc, dec = pair(suite, secret)
-    out = bytearray()
+    out = Out()
     enc.seal(AD, b"before", out)
     dec.open(*split_records(out)[0][1:])
     new = next_traffic_secret(suite.hash_name, secret)
     assert new != secret and len(new) == suite.hash_len
     enc.update(new)
     assert (enc.seq, enc.secret, enc.records_protected) == (0, new, 0)
-    out = bytearray()
+    out = Out()
     enc.seal(AD, b"after", out)
     [(_, h, b)] = split_records(out)
     stale = RecordDecryptor(suite, secret)
@@ -363,7 +371,7 @@ def test_key_usage_limit() -> None:
     assert AES128.record_limit == int(2**24.5)
     enc.records_protected = AES128.record_limit - 1
     assert not enc.key_usage_exhausted
-    enc.seal(AD, b"x", bytearray())
+    enc.seal(AD, b"x", Out())
     assert enc.key_usage_exhausted
     chacha, _ = pair(suite_info(CipherSuite.TLS_CHACHA20_POLY1305_SHA256))
     chacha.records_protected = 2**40
@@ -411,7 +419,7 @@ def test_reader_trickle_and_bulk() -> None:
     bodies = [os.urandom(MAX_CIPHERTEXT) for _ in range(16)]
     wire = b"".join(_plain(AD, b) for b in bodies)
     reader = RecordReader()
-    reader.feed(wire)
+    reader.feed(bytes(wire))
     views = []
     while (rec := reader.next_record()) is not None:
         views.append(rec[2])
@@ -476,9 +484,9 @@ def test_reader_accepts_legacy_versions_and_ccs() -> None:
 
 
 def test_encode_plaintext_records_fragmentation() -> None:
-    out = bytearray()
+    out = Out()
     encode_plaintext_records(HS, b"", out)
-    assert out == b""
+    assert bytes(out) == b""
     data = os.urandom(2 * MAX_PLAINTEXT + 5)
     encode_plaintext_records(HS, memoryview(data), out)
     recs = split_records(out)

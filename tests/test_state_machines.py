@@ -96,15 +96,15 @@ def _client_at(step: int):
 
 
 def _plain(msg: bytes) -> bytes:
-    out = bytearray()
+    out: list = []
     encode_plaintext_records(22, msg, out)
-    return bytes(out)
+    return b"".join(out)
 
 
 def _seal(enc: RecordEncryptor, msg: bytes) -> bytes:
-    out = bytearray()
+    out: list = []
     enc.seal(22, msg, out)
-    return bytes(out)
+    return b"".join(out)
 
 
 CLIENT_ALLOWED = {
@@ -176,9 +176,9 @@ def test_server_connected(msg_type):
 def test_application_data_before_keys():
     c, s = configs()
     server = TLSConnection(s, server_side=True)
-    out = bytearray()
+    out: list = []
     encode_plaintext_records(23, b"hello", out)
-    _expect_unexpected(server, bytes(out))
+    _expect_unexpected(server, b"".join(out))
 
 
 def test_change_cipher_spec_after_handshake():

@@ -67,10 +67,10 @@ class TLSConnection:
         config.validate(server_side=server_side)
         self.config = config
         self.server_side = server_side
-        self._out = bytearray()
+        self._out: list[bytes] = []  # protected records waiting for the transport
         self._hs_out = bytearray()  # handshake bytes not yet put in records
         self._events: deque[ev.Event] = deque()
-        self._rx: list[bytes] = []  # application data not yet turned into an event
+        self._rx: list[bytes | memoryview] = []  # application data not yet turned into an event
         self._reader = RecordReader()
         self._hs_reader = M.HandshakeReader(config.max_handshake_message_size)
         self._encryptor: Optional[RecordEncryptor] = None
@@ -170,10 +170,18 @@ class TLSConnection:
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport (drains the buffer)."""
-        if not self._out:
+        out = self._out
+        if not out:
             return b""
-        out = bytes(self._out)
-        self._out.clear()
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    def buffers_to_send(self) -> list[bytes]:
+        """Like :meth:`data_to_send` but as a list of buffers, for
+        scatter-gather writes (``socket.sendmsg``) that avoid one copy."""
+        out = self._out
+        self._out = []
         return out
 
     def next_event(self) -> Optional[ev.Event]:
@@ -213,7 +221,7 @@ class TLSConnection:
         """Turn the application data gathered so far into one event."""
         rx = self._rx
         if rx:
-            self._events.append(ev.DataReceived(rx[0] if len(rx) == 1 else b"".join(rx)))
+            self._events.append(ev.DataReceived(b"".join(rx)))
             rx.clear()
 
     def _emit(self, event: ev.Event) -> None:
@@ -250,7 +258,7 @@ class TLSConnection:
                     raise UnexpectedMessage("application data before the handshake completed")
                 if self.peer_closed:
                     continue  # RFC 9846 §6.1: data after close_notify is ignored
-                received.append(bytes(payload))
+                received.append(payload)  # a view on immutable bytes: joined once later
             elif inner == _CT_HANDSHAKE:
                 self._receive_handshake(payload)
             elif inner == _CT_ALERT:
@@ -300,7 +308,7 @@ class TLSConnection:
 
     def send_change_cipher_spec(self) -> None:
         self._flush_handshake()
-        self._out += _CCS_RECORD
+        self._out.append(_CCS_RECORD)
 
     def set_write_secret(self, suite: CipherSuiteInfo, secret: bytes) -> None:
         self._flush_handshake()

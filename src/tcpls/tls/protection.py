@@ -97,10 +97,13 @@ class RecordEncryptor(_Direction):
         self,
         content_type: int,
         data: bytes | bytearray | memoryview,
-        out: bytearray,
+        out: list,
         padding: int = 0,
     ) -> None:
-        """Append TLSCiphertext records carrying ``data`` to ``out``.
+        """Append TLSCiphertext records carrying ``data`` to the list ``out``.
+
+        Each record adds two buffers (its header and its ciphertext), ready for
+        ``b"".join`` or scatter-gather ``sendmsg``: no buffer is ever regrown.
 
         ``data`` is cut into fragments of at most :attr:`max_plaintext` bytes;
         each record gets ``padding`` zero bytes after its inner content type
@@ -130,21 +133,29 @@ class RecordEncryptor(_Direction):
         if n <= limit and not padding:
             # Fast path: one unpadded record.
             header = _HEADER_PREFIX + (n + 1 + tag_len).to_bytes(2, "big")
-            out += header
-            out += encrypt((iv ^ seq).to_bytes(12, "big"), b"".join((data, type_byte)), header)
+            out.append(header)
+            out.append(encrypt((iv ^ seq).to_bytes(12, "big"), b"".join((data, type_byte)), header))
             self.seq = seq + 1
             self.records_protected += 1
             return
         view = memoryview(data)
+        append = out.append
+        join = b"".join
         pos = 0
+        full_header = _HEADER_PREFIX + (limit + 1 + tag_len).to_bytes(2, "big")
         for _ in range(n_records):
             chunk = view[pos : pos + limit]
-            pos += len(chunk)
-            pad = min(padding, limit - len(chunk))
-            tail = type_byte + bytes(pad) if pad else type_byte
-            header = _HEADER_PREFIX + (len(chunk) + len(tail) + tag_len).to_bytes(2, "big")
-            out += header
-            out += encrypt((iv ^ seq).to_bytes(12, "big"), b"".join((chunk, tail)), header)
+            size = len(chunk)
+            pos += size
+            if padding:
+                pad = min(padding, limit - size)
+                tail = type_byte + bytes(pad) if pad else type_byte
+                header = _HEADER_PREFIX + (size + len(tail) + tag_len).to_bytes(2, "big")
+            else:
+                tail = type_byte
+                header = full_header if size == limit else _HEADER_PREFIX + (size + 1 + tag_len).to_bytes(2, "big")
+            append(header)
+            append(encrypt((iv ^ seq).to_bytes(12, "big"), join((chunk, tail)), header))
             seq += 1
         view.release()
         self.seq = seq

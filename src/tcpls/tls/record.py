@@ -34,6 +34,8 @@ is buffered):
 
 from __future__ import annotations
 
+from collections import deque
+
 from ..errors import DecodeError, ProtocolVersionError, RecordOverflow, UnexpectedMessage
 from .enums import ContentType
 
@@ -66,7 +68,8 @@ class RecordReader:
         self._buf: bytes = b""
         self._view = memoryview(self._buf)
         self._pos = 0
-        self._chunks: list[bytes] = []
+        # Fed data not yet in _buf, as (immutable bytes, start offset).
+        self._chunks: deque[tuple[bytes, int]] = deque()
         self._chunks_len = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
@@ -74,25 +77,42 @@ class RecordReader:
         if not len(data):
             return
         chunk = data if type(data) is bytes else bytes(data)
-        self._chunks.append(chunk)
+        self._chunks.append((chunk, 0))
         self._chunks_len += len(chunk)
 
     def buffered(self) -> int:
         """Number of received bytes not yet returned as records."""
         return len(self._buf) - self._pos + self._chunks_len
 
-    def _join(self) -> None:
-        # Make everything buffered contiguous. Only called once enough bytes
-        # for the next header/record are available.
-        rest = self._view[self._pos :]
-        if len(rest):
-            self._chunks.insert(0, rest)  # type: ignore[arg-type]
-        buf = self._chunks[0] if len(self._chunks) == 1 and type(self._chunks[0]) is bytes else b"".join(self._chunks)
-        self._buf = buf
-        self._view = memoryview(buf)
-        self._pos = 0
-        self._chunks = []
-        self._chunks_len = 0
+    def _join(self, need: int) -> None:
+        """Make ``need`` bytes contiguous at the read position.
+
+        When the current buffer is used up, the next fed chunk becomes the
+        buffer as it is (no copy). Only a record that straddles two chunks is
+        stitched together, and only up to its own end: the rest of the chunk
+        stays where it is.
+        """
+        chunks = self._chunks
+        if self._pos == len(self._buf):
+            obj, off = chunks.popleft()
+            self._chunks_len -= len(obj) - off
+            self._buf, self._view, self._pos = obj, memoryview(obj), off
+            if len(obj) - off >= need:
+                return
+        pieces = [self._view[self._pos :]]
+        got = len(pieces[0])
+        while got < need:
+            obj, off = chunks[0]
+            take = min(len(obj) - off, need - got)
+            pieces.append(memoryview(obj)[off : off + take])
+            got += take
+            self._chunks_len -= take
+            if off + take == len(obj):
+                chunks.popleft()
+            else:
+                chunks[0] = (obj, off + take)
+        joined = b"".join(pieces)
+        self._buf, self._view, self._pos = joined, memoryview(joined), 0
 
     def next_record(self) -> tuple[int, memoryview, memoryview] | None:
         """The next whole record as ``(outer type, 5-byte header, body)``, or None.
@@ -107,10 +127,10 @@ class RecordReader:
         if avail < 5:
             if avail + self._chunks_len < 5:
                 return None
-            self._join()
+            self._join(5)
             buf = self._buf
-            pos = 0
-            avail = len(buf)
+            pos = self._pos
+            avail = len(buf) - pos
         content_type = buf[pos]
         major = buf[pos + 1]
         minor = buf[pos + 2]
@@ -131,9 +151,9 @@ class RecordReader:
         if end > len(buf):
             if avail + self._chunks_len < 5 + length:
                 return None
-            self._join()
-            pos = 0
-            end = 5 + length
+            self._join(5 + length)
+            pos = self._pos
+            end = pos + 5 + length
         view = self._view
         body = view[pos + 5 : end]
         if content_type == _CCS and (length != 1 or body[0] != 1):
@@ -143,9 +163,9 @@ class RecordReader:
 
 
 def encode_plaintext_records(
-    content_type: int, data: bytes | bytearray | memoryview, out: bytearray, legacy_version: int = 0x0303
+    content_type: int, data: bytes | bytearray | memoryview, out: list, legacy_version: int = 0x0303
 ) -> None:
-    """Append unprotected TLSPlaintext records carrying ``data`` to ``out``.
+    """Append unprotected TLSPlaintext records carrying ``data`` to the list ``out``.
 
     ``data`` is cut into fragments of at most 2^14 bytes. Empty ``data``
     appends nothing (zero-length handshake/alert fragments are forbidden,
@@ -157,11 +177,9 @@ def encode_plaintext_records(
         return
     prefix = bytes((content_type,)) + legacy_version.to_bytes(2, "big")
     if n <= MAX_PLAINTEXT:
-        out += prefix + n.to_bytes(2, "big")
-        out += data
+        out.append(prefix + n.to_bytes(2, "big") + bytes(data))
         return
-    with memoryview(data) as view:
-        for pos in range(0, n, MAX_PLAINTEXT):
-            chunk = view[pos : pos + MAX_PLAINTEXT]
-            out += prefix + len(chunk).to_bytes(2, "big")
-            out += chunk
+    view = memoryview(data)
+    for pos in range(0, n, MAX_PLAINTEXT):
+        chunk = view[pos : pos + MAX_PLAINTEXT]
+        out.append(prefix + len(chunk).to_bytes(2, "big") + bytes(chunk))
