@@ -52,7 +52,11 @@ from ..tls.connection import TLSConnection
 __all__ = ["TLSSocket", "TLSListener", "SocketIO", "connect", "create_server", "version_name"]
 
 RECV_SIZE = 256 * 1024  # one socket read; large reads matter for throughput
-SEND_CHUNK = 512 * 1024  # plaintext handed to the engine per sendall
+# Plaintext handed to the engine per write. Small enough that the plaintext,
+# the records and the kernel copy stay in a core's L2 cache (measured: 512 KiB
+# batches were ~2x slower than 64-128 KiB on a 512 KiB-L2 machine).
+SEND_CHUNK = 128 * 1024
+_IOV_BATCH = 512  # buffers per sendmsg (below IOV_MAX = 1024)
 _DataReceived = _ev.DataReceived
 
 
@@ -110,9 +114,9 @@ class TLSSocket:
     # ------------------------------------------------------------ engine plumbing
     def _queue_output(self) -> None:
         """Move engine output to ``_out``. Caller holds ``_engine_lock``."""
-        data = self._conn.data_to_send()
-        if data:
-            self._out.append(data)
+        bufs = self._conn.buffers_to_send()
+        if bufs:
+            self._out.extend(bufs)
 
     def _flush(self, block: bool = True) -> None:
         """Write ``_out`` to the socket (see the ordering invariant)."""
@@ -122,15 +126,29 @@ class TLSSocket:
                 return  # the holder re-checks ``_out`` after releasing
             try:
                 while out:
-                    data = out.popleft()
-                    if out:
-                        parts = [data]
-                        while out:
-                            parts.append(out.popleft())
-                        data = b"".join(parts)
-                    self._sock.sendall(data)
+                    bufs = list(out)
+                    out.clear()
+                    self._send_buffers(bufs)
             finally:
                 self._send_lock.release()
+
+    def _send_buffers(self, bufs: list) -> None:
+        """Write all of ``bufs`` with scatter-gather ``sendmsg`` (no joining copy)."""
+        sendmsg = self._sock.sendmsg
+        while bufs:
+            batch = bufs[:_IOV_BATCH]
+            sent = sendmsg(batch)
+            total = 0
+            i = 0
+            for i, b in enumerate(batch):
+                total += len(b)
+                if total > sent:
+                    # Partially written buffer: keep its tail.
+                    bufs[i] = memoryview(b)[len(b) - (total - sent) :]
+                    del bufs[:i]
+                    break
+            else:
+                del bufs[: len(batch)]
 
     def _read_once(self) -> None:
         """One socket read fed to the engine. Caller holds ``_recv_lock``."""
@@ -217,7 +235,7 @@ class TLSSocket:
         if self._error is not None:
             raise self._error
         if type(data) is not bytes:
-            data = bytes(data)
+            data = bytes(data)  # our own copy: the caller may reuse its buffer
         n = len(data)
         conn = self._conn
         lock = self._engine_lock
@@ -227,9 +245,10 @@ class TLSSocket:
                 self._queue_output()
             self._flush()
             return
+        view = memoryview(data)
         for i in range(0, n, SEND_CHUNK):
             with lock:
-                conn.send_data(data[i : i + SEND_CHUNK])
+                conn.send_data(view[i : i + SEND_CHUNK])
                 self._queue_output()
             self._flush()
 

@@ -46,6 +46,7 @@ from ..enums import (
     ExtensionType as E,
     HandshakeType as H,
     KeyUpdateRequest,
+    NamedGroup,
 )
 from ..kex import KeyShare
 from ..key_schedule import EarlySecret, HandshakeSecret, MasterSecret, finished_verify_data
@@ -235,7 +236,7 @@ class ClientHandshake:
         if group not in self.key_shares:
             raise IllegalParameter("server key_share is for a group we sent no share for")
         shared = self.key_shares[group].exchange(share)
-        self.group = group
+        self.group = NamedGroup(group)
         self.key_shares.clear()
         self.transcript.update(data)
         self._derive_handshake_secrets(shared)

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Full TLS 1.3 handshake cost: tcpls sans-IO engines vs Python ``ssl``.
+
+Both sides of each handshake run in this process, wired together in memory
+(no sockets), so the figure is the CPU cost of one client *plus* one server
+handshake: x25519 key exchange, an ECDSA P-256 server certificate, and the
+client verifying the chain against the test CA and the name ``localhost``.
+
+* tcpls: two ``TLSConnection`` engines passing ``data_to_send()`` to
+  ``receive_data()`` until both report the handshake complete.
+* ssl: two ``SSLObject``s over ``MemoryBIO`` pairs (OpenSSL does the work in C).
+
+CPU time is ``time.process_time()``. Usage::
+
+    python benchmarks/bench_handshake.py [-n 200] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import ssl
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+
+from tcpls import _testcerts  # noqa: E402
+from tcpls.tls.config import TLSConfig  # noqa: E402
+from tcpls.tls.connection import TLSConnection  # noqa: E402
+from tcpls.tls.enums import NamedGroup  # noqa: E402
+
+SERVER_NAME = "localhost"
+
+
+def make_pki(tmp: str) -> dict:
+    ca_cert, ca_key = _testcerts.make_ca("bench CA")
+    cert, key = _testcerts.make_leaf(ca_cert, ca_key, names=[SERVER_NAME, "127.0.0.1"], key_type="ec256")
+    paths = {"ca": os.path.join(tmp, "ca.pem"), "cert": os.path.join(tmp, "cert.pem"), "key": os.path.join(tmp, "key.pem")}
+    with open(paths["ca"], "wb") as f:
+        f.write(ca_cert.public_bytes(serialization.Encoding.PEM))
+    with open(paths["cert"], "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(paths["key"], "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return paths
+
+
+# ----------------------------------------------------------------- tcpls
+def tcpls_configs(paths: dict) -> tuple[TLSConfig, TLSConfig]:
+    server = TLSConfig(groups=[NamedGroup.x25519])
+    server.load_cert_chain(paths["cert"], paths["key"])
+    client = TLSConfig(groups=[NamedGroup.x25519])
+    client.load_verify_locations(paths["ca"])
+    for cfg in (client, server):
+        cfg.keylog_file = None
+    os.environ.pop("SSLKEYLOGFILE", None)
+    return client, server
+
+
+def tcpls_handshake(client_cfg: TLSConfig, server_cfg: TLSConfig) -> None:
+    now = time.time()
+    client = TLSConnection(client_cfg, server_side=False, server_name=SERVER_NAME)
+    server = TLSConnection(server_cfg, server_side=True)
+    client.start_handshake(now)
+    server.start_handshake(now)
+    for _ in range(20):
+        data = client.data_to_send()
+        if data:
+            server.receive_data(data, now)
+        data = server.data_to_send()
+        if data:
+            client.receive_data(data, now)
+        if client.handshake_complete and server.handshake_complete:
+            break
+    else:
+        raise RuntimeError("tcpls handshake did not complete")
+    # drain events like a real driver would
+    while client.next_event() is not None:
+        pass
+    while server.next_event() is not None:
+        pass
+
+
+# ----------------------------------------------------------------- ssl
+def ssl_contexts(paths: dict) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.minimum_version = ssl.TLSVersion.TLSv1_3
+    server.load_cert_chain(paths["cert"], paths["key"])
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.minimum_version = ssl.TLSVersion.TLSv1_3
+    client.load_verify_locations(paths["ca"])
+    return client, server
+
+
+def _step(obj: ssl.SSLObject) -> bool:
+    try:
+        obj.do_handshake()
+        return True
+    except ssl.SSLWantReadError:
+        return False
+
+
+def ssl_handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> None:
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_side=False, server_hostname=SERVER_NAME)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    c_done = s_done = False
+    for _ in range(20):
+        if not c_done:
+            c_done = _step(client)
+        if c_out.pending:
+            s_in.write(c_out.read())
+        if not s_done:
+            s_done = _step(server)
+        if s_out.pending:
+            c_in.write(s_out.read())
+        if c_done and s_done:
+            break
+    else:
+        raise RuntimeError("ssl handshake did not complete")
+    if client.version() != "TLSv1.3":
+        raise RuntimeError(f"ssl negotiated {client.version()}")
+
+
+# ----------------------------------------------------------------- timing
+def measure(fn, n: int, warmup: int = 5) -> float:
+    """CPU seconds per call, over ``n`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    t0 = time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - t0) / n
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", "--iterations", type=int, default=200, help="handshakes per implementation (default 200)")
+    ap.add_argument("--profile", action="store_true", help="print a cProfile top-25 (cumulative) of the tcpls handshakes")
+    args = ap.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_pki(tmp)
+        c_cfg, s_cfg = tcpls_configs(paths)
+        c_ctx, s_ctx = ssl_contexts(paths)
+
+        t_tcpls = measure(lambda: tcpls_handshake(c_cfg, s_cfg), args.iterations)
+        t_ssl = measure(lambda: ssl_handshake(c_ctx, s_ctx), args.iterations)
+
+        print(f"full handshake, client+server, x25519 + ECDSA P-256, verification on; {args.iterations} iterations")
+        print(f"  tcpls  {t_tcpls * 1e6:10.0f} us/handshake  ({1 / t_tcpls:8.1f} handshakes/s)")
+        print(f"  ssl    {t_ssl * 1e6:10.0f} us/handshake  ({1 / t_ssl:8.1f} handshakes/s)")
+        print(f"  ratio tcpls/ssl (CPU time): {t_tcpls / t_ssl:.2f}x")
+
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(args.iterations):
+                tcpls_handshake(c_cfg, s_cfg)
+            prof.disable()
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(25)
+            print(out.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
