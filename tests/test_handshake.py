@@ -344,3 +344,28 @@ def test_data_event_comes_before_fatal_alert():
         p.server.receive_data(first + p.client.data_to_send())
     kinds = [type(e).__name__ for e in iter(p.server.next_event, None)]
     assert kinds == ["DataReceived", "AlertReceived"]
+
+
+@pytest.mark.parametrize("step", [1, 7, 4096, 70_000])
+def test_receive_data_borrowed_survives_buffer_reuse(step):
+    """A transport reading into one reused buffer: the engine must copy what it keeps."""
+    c, s = configs()
+    p = make_pair(c, s, handshake=False)
+    scratch = bytearray(step)
+
+    def feed(conn, data):
+        for i in range(0, len(data), step):
+            part = data[i : i + step]
+            scratch[: len(part)] = part
+            conn.receive_data_borrowed(memoryview(scratch)[: len(part)])
+            scratch[:] = b"\xee" * len(scratch)  # the transport reuses its buffer
+
+    for _ in range(3):
+        feed(p.server, p.client.data_to_send())
+        feed(p.client, p.server.data_to_send())
+    assert p.client.handshake_complete and p.server.handshake_complete
+    payload = os.urandom(100_000)
+    p.client.send_data(payload)
+    feed(p.server, p.client.data_to_send())
+    got = b"".join(e.data for e in iter(p.server.next_event, None) if isinstance(e, ev.DataReceived))
+    assert got == payload

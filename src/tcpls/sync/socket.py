@@ -89,6 +89,8 @@ class TLSSocket:
         self._handshake_lock = threading.Lock()
         self._out: deque[bytes] = deque()
         self._rbuf = b""
+        self._rxbuf = bytearray(RECV_SIZE)
+        self._rxview = memoryview(self._rxbuf)
         self._rpos = 0
         self._started = False
         self._error: Optional[BaseException] = None
@@ -152,14 +154,15 @@ class TLSSocket:
 
     def _read_once(self) -> None:
         """One socket read fed to the engine. Caller holds ``_recv_lock``."""
-        data = self._sock.recv(RECV_SIZE)
+        n = self._sock.recv_into(self._rxbuf)  # one reusable buffer: no allocation per read
+        data = self._rxview[:n]
         conn = self._conn
         error: Optional[ProtocolError] = None
         chunks = None
         with self._engine_lock:
             try:
                 if data:
-                    conn.receive_data(data, time.monotonic())
+                    conn.receive_data_borrowed(data, time.monotonic())
                 else:
                     conn.receive_eof()
             except ProtocolError as exc:

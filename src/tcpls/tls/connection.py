@@ -206,6 +206,30 @@ class TLSConnection:
             self._flush_received()
             self._flush_handshake()
 
+    def receive_data_borrowed(self, data: bytes | bytearray | memoryview, now: float = 0.0) -> None:
+        """Like :meth:`receive_data`, without copying ``data``.
+
+        ``data`` may be a view on a buffer that the caller reuses as soon as
+        this call returns (e.g. the target of ``socket.recv_into``): the
+        engine copies out only an incomplete trailing record.
+        """
+        if self.terminated:
+            raise ConnectionClosedError("the connection has failed")
+        if not self._started:
+            self._started = True
+        if not data:
+            return
+        self._reader.feed_borrowed(data)
+        try:
+            self._process_records()
+        except LocalProtocolError as exc:
+            self._fail(exc)
+            raise
+        finally:
+            self._reader.release()
+            self._flush_received()
+            self._flush_handshake()
+
     def receive_eof(self) -> None:
         """The transport reached EOF. Truncation is an error."""
         if self.peer_closed or self.terminated:
@@ -244,12 +268,12 @@ class TLSConnection:
             if dec is None:
                 if ctype == _CT_APPDATA:
                     raise UnexpectedMessage("protected record before keys were established")
-                inner, payload = ctype, body
+                inner, payload = ctype, bytes(body)
             elif ctype == _CT_APPDATA:
                 inner, payload = dec.open(header, body)
             elif ctype == _CT_ALERT and not self.handshake_complete:
                 # A peer that failed to install keys may still alert in clear.
-                inner, payload = ctype, body
+                inner, payload = ctype, bytes(body)
             else:
                 raise UnexpectedMessage(f"unprotected record of type {ctype} after keys were established")
 

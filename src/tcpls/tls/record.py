@@ -62,7 +62,7 @@ class RecordReader:
             content_type, header, body = record
     """
 
-    __slots__ = ("_buf", "_view", "_pos", "_chunks", "_chunks_len")
+    __slots__ = ("_buf", "_view", "_pos", "_chunks", "_chunks_len", "_borrowed")
 
     def __init__(self) -> None:
         self._buf: bytes = b""
@@ -71,6 +71,7 @@ class RecordReader:
         # Fed data not yet in _buf, as (immutable bytes, start offset).
         self._chunks: deque[tuple[bytes, int]] = deque()
         self._chunks_len = 0
+        self._borrowed = False  # some buffered bytes live in a caller's buffer
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes (copied if ``data`` is mutable)."""
@@ -79,6 +80,33 @@ class RecordReader:
         chunk = data if type(data) is bytes else bytes(data)
         self._chunks.append((chunk, 0))
         self._chunks_len += len(chunk)
+
+    def feed_borrowed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add received bytes *without copying* them.
+
+        ``data`` must stay unchanged until :meth:`release` is called; records
+        returned until then may point into it. This lets a transport read
+        into one reusable buffer (``recv_into``) instead of allocating a new
+        bytes object per read.
+        """
+        if not len(data):
+            return
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        self._chunks.append((view, 0))  # type: ignore[arg-type]
+        self._chunks_len += len(view)
+        self._borrowed = True
+
+    def release(self) -> None:
+        """Copy whatever is still buffered out of borrowed buffers."""
+        if not self._borrowed:
+            return
+        self._borrowed = False
+        rest = bytes(self._view[self._pos :])
+        if self._chunks:
+            rest += b"".join(memoryview(obj)[off:] for obj, off in self._chunks)
+        self._chunks.clear()
+        self._chunks_len = 0
+        self._buf, self._view, self._pos = rest, memoryview(rest), 0
 
     def buffered(self) -> int:
         """Number of received bytes not yet returned as records."""
