@@ -10,8 +10,7 @@ short read raises :class:`~tcpls.errors.DecodeError` (decode_error alert).
 from __future__ import annotations
 
 import struct
-from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 from .errors import DecodeError
 
@@ -106,28 +105,20 @@ class Buffer:
             raise DecodeError(f"vector length {n} outside <{min_len}..{max_len}>")
         return self.pull_bytes(n)
 
-    @contextmanager
-    def pull_block(self, size: int, min_len: int = 0) -> Iterator[int]:
+    def pull_block(self, size: int, min_len: int = 0) -> "_PullBlock":
         """Read a ``size``-byte length and limit reads to that many bytes.
 
-        On exit the block must have been consumed exactly: trailing bytes
-        inside a vector are a decode_error (RFC 9846 §4).
+        Use as ``with buf.pull_block(2) as n: ...``. On exit the block must
+        have been consumed exactly: trailing bytes inside a vector are a
+        decode_error (RFC 9846 §4).
         """
         n = self.pull_length(size)
         if n < min_len:
             raise DecodeError(f"vector shorter than its minimum {min_len}")
-        start = self._pos
-        end = start + n
+        end = self._pos + n
         if end > self._end:
             raise DecodeError("vector longer than the enclosing data")
-        outer_end = self._end
-        self._end = end
-        try:
-            yield n
-        finally:
-            self._end = outer_end
-        if self._pos != end:
-            raise DecodeError("extra bytes at the end of a vector")
+        return _PullBlock(self, n, end)
 
     def pull_list(self, size: int, item: Callable[[], T], min_len: int = 0) -> list[T]:
         """A vector of items, each read by ``item()``."""
@@ -177,20 +168,61 @@ class Buffer:
         self._data += len(b).to_bytes(size, "big")  # type: ignore[operator]
         self._data += b  # type: ignore[operator]
 
-    @contextmanager
-    def push_block(self, size: int) -> Iterator[None]:
+    def push_block(self, size: int) -> "_PushBlock":
         """Reserve a ``size``-byte length prefix and back-patch it on exit."""
         data = self._data
         assert isinstance(data, bytearray)
         start = len(data)
         data += bytes(size)
-        yield
-        n = len(data) - start - size
-        if n >= 1 << (8 * size):
-            raise ValueError("vector too long for its length prefix")
-        data[start : start + size] = n.to_bytes(size, "big")
+        return _PushBlock(data, start, size)
 
     def push_list(self, size: int, push_item: Callable[[T], None], items: "list[T] | tuple[T, ...]") -> None:
         with self.push_block(size):
             for it in items:
                 push_item(it)
+
+
+class _PullBlock:
+    """Context manager of :meth:`Buffer.pull_block` (a class: contextlib's
+    generator-based managers cost several microseconds per vector)."""
+
+    __slots__ = ("buf", "n", "end", "outer_end")
+
+    def __init__(self, buf: Buffer, n: int, end: int) -> None:
+        self.buf = buf
+        self.n = n
+        self.end = end
+        self.outer_end = buf._end
+
+    def __enter__(self) -> int:
+        self.buf._end = self.end
+        return self.n
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        buf = self.buf
+        buf._end = self.outer_end
+        if exc_type is None and buf._pos != self.end:
+            raise DecodeError("extra bytes at the end of a vector")
+
+
+class _PushBlock:
+    """Context manager of :meth:`Buffer.push_block`: back-patches the length."""
+
+    __slots__ = ("data", "start", "size")
+
+    def __init__(self, data: bytearray, start: int, size: int) -> None:
+        self.data = data
+        self.start = start
+        self.size = size
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            return
+        start, size = self.start, self.size
+        n = len(self.data) - start - size
+        if n >= 1 << (8 * size):
+            raise ValueError("vector too long for its length prefix")
+        self.data[start : start + size] = n.to_bytes(size, "big")

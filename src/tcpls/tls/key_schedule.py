@@ -21,6 +21,8 @@ HKDF itself comes from ``cryptography``; ``hash_name`` is a hashlib name
 
 from __future__ import annotations
 
+from typing import Callable
+
 import hashlib
 import hmac as _stdlib_hmac
 from typing import TYPE_CHECKING
@@ -98,12 +100,23 @@ def hkdf_extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
     return HKDF.extract(_algorithm(hash_name), salt, ikm)
 
 
+_LABEL_PREFIXES: dict[tuple[bytes, int], bytes] = {}
+
+
 def _hkdf_label(label: bytes, context: bytes, length: int) -> bytes:
     # struct { uint16 length; opaque label<7..255>; opaque context<0..255>; }
-    full = b"tls13 " + label
-    if len(full) > 255 or len(context) > 255 or not 0 <= length <= 0xFFFF:
-        raise ValueError("HkdfLabel field out of range")
-    return b"".join((length.to_bytes(2, "big"), bytes((len(full),)), full, bytes((len(context),)), context))
+    # The part before the context is the same for every (label, length): cached.
+    prefix = _LABEL_PREFIXES.get((label, length))
+    if prefix is None:
+        full = b"tls13 " + label
+        if len(full) > 255 or not 0 <= length <= 0xFFFF:
+            raise ValueError("HkdfLabel field out of range")
+        prefix = length.to_bytes(2, "big") + bytes((len(full),)) + full
+        if len(_LABEL_PREFIXES) < 256:
+            _LABEL_PREFIXES[(label, length)] = prefix
+    if len(context) > 255:
+        raise ValueError("HkdfLabel context longer than 255 bytes")
+    return b"".join((prefix, bytes((len(context),)), context))
 
 
 def hkdf_expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
@@ -119,6 +132,17 @@ def derive_secret(hash_name: str, secret: bytes, label: bytes, transcript_hash: 
     return hkdf_expand_label(hash_name, secret, label, transcript_hash, _HASH_LENS[hash_name])
 
 
+_CONSTANTS: dict[tuple[str, str], bytes] = {}
+
+
+def _constant(key: tuple[str, str], compute: "Callable[[], bytes]") -> bytes:
+    """Values of the schedule that depend only on the hash (computed once)."""
+    value = _CONSTANTS.get(key)
+    if value is None:
+        value = _CONSTANTS[key] = compute()
+    return value
+
+
 class EarlySecret:
     """``Early Secret = HKDF-Extract(0, PSK)`` and the secrets derived from it.
 
@@ -132,7 +156,11 @@ class EarlySecret:
     def __init__(self, hash_name: str, psk: bytes | None = None) -> None:
         n = hash_len(hash_name)
         self.hash_name = hash_name
-        self.secret: bytes = hkdf_extract(hash_name, b"\x00" * n, psk if psk is not None else b"\x00" * n)
+        if psk is None:
+            # Without a PSK the early secret is a constant of the hash (§7.1).
+            self.secret: bytes = _constant(("early", hash_name), lambda: hkdf_extract(hash_name, b"\x00" * n, b"\x00" * n))
+        else:
+            self.secret = hkdf_extract(hash_name, b"\x00" * n, psk)
 
     def binder_key(self, external: bool) -> bytes:
         """``binder_key``: "ext binder" for external PSKs, "res binder" for resumption PSKs."""
@@ -162,7 +190,13 @@ class HandshakeSecret:
 
     def __init__(self, hash_name: str, early_secret: bytes, shared_secret: bytes | None) -> None:
         n = _HASH_LENS[hash_name]
-        salt = derive_secret(hash_name, early_secret, LABEL_DERIVED, _EMPTY_HASHES[hash_name])
+        if early_secret == _constant(("early", hash_name), lambda: EarlySecret(hash_name).secret):
+            salt = _constant(
+                ("derived-early", hash_name),
+                lambda: derive_secret(hash_name, early_secret, LABEL_DERIVED, _EMPTY_HASHES[hash_name]),
+            )
+        else:
+            salt = derive_secret(hash_name, early_secret, LABEL_DERIVED, _EMPTY_HASHES[hash_name])
         self.hash_name = hash_name
         self.secret: bytes = hkdf_extract(hash_name, salt, shared_secret if shared_secret is not None else b"\x00" * n)
 
