@@ -451,6 +451,14 @@ def test_reader_overflow_before_body() -> None:
     assert reader.next_record() is not None and reader.next_record() is not None
 
 
+@pytest.mark.parametrize("version", [b"\x03\x00", b"\x03\x01", b"\x03\x03", b"\x03\x04"])
+def test_reader_ignores_plaintext_legacy_minor_version(version) -> None:
+    """RFC 9846 §5.1: legacy_record_version is ignored on plaintext records."""
+    reader = RecordReader()
+    reader.feed(b"\x16" + version + b"\x00\x01x")
+    assert bytes(reader.next_record()[2]) == b"x"
+
+
 @pytest.mark.parametrize(
     "record,error",
     [
@@ -461,8 +469,6 @@ def test_reader_overflow_before_body() -> None:
         (b"\x14\x03\x03\x00\x01\x02", UnexpectedMessage),  # CCS != 0x01
         (b"\x14\x03\x03\x00\x02\x01\x01", UnexpectedMessage),
         (b"\x16\x02\x00\x00\x01x", ProtocolVersionError),  # SSLv2-ish / bad major
-        (b"\x16\x03\x04\x00\x01x", ProtocolVersionError),
-        (b"\x16\x03\x00\x00\x01x", ProtocolVersionError),
         (b"\x17\x03\x01\x00\x11" + bytes(17), DecodeError),  # protected record not 0x0303
         (b"GET / HTTP/1.1\r\n", UnexpectedMessage),
     ],

@@ -166,7 +166,10 @@ class RecordReader:
         max_length = _MAX_LENGTH.get(content_type)
         if max_length is None:
             raise UnexpectedMessage(f"unknown record content type {content_type}")
-        if major != 3 or not 1 <= minor <= 3:
+        # RFC 9846 §5.1: legacy_record_version is ignored on plaintext
+        # records (peers send 0x0300..0x0303 in their first flight); only a
+        # major version other than 3 says this is not TLS at all.
+        if major != 3:
             raise ProtocolVersionError(f"bad record version 0x{major:02x}{minor:02x}")
         if content_type == _APPLICATION_DATA:
             if minor != 3:
