@@ -212,3 +212,26 @@ def test_random_input_never_crashes(step, junk, protect):
         client.receive_data(data)
     except LocalProtocolError:
         assert client.terminated
+
+
+def test_empty_alert_is_unexpected_message():
+    c, s, client, server, _, _ = _captured_handshake()
+    enc = RecordEncryptor(client._hs.suite, client._hs.client_app_secret)
+    # seal() refuses to build an empty alert, so protect one by hand.
+    inner = b"\x15" + bytes(5)  # content type alert followed by zero padding
+    header = b"\x17\x03\x03" + (len(inner) + 16).to_bytes(2, "big")
+    nonce = (enc._iv ^ enc.seq).to_bytes(12, "big")
+    record = header + enc._aead.encrypt(nonce, inner, header)
+    _expect_unexpected(server, record)
+
+
+def test_record_between_handshake_fragments():
+    """RFC 9846 §5.1: a KeyUpdate split over two records with application data between."""
+    c, s, client, server, _, _ = _captured_handshake()
+    enc = RecordEncryptor(client._hs.suite, client._hs.client_app_secret)
+    ku = M.encode_handshake(M.KeyUpdate(0))
+    out: list = []
+    enc.seal(22, ku[:2], out)
+    enc.seal(23, b"data", out)
+    enc.seal(22, ku[2:], out)
+    _expect_unexpected(server, b"".join(out))

@@ -30,6 +30,7 @@ DEFAULT_GROUPS: tuple[NamedGroup, ...] = (
     NamedGroup.secp256r1,
     NamedGroup.secp384r1,
     NamedGroup.x448,
+    NamedGroup.secp521r1,
 )
 # What we accept in CertificateVerify (RFC 9846 §4.2.3), in preference order.
 DEFAULT_SIGNATURE_SCHEMES: tuple[SignatureScheme, ...] = (
@@ -137,7 +138,7 @@ class TLSConfig:
     request_client_certificate: bool = False
     require_client_certificate: bool = False
     middlebox_compat: bool = True
-    hello_retry_cookie: bool = True
+    hello_retry_cookie: bool = False
     keylog_file: Optional[str] = None
     keylog_callback: Optional[Callable[[str], None]] = None
     max_handshake_message_size: int = 1 << 17

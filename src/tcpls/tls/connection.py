@@ -277,6 +277,10 @@ class TLSConnection:
             else:
                 raise UnexpectedMessage(f"unprotected record of type {ctype} after keys were established")
 
+            if inner != _CT_HANDSHAKE and self._hs_reader.has_partial():
+                # RFC 9846 §5.1: no other record between the fragments of a
+                # handshake message.
+                raise UnexpectedMessage("record interleaved with a fragmented handshake message")
             if inner == _CT_APPDATA:
                 if not self._app_read:
                     raise UnexpectedMessage("application data before the handshake completed")
@@ -312,6 +316,9 @@ class TLSConnection:
                 self._on_handshake_complete()
 
     def _receive_alert(self, payload: bytes | memoryview) -> None:
+        if not payload:
+            # RFC 9846 §5.1: zero-length alert fragments are forbidden.
+            raise UnexpectedMessage("empty alert record")
         if len(payload) != 2:
             raise DecodeError("alert record must be 2 bytes")
         level, desc = payload[0], payload[1]
