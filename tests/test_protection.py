@@ -469,7 +469,6 @@ def test_reader_ignores_plaintext_legacy_minor_version(version) -> None:
         (b"\x14\x03\x03\x00\x01\x02", UnexpectedMessage),  # CCS != 0x01
         (b"\x14\x03\x03\x00\x02\x01\x01", UnexpectedMessage),
         (b"\x16\x02\x00\x00\x01x", ProtocolVersionError),  # SSLv2-ish / bad major
-        (b"\x17\x03\x01\x00\x11" + bytes(17), DecodeError),  # protected record not 0x0303
         (b"GET / HTTP/1.1\r\n", UnexpectedMessage),
     ],
 )

@@ -235,3 +235,24 @@ def test_record_between_handshake_fragments():
     enc.seal(23, b"data", out)
     enc.seal(22, ku[2:], out)
     _expect_unexpected(server, b"".join(out))
+
+
+def test_second_change_cipher_spec_is_refused():
+    c, s = configs()
+    client = TLSConnection(c, server_side=False, server_name="localhost")
+    server = TLSConnection(s, server_side=True)
+    client.start_handshake()
+    server.receive_data(client.data_to_send())
+    server.receive_data(b"\x14\x03\x03\x00\x01\x01")  # the compatibility CCS is dropped
+    _expect_unexpected(server, b"\x14\x03\x03\x00\x01\x01")
+
+
+def test_plaintext_application_data_during_handshake_any_version():
+    """A zero-length application_data record between ClientHello fragments."""
+    c, s = configs()
+    server = TLSConnection(s, server_side=True)
+    client = TLSConnection(c, server_side=False, server_name="localhost")
+    client.start_handshake()
+    hello = client.data_to_send()
+    server.receive_data(hello[:7])
+    _expect_unexpected(server, b"\x17\x03\x01\x00\x00")

@@ -18,7 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from .enums import CipherSuite, NamedGroup, SignatureScheme
+from .enums import CipherSuite, NamedGroup, PskKeyExchangeMode, SignatureScheme
+from .session import AntiReplay, ExternalPSK, KeyValueStore, Session, TicketKeys
 
 DEFAULT_CIPHER_SUITES: tuple[CipherSuite, ...] = (
     CipherSuite.TLS_AES_128_GCM_SHA256,
@@ -122,6 +123,27 @@ class TLSConfig:
         keylog_file: path to append SSLKEYLOGFILE lines to; defaults to the
             ``SSLKEYLOGFILE`` environment variable.
         keylog_callback: called with each key-log line (without newline).
+
+    Resumption, PSKs and 0-RTT (RFC 9846 §2.2, §2.3, §4.2.9-§4.2.11, §4.6.1, §8):
+
+        session: client: a :class:`Session` (from ``SessionTicketReceived``)
+            to resume.
+        psk: client: an :class:`ExternalPSK` to offer.
+        psk_lookup: server: ``identity -> key bytes | ExternalPSK | None`` for
+            external PSKs (bytes mean a SHA-256 PSK).
+        psk_key_exchange_modes: modes offered (client) or accepted, in
+            preference order (server); psk_ke has no forward secrecy.
+        num_tickets: server: NewSessionTickets sent after each handshake.
+        ticket_lifetime: server: seconds (at most 604800).
+        ticket_keys: server: the keys sealing stateless tickets.
+        ticket_store: server: if set, tickets are stateful and single-use,
+            their state kept in this store.
+        max_early_data: server: 0-RTT bytes allowed per ticket (0: off).
+        early_data_callback: server: called with an ``EarlyDataOffer``;
+            return False to reject 0-RTT that passed every other check.
+        anti_replay: server: 0-RTT freshness window and ClientHello recording.
+        resend_early_data_on_reject: client: queue rejected 0-RTT data to be
+            sent again after the handshake (only if the ALPN did not change).
     """
 
     certificate_chain: list[x509.Certificate] = field(default_factory=list)
@@ -142,6 +164,18 @@ class TLSConfig:
     keylog_file: Optional[str] = None
     keylog_callback: Optional[Callable[[str], None]] = None
     max_handshake_message_size: int = 1 << 17
+    session: Optional[Session] = None
+    psk: Optional[ExternalPSK] = None
+    psk_lookup: Optional[Callable[[bytes], "bytes | ExternalPSK | None"]] = None
+    psk_key_exchange_modes: list[PskKeyExchangeMode] = field(default_factory=lambda: [PskKeyExchangeMode.psk_dhe_ke])
+    num_tickets: int = 2
+    ticket_lifetime: int = 7200
+    ticket_keys: TicketKeys = field(default_factory=TicketKeys, repr=False)
+    ticket_store: Optional[KeyValueStore] = field(default=None, repr=False)
+    max_early_data: int = 0
+    early_data_callback: Optional[Callable[[object], bool]] = None
+    anti_replay: AntiReplay = field(default_factory=AntiReplay, repr=False)
+    resend_early_data_on_reject: bool = False
     # Encodings derived from the settings above (static ClientHello
     # extensions, our Certificate message), keyed by the inputs they came from.
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -211,8 +245,14 @@ class TLSConfig:
             raise ValueError("no cipher suites configured")
         if not self.groups:
             raise ValueError("no key-exchange groups configured")
-        if server_side and (not self.certificate_chain or self.private_key is None):
+        if server_side and (not self.certificate_chain or self.private_key is None) and self.psk_lookup is None:
             raise ValueError("a server needs a certificate chain and a private key (load_cert_chain)")
+        if not 0 <= self.ticket_lifetime <= 604800:
+            raise ValueError("ticket_lifetime must be 0..604800 seconds (RFC 9846 §4.6.1)")
+        if self.num_tickets < 0 or self.max_early_data < 0:
+            raise ValueError("num_tickets and max_early_data must not be negative")
+        if not self.psk_key_exchange_modes:
+            raise ValueError("no PSK key exchange modes configured")
         for p in self.alpn_protocols:
             if not 0 < len(p.encode()) < 256:
                 raise ValueError(f"ALPN protocol name {p!r} must be 1..255 bytes")

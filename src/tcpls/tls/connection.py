@@ -29,6 +29,7 @@ from typing import Optional, Union
 from cryptography import x509
 
 from ..errors import (
+    BadRecordMac,
     ConnectionClosedError,
     DecodeError,
     LocalProtocolError,
@@ -44,9 +45,10 @@ from .config import TLSConfig
 from .enums import TLS_1_3, AlertDescription, AlertLevel, ContentType, KeyUpdateRequest
 from .handshake.client import ClientHandshake
 from .handshake.server import ServerHandshake
-from .key_schedule import next_traffic_secret
+from .key_schedule import export_keying_material, next_traffic_secret
 from .protection import RecordDecryptor, RecordEncryptor
 from .record import RecordReader, encode_plaintext_records
+from .session import Session
 from .suites import CipherSuiteInfo
 
 _CT_CCS = ContentType.CHANGE_CIPHER_SPEC
@@ -63,7 +65,14 @@ KEY_UPDATE_AFTER_RECORDS = 1 << 23
 class TLSConnection:
     """One TLS 1.3 connection, client or server. See ``docs/engine-api.md``."""
 
-    def __init__(self, config: TLSConfig, *, server_side: bool, server_name: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        config: TLSConfig,
+        *,
+        server_side: bool,
+        server_name: Optional[str] = None,
+        session: Optional[Session] = None,
+    ) -> None:
         config.validate(server_side=server_side)
         self.config = config
         self.server_side = server_side
@@ -82,6 +91,19 @@ class TLSConnection:
         self._pending_close = False
         self._keylog_path = config.get_keylog_file()
         self._started = False
+        self._now = 0.0
+        # 0-RTT (RFC 9846 §4.2.10). Client: data queued before the ClientHello,
+        # what was sent, and whether the write key is the early one.
+        self._early_pending: list[bytes] = []
+        self._early_sent: list[bytes] = []
+        self._early_writing = False
+        self._early_rejected: Optional[bytes] = None
+        # Server: accepted 0-RTT (limit and count), or skipping rejected records.
+        self._early_read_limit: Optional[int] = None
+        self._early_read = 0
+        self._skip_budget = 0
+        self._skip_mode: Optional[str] = None  # None, "until-handshake" or "trial"
+        self.sessions: list[Session] = []  # client: from NewSessionTickets, oldest first
         self.handshake_complete = False
         self.peer_closed = False
         self.local_closed = False
@@ -90,8 +112,9 @@ class TLSConnection:
         if server_side:
             self._hs = ServerHandshake(config, self)
         else:
-            self._hs = ClientHandshake(config, self, server_name)
+            self._hs = ClientHandshake(config, self, server_name, session)
             self._hs.on_ticket = self._on_ticket
+            self._hs.on_early_data = self._on_early_data
         self._hs.on_key_update = self._on_key_update
 
     # ---------------------------------------------------------------- queries
@@ -123,15 +146,101 @@ class TLSConnection:
     def peer_certificates(self) -> list[x509.Certificate]:
         return list(self._hs.peer_certificates)
 
+    @property
+    def session_resumed(self) -> bool:
+        """A PSK (resumption ticket or external PSK) was accepted."""
+        return self._hs.session_resumed
+
+    @property
+    def early_data_accepted(self) -> Optional[bool]:
+        """None if no 0-RTT was attempted, else whether the server accepted it."""
+        state = self._hs.early_data_state
+        return None if state in (None, "offered") else state == "accepted"
+
+    @property
+    def session(self) -> Optional[Session]:
+        """Client: the newest resumable session received (None before a ticket)."""
+        return self.sessions[-1] if self.sessions else None
+
+    def export_keying_material(self, label: str | bytes, context: bytes = b"", length: int = 32) -> bytes:
+        """TLS-Exporter(label, context, length) over the exporter_secret (RFC 9846 §7.5).
+
+        Available once our Finished is computed (server: after its first
+        flight; client: when the handshake completes).
+        """
+        hs = self._hs
+        if not hs.exporter_secret or hs.suite is None:
+            raise UsageError("exporter_secret is not available yet")
+        lab = label.encode() if isinstance(label, str) else bytes(label)
+        return export_keying_material(hs.suite.hash_name, hs.exporter_secret, lab, bytes(context), length)
+
+    def export_early_keying_material(self, label: str | bytes, context: bytes = b"", length: int = 32) -> bytes:
+        """TLS-Exporter over the early_exporter_secret (RFC 9846 §7.5); only
+        when 0-RTT was offered (client) or accepted (server). Replayable."""
+        hs = self._hs
+        suite = getattr(hs, "early_suite", None) or hs.suite
+        if not hs.early_exporter_secret or suite is None:
+            raise UsageError("early_exporter_secret is not available (no 0-RTT)")
+        lab = label.encode() if isinstance(label, str) else bytes(label)
+        return export_keying_material(suite.hash_name, hs.early_exporter_secret, lab, bytes(context), length)
+
     # ------------------------------------------------------------------ verbs
     def start_handshake(self, now: float = 0.0) -> None:
         """Client: queue the ClientHello. Server: nothing to do."""
         if self._started:
             return
         self._started = True
+        self._now = now
         if isinstance(self._hs, ClientHandshake):
-            self._hs.start()
+            hs = self._hs
+            hs.start(now, early_data=bool(self._early_pending))
             self._flush_handshake()
+            pending, self._early_pending = self._early_pending, []
+            if hs.early_data_state == "offered":
+                for chunk in pending:
+                    self._seal_early(chunk)
+            elif pending:
+                # The session could not be offered (expired, suite, SNI): not sent.
+                self._on_early_rejected(b"".join(pending))
+
+    def send_early_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Client: queue 0-RTT data (RFC 9846 §2.3, §4.2.10).
+
+        Call before :meth:`start_handshake` (the ClientHello then offers
+        early data) or while 0-RTT is still in progress. Needs a session whose
+        ticket allows early data; at most its ``max_early_data`` bytes.
+        Early data can be replayed by an attacker: send only what is safe to
+        repeat. The outcome arrives as ``EarlyDataAccepted`` or
+        ``EarlyDataRejected`` (carrying the data, which is not resent unless
+        ``TLSConfig.resend_early_data_on_reject``).
+        """
+        hs = self._hs
+        if not isinstance(hs, ClientHandshake):
+            raise UsageError("only a client sends early data")
+        if self.terminated or self.local_closed:
+            raise ConnectionClosedError("connection is closed")
+        data = bytes(data)
+        if not self._started:
+            limit = hs.can_send_early_data(check_age=False)
+            if not limit:
+                raise UsageError("no resumable session allowing early data (session= with max_early_data > 0)")
+            if sum(map(len, self._early_pending)) + len(data) > limit:
+                raise UsageError(f"early data exceeds the ticket's max_early_data_size ({limit})")
+            self._early_pending.append(data)
+            return
+        if not self._early_writing:
+            raise UsageError("0-RTT is not in progress")
+        self._seal_early(data)
+
+    def _seal_early(self, data: bytes) -> None:
+        hs = self._hs
+        assert isinstance(hs, ClientHandshake) and self._encryptor is not None
+        limit = hs.can_send_early_data()
+        if sum(map(len, self._early_sent)) + len(data) > limit:
+            raise UsageError(f"early data exceeds the ticket's max_early_data_size ({limit})")
+        if data:
+            self._early_sent.append(data)
+            self._encryptor.seal(_CT_APPDATA, data, self._out)
 
     def send_data(self, data: bytes | bytearray | memoryview) -> None:
         """Queue application data; before the handshake completes it waits."""
@@ -194,6 +303,7 @@ class TLSConnection:
             raise ConnectionClosedError("the connection has failed")
         if not self._started:
             self._started = True
+        self._now = now
         if not data:
             return
         self._reader.feed(data)
@@ -217,6 +327,7 @@ class TLSConnection:
             raise ConnectionClosedError("the connection has failed")
         if not self._started:
             self._started = True
+        self._now = now
         if not data:
             return
         self._reader.feed_borrowed(data)
@@ -267,10 +378,24 @@ class TLSConnection:
             dec = self._decryptor
             if dec is None:
                 if ctype == _CT_APPDATA:
+                    if self._skip_mode == "until-handshake":
+                        self._skip_rejected_early(body)
+                        continue
                     raise UnexpectedMessage("protected record before keys were established")
                 inner, payload = ctype, bytes(body)
             elif ctype == _CT_APPDATA:
-                inner, payload = dec.open(header, body)
+                if self._skip_mode is not None:
+                    # §4.2.10: trial decryption; the first success ends skipping.
+                    try:
+                        inner, payload = dec.open(header, body)
+                    except BadRecordMac:
+                        if self._skip_mode != "trial":
+                            raise
+                        self._skip_rejected_early(body)
+                        continue
+                    self._skip_mode = None
+                else:
+                    inner, payload = dec.open(header, body)
             elif ctype == _CT_ALERT and not self.handshake_complete:
                 # A peer that failed to install keys may still alert in clear.
                 inner, payload = ctype, bytes(body)
@@ -283,6 +408,9 @@ class TLSConnection:
                 raise UnexpectedMessage("record interleaved with a fragmented handshake message")
             if inner == _CT_APPDATA:
                 if not self._app_read:
+                    if self._early_read_limit is not None:
+                        self._receive_early(payload)
+                        continue
                     raise UnexpectedMessage("application data before the handshake completed")
                 if self.peer_closed:
                     continue  # RFC 9846 §6.1: data after close_notify is ignored
@@ -293,6 +421,25 @@ class TLSConnection:
                 self._receive_alert(payload)
             else:
                 raise UnexpectedMessage(f"unexpected content type {inner} in a protected record")
+
+    def _skip_rejected_early(self, body: bytes | memoryview) -> None:
+        """RFC 9846 §4.2.10: drop one rejected 0-RTT record, within the budget.
+
+        After a HelloRetryRequest every protected record before the second
+        ClientHello is skipped; otherwise those that fail to decrypt under the
+        handshake key, until one succeeds.
+        """
+        self._skip_budget -= len(body)
+        if self._skip_budget < 0:
+            raise BadRecordMac("more undecryptable early data than max_early_data_size")
+
+    def _receive_early(self, payload: bytes | memoryview) -> None:
+        """Server: accepted 0-RTT data (§4.2.10), at most max_early_data bytes (§4.6.1)."""
+        assert self._early_read_limit is not None
+        self._early_read += len(payload)
+        if self._early_read > self._early_read_limit:
+            raise UnexpectedMessage("client sent more early data than max_early_data_size")
+        self._emit(ev.EarlyDataReceived(bytes(payload)))
 
     def _receive_ccs(self, body: bytes | memoryview) -> None:
         """RFC 9846 §5: a single 0x01 byte, only while the handshake runs."""
@@ -311,7 +458,7 @@ class TLSConnection:
             if msg is None:
                 return
             msg_type, data = msg
-            self._hs.handle_message(msg_type, data)
+            self._hs.handle_message(msg_type, data, self._now)
             if self._hs.complete and not self.handshake_complete:
                 self._on_handshake_complete()
 
@@ -345,6 +492,7 @@ class TLSConnection:
         self._flush_handshake()
         self._suite = suite
         self._encryptor = RecordEncryptor(suite, secret)
+        self._early_writing = bool(secret) and secret == getattr(self._hs, "client_early_secret", b"")
         if self._hs.master_secret is not None and secret in (self._hs.client_app_secret, self._hs.server_app_secret):
             self._app_write = True
 
@@ -354,8 +502,26 @@ class TLSConnection:
             raise UnexpectedMessage("handshake data left over at a key change")
         self._suite = suite
         self._decryptor = RecordDecryptor(suite, secret)
+        self._early_read_limit = None
         if self._hs.master_secret is not None and secret in (self._hs.client_app_secret, self._hs.server_app_secret):
             self._app_read = True
+
+    def set_write_plaintext(self) -> None:
+        """Client after a HelloRetryRequest: back to unprotected records (§4.1.4)."""
+        self._flush_handshake()
+        self._encryptor = None
+        self._early_writing = False
+
+    def accept_early_data(self, suite: CipherSuiteInfo, secret: bytes, limit: int) -> None:
+        """Server: read 0-RTT application data under ``secret`` until EndOfEarlyData."""
+        self.set_read_secret(suite, secret)
+        self._early_read_limit = limit
+        self._early_read = 0
+
+    def skip_early_data(self, limit: int, trial_decrypt: bool) -> None:
+        """Server: skip rejected 0-RTT records (§4.2.10), at most ``limit`` bytes of them."""
+        self._skip_mode = "trial" if trial_decrypt else "until-handshake"
+        self._skip_budget = limit + 256  # record expansion allowance
 
     def log_secret(self, label: str, client_random: bytes, secret: bytes) -> None:
         """SSLKEYLOGFILE line: ``LABEL <client_random hex> <secret hex>``."""
@@ -393,11 +559,17 @@ class TLSConnection:
                 alpn_protocol=hs.alpn_protocol,
                 server_name=hs.server_name,
                 hello_retry=hs.hello_retry,
-                session_resumed=False,
+                session_resumed=hs.session_resumed,
                 peer_certificate_subject=subject,
             )
         )
         pending, self._pending_app = self._pending_app, []
+        rejected, self._early_rejected = self._early_rejected, None
+        if rejected and self.config.resend_early_data_on_reject:
+            # §4.2.10: never resend automatically if the ALPN changed.
+            s = getattr(hs, "session", None)
+            if s is not None and s.alpn_protocol == hs.alpn_protocol:
+                pending.insert(0, rejected)
         closing = self.local_closed
         self.local_closed = False
         for chunk in pending:
@@ -426,8 +598,22 @@ class TLSConnection:
         enc.update(next_traffic_secret(self._suite.hash_name, enc.secret))
         self._emit(ev.KeyUpdated("send"))
 
-    def _on_ticket(self, ticket: M.NewSessionTicket) -> None:
-        self._emit(ev.SessionTicketReceived(ticket))
+    def _on_ticket(self, ticket: M.NewSessionTicket, session: Optional[Session]) -> None:
+        if session is not None:
+            self.sessions.append(session)
+            del self.sessions[:-8]
+        self._emit(ev.SessionTicketReceived(ticket, session))
+
+    def _on_early_data(self, accepted: bool) -> None:
+        if accepted:
+            self._emit(ev.EarlyDataAccepted())
+        else:
+            self._on_early_rejected(b"".join(self._early_sent))
+        self._early_sent = []
+
+    def _on_early_rejected(self, data: bytes) -> None:
+        self._early_rejected = data
+        self._emit(ev.EarlyDataRejected(data))
 
     def _send_alert(self, desc: int, level: int = AlertLevel.FATAL) -> None:
         self._flush_handshake()

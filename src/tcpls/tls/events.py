@@ -69,9 +69,17 @@ class AlertReceived(Event):
 
 @dataclass(frozen=True, slots=True)
 class SessionTicketReceived(Event):
-    """A NewSessionTicket arrived (client side)."""
+    """A NewSessionTicket arrived (client side).
+
+    Attributes:
+        ticket: the decoded ``NewSessionTicket`` message.
+        session: the resumable :class:`tcpls.tls.session.Session` it makes
+            (pass it as ``TLSConfig.session`` or ``TLSConnection(session=...)``);
+            None for a ticket with a zero lifetime.
+    """
 
     ticket: object = field(repr=False)
+    session: Optional[object] = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +87,27 @@ class KeyUpdated(Event):
     """A traffic key was updated (``direction`` is "send" or "receive")."""
 
     direction: str
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyDataAccepted(Event):
+    """Client: the server accepted our 0-RTT data (RFC 9846 §4.2.10)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyDataRejected(Event):
+    """Client: the server rejected our 0-RTT data; nothing of it was processed.
+
+    ``data`` is what was sent as early data. It is not resent automatically
+    (unless ``TLSConfig.resend_early_data_on_reject``): the application
+    decides whether to send it again after ``HandshakeComplete``.
+    """
+
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyDataReceived(Event):
+    """Server: application data received as 0-RTT early data (replayable!)."""
+
+    data: bytes

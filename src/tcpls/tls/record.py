@@ -171,10 +171,10 @@ class RecordReader:
         # major version other than 3 says this is not TLS at all.
         if major != 3:
             raise ProtocolVersionError(f"bad record version 0x{major:02x}{minor:02x}")
-        if content_type == _APPLICATION_DATA:
-            if minor != 3:
-                raise DecodeError(f"protected record with version 0x{major:02x}{minor:02x}")
-        elif length == 0:
+        # A protected record's header is its AEAD additional data, so a wrong
+        # legacy_record_version fails authentication (bad_record_mac); before
+        # keys exist the engine reports it as an unexpected record.
+        if content_type != _APPLICATION_DATA and length == 0:
             raise UnexpectedMessage("empty handshake, alert or change_cipher_spec record")
         if length > max_length:
             raise RecordOverflow(f"record of {length} bytes exceeds the limit")

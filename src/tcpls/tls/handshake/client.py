@@ -7,16 +7,27 @@ A state machine in the RFC's order (appendix A.1):
     WAIT_EE --EncryptedExtensions--> WAIT_CERT_CR
     WAIT_CERT_CR --CertificateRequest--> WAIT_CERT
     WAIT_CERT_CR / WAIT_CERT --Certificate--> WAIT_CV --CertificateVerify--> WAIT_FINISHED
-    WAIT_FINISHED --Finished--> send [Certificate, CertificateVerify,] Finished --> CONNECTED
+    WAIT_FINISHED --Finished--> send [EndOfEarlyData,] [Certificate, CertificateVerify,] Finished --> CONNECTED
+    (a PSK was accepted: WAIT_EE --EncryptedExtensions--> WAIT_FINISHED)
 
 Each state has a table of the handshake messages it accepts; anything else
 is an unexpected_message alert.
+
+PSKs (RFC 9846 §2.2, §4.2.11): the ClientHello offers the resumption
+session first (the only one usable for 0-RTT) and then the external PSK.
+Binders are HMACs over Truncate(ClientHello): the hello is encoded with
+zero binders of the right lengths, the binders are computed over all but
+its last ``binders_block_length`` bytes and spliced in. With 0-RTT the write
+key is the client_early_traffic_secret from the ClientHello until
+EncryptedExtensions says whether the server accepted it (§4.2.10, appendix A.1).
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
+from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Callable, Optional
 
@@ -47,9 +58,11 @@ from ..enums import (
     HandshakeType as H,
     KeyUpdateRequest,
     NamedGroup,
+    PskKeyExchangeMode,
 )
 from ..kex import KeyShare
-from ..key_schedule import EarlySecret, HandshakeSecret, MasterSecret, finished_verify_data
+from ..key_schedule import EarlySecret, HandshakeSecret, MasterSecret, finished_verify_data, resumption_psk
+from ..session import MAX_TICKET_LIFETIME, Session
 from ..signatures import CLIENT_CONTEXT, SERVER_CONTEXT, choose_scheme, sign, signed_content, verify
 from ..suites import CipherSuiteInfo, suite_info
 from ..transcript import Transcript
@@ -77,6 +90,18 @@ class ClientState(Enum):
     CONNECTED = auto()
 
 
+@dataclass
+class PskOffer:
+    """One PSK in our ClientHello."""
+
+    identity: bytes
+    psk: bytes
+    hash_name: str
+    external: bool
+    obfuscated_age: int
+    session: Optional[Session] = None
+
+
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
@@ -88,8 +113,20 @@ def _is_ip(name: str) -> bool:
 class ClientHandshake:
     """The client side of one TLS 1.3 handshake and its post-handshake messages."""
 
-    def __init__(self, config: TLSConfig, sink: RecordSink, server_name: Optional[str]) -> None:
+    def __init__(
+        self, config: TLSConfig, sink: RecordSink, server_name: Optional[str], session: Optional[Session] = None
+    ) -> None:
         self.config = config
+        self.session = session if session is not None else config.session
+        self.now = 0.0
+        self.psk_offers: list[PskOffer] = []
+        self.selected_psk: Optional[PskOffer] = None
+        self.session_resumed = False
+        # 0-RTT: None (not offered), "offered", "accepted" or "rejected".
+        self.early_data_state: Optional[str] = None
+        self.early_suite: Optional[CipherSuiteInfo] = None
+        self.client_early_secret = b""
+        self.early_exporter_secret = b""
         self.sink = sink
         self.server_name = server_name if server_name is not None else config.server_name
         self.state = ClientState.START
@@ -131,11 +168,14 @@ class ClientHandshake:
         }
         # Set by the connection: called for post-handshake KeyUpdate and tickets.
         self.on_key_update: Callable[[bool], None] = lambda requested: None
-        self.on_ticket: Callable[[M.NewSessionTicket], None] = lambda t: None
+        self.on_ticket: Callable[[M.NewSessionTicket, Optional[Session]], None] = lambda t, s: None
+        # Called when the server's answer to our 0-RTT offer is known.
+        self.on_early_data: Callable[[bool], None] = lambda accepted: None
 
     # ------------------------------------------------------------------ input
-    def handle_message(self, msg_type: int, data: bytes) -> None:
+    def handle_message(self, msg_type: int, data: bytes, now: float = 0.0) -> None:
         """Process one complete handshake message (header included)."""
+        self.now = now
         handler = self._handlers.get(self.state, {}).get(msg_type)
         if handler is None:
             raise unexpected(self.state, msg_type)
@@ -145,9 +185,46 @@ class ClientHandshake:
         return M.decode_handshake(msg_type, memoryview(data)[4:], hash_len=self.suite.hash_len if self.suite else None)
 
     # ------------------------------------------------------------ ClientHello
-    def start(self) -> None:
-        """Send the first ClientHello (RFC 9846 §4.1.2)."""
+    def can_send_early_data(self, check_age: bool = True) -> int:
+        """Bytes of 0-RTT data our session allows (0: none), RFC 9846 §4.2.10.
+
+        ``check_age=False`` before the handshake starts (``now`` unknown yet).
+        """
+        s = self.session
+        if s is None or not s.max_early_data or s.cipher_suite not in self.config.cipher_suites:
+            return 0
+        if not self._session_usable(s, check_age):
+            return 0
+        return s.max_early_data
+
+    def _session_usable(self, s: Session, check_age: bool = True) -> bool:
+        """§4.6.1, §4.2.11.1: unexpired, same SNI, a suite with its hash offered."""
+        if check_age and not s.is_valid(self.now):
+            return False
+        if s.server_name is not None and self.server_name is not None and s.server_name != self.server_name:
+            return False
+        return any(suite_info(c).hash_name == s.hash_name for c in self.config.cipher_suites)
+
+    def _build_psk_offers(self) -> None:
+        cfg = self.config
+        offers: list[PskOffer] = []
+        s = self.session
+        if s is not None and self._session_usable(s):
+            offers.append(PskOffer(s.ticket, s.psk, s.hash_name, False, s.obfuscated_age(self.now), s))
+        if cfg.psk is not None:
+            # §4.2.11: external PSKs use an obfuscated_ticket_age of 0.
+            if any(suite_info(c).hash_name == cfg.psk.hash_name for c in cfg.cipher_suites):
+                offers.append(PskOffer(cfg.psk.identity, cfg.psk.key, cfg.psk.hash_name, True, 0))
+        self.psk_offers = offers
+
+    def start(self, now: float = 0.0, early_data: bool = False) -> None:
+        """Send the first ClientHello (RFC 9846 §4.1.2), offering 0-RTT if
+        ``early_data`` (the caller checked :meth:`can_send_early_data`)."""
         assert self.state is ClientState.START
+        self.now = now
+        self._build_psk_offers()
+        if early_data and self.psk_offers and self.psk_offers[0].session is self.session and self.can_send_early_data():
+            self.early_data_state = "offered"
         groups = self.config.key_share_groups or self.config.groups[:1]
         for g in groups:
             if g not in self.config.groups:
@@ -169,7 +246,20 @@ class ClientHandshake:
             )
         if cookie is not None:
             exts.append((E.cookie, X.encode_cookie(cookie)))
-        exts.append((E.psk_key_exchange_modes, b"\x01\x01"))  # [psk_dhe_ke]
+        # §4.2.9: always sent, so the server may issue tickets we can use.
+        exts.append((E.psk_key_exchange_modes, X.encode_psk_key_exchange_modes([int(m) for m in cfg.psk_key_exchange_modes])))
+        offers = self.psk_offers
+        if self.hello_retry and self.suite is not None:
+            # §4.1.4: only PSKs usable with the suite of the HelloRetryRequest.
+            offers = self.psk_offers = [o for o in offers if o.hash_name == self.suite.hash_name]
+        early = self.early_data_state == "offered" and not self.hello_retry
+        if offers:
+            if early:
+                exts.append((E.early_data, X.encode_empty()))
+            ids = [X.PskIdentity(o.identity, o.obfuscated_age) for o in offers]
+            dummy = [bytes(hashlib.new(o.hash_name).digest_size) for o in offers]
+            # §4.2.11: pre_shared_key MUST be the last extension.
+            exts.append((E.pre_shared_key, X.encode_pre_shared_key_ch(X.OfferedPsks(ids, dummy))))
         self.offered = {t for t, _ in exts}
         hello = M.ClientHello(
             random=self.random,
@@ -178,8 +268,45 @@ class ClientHandshake:
             extensions=exts,
         )
         data = M.encode_handshake(hello)
+        if offers:
+            data = self._bind(data, offers)
         self.transcript.update(data)
         self.sink.send_handshake(data)
+        if early:
+            self._start_early_data(data)
+
+    def _bind(self, hello: bytes, offers: list[PskOffer]) -> bytes:
+        """Compute the PSK binders over Truncate(ClientHello) (RFC 9846 §4.2.11.2)."""
+        truncated = hello[: -X.binders_block_length([hashlib.new(o.hash_name).digest_size for o in offers])]
+        binders = []
+        for o in offers:
+            if self.transcript.hash_name is None:
+                th = hashlib.new(o.hash_name, truncated).digest()  # ClientHello1
+            else:
+                th = self.transcript.digest_with(truncated)  # CH1 (as message_hash), HRR, Truncate(CH2)
+            key = EarlySecret(o.hash_name, o.psk).binder_key(o.external)
+            binders.append(finished_verify_data(o.hash_name, key, th))
+        return truncated + X.encode_psk_binders(binders)
+
+    def _start_early_data(self, client_hello: bytes) -> None:
+        """Switch our write key to client_early_traffic_secret (§7.1, appendix A.1)."""
+        offer = self.psk_offers[0]
+        assert offer.session is not None
+        suite = self.early_suite = suite_info(offer.session.cipher_suite)
+        th = hashlib.new(offer.hash_name, client_hello).digest()
+        es = EarlySecret(offer.hash_name, offer.psk)
+        self.client_early_secret = es.client_early_traffic_secret(th)
+        self.early_exporter_secret = es.early_exporter_master_secret(th)
+        self.sink.log_secret("CLIENT_EARLY_TRAFFIC_SECRET", self.random, self.client_early_secret)
+        self.sink.log_secret("EARLY_EXPORTER_SECRET", self.random, self.early_exporter_secret)
+        # Appendix D.4: with 0-RTT the compatibility CCS goes right after ClientHello1.
+        self._send_ccs_once()
+        self.sink.set_write_secret(suite, self.client_early_secret)
+
+    def _reject_early_data(self) -> None:
+        if self.early_data_state == "offered":
+            self.early_data_state = "rejected"
+            self.on_early_data(False)
 
     def _static_extensions(self) -> list[tuple[int, bytes]]:
         """Extensions that depend only on the configuration (encoded once)."""
@@ -230,16 +357,35 @@ class ClientHandshake:
         if self.suite is None:
             self.suite = suite_info(sh.cipher_suite)
             self.transcript.set_hash(self.suite.hash_name)
-        if E.key_share not in exts:
+        modes = self.config.psk_key_exchange_modes
+        psk: Optional[bytes] = None
+        if E.pre_shared_key in exts:
+            # §4.2.11: a valid index, and a suite with the PSK's hash.
+            index = X.decode_pre_shared_key_sh(exts[E.pre_shared_key])
+            if index >= len(self.psk_offers):
+                raise IllegalParameter("server selected a PSK identity we did not offer")
+            offer = self.psk_offers[index]
+            if offer.hash_name != self.suite.hash_name:
+                raise IllegalParameter("server selected a cipher suite whose hash does not match the PSK's")
+            self.selected_psk = offer
+            self.session_resumed = True
+            psk = offer.psk
+        shared: Optional[bytes] = None
+        if E.key_share in exts:
+            if psk is not None and PskKeyExchangeMode.psk_dhe_ke not in modes:
+                raise IllegalParameter("server sent a key_share although we offered only psk_ke")
+            group, share = X.decode_key_share_sh(exts[E.key_share])
+            if group not in self.key_shares:
+                raise IllegalParameter("server key_share is for a group we sent no share for")
+            shared = self.key_shares[group].exchange(share)
+            self.group = NamedGroup(group)
+        elif psk is None:
             raise MissingExtension("ServerHello has no key_share")
-        group, share = X.decode_key_share_sh(exts[E.key_share])
-        if group not in self.key_shares:
-            raise IllegalParameter("server key_share is for a group we sent no share for")
-        shared = self.key_shares[group].exchange(share)
-        self.group = NamedGroup(group)
+        elif PskKeyExchangeMode.psk_ke not in modes:
+            raise MissingExtension("ServerHello has no key_share but we require psk_dhe_ke")
         self.key_shares.clear()
         self.transcript.update(data)
-        self._derive_handshake_secrets(shared)
+        self._derive_handshake_secrets(shared, psk)
         self.state = ClientState.WAIT_EE
 
     def _handle_hello_retry_request(self, hrr: M.ServerHello, data: bytes, exts: dict[int, bytes]) -> None:
@@ -248,6 +394,10 @@ class ClientHandshake:
             raise UnexpectedMessage("second HelloRetryRequest")
         check_server_extensions("HelloRetryRequest", hrr.extensions, ALLOWED_IN_HRR, self.offered | {E.cookie})
         self.hello_retry = True
+        # §4.2.10: 0-RTT is over; the second ClientHello goes out in the clear.
+        if self.early_data_state == "offered":
+            self.sink.set_write_plaintext()
+            self._reject_early_data()
         self.suite = suite_info(hrr.cipher_suite)
         self.transcript.set_hash(self.suite.hash_name)
         cookie = X.decode_cookie(exts[E.cookie]) if E.cookie in exts else None
@@ -271,19 +421,21 @@ class ClientHandshake:
             self.ccs_sent = True
             self.sink.send_change_cipher_spec()
 
-    def _derive_handshake_secrets(self, shared: bytes) -> None:
-        """RFC 9846 §7.1: Early Secret (no PSK) -> Handshake Secret."""
+    def _derive_handshake_secrets(self, shared: Optional[bytes], psk: Optional[bytes]) -> None:
+        """RFC 9846 §7.1: Early Secret (PSK or 0) -> Handshake Secret ((EC)DHE or 0)."""
         suite = self.suite
         assert suite is not None
         th = self.transcript.digest()
-        self.handshake_secret = EarlySecret(suite.hash_name, None).handshake_secret(shared)
+        self.handshake_secret = EarlySecret(suite.hash_name, psk).handshake_secret(shared)
         self.client_hs_secret = self.handshake_secret.client_handshake_traffic_secret(th)
         self.server_hs_secret = self.handshake_secret.server_handshake_traffic_secret(th)
         self.sink.log_secret("CLIENT_HANDSHAKE_TRAFFIC_SECRET", self.random, self.client_hs_secret)
         self.sink.log_secret("SERVER_HANDSHAKE_TRAFFIC_SECRET", self.random, self.server_hs_secret)
         self.sink.set_read_secret(suite, self.server_hs_secret)
-        # Alerts from here on are protected with our handshake key.
-        self.sink.set_write_secret(suite, self.client_hs_secret)
+        # Alerts from here on are protected with our handshake key (with 0-RTT
+        # offered, the early key stays until EncryptedExtensions answers).
+        if self.early_data_state != "offered":
+            self.sink.set_write_secret(suite, self.client_hs_secret)
 
     # ---------------------------------------------------- EncryptedExtensions
     def _handle_encrypted_extensions(self, data: bytes) -> None:
@@ -304,8 +456,22 @@ class ClientHandshake:
             self.alpn_protocol = name
         if E.supported_groups in exts:
             X.decode_supported_groups(exts[E.supported_groups])
+        if E.early_data in exts:
+            X.decode_empty(exts[E.early_data])
+            # §4.2.11: early data is only possible with the first PSK.
+            if self.selected_psk is None or self.psk_offers.index(self.selected_psk) != 0:
+                raise IllegalParameter("server accepted early data without selecting the first PSK")
+            if self.early_data_state != "offered":
+                raise UnsupportedExtension("server accepted early data we did not send")
+            self.early_data_state = "accepted"
+            self.on_early_data(True)
+        elif self.early_data_state == "offered":
+            assert self.suite is not None
+            self.sink.set_write_secret(self.suite, self.client_hs_secret)
+            self._reject_early_data()
         self.transcript.update(data)
-        self.state = ClientState.WAIT_CERT_CR
+        # §2.2: with a PSK the server authenticates with it, not a certificate.
+        self.state = ClientState.WAIT_FINISHED if self.selected_psk is not None else ClientState.WAIT_CERT_CR
 
     # ---------------------------------------------------- CertificateRequest
     def _handle_certificate_request(self, data: bytes) -> None:
@@ -388,6 +554,12 @@ class ClientHandshake:
         self.sink.log_secret("SERVER_TRAFFIC_SECRET_0", self.random, self.server_app_secret)
         self.sink.log_secret("EXPORTER_SECRET", self.random, self.exporter_secret)
         self.sink.set_read_secret(suite, self.server_app_secret)
+        if self.early_data_state == "accepted":
+            # §4.5: EndOfEarlyData under the early key, then the handshake key.
+            eoed = M.encode_handshake(M.EndOfEarlyData())
+            self.transcript.update(eoed)
+            self.sink.send_handshake(eoed)
+            self.sink.set_write_secret(suite, self.client_hs_secret)
         # Our second flight, under the client handshake traffic key.
         self._send_ccs_once()
         if self.certificate_request is not None:
@@ -436,7 +608,24 @@ class ClientHandshake:
         for t, _ in nst.extensions:
             if t != E.early_data and t in {int(e) for e in E}:
                 raise IllegalParameter(f"extension {t} is not allowed in NewSessionTicket")
-        self.on_ticket(nst)
+        session = None
+        if nst.ticket_lifetime > 0:
+            suite = self.suite
+            assert suite is not None
+            exts = dict(nst.extensions)
+            max_early = X.decode_early_data_nst(exts[E.early_data]) if E.early_data in exts else 0
+            session = Session(
+                cipher_suite=suite.suite,
+                psk=resumption_psk(suite.hash_name, self.resumption_secret, nst.ticket_nonce),
+                ticket=nst.ticket,
+                ticket_age_add=nst.ticket_age_add,
+                lifetime=min(nst.ticket_lifetime, MAX_TICKET_LIFETIME),
+                received_at=self.now,
+                max_early_data=max_early,
+                alpn_protocol=self.alpn_protocol,
+                server_name=self.server_name,
+            )
+        self.on_ticket(nst, session)
 
     def _handle_key_update(self, data: bytes) -> None:
         ku = self._decode(H.key_update, data)

@@ -4,13 +4,25 @@
       send ServerHello, EncryptedExtensions, [CertificateRequest,]
       Certificate, CertificateVerify, Finished
     --> WAIT_FINISHED, or WAIT_CERT --Certificate--> [WAIT_CV --CertificateVerify-->] WAIT_FINISHED
-    WAIT_FINISHED --Finished--> CONNECTED
+    WAIT_FINISHED --Finished--> CONNECTED, send NewSessionTicket x num_tickets
+    (0-RTT accepted: --> WAIT_EOED --EndOfEarlyData--> WAIT_FINISHED)
+
+PSKs (RFC 9846 §2.2, §4.2.11): the server picks one offered PSK (a ticket
+it can open, or an external PSK from ``psk_lookup``) whose hash matches a
+suite both sides accept, validates only that binder (decrypt_error if it is
+wrong), and otherwise falls back to a certificate handshake. Unknown or
+expired tickets are ignored. 0-RTT is accepted only for the first PSK of a
+ticket allowing it, with the same suite and ALPN, a fresh ClientHello not
+seen before (§8) and the application's consent; rejected early records are
+skipped by the record layer (§4.2.10).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
+from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Callable, Optional
 
@@ -36,9 +48,11 @@ from ..enums import (
     ExtensionType as E,
     HandshakeType as H,
     KeyUpdateRequest,
+    PskKeyExchangeMode,
 )
 from ..kex import SUPPORTED_GROUPS, KeyShare
-from ..key_schedule import EarlySecret, HandshakeSecret, MasterSecret, finished_verify_data
+from ..key_schedule import EarlySecret, HandshakeSecret, MasterSecret, finished_verify_data, resumption_psk
+from ..session import EarlyDataOffer, ExternalPSK, TicketState
 from ..signatures import CLIENT_CONTEXT, SERVER_CONTEXT, choose_scheme, sign, signed_content, verify
 from ..suites import SUITES, CipherSuiteInfo, suite_info
 from ..transcript import Transcript
@@ -49,10 +63,37 @@ from .common import RecordSink, constant_time_equal, unexpected
 class ServerState(Enum):
     START = auto()
     WAIT_CH2 = auto()
+    WAIT_EOED = auto()
     WAIT_CERT = auto()
     WAIT_CV = auto()
     WAIT_FINISHED = auto()
     CONNECTED = auto()
+
+
+@dataclass
+class _ResolvedPsk:
+    """An offered identity we can use: a ticket we issued or an external PSK."""
+
+    psk: bytes
+    hash_name: str
+    external: bool
+    state: Optional[TicketState] = None
+
+
+@dataclass
+class _ChosenPsk:
+    index: int
+    resolved: _ResolvedPsk
+    suite: int
+    binder: bytes
+    client_age: float  # seconds, from obfuscated_ticket_age
+
+
+# Slack on the client's view of a ticket's age (RFC 9846 §4.2.11.1, §8.3).
+_AGE_TOLERANCE = 10.0
+# Early data is skipped up to this much even when our own limit is lower
+# (tickets of another configuration, external PSKs): §4.2.10.
+_MIN_EARLY_SKIP = 1 << 14
 
 
 class ServerHandshake:
@@ -84,9 +125,21 @@ class ServerHandshake:
         self.exporter_secret = b""
         self.resumption_secret = b""
         self.complete = False
+        self.now = 0.0
+        self.client_psk_modes: list[int] = []
+        self.chosen_psk: Optional[_ChosenPsk] = None
+        self.session_resumed = False
+        self.psk_identity: Optional[bytes] = None
+        self.early_data_state: Optional[str] = None  # None, "accepted" or "rejected"
+        self.client_early_secret = b""
+        self.early_exporter_secret = b""
+        self._psk_cache: dict[bytes, Optional[_ResolvedPsk]] = {}
+        self._tickets_sent = 0
+        self._client_hello_hash = b""
         self._handlers: dict[ServerState, dict[int, Callable[[bytes], None]]] = {
             ServerState.START: {H.client_hello: self._handle_client_hello},
             ServerState.WAIT_CH2: {H.client_hello: self._handle_client_hello},
+            ServerState.WAIT_EOED: {H.end_of_early_data: self._handle_end_of_early_data},
             ServerState.WAIT_CERT: {H.certificate: self._handle_certificate},
             ServerState.WAIT_CV: {H.certificate_verify: self._handle_certificate_verify},
             ServerState.WAIT_FINISHED: {H.finished: self._handle_finished},
@@ -94,7 +147,8 @@ class ServerHandshake:
         }
         self.on_key_update: Callable[[bool], None] = lambda requested: None
 
-    def handle_message(self, msg_type: int, data: bytes) -> None:
+    def handle_message(self, msg_type: int, data: bytes, now: float = 0.0) -> None:
+        self.now = now
         handler = self._handlers.get(self.state, {}).get(msg_type)
         if handler is None:
             raise unexpected(self.state, msg_type)
@@ -107,6 +161,7 @@ class ServerHandshake:
     def _handle_client_hello(self, data: bytes) -> None:
         ch = self._decode(H.client_hello, data)
         assert isinstance(ch, M.ClientHello)
+        cfg = self.config
         second = self.state is ServerState.WAIT_CH2
         exts = dict(ch.extensions)
         # RFC 9846 §4.2.1: TLS 1.3 only.
@@ -127,26 +182,40 @@ class ServerHandshake:
 
         # Cipher suite: our preference among the client's offers.
         offered = set(ch.cipher_suites)
-        suite = next((s for s in self.config.cipher_suites if s in offered and s in SUITES), None)
-        if suite is None:
+        candidates = [s for s in cfg.cipher_suites if s in offered and s in SUITES]
+        if not candidates:
             raise HandshakeFailure("no cipher suite in common")
+        suite = candidates[0]
         if second:
             assert self.suite is not None
             if self.suite.suite not in offered:
                 raise IllegalParameter("second ClientHello dropped the cipher suite chosen in HelloRetryRequest")
             suite = self.suite.suite
+            candidates = [suite]
 
-        # Extensions we need for a certificate-based (EC)DHE handshake.
-        if E.signature_algorithms not in exts:
-            raise MissingExtension("ClientHello has no signature_algorithms")
-        self.client_signature_schemes = X.decode_signature_algorithms(exts[E.signature_algorithms])
-        if E.supported_groups not in exts:
-            raise MissingExtension("ClientHello has no supported_groups")
-        if E.key_share not in exts:
-            raise MissingExtension("ClientHello has no key_share")
-        client_groups = X.decode_supported_groups(exts[E.supported_groups])
-        shares = X.decode_key_share_ch(exts[E.key_share])
-        self._check_key_shares(shares, client_groups)
+        # §4.2.11: pre_shared_key last, and only with psk_key_exchange_modes.
+        offered_psks: Optional[X.OfferedPsks] = None
+        if E.pre_shared_key in exts:
+            if ch.extensions[-1][0] != E.pre_shared_key:
+                raise IllegalParameter("pre_shared_key is not the last ClientHello extension")
+            if E.psk_key_exchange_modes not in exts:
+                raise MissingExtension("pre_shared_key without psk_key_exchange_modes")
+            offered_psks = X.decode_pre_shared_key_ch(exts[E.pre_shared_key])
+        if E.psk_key_exchange_modes in exts:
+            self.client_psk_modes = X.decode_psk_key_exchange_modes(exts[E.psk_key_exchange_modes])
+
+        client_groups: list[int] = []
+        shares: list[tuple[int, bytes]] = []
+        if E.key_share in exts:
+            if E.supported_groups not in exts:
+                raise MissingExtension("key_share without supported_groups")
+            client_groups = X.decode_supported_groups(exts[E.supported_groups])
+            shares = X.decode_key_share_ch(exts[E.key_share])
+            self._check_key_shares(shares, client_groups)
+        elif E.supported_groups in exts:
+            client_groups = X.decode_supported_groups(exts[E.supported_groups])
+        if E.signature_algorithms in exts:
+            self.client_signature_schemes = X.decode_signature_algorithms(exts[E.signature_algorithms])
         if E.server_name in exts:
             self.server_name = X.decode_server_name(exts[E.server_name])
         alpn_offer = exts.get(E.application_layer_protocol_negotiation)
@@ -169,29 +238,154 @@ class ServerHandshake:
             # We never sent a cookie on this connection.
             raise IllegalParameter("unexpected cookie in the first ClientHello")
 
-        # Group: the first of ours for which the client sent a share; else HRR.
+        # Group: the first of ours for which the client sent a share.
         share_by_group = dict(shares)
-        usable = [g for g in self.config.groups if g in SUPPORTED_GROUPS]
+        usable = [g for g in cfg.groups if g in SUPPORTED_GROUPS]
         group = next((g for g in usable if g in share_by_group), None)
-        if group is None:
+        retry_group = None if second else next((g for g in usable if g in client_groups), None)
+
+        # PSK and its key exchange mode (§4.2.9): our preference among the client's.
+        chosen = self._choose_psk(offered_psks, candidates) if offered_psks is not None else None
+        mode: Optional[int] = None
+        if chosen is not None:
+            for m in cfg.psk_key_exchange_modes:
+                if m not in self.client_psk_modes:
+                    continue
+                if m == PskKeyExchangeMode.psk_ke or group is not None or retry_group is not None:
+                    mode = m
+                    break
+            if mode is None:
+                chosen = None
+        if chosen is None:
+            # A certificate-based handshake.
+            if not cfg.certificate_chain or cfg.private_key is None:
+                raise HandshakeFailure("no acceptable PSK offered and we have no certificate")
+            if E.signature_algorithms not in exts:
+                raise MissingExtension("ClientHello has no signature_algorithms")
+            if E.supported_groups not in exts:
+                raise MissingExtension("ClientHello has no supported_groups")
+            if E.key_share not in exts:
+                raise MissingExtension("ClientHello has no key_share")
+        else:
+            suite = chosen.suite
+        if mode == PskKeyExchangeMode.psk_ke:
+            group = None
+        elif group is None:
             if second:
                 raise IllegalParameter("second ClientHello has no usable key share")
-            group = next((g for g in usable if g in client_groups), None)
-            if group is None:
+            if retry_group is None:
                 raise HandshakeFailure("no key exchange group in common")
+            # §4.1.4: HelloRetryRequest; 0-RTT records that follow are skipped.
             self.suite = suite_info(suite)
             self.transcript.set_hash(self.suite.hash_name)
             self.transcript.update(data)
-            self._send_hello_retry_request(group)
+            if E.early_data in exts:
+                self.early_data_state = "rejected"
+                self.sink.skip_early_data(self._early_skip_limit(chosen), trial_decrypt=False)
+            self._send_hello_retry_request(retry_group)
             return
         self.suite = suite_info(suite)
         if not second:
             self.transcript.set_hash(self.suite.hash_name)
+        if chosen is not None:
+            assert offered_psks is not None
+            self._verify_binder(data, offered_psks, chosen)
+            self.chosen_psk = chosen
+            self.session_resumed = True
+            self.psk_identity = offered_psks.identities[chosen.index].identity
         self.transcript.update(data)
+        self._client_hello_hash = self.transcript.digest()
+        accept_early = E.early_data in exts and self._accept_early_data(chosen)
+        if E.early_data in exts:
+            self.early_data_state = "accepted" if accept_early else "rejected"
         self.group = group
-        ours = KeyShare(group)
-        shared = ours.exchange(share_by_group[group])
-        self._send_server_flight(ours, shared)
+        if group is None:
+            self._send_server_flight(None, None)
+        else:
+            ours = KeyShare(group)
+            self._send_server_flight(ours, ours.exchange(share_by_group[group]))
+
+    # ------------------------------------------------------------------- PSKs
+    def _resolve_psk(self, identity: bytes, obfuscated_age: int) -> Optional[_ResolvedPsk]:
+        """A ticket we issued (unexpired) or an external PSK; None if unknown."""
+        if identity in self._psk_cache:  # the second ClientHello after HelloRetryRequest
+            return self._psk_cache[identity]
+        cfg = self.config
+        now = self.now
+        resolved: Optional[_ResolvedPsk] = None
+        raw = cfg.ticket_store.pop(identity, now) if cfg.ticket_store is not None else cfg.ticket_keys.open(identity)
+        state = TicketState.decode(raw) if raw is not None else None
+        if state is not None and state.cipher_suite in SUITES:
+            age = now - state.created_at
+            client_age = ((obfuscated_age - state.ticket_age_add) & 0xFFFFFFFF) / 1000
+            # §4.6.1: not past its lifetime, by our clock or the client's.
+            if 0 <= age <= state.lifetime + _AGE_TOLERANCE and client_age <= state.lifetime:
+                resolved = _ResolvedPsk(state.psk, suite_info(state.cipher_suite).hash_name, False, state)
+        elif state is None and cfg.psk_lookup is not None:
+            found = cfg.psk_lookup(identity)
+            if isinstance(found, (bytes, bytearray)) and found:
+                found = ExternalPSK(identity, bytes(found))
+            if isinstance(found, ExternalPSK):
+                resolved = _ResolvedPsk(found.key, found.hash_name, True)
+        self._psk_cache[identity] = resolved
+        return resolved
+
+    def _choose_psk(self, offered: X.OfferedPsks, candidates: list[int]) -> Optional[_ChosenPsk]:
+        """The first offered PSK usable with one of ``candidates`` (§4.2.11 note)."""
+        for index, ident in enumerate(offered.identities):
+            r = self._resolve_psk(ident.identity, ident.obfuscated_ticket_age)
+            if r is None:
+                continue
+            usable = [c for c in candidates if suite_info(c).hash_name == r.hash_name]
+            if not usable:
+                continue
+            # A ticket's own suite when possible (needed for 0-RTT).
+            suite = r.state.cipher_suite if r.state is not None and r.state.cipher_suite in usable else usable[0]
+            client_age = 0.0
+            if r.state is not None:
+                client_age = ((ident.obfuscated_ticket_age - r.state.ticket_age_add) & 0xFFFFFFFF) / 1000
+            return _ChosenPsk(index, r, suite, offered.binders[index], client_age)
+        return None
+
+    def _verify_binder(self, data: bytes, offered: X.OfferedPsks, chosen: _ChosenPsk) -> None:
+        """§4.2.11.2: HMAC over Truncate(ClientHello); a bad binder is fatal."""
+        r = chosen.resolved
+        truncated = data[: -X.binders_block_length([len(b) for b in offered.binders])]
+        if self.hello_retry:
+            th = self.transcript.digest_with(truncated)
+        else:
+            th = hashlib.new(r.hash_name, truncated).digest()
+        key = EarlySecret(r.hash_name, r.psk).binder_key(r.external)
+        if not constant_time_equal(finished_verify_data(r.hash_name, key, th), chosen.binder):
+            raise DecryptError("PSK binder does not verify")
+
+    def _early_skip_limit(self, chosen: Optional[_ChosenPsk]) -> int:
+        ticket_max = chosen.resolved.state.max_early_data if chosen is not None and chosen.resolved.state else 0
+        return max(self.config.max_early_data, ticket_max, _MIN_EARLY_SKIP)
+
+    def _accept_early_data(self, chosen: Optional[_ChosenPsk]) -> bool:
+        """§4.2.10 and §8: every condition for accepting the client's 0-RTT data."""
+        cfg = self.config
+        now = self.now
+        if chosen is None or chosen.index != 0 or self.hello_retry or cfg.max_early_data <= 0:
+            return False
+        st = chosen.resolved.state
+        if st is None or st.max_early_data <= 0:
+            return False
+        if st.cipher_suite != chosen.suite or st.alpn_protocol != self.alpn_protocol:
+            return False
+        # §8.3: the ClientHello must arrive when the ticket's age says it was sent.
+        if not cfg.anti_replay.is_fresh(st.created_at + chosen.client_age, now):
+            return False
+        # §8.2: record the validated binder; a repeat is a replay.
+        if not cfg.anti_replay.record_once(chosen.binder, now):
+            return False
+        if cfg.early_data_callback is not None:
+            assert self.psk_identity is not None
+            offer = EarlyDataOffer(self.server_name, self.alpn_protocol, self.psk_identity, chosen.client_age)
+            if not cfg.early_data_callback(offer):
+                return False
+        return True
 
     def _check_key_shares(self, shares: list[tuple[int, bytes]], client_groups: list[int]) -> None:
         """RFC 9846 §4.2.8: one share per group, each in supported_groups."""
@@ -247,18 +441,21 @@ class ServerHandshake:
             self.sink.send_change_cipher_spec()
 
     # -------------------------------------------------- ServerHello .. Finished
-    def _send_server_flight(self, ours: KeyShare, shared: bytes) -> None:
+    def _send_server_flight(self, ours: Optional[KeyShare], shared: Optional[bytes]) -> None:
         suite = self.suite
         assert suite is not None
         cfg = self.config
+        chosen = self.chosen_psk
+        sh_exts = [(E.supported_versions, X.encode_supported_versions_sh(TLS_1_3))]
+        if ours is not None:
+            sh_exts.append((E.key_share, X.encode_key_share_sh((ours.group, ours.public))))
+        if chosen is not None:
+            sh_exts.append((E.pre_shared_key, X.encode_pre_shared_key_sh(chosen.index)))
         sh = M.ServerHello(
             random=os.urandom(32),
             legacy_session_id_echo=self.session_id,
             cipher_suite=suite.suite,
-            extensions=[
-                (E.supported_versions, X.encode_supported_versions_sh(TLS_1_3)),
-                (E.key_share, X.encode_key_share_sh((ours.group, ours.public))),
-            ],
+            extensions=sh_exts,
         )
         sh_bytes = M.encode_handshake(sh)
         self.transcript.update(sh_bytes)
@@ -267,22 +464,40 @@ class ServerHandshake:
 
         # RFC 9846 §7.1: handshake secrets over ClientHello..ServerHello.
         th = self.transcript.digest()
-        self.handshake_secret = EarlySecret(suite.hash_name, None).handshake_secret(shared)
+        early = EarlySecret(suite.hash_name, chosen.resolved.psk if chosen is not None else None)
+        self.handshake_secret = early.handshake_secret(shared)
         self.client_hs_secret = self.handshake_secret.client_handshake_traffic_secret(th)
         self.server_hs_secret = self.handshake_secret.server_handshake_traffic_secret(th)
         self.sink.log_secret("CLIENT_HANDSHAKE_TRAFFIC_SECRET", self.client_random, self.client_hs_secret)
         self.sink.log_secret("SERVER_HANDSHAKE_TRAFFIC_SECRET", self.client_random, self.server_hs_secret)
         self.sink.set_write_secret(suite, self.server_hs_secret)
-        self.sink.set_read_secret(suite, self.client_hs_secret)
+        if self.early_data_state == "accepted":
+            # §4.2.10: read 0-RTT data under client_early_traffic_secret(ClientHello).
+            ch_hash = self._client_hello_hash
+            self.client_early_secret = early.client_early_traffic_secret(ch_hash)
+            self.early_exporter_secret = early.early_exporter_master_secret(ch_hash)
+            self.sink.log_secret("CLIENT_EARLY_TRAFFIC_SECRET", self.client_random, self.client_early_secret)
+            self.sink.log_secret("EARLY_EXPORTER_SECRET", self.client_random, self.early_exporter_secret)
+            self.sink.accept_early_data(suite, self.client_early_secret, cfg.max_early_data)
+        else:
+            self.sink.set_read_secret(suite, self.client_hs_secret)
+            if self.early_data_state == "rejected" and not self.hello_retry:
+                # §4.2.10: skip records that fail under the handshake key.
+                self.sink.skip_early_data(self._early_skip_limit(chosen), trial_decrypt=True)
 
         ee_exts: list[tuple[int, bytes]] = []
         if self.server_name is not None:
             ee_exts.append((E.server_name, b""))
         if self.alpn_protocol is not None:
             ee_exts.append((E.application_layer_protocol_negotiation, X.encode_alpn([self.alpn_protocol.encode("latin-1")])))
+        if self.early_data_state == "accepted":
+            ee_exts.append((E.early_data, X.encode_empty()))
         self._send(M.EncryptedExtensions(ee_exts))
 
-        if cfg.request_client_certificate or cfg.require_client_certificate:
+        if chosen is not None:
+            # §4.3.2: no CertificateRequest with a PSK; §2.2: no Certificate either.
+            next_state = ServerState.WAIT_EOED if self.early_data_state == "accepted" else ServerState.WAIT_FINISHED
+        elif cfg.request_client_certificate or cfg.require_client_certificate:
             self._send(
                 M.CertificateRequest(
                     b"",
@@ -293,11 +508,12 @@ class ServerHandshake:
         else:
             next_state = ServerState.WAIT_FINISHED
 
-        assert cfg.private_key is not None
-        scheme = choose_scheme(cfg.private_key, self.client_signature_schemes, cfg.signature_schemes)
-        self._send_raw(self._certificate_message())
-        signature = sign(cfg.private_key, scheme, signed_content(SERVER_CONTEXT, self.transcript.digest()))
-        self._send(M.CertificateVerify(scheme, signature))
+        if chosen is None:
+            assert cfg.private_key is not None
+            scheme = choose_scheme(cfg.private_key, self.client_signature_schemes, cfg.signature_schemes)
+            self._send_raw(self._certificate_message())
+            signature = sign(cfg.private_key, scheme, signed_content(SERVER_CONTEXT, self.transcript.digest()))
+            self._send(M.CertificateVerify(scheme, signature))
         verify_data = finished_verify_data(suite.hash_name, self.server_hs_secret, self.transcript.digest())
         self._send(M.Finished(verify_data))
 
@@ -368,6 +584,47 @@ class ServerHandshake:
         self.resumption_secret = self.master_secret.resumption_master_secret(self.transcript.digest())
         self.state = ServerState.CONNECTED
         self.complete = True
+        # §4.6.1: tickets only for a client that can use them (§4.2.9).
+        if any(m in self.client_psk_modes for m in self.config.psk_key_exchange_modes):
+            for _ in range(self.config.num_tickets):
+                self.send_new_session_ticket()
+
+    def _handle_end_of_early_data(self, data: bytes) -> None:
+        """§4.5: the end of 0-RTT; the client's next records use its handshake key."""
+        self._decode(H.end_of_early_data, data)
+        assert self.suite is not None
+        self.transcript.update(data)
+        self.sink.set_read_secret(self.suite, self.client_hs_secret)
+        self.state = ServerState.WAIT_FINISHED
+
+    def send_new_session_ticket(self) -> None:
+        """Issue one NewSessionTicket (§4.6.1): stateless (sealed state) or
+        stateful (random label, state in ``ticket_store``)."""
+        cfg = self.config
+        suite = self.suite
+        assert suite is not None and self.complete
+        nonce = self._tickets_sent.to_bytes(8, "big")  # unique on this connection
+        self._tickets_sent += 1
+        age_add = int.from_bytes(os.urandom(4), "big")
+        state = TicketState(
+            cipher_suite=suite.suite,
+            psk=resumption_psk(suite.hash_name, self.resumption_secret, nonce),
+            ticket_age_add=age_add,
+            created_at=self.now,
+            lifetime=cfg.ticket_lifetime,
+            max_early_data=cfg.max_early_data,
+            alpn_protocol=self.alpn_protocol,
+            server_name=self.server_name,
+        )
+        if cfg.ticket_store is not None:
+            ticket = os.urandom(32)
+            cfg.ticket_store.put(ticket, state.encode(), self.now, cfg.ticket_lifetime + _AGE_TOLERANCE)
+        else:
+            ticket = cfg.ticket_keys.seal(state.encode(), self.now)
+        exts: list[tuple[int, bytes]] = []
+        if cfg.max_early_data > 0:
+            exts.append((E.early_data, X.encode_early_data_nst(cfg.max_early_data)))
+        self.sink.send_handshake(M.encode_handshake(M.NewSessionTicket(cfg.ticket_lifetime, age_add, nonce, ticket, exts)))
 
     def _handle_key_update(self, data: bytes) -> None:
         ku = self._decode(H.key_update, data)
