@@ -91,6 +91,7 @@ class TLSConnection:
         self._pending_close = False
         self._keylog_path = config.get_keylog_file()
         self._started = False
+        self._ccs_received = False
         self._now = 0.0
         # 0-RTT (RFC 9846 §4.2.10). Client: data queued before the ClientHello,
         # what was sent, and whether the write key is the early one.
@@ -447,6 +448,11 @@ class TLSConnection:
             raise UnexpectedMessage("invalid change_cipher_spec")
         if self.handshake_complete or (self.server_side and self._hs.state.name == "START"):
             raise UnexpectedMessage("change_cipher_spec outside the handshake")
+        # Middlebox compatibility (appendix D.4) uses exactly one; a second
+        # one is refused, as OpenSSL does.
+        if self._ccs_received:
+            raise UnexpectedMessage("second change_cipher_spec")
+        self._ccs_received = True
 
     def _receive_handshake(self, payload: bytes | memoryview) -> None:
         if not payload:
