@@ -253,6 +253,6 @@ def test_plaintext_application_data_during_handshake_any_version():
     server = TLSConnection(s, server_side=True)
     client = TLSConnection(c, server_side=False, server_name="localhost")
     client.start_handshake()
-    hello = client.data_to_send()
-    server.receive_data(hello[:7])
+    hello_message = client.data_to_send()[5:]  # the ClientHello without its record header
+    server.receive_data(_plain(hello_message[:2]))  # first fragment in its own record
     _expect_unexpected(server, b"\x17\x03\x01\x00\x00")
