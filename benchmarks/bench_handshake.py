@@ -10,9 +10,13 @@ client verifying the chain against the test CA and the name ``localhost``.
   ``receive_data()`` until both report the handshake complete.
 * ssl: two ``SSLObject``s over ``MemoryBIO`` pairs (OpenSSL does the work in C).
 
+``--resumed`` measures resumed handshakes instead: the client offers a
+session ticket from an earlier full handshake (stateless ticket, PSK with
+x25519, no certificate, no signature); ``ssl`` resumes its ``SSLSession``.
+
 CPU time is ``time.process_time()``. Usage::
 
-    python benchmarks/bench_handshake.py [-n 200] [--profile]
+    python benchmarks/bench_handshake.py [-n 200] [--resumed] [--profile]
 """
 
 from __future__ import annotations
@@ -64,9 +68,9 @@ def tcpls_configs(paths: dict) -> tuple[TLSConfig, TLSConfig]:
     return client, server
 
 
-def tcpls_handshake(client_cfg: TLSConfig, server_cfg: TLSConfig) -> None:
+def tcpls_handshake(client_cfg: TLSConfig, server_cfg: TLSConfig, session=None) -> TLSConnection:
     now = time.time()
-    client = TLSConnection(client_cfg, server_side=False, server_name=SERVER_NAME)
+    client = TLSConnection(client_cfg, server_side=False, server_name=SERVER_NAME, session=session)
     server = TLSConnection(server_cfg, server_side=True)
     client.start_handshake(now)
     server.start_handshake(now)
@@ -86,6 +90,25 @@ def tcpls_handshake(client_cfg: TLSConfig, server_cfg: TLSConfig) -> None:
         pass
     while server.next_event() is not None:
         pass
+    if session is not None and not client.session_resumed:
+        raise RuntimeError("tcpls did not resume")
+    return client
+
+
+def tcpls_session(client_cfg: TLSConfig, server_cfg: TLSConfig):
+    """A session from one full handshake (tickets arrive with the server's last flight)."""
+    client = TLSConnection(client_cfg, server_side=False, server_name=SERVER_NAME)
+    server = TLSConnection(server_cfg, server_side=True)
+    now = time.time()
+    client.start_handshake(now)
+    for _ in range(20):
+        if d := client.data_to_send():
+            server.receive_data(d, now)
+        if d := server.data_to_send():
+            client.receive_data(d, now)
+        if client.session is not None:
+            return client.session
+    raise RuntimeError("no session ticket")
 
 
 # ----------------------------------------------------------------- ssl
@@ -107,9 +130,9 @@ def _step(obj: ssl.SSLObject) -> bool:
         return False
 
 
-def ssl_handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> None:
+def ssl_handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, session=None):
     c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_ctx.wrap_bio(c_in, c_out, server_side=False, server_hostname=SERVER_NAME)
+    client = client_ctx.wrap_bio(c_in, c_out, server_side=False, server_hostname=SERVER_NAME, session=session)
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
     c_done = s_done = False
     for _ in range(20):
@@ -127,6 +150,33 @@ def ssl_handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> Non
         raise RuntimeError("ssl handshake did not complete")
     if client.version() != "TLSv1.3":
         raise RuntimeError(f"ssl negotiated {client.version()}")
+    if session is not None and not client.session_reused:
+        raise RuntimeError("ssl did not resume")
+    return client
+
+
+def ssl_session(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext):
+    """A session from one full handshake; the client reads the tickets on a later read."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_side=False, server_hostname=SERVER_NAME)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    c_done = s_done = False
+    for _ in range(20):
+        if not c_done:
+            c_done = _step(client)
+        if c_out.pending:
+            s_in.write(c_out.read())
+        if not s_done:
+            s_done = _step(server)
+        if s_out.pending:
+            c_in.write(s_out.read())
+        if c_done and s_done:
+            break
+    try:
+        client.read(1)  # processes the NewSessionTickets
+    except ssl.SSLWantReadError:
+        pass
+    return client.session
 
 
 # ----------------------------------------------------------------- timing
@@ -144,6 +194,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--iterations", type=int, default=200, help="handshakes per implementation (default 200)")
     ap.add_argument("--profile", action="store_true", help="print a cProfile top-25 (cumulative) of the tcpls handshakes")
+    ap.add_argument("--resumed", action="store_true", help="resumed (PSK-DHE, session ticket) handshakes instead of full ones")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,10 +202,17 @@ def main(argv=None) -> int:
         c_cfg, s_cfg = tcpls_configs(paths)
         c_ctx, s_ctx = ssl_contexts(paths)
 
-        t_tcpls = measure(lambda: tcpls_handshake(c_cfg, s_cfg), args.iterations)
-        t_ssl = measure(lambda: ssl_handshake(c_ctx, s_ctx), args.iterations)
+        t_session = ssl_sess = None
+        if args.resumed:
+            t_session = tcpls_session(c_cfg, s_cfg)
+            ssl_sess = ssl_session(c_ctx, s_ctx)
+        t_tcpls = measure(lambda: tcpls_handshake(c_cfg, s_cfg, t_session), args.iterations)
+        t_ssl = measure(lambda: ssl_handshake(c_ctx, s_ctx, ssl_sess), args.iterations)
 
-        print(f"full handshake, client+server, x25519 + ECDSA P-256, verification on; {args.iterations} iterations")
+        if args.resumed:
+            print(f"resumed handshake (session ticket, PSK + x25519), client+server; {args.iterations} iterations")
+        else:
+            print(f"full handshake, client+server, x25519 + ECDSA P-256, verification on; {args.iterations} iterations")
         print(f"  tcpls  {t_tcpls * 1e6:10.0f} us/handshake  ({1 / t_tcpls:8.1f} handshakes/s)")
         print(f"  ssl    {t_ssl * 1e6:10.0f} us/handshake  ({1 / t_ssl:8.1f} handshakes/s)")
         print(f"  ratio tcpls/ssl (CPU time): {t_tcpls / t_ssl:.2f}x")
@@ -163,7 +221,7 @@ def main(argv=None) -> int:
             prof = cProfile.Profile()
             prof.enable()
             for _ in range(args.iterations):
-                tcpls_handshake(c_cfg, s_cfg)
+                tcpls_handshake(c_cfg, s_cfg, t_session)
             prof.disable()
             out = io.StringIO()
             pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(25)

@@ -428,3 +428,39 @@ def test_exporter_matches_s_client(pki, suite):
     m = re.search(r"Keying material:\s*([0-9A-Fa-f]+)", r.text)
     assert m, r.text[-2000:]
     assert bytes.fromhex(m.group(1)) == s["exported"]
+
+
+# =========================================================== CLI flags
+@needs_openssl
+def test_cli_client_psk_with_s_server(openssl_server):
+    from conftest import run_tcpls_cli
+
+    srv = openssl_server("-tls1_3", "-rev", "-naccept", "1", "-nocert", "-psk", PSK_HEX, "-psk_identity", PSK_ID)
+    res = run_tcpls_cli(["client", "127.0.0.1", str(srv.port), "--psk", PSK_HEX, "--psk-identity", PSK_ID, "-v"], b"abc\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == b"cba\n" and b"resumed: True" in res.stderr
+
+
+def test_cli_sessions_and_early_data(tcpls_cli_server, pki, tmp_path):
+    from conftest import run_tcpls_cli
+
+    leaf = pki.leaf("ec256")
+    srv = tcpls_cli_server("--cert", leaf.cert_file, "--key", leaf.key_file, "--max-early-data", "4096", "--num-tickets", "1")
+    sess, early = tmp_path / "sess.bin", tmp_path / "early.txt"
+    early.write_bytes(b"zero-rtt\n")
+    base = ["client", "127.0.0.1", str(srv.port), "--cafile", pki.ca_file, "--sni", "localhost", "-v"]
+    r1 = run_tcpls_cli([*base, "--sess-out", str(sess)], b"one\n")
+    assert r1.returncode == 0 and r1.stdout == b"one\n", r1.stderr
+    assert Session.from_bytes(sess.read_bytes()).max_early_data == 4096
+    r2 = run_tcpls_cli([*base, "--sess-in", str(sess), "--early-data", str(early)], b"two\n")
+    assert r2.returncode == 0, r2.stderr
+    assert r2.stdout == b"zero-rtt\ntwo\n"
+    assert b"resumed: True" in r2.stderr and b"early data: accepted" in r2.stderr
+
+
+def test_cli_server_psk_only(tcpls_cli_server):
+    from conftest import run_tcpls_cli
+
+    srv = tcpls_cli_server("--psk", PSK_HEX, "--psk-identity", PSK_ID)
+    r = run_tcpls_cli(["client", "127.0.0.1", str(srv.port), "--psk", PSK_HEX, "--psk-identity", PSK_ID, "-v"], b"psk\n")
+    assert r.returncode == 0 and r.stdout == b"psk\n", r.stderr

@@ -8,7 +8,7 @@ each runs the same three steps (the aioquic adapter loop, with the
 ordering discipline of trio's ``_retry``):
 
 * **network** (``data_received`` / ``eof_received``):
-  feed the engine with ``now=loop.time()`` → hand its events to the
+  feed the engine with ``now=time.time()`` (wall clock: tickets outlive processes) → hand its events to the
   application (reader, handshake waiter, connection callback) → transmit;
 * **application** (``send`` / ``close_write`` / ``close`` from the writer):
   call the engine verb → transmit.
@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Optional
 
@@ -99,14 +100,14 @@ class TLSStreamProtocol(asyncio.Protocol):
         if self._handshake_timeout is not None:
             self._timer = self._loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
         if not self._server_side:
-            self._conn.start_handshake(self._loop.time())
+            self._conn.start_handshake(time.time())
             self._transmit()
 
     def data_received(self, data: bytes) -> None:
         if self._error is not None:
             return
         try:
-            self._conn.receive_data(data, self._loop.time())
+            self._conn.receive_data(data, time.time())
         except ProtocolError as exc:
             self._fail(exc)
             return
@@ -166,7 +167,9 @@ class TLSStreamProtocol(asyncio.Protocol):
         eof = False
         while (event := conn.next_event()) is not None:
             kind = type(event)
-            if kind is _ev.DataReceived:
+            if kind is _ev.DataReceived or kind is _ev.EarlyDataReceived:
+                # 0-RTT data (server) comes first, in stream order; an
+                # application that must tell it apart uses the engine's events.
                 reader.feed_data(event.data)
             elif kind is _ev.CloseNotifyReceived:
                 eof = True  # fed after this batch's data, whatever the event order

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import html
 import logging
+import os
 import signal
 import sys
 import threading
@@ -19,6 +20,7 @@ from .. import aio, sync
 from ..errors import LocalProtocolError, ProtocolError, RemoteAlert, TLSError
 from ..tls.config import TLSConfig, parse_cipher_suites, parse_groups
 from ..tls.enums import AlertDescription, CipherSuite, NamedGroup, enum_name
+from ..tls.session import ExternalPSK, Session
 
 log = logging.getLogger("tcpls.cli")
 
@@ -91,9 +93,31 @@ def build_config(args: argparse.Namespace, *, server: bool) -> TLSConfig:
         config.alpn_protocols = [p.strip() for p in args.alpn.split(",") if p.strip()]
     if getattr(args, "keylog", None):
         config.keylog_file = args.keylog
+    psk = None
+    if getattr(args, "psk", None) or getattr(args, "psk_identity", None):
+        if not (args.psk and args.psk_identity):
+            raise UsageFailure("--psk and --psk-identity go together")
+        try:
+            psk = ExternalPSK(args.psk_identity.encode(), bytes.fromhex(args.psk), args.psk_hash)
+        except ValueError as exc:
+            raise UsageFailure(f"bad --psk: {exc}") from None
     try:
         if server:
-            config.load_cert_chain(args.cert, args.key)
+            config.num_tickets = args.num_tickets
+            config.max_early_data = args.max_early_data
+            if psk is not None:
+                config.psk_lookup = lambda ident: psk if ident == psk.identity else None
+            if args.cert or psk is None:
+                if not args.cert:
+                    raise ValueError("--cert is required (unless --psk)")
+                config.load_cert_chain(args.cert, args.key)
+        elif psk is not None:
+            config.psk = psk
+            if args.insecure:
+                config.verify_peer = False
+                config.check_hostname = False
+            elif args.cafile:
+                config.load_verify_locations(cafile=args.cafile)
         elif args.insecure:
             config.verify_peer = False
             config.check_hostname = False
@@ -190,8 +214,28 @@ def cmd_client(args: argparse.Namespace) -> int:
     config = build_config(args, server=False)
     # For an IP literal the engine sends no SNI and checks the IP address SAN.
     server_name = args.sni or args.host
-    sock = sync.connect((args.host, args.port), config, server_name=server_name, timeout=args.timeout)
+    session = None
+    early = None
+    try:
+        if args.sess_in:
+            with open(args.sess_in, "rb") as f:
+                session = Session.from_bytes(f.read())
+        if args.early_data:
+            if session is None:
+                raise UsageFailure("--early-data needs --sess-in")
+            with open(args.early_data, "rb") as f:
+                early = f.read()
+    except (OSError, ValueError) as exc:
+        raise UsageFailure(describe_error(exc)) from None
+    sock = sync.connect(
+        (args.host, args.port), config, server_name=server_name, timeout=args.timeout, session=session, early_data=early
+    )
     sock.settimeout(None)
+    if args.verbose and (session is not None or config.psk is not None):
+        conn = sock.connection
+        print(f"resumed: {conn.session_resumed}", file=sys.stderr)
+        if early is not None:
+            print(f"early data: {'accepted' if conn.early_data_accepted else 'rejected'}", file=sys.stderr)
     with sock:
         if args.verbose:
             for key, value in negotiated(lambda k: getattr(sock, k)):
@@ -203,7 +247,20 @@ def cmd_client(args: argparse.Namespace) -> int:
         while data := sock.recv(READ_SIZE):
             out.write(data)
             out.flush()
+            _save_session(args, sock)
+        _save_session(args, sock)
     return 0
+
+
+def _save_session(args: argparse.Namespace, sock: sync.TLSSocket) -> None:
+    """--sess-out: keep the newest session ticket (written owner-only)."""
+    session = sock.connection.session
+    if not args.sess_out or session is None or getattr(args, "_saved", None) is session:
+        return
+    fd = os.open(args.sess_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(session.to_bytes())
+    args._saved = session
 
 
 def _pump_stdin(sock: sync.TLSSocket) -> None:

@@ -104,13 +104,17 @@ class TLSSocket:
         config: TLSConfig,
         server_side: bool = False,
         server_name: Optional[str] = None,
+        session: Any = None,
     ) -> "TLSSocket":
-        """Wrap a connected TCP socket; the handshake has not run yet."""
+        """Wrap a connected TCP socket; the handshake has not run yet.
+
+        ``session`` (client): a :class:`~tcpls.tls.session.Session` to resume.
+        """
         config.validate(server_side=server_side)
         if server_side:
             conn = TLSConnection(config, server_side=True)
         else:
-            conn = TLSConnection(config, server_side=False, server_name=server_name or config.server_name)
+            conn = TLSConnection(config, server_side=False, server_name=server_name or config.server_name, session=session)
         return cls(sock, conn, server_side=server_side)
 
     # ------------------------------------------------------------ engine plumbing
@@ -162,14 +166,14 @@ class TLSSocket:
         with self._engine_lock:
             try:
                 if data:
-                    conn.receive_data_borrowed(data, time.monotonic())
+                    conn.receive_data_borrowed(data, time.time())
                 else:
                     conn.receive_eof()
             except ProtocolError as exc:
                 error = exc
             # Deliver what was decrypted before an error, too.
             while (event := conn.next_event()) is not None:
-                if type(event) is _DataReceived:
+                if type(event) is _DataReceived or type(event) is _ev.EarlyDataReceived:
                     if chunks is None:
                         chunks = [event.data]
                     else:
@@ -216,7 +220,7 @@ class TLSSocket:
             if not self._started:
                 self._started = True
                 with self._engine_lock:
-                    conn.start_handshake(time.monotonic())
+                    conn.start_handshake(time.time())
                     self._queue_output()
             self._flush()
             while not conn.handshake_complete:
@@ -608,19 +612,27 @@ def connect(
     server_name: Optional[str] = None,
     timeout: Optional[float] = None,
     source_address: Optional[tuple[str, int]] = None,
+    session: Any = None,
+    early_data: Optional[bytes] = None,
 ) -> TLSSocket:
     """Open a TCP connection to ``address`` and run the TLS handshake.
 
     ``server_name`` (default: ``config.server_name``, else the host) is sent
     as SNI and checked against the server certificate. ``timeout`` applies to
-    the connect, the handshake and later socket operations.
+    the connect, the handshake and later socket operations. ``session``
+    resumes a :class:`~tcpls.tls.session.Session` (``sock.connection.session``
+    holds the newest one received); ``early_data`` is sent as 0-RTT data with
+    it (see ``TLSConnection.send_early_data``;
+    ``sock.connection.early_data_accepted`` tells the outcome).
     """
     host = address[0]
     name = server_name or _default_server_name(host, config)
     sock = _socket.create_connection(address, timeout=timeout, source_address=source_address)
     try:
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-        tls = TLSSocket.wrap(sock, config, server_side=False, server_name=name)
+        tls = TLSSocket.wrap(sock, config, server_side=False, server_name=name, session=session)
+        if early_data:
+            tls.connection.send_early_data(early_data)
         tls.do_handshake()
     except BaseException:
         sock.close()

@@ -100,6 +100,12 @@ class PskOffer:
     external: bool
     obfuscated_age: int
     session: Optional[Session] = None
+    early_secret: Optional[EarlySecret] = None  # computed once, for the binder
+
+    def early(self) -> EarlySecret:
+        if self.early_secret is None:
+            self.early_secret = EarlySecret(self.hash_name, self.psk)
+        return self.early_secret
 
 
 def _is_ip(name: str) -> bool:
@@ -284,7 +290,7 @@ class ClientHandshake:
                 th = hashlib.new(o.hash_name, truncated).digest()  # ClientHello1
             else:
                 th = self.transcript.digest_with(truncated)  # CH1 (as message_hash), HRR, Truncate(CH2)
-            key = EarlySecret(o.hash_name, o.psk).binder_key(o.external)
+            key = o.early().binder_key(o.external)
             binders.append(finished_verify_data(o.hash_name, key, th))
         return truncated + X.encode_psk_binders(binders)
 
@@ -294,7 +300,7 @@ class ClientHandshake:
         assert offer.session is not None
         suite = self.early_suite = suite_info(offer.session.cipher_suite)
         th = hashlib.new(offer.hash_name, client_hello).digest()
-        es = EarlySecret(offer.hash_name, offer.psk)
+        es = offer.early()
         self.client_early_secret = es.client_early_traffic_secret(th)
         self.early_exporter_secret = es.early_exporter_master_secret(th)
         self.sink.log_secret("CLIENT_EARLY_TRAFFIC_SECRET", self.random, self.client_early_secret)
@@ -359,6 +365,7 @@ class ClientHandshake:
             self.transcript.set_hash(self.suite.hash_name)
         modes = self.config.psk_key_exchange_modes
         psk: Optional[bytes] = None
+        early: Optional[EarlySecret] = None
         if E.pre_shared_key in exts:
             # §4.2.11: a valid index, and a suite with the PSK's hash.
             index = X.decode_pre_shared_key_sh(exts[E.pre_shared_key])
@@ -370,6 +377,7 @@ class ClientHandshake:
             self.selected_psk = offer
             self.session_resumed = True
             psk = offer.psk
+            early = offer.early()
         shared: Optional[bytes] = None
         if E.key_share in exts:
             if psk is not None and PskKeyExchangeMode.psk_dhe_ke not in modes:
@@ -385,7 +393,7 @@ class ClientHandshake:
             raise MissingExtension("ServerHello has no key_share but we require psk_dhe_ke")
         self.key_shares.clear()
         self.transcript.update(data)
-        self._derive_handshake_secrets(shared, psk)
+        self._derive_handshake_secrets(shared, early)
         self.state = ClientState.WAIT_EE
 
     def _handle_hello_retry_request(self, hrr: M.ServerHello, data: bytes, exts: dict[int, bytes]) -> None:
@@ -421,12 +429,14 @@ class ClientHandshake:
             self.ccs_sent = True
             self.sink.send_change_cipher_spec()
 
-    def _derive_handshake_secrets(self, shared: Optional[bytes], psk: Optional[bytes]) -> None:
+    def _derive_handshake_secrets(self, shared: Optional[bytes], early: Optional[EarlySecret]) -> None:
         """RFC 9846 §7.1: Early Secret (PSK or 0) -> Handshake Secret ((EC)DHE or 0)."""
         suite = self.suite
         assert suite is not None
         th = self.transcript.digest()
-        self.handshake_secret = EarlySecret(suite.hash_name, psk).handshake_secret(shared)
+        if early is None:
+            early = EarlySecret(suite.hash_name, None)
+        self.handshake_secret = early.handshake_secret(shared)
         self.client_hs_secret = self.handshake_secret.client_handshake_traffic_secret(th)
         self.server_hs_secret = self.handshake_secret.server_handshake_traffic_secret(th)
         self.sink.log_secret("CLIENT_HANDSHAKE_TRAFFIC_SECRET", self.random, self.client_hs_secret)

@@ -87,6 +87,7 @@ class _ChosenPsk:
     suite: int
     binder: bytes
     client_age: float  # seconds, from obfuscated_ticket_age
+    early_secret: Optional[EarlySecret] = None  # set when the binder is verified
 
 
 # Slack on the client's view of a ticket's age (RFC 9846 §4.2.11.1, §8.3).
@@ -355,7 +356,8 @@ class ServerHandshake:
             th = self.transcript.digest_with(truncated)
         else:
             th = hashlib.new(r.hash_name, truncated).digest()
-        key = EarlySecret(r.hash_name, r.psk).binder_key(r.external)
+        chosen.early_secret = EarlySecret(r.hash_name, r.psk)
+        key = chosen.early_secret.binder_key(r.external)
         if not constant_time_equal(finished_verify_data(r.hash_name, key, th), chosen.binder):
             raise DecryptError("PSK binder does not verify")
 
@@ -464,7 +466,7 @@ class ServerHandshake:
 
         # RFC 9846 §7.1: handshake secrets over ClientHello..ServerHello.
         th = self.transcript.digest()
-        early = EarlySecret(suite.hash_name, chosen.resolved.psk if chosen is not None else None)
+        early = chosen.early_secret if chosen is not None and chosen.early_secret else EarlySecret(suite.hash_name, None)
         self.handshake_secret = early.handshake_secret(shared)
         self.client_hs_secret = self.handshake_secret.client_handshake_traffic_secret(th)
         self.server_hs_secret = self.handshake_secret.server_handshake_traffic_secret(th)
