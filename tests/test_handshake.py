@@ -369,3 +369,77 @@ def test_receive_data_borrowed_survives_buffer_reuse(step):
     feed(p.server, p.client.data_to_send())
     got = b"".join(e.data for e in iter(p.server.next_event, None) if isinstance(e, ev.DataReceived))
     assert got == payload
+
+
+def _client_hello_with(groups_ext: bytes, share_ext: bytes) -> bytes:
+    """Our client's ClientHello with its supported_groups/key_share replaced."""
+    from tcpls.tls import messages as M
+    from tcpls.tls.enums import ExtensionType as E
+    from tcpls.tls.record import encode_plaintext_records
+
+    c, s = configs()
+    from tcpls.tls.connection import TLSConnection
+
+    client = TLSConnection(c, server_side=False, server_name="localhost")
+    client.start_handshake()
+    ch = M.decode_handshake(1, client.data_to_send()[9:])
+    ch.extensions = [
+        (t, groups_ext if t == E.supported_groups else share_ext if t == E.key_share else d) for t, d in ch.extensions
+    ]
+    out: list = []
+    encode_plaintext_records(22, M.encode_handshake(ch), out)
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_obsolete_group_in_supported_groups(strict):
+    from tcpls.tls import extensions as X
+    from tcpls.tls.kex import KeyShare
+    from tcpls.tls.connection import TLSConnection
+
+    c, s = configs(s_reject_obsolete_groups=strict)
+    share = KeyShare(NamedGroup.x25519)
+    hello = _client_hello_with(
+        X.encode_supported_groups([0x0015, NamedGroup.x25519]), X.encode_key_share_ch([(NamedGroup.x25519, share.public)])
+    )
+    server = TLSConnection(s, server_side=True)
+    if strict:
+        with pytest.raises(LocalProtocolError) as ei:
+            server.receive_data(hello)
+        assert ei.value.alert == A.illegal_parameter
+    else:
+        server.receive_data(hello)
+        assert server.data_to_send()[:1] == b"\x16"  # a ServerHello
+
+
+def test_key_share_for_obsolete_group_is_refused():
+    from tcpls.tls import extensions as X
+    from tcpls.tls.connection import TLSConnection
+
+    c, s = configs(s_reject_obsolete_groups=False)
+    hello = _client_hello_with(X.encode_supported_groups([0x0017, 0x001B]), X.encode_key_share_ch([(0x001B, b"\x04" * 65)]))
+    with pytest.raises(LocalProtocolError) as ei:
+        TLSConnection(s, server_side=True).receive_data(hello)
+    assert ei.value.alert == A.illegal_parameter
+
+
+def test_no_usable_signature_scheme_fails_before_server_hello():
+    from tcpls.tls import extensions as X
+    from tcpls.tls import messages as M
+    from tcpls.tls.enums import ExtensionType as E
+    from tcpls.tls.connection import TLSConnection
+    from tcpls.tls.record import encode_plaintext_records
+
+    c, s = configs("rsa2048")
+    client = TLSConnection(c, server_side=False, server_name="localhost")
+    client.start_handshake()
+    ch = M.decode_handshake(1, client.data_to_send()[9:])
+    # Only PKCS#1 v1.5, which TLS 1.3 forbids in CertificateVerify.
+    ch.extensions = [(t, X.encode_signature_algorithms([0x0401]) if t == E.signature_algorithms else d) for t, d in ch.extensions]
+    out: list = []
+    encode_plaintext_records(22, M.encode_handshake(ch), out)
+    server = TLSConnection(s, server_side=True)
+    with pytest.raises(LocalProtocolError) as ei:
+        server.receive_data(b"".join(out))
+    assert ei.value.alert == A.handshake_failure
+    assert server.data_to_send()[:1] == b"\x15"  # the alert, no ServerHello before it

@@ -403,6 +403,31 @@ def test_hrr_our_server(thread_server, pki):
     assert sess["group"] == NamedGroup.x25519
 
 
+@needs_openssl
+def test_hrr_cookie_our_server(thread_server, pki):
+    """With hello_retry_cookie the HRR carries a cookie that s_client echoes (RFC 9846 §4.2.2)."""
+    cfg = server_config(pki, groups=["x25519"])
+    cfg.hello_retry_cookie = True
+    srv = thread_server(cfg)
+    data = b"after a cookie\n"
+    res = run_s_client(
+        srv.port,
+        ["-tls1_3", "-msg", "-ign_eof", "-nocommands", "-groups", "P-256:X25519", "-CAfile", pki.ca_file,
+         "-servername", "localhost", "-verify_return_error"],
+        data,
+        expect_text=data,
+        close_stdin=False,
+    )
+    assert data in res.stdout, res.text[-3000:]
+    out = res.stdout.decode("latin-1").lower()
+    hellos = re.split(r">>> .*clienthello", out)
+    assert len(hellos) == 3, "s_client should send a second ClientHello"
+    # extension type 44 (cookie) = "00 2c" appears in the second ClientHello.
+    assert "00 2c" in hellos[2].split("<<<")[0]
+    (sess,) = srv.join()
+    assert sess["hello_retry"] is True
+
+
 def test_hrr_python_ssl_client(thread_server, pki):
     """Python ssl offers an x25519 share; we accept only secp384r1 -> HRR."""
     srv = thread_server(server_config(pki, groups=["secp384r1"]))

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     server = sub.add_parser("server", help="serve TLS connections (echo or www)")
     server.add_argument("--cert", help="PEM certificate chain, leaf first (required unless --psk)")
     server.add_argument("--key", help="PEM private key")
+    server.add_argument(
+        "--hrr-cookie", action="store_true", help="put a cookie in HelloRetryRequest (RFC 9846 §4.2.2)"
+    )
     server.add_argument("--num-tickets", type=int, default=2, metavar="N", help="session tickets per connection (default 2)")
     server.add_argument("--max-early-data", type=int, default=0, metavar="N", help="accept up to N bytes of 0-RTT data (default 0: off)")
     server.add_argument("--host", default="127.0.0.1")

@@ -104,6 +104,7 @@ def build_config(args: argparse.Namespace, *, server: bool) -> TLSConfig:
     try:
         if server:
             config.num_tickets = args.num_tickets
+            config.hello_retry_cookie = getattr(args, "hrr_cookie", False)
             config.max_early_data = args.max_early_data
             if psk is not None:
                 config.psk_lookup = lambda ident: psk if ident == psk.identity else None

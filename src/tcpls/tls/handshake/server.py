@@ -60,6 +60,11 @@ from ..verify import parse_certificates, verify_client_chain
 from .common import RecordSink, constant_time_equal, unexpected
 
 
+def _is_obsolete_group(group: int) -> bool:
+    """RFC 8446 §4.2.7 obsolete_RESERVED: 0x0001-0x0016, 0x001A-0x001C, 0xFF01-0xFF02."""
+    return 0x0001 <= group <= 0x0016 or 0x001A <= group <= 0x001C or 0xFF01 <= group <= 0xFF02
+
+
 class ServerState(Enum):
     START = auto()
     WAIT_CH2 = auto()
@@ -215,6 +220,7 @@ class ServerHandshake:
             self._check_key_shares(shares, client_groups)
         elif E.supported_groups in exts:
             client_groups = X.decode_supported_groups(exts[E.supported_groups])
+        self._check_obsolete_groups(client_groups, shares)
         if E.signature_algorithms in exts:
             self.client_signature_schemes = X.decode_signature_algorithms(exts[E.signature_algorithms])
         if E.server_name in exts:
@@ -389,6 +395,19 @@ class ServerHandshake:
                 return False
         return True
 
+    def _check_obsolete_groups(self, client_groups: list[int], shares: list[tuple[int, bytes]]) -> None:
+        """RFC 8446 §4.2.7: codepoints of the obsolete_RESERVED ranges (the
+        TLS 1.2 curves) "MUST NOT be offered" in TLS 1.3. A key share for one
+        is always refused; in supported_groups only when
+        ``config.reject_obsolete_groups`` (the default)."""
+        for g, _ in shares:
+            if _is_obsolete_group(g):
+                raise IllegalParameter(f"key share for obsolete group {g:#06x}")
+        if self.config.reject_obsolete_groups:
+            for g in client_groups:
+                if _is_obsolete_group(g):
+                    raise IllegalParameter(f"obsolete group {g:#06x} offered in supported_groups")
+
     def _check_key_shares(self, shares: list[tuple[int, bytes]], client_groups: list[int]) -> None:
         """RFC 9846 §4.2.8: one share per group, each in supported_groups."""
         seen: set[int] = set()
@@ -448,6 +467,13 @@ class ServerHandshake:
         assert suite is not None
         cfg = self.config
         chosen = self.chosen_psk
+        scheme = None
+        if chosen is None:
+            # Pick the CertificateVerify scheme before anything is sent, so
+            # that a client we cannot sign for gets handshake_failure instead
+            # of a ServerHello (RFC 9846 §4.2.3).
+            assert cfg.private_key is not None
+            scheme = choose_scheme(cfg.private_key, self.client_signature_schemes, cfg.signature_schemes)
         sh_exts = [(E.supported_versions, X.encode_supported_versions_sh(TLS_1_3))]
         if ours is not None:
             sh_exts.append((E.key_share, X.encode_key_share_sh((ours.group, ours.public))))
@@ -510,9 +536,8 @@ class ServerHandshake:
         else:
             next_state = ServerState.WAIT_FINISHED
 
-        if chosen is None:
+        if scheme is not None:
             assert cfg.private_key is not None
-            scheme = choose_scheme(cfg.private_key, self.client_signature_schemes, cfg.signature_schemes)
             self._send_raw(self._certificate_message())
             signature = sign(cfg.private_key, scheme, signed_content(SERVER_CONTEXT, self.transcript.digest()))
             self._send(M.CertificateVerify(scheme, signature))
