@@ -97,6 +97,39 @@ def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(data)
 
 
+class ExtensionHook:
+    """Plug-in for handshake extensions the engine does not know itself.
+
+    Subclass it, override what you need and put instances in
+    :attr:`TLSConfig.extension_hooks`. A hook that keeps per-connection
+    state serves one handshake only (give each connection its own config
+    copy). A :class:`~tcpls.errors.LocalProtocolError` raised from a
+    callback aborts the handshake with its alert.
+
+    Attributes:
+        encrypted_extension_types: extension types the server may return in
+            EncryptedExtensions. They pass the engine's "only what was
+            offered" check (RFC 9846 §4.2), so the hook must refuse those
+            that do not answer its own offer.
+    """
+
+    encrypted_extension_types: frozenset[int] = frozenset()
+
+    def client_hello_extensions(self) -> list[tuple[int, bytes]]:
+        """Client: ``(type, body)`` pairs to add to the ClientHello."""
+        return []
+
+    def on_encrypted_extensions(self, extensions: list[tuple[int, bytes]]) -> None:
+        """Client: every extension of the server's EncryptedExtensions."""
+
+    def on_client_hello(self, extensions: list[tuple[int, bytes]]) -> None:
+        """Server: every extension of the ClientHello being answered."""
+
+    def encrypted_extensions(self) -> list[tuple[int, bytes]]:
+        """Server: ``(type, body)`` pairs to add to EncryptedExtensions."""
+        return []
+
+
 @dataclass
 class TLSConfig:
     """Settings shared by client and server.
@@ -177,6 +210,9 @@ class TLSConfig:
     early_data_callback: Optional[Callable[[object], bool]] = None
     anti_replay: AntiReplay = field(default_factory=AntiReplay, repr=False)
     resend_early_data_on_reject: bool = False
+    # Plug-ins adding and inspecting extensions the engine does not implement
+    # (ExtensionHook; e.g. TCPLS's tcpls, tcpls_join, tcpls_token).
+    extension_hooks: list[ExtensionHook] = field(default_factory=list)
     # Encodings derived from the settings above (static ClientHello
     # extensions, our Certificate message), keyed by the inputs they came from.
     _cache: dict = field(default_factory=dict, repr=False, compare=False)

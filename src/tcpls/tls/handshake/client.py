@@ -252,6 +252,8 @@ class ClientHandshake:
             )
         if cookie is not None:
             exts.append((E.cookie, X.encode_cookie(cookie)))
+        for hook in cfg.extension_hooks:
+            exts += hook.client_hello_extensions()
         # §4.2.9: always sent, so the server may issue tickets we can use.
         exts.append((E.psk_key_exchange_modes, X.encode_psk_key_exchange_modes([int(m) for m in cfg.psk_key_exchange_modes])))
         offers = self.psk_offers
@@ -451,7 +453,12 @@ class ClientHandshake:
     def _handle_encrypted_extensions(self, data: bytes) -> None:
         ee = self._decode(H.encrypted_extensions, data)
         assert isinstance(ee, M.EncryptedExtensions)
-        check_server_extensions("EncryptedExtensions", ee.extensions, ALLOWED_IN_ENCRYPTED_EXTENSIONS, self.offered)
+        hooks = self.config.extension_hooks
+        hooked = frozenset().union(*(h.encrypted_extension_types for h in hooks))
+        allowed = ALLOWED_IN_ENCRYPTED_EXTENSIONS | hooked
+        check_server_extensions("EncryptedExtensions", ee.extensions, allowed, self.offered | hooked)
+        for hook in hooks:
+            hook.on_encrypted_extensions(list(ee.extensions))
         exts = dict(ee.extensions)
         if E.server_name in exts and exts[E.server_name]:
             raise DecodeError("server_name acknowledgement must be empty")

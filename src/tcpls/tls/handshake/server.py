@@ -291,6 +291,8 @@ class ServerHandshake:
                 self.sink.skip_early_data(self._early_skip_limit(chosen), trial_decrypt=False)
             self._send_hello_retry_request(retry_group)
             return
+        for hook in cfg.extension_hooks:
+            hook.on_client_hello(list(ch.extensions))
         self.suite = suite_info(suite)
         if not second:
             self.transcript.set_hash(self.suite.hash_name)
@@ -520,6 +522,8 @@ class ServerHandshake:
             ee_exts.append((E.application_layer_protocol_negotiation, X.encode_alpn([self.alpn_protocol.encode("latin-1")])))
         if self.early_data_state == "accepted":
             ee_exts.append((E.early_data, X.encode_empty()))
+        for hook in cfg.extension_hooks:
+            ee_exts += hook.encrypted_extensions()
         self._send(M.EncryptedExtensions(ee_exts))
 
         if chosen is not None:

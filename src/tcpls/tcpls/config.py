@@ -1,0 +1,60 @@
+"""TCPLS settings (on top of a :class:`~tcpls.tls.config.TLSConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..tls.config import TLSConfig
+from .migration import TokenRegistry
+from .scheduler import SCHEDULERS
+
+
+@dataclass
+class TCPLSConfig:
+    """Attributes:
+        tls: the TLS settings of the handshake connection.
+        enable: offer (client) / accept (server) TCPLS; False = plain TLS 1.3.
+        scheduler: ``"round_robin"``, ``"lowest_rtt"`` or ``"fill_fastest_first"``.
+        stream_window: per-stream flow-control window and reorder-buffer
+            bound in bytes. Must be the same on both sides (the draft has no
+            frame to advertise it): a sender never has more than this many
+            unacknowledged bytes of a stream in flight, a receiver refuses
+            (alert) data further than this past its in-order point.
+        send_high_water / send_low_water: a stream's send buffer (bytes not
+            yet acknowledged) is "full" at ``send_high_water``;
+            ``SendBufferLow`` fires when it drops below ``send_low_water``.
+        max_joins: server: tokens outstanding + joined connections (the
+            number of extra TCP connections a client may have at once).
+        max_streams: highest number of streams the peer may open.
+        dead_timeout: seconds an ack-eliciting record may stay
+            unacknowledged before its connection is declared dead.
+        ping_interval: seconds of silence after which an idle connection
+            is probed with a Ping (None: never probe idle connections).
+        inflight_limit: bytes per connection for ``fill_fastest_first``.
+        token_registry: server: maps join tokens to sessions; share one
+            registry between all sessions of a listener.
+    """
+
+    tls: TLSConfig
+    enable: bool = True
+    scheduler: str = "round_robin"
+    stream_window: int = 1 << 20
+    send_high_water: int = 1 << 18
+    send_low_water: int = 1 << 16
+    max_joins: int = 4
+    max_streams: int = 1024
+    dead_timeout: float = 3.0
+    ping_interval: Optional[float] = None
+    inflight_limit: int = 1 << 18
+    token_registry: TokenRegistry = field(default_factory=TokenRegistry)
+
+    def validate(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r} (known: {', '.join(SCHEDULERS)})")
+        if not 0 < self.send_low_water <= self.send_high_water:
+            raise ValueError("need 0 < send_low_water <= send_high_water")
+        if self.stream_window < 1 << 14:
+            raise ValueError("stream_window must be at least 16384 bytes")
+        if not 0 <= self.max_joins < 256:
+            raise ValueError("max_joins must be 0..255 (token sequence numbers are 8-bit)")

@@ -1,0 +1,108 @@
+"""Events produced by :class:`tcpls.tcpls.session.TCPLSSession`.
+
+Frozen dataclasses, past tense; pulled with ``session.next_event()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+class Event:
+    """Base class of all TCPLS session events."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted(Event):
+    """The TLS handshake of connection 0 finished.
+
+    ``tcpls`` is False when the peer did not negotiate TCPLS: the session
+    then runs plain TLS 1.3 and exposes its byte stream as stream 0.
+    """
+
+    tcpls: bool
+    cipher_suite: int
+    alpn_protocol: Optional[str] = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened(Event):
+    """The peer opened ``stream_id`` (its first frame arrived)."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDataReceived(Event):
+    """In-order bytes of ``stream_id`` starting at ``offset``."""
+
+    stream_id: int
+    data: bytes
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded(Event):
+    """The peer finished sending on ``stream_id`` (FIN) and all its bytes were delivered."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReset(Event):
+    """The peer abandoned ``stream_id``; no more data will be delivered."""
+
+    stream_id: int
+    error_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendBufferLow(Event):
+    """``stream_id``'s send buffer fell below the low-water mark: write more."""
+
+    stream_id: int
+    buffered: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionJoined(Event):
+    """Connection ``conn_id`` completed its join and now carries records."""
+
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionFailed(Event):
+    """Connection ``conn_id`` is gone (declared dead, reset by the peer,
+    closed, or its join refused); its unacknowledged data moves elsewhere."""
+
+    conn_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenReceived(Event):
+    """Client: a join token arrived (``seq`` becomes the Connection ID)."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddressAdvertised(Event):
+    address_id: int
+    version: int
+    address: bytes
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddressRemoved(Event):
+    address_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed(Event):
+    """The peer sent close_notify: it will send nothing more on the session."""

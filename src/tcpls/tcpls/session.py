@@ -1,0 +1,792 @@
+"""The TCPLS session engine (sans-IO).
+
+Theory of operation
+-------------------
+A :class:`TCPLSSession` is one TLS session spread over several TCP
+connections, each named by its Connection ID. The engine is driven by
+exactly three things, like aioquic's: API calls, ``receive_data(conn_id,
+data, now)`` and ``handle_timer(now)``. Output is per connection
+(``data_to_send(conn_id)``), events come from ``next_event()``. It never
+reads a clock or touches a socket.
+
+1. Handshake. Connection 0 runs an ordinary TLS 1.3 handshake through a
+   :class:`~tcpls.tls.connection.TLSConnection`, fed one whole record at
+   a time so that the engine can take over exactly at the record where the
+   handshake completes. :class:`~tcpls.tcpls.migration.TCPLSHook`
+   negotiates TCPLS; without it the session falls back to plain TLS and
+   maps the TLS byte stream to stream 0.
+2. Record protection. After the handshake the session takes the
+   application traffic secrets and sequence numbers from the TLS engine
+   and protects every record itself with the per-connection nonce
+   (:mod:`tcpls.tcpls.path`).
+3. Frames. Each record's content is parsed fully (from its end,
+   :mod:`tcpls.tcpls.frames`) before any frame acts. Any violation raises
+   :class:`~tcpls.errors.LocalProtocolError` after queuing the fatal alert
+   on every connection; a fatal alert from the peer raises ``RemoteAlert``.
+4. Sending. Written stream bytes wait in their :class:`Stream`; ``_flush``
+   turns them into records, one Stream frame first (the draft's zero-copy
+   layout) then control frames, on the connection the scheduler (or the
+   stream's pinned connection) picks. ACK frames acknowledge records per
+   connection; each connection remembers what its unacknowledged records
+   carried, so a dead connection's data is sent again elsewhere and the
+   receiver drops what it already has (by stream offset).
+5. Joins and failover: :mod:`tcpls.tcpls.migration`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import replace
+from typing import Optional
+
+from ..errors import (
+    BadRecordMac,
+    ConnectionClosedError,
+    DecodeError,
+    IllegalParameter,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteAlert,
+    UnexpectedMessage,
+    UsageError,
+)
+from ..tls import events as tls_ev
+from ..tls.connection import TLSConnection
+from ..tls.enums import AlertDescription, AlertLevel, ContentType, HandshakeType
+from ..tls.record import encode_plaintext_records
+from . import events as ev
+from . import frames as F
+from .codepoints import NON_ACK_ELICITING, FrameType
+from .config import TCPLSConfig
+from .migration import TCPLSHook, new_token, parse_client_hello
+from .path import ConnState, Connection, Ranges, SentRecord
+from .scheduler import make_scheduler
+from .stream import Stream
+
+_MAX_CONTENT = 1 << 14
+_CONTROL_RESERVE = 256  # room kept in a data record for control frames
+_RETRANSMITTED = (F.NewTokenFrame, F.ConnectionResetFrame, F.StreamResetFrame, F.NewAddressFrame, F.RemoveAddressFrame)
+_FRAME_TYPE_OF = {F.Padding: FrameType.PADDING, F.AckFrame: FrameType.ACK}
+
+
+def _ack_eliciting(frames: list[F.Frame]) -> bool:
+    return any(_FRAME_TYPE_OF.get(type(f)) not in NON_ACK_ELICITING for f in frames)
+
+
+class TCPLSSession:
+    """One TCPLS session, client or server. See ``docs/tcpls.md``."""
+
+    def __init__(self, config: TCPLSConfig, is_client: bool, server_name: Optional[str] = None) -> None:
+        config.validate()
+        self.config = config
+        self.is_client = is_client
+        self._server_name = server_name
+        self._hook = TCPLSHook(config.enable, issue_token=None if is_client else self._issue_ee_token)
+        self._tls_config = replace(config.tls, extension_hooks=[*config.tls.extension_hooks, self._hook])
+        self._tls = TLSConnection(self._tls_config, server_side=not is_client, server_name=server_name)
+        self._conns: dict[int, Connection] = {0: Connection(0, ConnState.HANDSHAKING)}
+        self._events: deque[ev.Event] = deque()
+        self._streams: dict[int, Stream] = {}
+        self._next_stream_id = 0 if is_client else 1
+        self._peer_next_stream_id = 1 if is_client else 0
+        self._scheduler = make_scheduler(config.scheduler, config.inflight_limit)
+        self._keys: Optional[tuple] = None  # (suite, tx secret, rx secret) of the session
+        self._control: list[tuple[Optional[int], F.Frame]] = []  # (conn_id or None = any, frame)
+        self._tokens: dict[int, bytes] = {}  # client: unused tokens by sequence
+        self._issued: dict[bytes, int] = {}  # server: outstanding tokens -> sequence
+        self._next_token_seq = 1
+        self._addresses: dict[int, tuple] = {}
+        self._removed_addresses: set[int] = set()
+        self.mode: Optional[str] = None  # None (handshake), "tcpls" or "tls" (fallback)
+        self.terminated = False
+        self.local_closed = False
+        self.peer_closed = False
+        self._now = 0.0
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def tls(self) -> TLSConnection:
+        """The TLS engine of connection 0 (handshake details, certificates)."""
+        return self._tls
+
+    def connection_ids(self) -> list[int]:
+        return sorted(self._conns)
+
+    def connection_state(self, conn_id: int) -> ConnState:
+        return self._conn(conn_id).state
+
+    def connection_rtt(self, conn_id: int) -> Optional[float]:
+        return self._conn(conn_id).srtt
+
+    def usable_connections(self) -> list[int]:
+        return [c.conn_id for c in self._conns.values() if c.usable]
+
+    def available_tokens(self) -> list[int]:
+        """Client: sequence numbers of the join tokens not used yet."""
+        return sorted(self._tokens)
+
+    def stream_ids(self) -> list[int]:
+        return sorted(self._streams)
+
+    def stream_send_buffer(self, stream_id: int) -> int:
+        """Bytes written to ``stream_id`` and not yet acknowledged."""
+        return self._stream(stream_id).buffered
+
+    def stream_connection(self, stream_id: int) -> Optional[int]:
+        return self._stream(stream_id).conn_id
+
+    # -------------------------------------------------------------- transport
+    def start_handshake(self, now: float = 0.0) -> None:
+        """Client: queue the ClientHello on connection 0."""
+        self._now = now
+        self._tls.start_handshake(now)
+        self._drain_tls()
+
+    def data_to_send(self, conn_id: int) -> bytes:
+        conn = self._conns.get(conn_id)
+        if conn is None or not conn.out:
+            return b""
+        data = b"".join(conn.out)
+        conn.out.clear()
+        return data
+
+    def connections_with_data(self) -> list[int]:
+        return [cid for cid, c in sorted(self._conns.items()) if c.out]
+
+    def next_event(self) -> Optional[ev.Event]:
+        return self._events.popleft() if self._events else None
+
+    def receive_data(self, conn_id: int, data: bytes | bytearray | memoryview, now: float) -> None:
+        """Bytes read from TCP connection ``conn_id``.
+
+        Raises:
+            LocalProtocolError: the peer violated the protocol; the fatal
+                alert is queued (write out ``data_to_send`` of every
+                connection, then close them).
+            RemoteAlert: the peer sent a fatal alert.
+        """
+        if self.terminated:
+            raise ConnectionClosedError("the session has failed")
+        conn = self._conn(conn_id)
+        self._now = now
+        if conn.state in (ConnState.CLOSED, ConnState.FAILED) or not data:
+            return
+        conn.last_received = now
+        conn.reader.feed(data)
+        try:
+            self._process(conn, now)
+        except LocalProtocolError as exc:
+            if conn.state is ConnState.JOINING and conn_id != 0:
+                self._refuse_join(conn, exc)
+                return
+            self._fail(exc)
+            raise
+        except RemoteAlert:
+            self.terminated = True
+            raise
+        finally:
+            if not self.terminated:
+                self._flush(now)
+
+    def receive_eof(self, conn_id: int, now: float) -> None:
+        """TCP EOF on ``conn_id``: that connection is gone (not the session,
+        unless it was the last one before close_notify)."""
+        conn = self._conn(conn_id)
+        if self.mode == "tls":
+            self._tls.receive_eof()
+            return
+        if conn.state not in (ConnState.CLOSED, ConnState.FAILED):
+            self._drop_connection(conn, ConnState.CLOSED, "peer closed the TCP connection", now, notify_peer=True)
+            self._flush(now)
+
+    def get_timer(self) -> Optional[float]:
+        """When :meth:`handle_timer` must be called next (None: no timer)."""
+        if self.mode != "tcpls" or self.terminated:
+            return None
+        deadlines = []
+        for c in self._conns.values():
+            if c.state not in (ConnState.ACTIVE, ConnState.JOINING):
+                continue
+            if c.sent:
+                deadlines.append(c.sent[0].sent_at + self.config.dead_timeout)
+            elif self.config.ping_interval is not None and c.usable:
+                deadlines.append(max(c.last_sent, c.last_received) + self.config.ping_interval)
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        if self.mode != "tcpls" or self.terminated:
+            return
+        self._now = now
+        for c in list(self._conns.values()):
+            if c.state not in (ConnState.ACTIVE, ConnState.JOINING):
+                continue
+            if c.sent and c.sent[0].sent_at + self.config.dead_timeout <= now:
+                self._drop_connection(c, ConnState.FAILED, "no acknowledgment (timeout)", now, notify_peer=True)
+            elif (
+                not c.sent
+                and c.usable
+                and self.config.ping_interval is not None
+                and max(c.last_sent, c.last_received) + self.config.ping_interval <= now
+            ):
+                self._send_record(c, [F.Ping()], [], now)
+        self._flush(now)
+
+    # ------------------------------------------------------------ connections
+    def add_connection(self, now: float) -> int:
+        """Client: start joining a new TCP connection with the next token.
+
+        Returns the Connection ID; write ``data_to_send(conn_id)`` (its
+        ClientHello and key-possession proof) on the new TCP connection.
+        """
+        if not self.is_client:
+            raise UsageError("only clients add connections (servers call accept_join)")
+        if self.mode != "tcpls" or self._keys is None:
+            raise UsageError("the TCPLS session is not established")
+        if self.terminated or self.local_closed:
+            raise ConnectionClosedError("the session is closed")
+        if not self._tokens:
+            raise UsageError("no join token available (wait for TokenReceived)")
+        seq = min(self._tokens)
+        token = self._tokens.pop(seq)
+        conn = Connection(seq, ConnState.JOINING)
+        self._conns[seq] = conn
+        suite, tx, rx = self._keys
+        conn.install_keys(suite, tx, 0, rx, 0)
+        hook = TCPLSHook(True, join_token=token)
+        cfg = replace(self.config.tls, extension_hooks=[*self.config.tls.extension_hooks, hook])
+        hello = TLSConnection(cfg, server_side=False, server_name=self._server_name)
+        hello.start_handshake(now)
+        conn.out.append(hello.data_to_send())
+        self._send_record(conn, [F.Ping()], [], now)  # the key-possession proof
+        return seq
+
+    def accept_join(self, data: bytes, now: float) -> int:
+        """Server: a new TCP connection whose ClientHello joins this session.
+
+        ``data`` holds at least the whole ClientHello (see
+        :func:`tcpls.tcpls.migration.parse_client_hello` and
+        :func:`route_connection`). Returns the Connection ID.
+
+        Raises:
+            IllegalParameter: the token is not one of this session's
+                outstanding tokens (the caller sends
+                :func:`alert_record` and closes the TCP connection).
+        """
+        parsed = parse_client_hello(data)
+        if parsed is None:
+            raise UsageError("accept_join needs the whole ClientHello")
+        token, used = parsed
+        seq = self._issued.pop(token, None) if token is not None else None
+        if token is not None:
+            self.config.token_registry.discard(token)
+        if seq is None:
+            raise IllegalParameter("tcpls_join with an unknown or already used token")
+        conn = Connection(seq, ConnState.JOINING)
+        self._conns[seq] = conn
+        conn.last_received = now
+        rest = bytes(data[used:])
+        if self._keys is not None:
+            suite, tx, rx = self._keys
+            conn.install_keys(suite, tx, 0, rx, 0)
+        if rest:
+            self.receive_data(seq, rest, now)
+        return seq
+
+    def close_connection(self, conn_id: int, now: float) -> None:
+        """Stop using ``conn_id`` (migration away from it). Its
+        unacknowledged data goes out again on the other connections; the
+        peer learns it through a Connection Reset frame. Write out
+        ``data_to_send(conn_id)``, then close the TCP connection."""
+        conn = self._conn(conn_id)
+        if conn.state in (ConnState.CLOSED, ConnState.FAILED):
+            return
+        self._drop_connection(conn, ConnState.CLOSED, "closed locally", now, notify_peer=True)
+        self._flush(now)
+
+    def fail_connection(self, conn_id: int, now: float, reason: str = "declared dead") -> None:
+        """Declare ``conn_id`` dead (e.g. the socket reported an error)."""
+        conn = self._conn(conn_id)
+        if conn.state in (ConnState.CLOSED, ConnState.FAILED):
+            return
+        self._drop_connection(conn, ConnState.FAILED, reason, now, notify_peer=True)
+        self._flush(now)
+
+    # ---------------------------------------------------------------- streams
+    def open_stream(self) -> int:
+        """A new stream of ours (client: even IDs, server: odd)."""
+        if self.terminated or self.local_closed:
+            raise ConnectionClosedError("the session is closed")
+        if self.mode == "tls":
+            if 0 in self._streams:
+                raise UsageError("plain TLS fallback: only stream 0 exists")
+            self._new_stream(0)
+            return 0
+        sid = self._next_stream_id
+        self._next_stream_id += 2
+        self._new_stream(sid)
+        return sid
+
+    def send_stream_data(self, stream_id: int, data: bytes | bytearray | memoryview, fin: bool = False) -> None:
+        """Queue ``data`` (and FIN) on ``stream_id``. Never refuses bytes:
+        respect :meth:`stream_send_buffer` / ``SendBufferLow`` for backpressure."""
+        if self.terminated or self.local_closed:
+            raise ConnectionClosedError("the session is closed")
+        s = self._stream(stream_id)
+        if s.fin_queued or s.reset_sent:
+            raise ConnectionClosedError(f"stream {stream_id} is finished")
+        if self.mode == "tls":
+            self._tls.send_data(bytes(data))
+            if fin:
+                s.fin_queued = True
+                self._tls.close()
+            self._drain_tls()
+            return
+        s.write(bytes(data), fin)
+        self._flush(self._now)
+
+    def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
+        s = self._stream(stream_id)
+        if s.reset_sent or self.terminated:
+            return
+        if self.mode == "tls":
+            raise UsageError("plain TLS fallback cannot reset a stream")
+        s.reset_sent = True
+        self._control.append((None, F.StreamResetFrame(stream_id, s.send_end, error_code)))
+        self._flush(self._now)
+
+    def migrate_stream(self, stream_id: int, conn_id: Optional[int]) -> None:
+        """Send ``stream_id``'s future frames only on ``conn_id`` (None: let the scheduler choose)."""
+        s = self._stream(stream_id)
+        if conn_id is not None and not self._conn(conn_id).usable:
+            raise UsageError(f"connection {conn_id} is not usable")
+        s.conn_id = conn_id
+        self._flush(self._now)
+
+    def close(self) -> None:
+        """Send close_notify on every usable connection (we send nothing more)."""
+        if self.local_closed or self.terminated:
+            return
+        self.local_closed = True
+        if self.mode != "tcpls":
+            self._tls.close()
+            self._drain_tls()
+            return
+        self._flush(self._now)
+        for c in self._conns.values():
+            if c.usable and c.encryptor is not None:
+                c.encryptor.seal(ContentType.ALERT, bytes((AlertLevel.WARNING, AlertDescription.close_notify)), c.out)
+
+    # ============================================================== internals
+    def _conn(self, conn_id: int) -> Connection:
+        try:
+            return self._conns[conn_id]
+        except KeyError:
+            raise UsageError(f"no connection {conn_id}") from None
+
+    def _stream(self, stream_id: int) -> Stream:
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise UsageError(f"no stream {stream_id}") from None
+
+    def _new_stream(self, sid: int) -> Stream:
+        cfg = self.config
+        s = Stream(sid, cfg.stream_window, cfg.send_high_water, cfg.send_low_water)
+        self._streams[sid] = s
+        return s
+
+    def _emit(self, event: ev.Event) -> None:
+        self._events.append(event)
+
+    # ------------------------------------------------------------- handshake
+    def _issue_ee_token(self) -> bytes:
+        return self._new_token_for_peer()
+
+    def _new_token_for_peer(self) -> bytes:
+        token = new_token()
+        seq = self._next_token_seq
+        self._next_token_seq += 1
+        self._issued[token] = seq
+        self.config.token_registry.register(token, self)
+        return token
+
+    def _drain_tls(self) -> None:
+        out = self._tls.data_to_send()
+        if out:
+            self._conns[0].out.append(out)
+        while (e := self._tls.next_event()) is not None:
+            if isinstance(e, tls_ev.HandshakeComplete):
+                continue  # reported by _on_handshake_complete
+            if isinstance(e, tls_ev.DataReceived):
+                self._fallback_data(e.data)
+            elif isinstance(e, tls_ev.CloseNotifyReceived):
+                self.peer_closed = True
+                s = self._streams.get(0)
+                if s is not None and not s.recv_finished:
+                    s.recv_finished = True
+                    self._emit(ev.StreamEnded(0))
+                self._emit(ev.SessionClosed())
+
+    def _fallback_data(self, data: bytes) -> None:
+        s = self._streams.get(0)
+        if s is None:
+            s = self._new_stream(0)
+            self._emit(ev.StreamOpened(0))
+        self._emit(ev.StreamDataReceived(0, data, s.recv_offset))
+        s.recv_offset += len(data)
+
+    def _on_handshake_complete(self, now: float) -> None:
+        tls = self._tls
+        assert tls.cipher_suite is not None
+        self._drain_tls()
+        if not self._hook.negotiated:
+            self.mode = "tls"
+            self._conns[0].state = ConnState.ACTIVE
+            self._emit(ev.HandshakeCompleted(False, tls.cipher_suite, tls.alpn_protocol))
+            for sid in list(self._streams):
+                s = self._streams[sid]
+                if sid != 0:
+                    del self._streams[sid]
+                    self._emit(ev.StreamReset(sid, 0))
+                    continue
+                data = bytes(s._buf)
+                s._buf.clear()
+                if data:
+                    tls.send_data(data)
+                if s.fin_queued:
+                    tls.close()
+            self._drain_tls()
+            return
+        suite, tx, tx_seq, rx, rx_seq = tls.application_traffic_state()
+        self._keys = (suite, tx, rx)
+        self.mode = "tcpls"
+        conn0 = self._conns[0]
+        conn0.install_keys(suite, tx, tx_seq, rx, rx_seq)
+        conn0.state = ConnState.ACTIVE
+        self._emit(ev.HandshakeCompleted(True, tls.cipher_suite, tls.alpn_protocol))
+        if self.is_client and self._hook.first_token is not None:
+            self._tokens[1] = self._hook.first_token
+            self._emit(ev.TokenReceived(1))
+        # joins that arrived before the session keys existed
+        for c in self._conns.values():
+            if c.conn_id != 0 and c.encryptor is None:
+                c.install_keys(suite, tx, 0, rx, 0)
+
+    # ------------------------------------------------------------- receiving
+    def _process(self, conn: Connection, now: float) -> None:
+        reader = conn.reader
+        while True:
+            if conn.state in (ConnState.CLOSED, ConnState.FAILED) or self.terminated:
+                return
+            if conn.state is ConnState.JOINING and conn.decryptor is None:
+                return  # server: keys come with the end of connection 0's handshake
+            rec = reader.next_record()
+            if rec is None:
+                return
+            ctype, header, body = rec
+            if self.mode is None or self.mode == "tls":
+                assert conn.conn_id == 0
+                try:
+                    self._tls.receive_data(bytes(header) + bytes(body), now)
+                finally:
+                    self._drain_tls()
+                if self.mode is None and self._tls.handshake_complete:
+                    self._on_handshake_complete(now)
+                    for c in list(self._conns.values()):
+                        if c is not conn and c.state is ConnState.JOINING and c.reader.buffered():
+                            self._process_joining_later(c, now)
+                continue
+            self._process_record(conn, ctype, header, body, now)
+
+    def _process_joining_later(self, c: Connection, now: float) -> None:
+        try:
+            self._process(c, now)
+        except LocalProtocolError as exc:
+            self._refuse_join(c, exc)
+
+    def _process_record(self, conn: Connection, ctype: int, header, body, now: float) -> None:
+        if ctype == ContentType.ALERT and conn.state is ConnState.JOINING and self.is_client:
+            # the server refused our join (cleartext alert: it has no keys for us yet)
+            desc = body[1] if len(body) == 2 else AlertDescription.decode_error
+            self._drop_connection(conn, ConnState.FAILED, f"join refused ({AlertDescription(desc).name if desc in AlertDescription._value2member_map_ else desc})", now, notify_peer=False)
+            return
+        if ctype != ContentType.APPLICATION_DATA:
+            raise UnexpectedMessage(f"unprotected record of type {ctype} in a TCPLS session")
+        dec = conn.decryptor
+        assert dec is not None
+        inner, payload = dec.open(header, body)
+        seq = dec.seq - 1
+        if conn.state is ConnState.JOINING:
+            conn.state = ConnState.ACTIVE  # key possession proven
+            self._emit(ev.ConnectionJoined(conn.conn_id))
+        if inner == ContentType.APPLICATION_DATA:
+            frames = F.parse_frames(payload)
+            conn.highest_received = seq
+            if _ack_eliciting(frames):
+                conn.ack_pending = True
+            for f in frames:
+                self._handle_frame(conn, f, now)
+        elif inner == ContentType.ALERT:
+            if len(payload) != 2:
+                raise DecodeError("alert record must be 2 bytes")
+            if payload[1] == AlertDescription.close_notify:
+                if not self.peer_closed:
+                    self.peer_closed = True
+                    self._emit(ev.SessionClosed())
+                return
+            self.terminated = True
+            raise RemoteAlert(payload[1])
+        elif inner == ContentType.HANDSHAKE and self.is_client and conn.conn_id == 0 and payload[:1] == bytes((HandshakeType.new_session_ticket,)):
+            pass  # tickets sent right after the handshake: not used by TCPLS sessions
+        else:
+            raise UnexpectedMessage(f"content type {inner} is not allowed in a TCPLS session")
+
+    def _handle_frame(self, conn: Connection, f: F.Frame, now: float) -> None:
+        t = type(f)
+        if t is F.StreamFrame:
+            assert isinstance(f, F.StreamFrame)
+            self._on_stream_frame(f)
+        elif t is F.AckFrame:
+            assert isinstance(f, F.AckFrame)
+            self._on_ack(f, now)
+        elif t is F.Padding or t is F.Ping or t is F.StreamChangeFrame:
+            pass  # Ping only elicits an ACK; Stream Change is a zero-copy hint
+        elif t is F.NewTokenFrame:
+            assert isinstance(f, F.NewTokenFrame)
+            if not self.is_client:
+                raise UnexpectedMessage("a client must not send New Token frames")
+            if f.seq == 0:
+                raise IllegalParameter("token sequence 0 is connection 0's ID")
+            if f.seq not in self._conns and f.seq not in self._tokens:
+                self._tokens[f.seq] = f.token
+                self._emit(ev.TokenReceived(f.seq))
+        elif t is F.ConnectionResetFrame:
+            assert isinstance(f, F.ConnectionResetFrame)
+            target = self._conns.get(f.conn_id)
+            if target is None:
+                raise IllegalParameter(f"Connection Reset for unknown connection {f.conn_id}")
+            if target.state not in (ConnState.CLOSED, ConnState.FAILED):
+                self._drop_connection(target, ConnState.CLOSED, "reset by the peer", now, notify_peer=False)
+        elif t is F.StreamResetFrame:
+            assert isinstance(f, F.StreamResetFrame)
+            s = self._peer_stream(f.stream_id)
+            if s is not None and not s.recv_finished:
+                s.recv_finished = True
+                self._emit(ev.StreamReset(f.stream_id, f.error_code))
+        elif t is F.NewAddressFrame:
+            assert isinstance(f, F.NewAddressFrame)
+            key = (f.version, f.address, f.port)
+            if f.address_id in self._removed_addresses or self._addresses.get(f.address_id, key) != key:
+                return  # draft: ignore changed or removed addresses
+            if f.address_id not in self._addresses:
+                self._addresses[f.address_id] = key
+                self._emit(ev.AddressAdvertised(f.address_id, f.version, f.address, f.port))
+        elif t is F.RemoveAddressFrame:
+            assert isinstance(f, F.RemoveAddressFrame)
+            if f.address_id in self._addresses:
+                del self._addresses[f.address_id]
+                self._removed_addresses.add(f.address_id)
+                self._emit(ev.AddressRemoved(f.address_id))
+
+    def _peer_stream(self, sid: int) -> Optional[Stream]:
+        """The stream ``sid`` named by the peer, opening it (and any lower
+        peer streams, which may still be in flight) if it is new."""
+        s = self._streams.get(sid)
+        if s is not None:
+            return s
+        peer_parity = 1 if self.is_client else 0
+        if sid % 2 != peer_parity:
+            raise IllegalParameter(f"stream {sid} was never opened by us")
+        if sid < self._peer_next_stream_id:
+            return None  # an old stream we already forgot
+        if (sid - peer_parity) // 2 >= self.config.max_streams:
+            raise IllegalParameter(f"stream {sid} exceeds the stream limit")
+        while self._peer_next_stream_id <= sid:
+            n = self._peer_next_stream_id
+            self._peer_next_stream_id += 2
+            self._new_stream(n)
+            self._emit(ev.StreamOpened(n))
+        return self._streams[sid]
+
+    def _on_stream_frame(self, f: F.StreamFrame) -> None:
+        s = self._peer_stream(f.stream_id)
+        if s is None:
+            return
+        for offset, data in s.receive(f.offset, f.data, f.fin):
+            self._emit(ev.StreamDataReceived(f.stream_id, data, offset))
+        if s.fin_complete and not s.recv_finished:
+            s.recv_finished = True
+            self._emit(ev.StreamEnded(f.stream_id))
+
+    def _on_ack(self, f: F.AckFrame, now: float) -> None:
+        target = self._conns.get(f.conn_id)
+        if target is None or target.encryptor is None:
+            raise IllegalParameter(f"ACK for unknown connection {f.conn_id}")
+        if f.highest_seq >= target.encryptor.seq:
+            raise IllegalParameter(f"ACK of record {f.highest_seq} never sent on connection {f.conn_id}")
+        for rec in target.on_ack(f.highest_seq, now):
+            for sid, offset, length, fin in rec.ranges:
+                s = self._streams.get(sid)
+                if s is not None:
+                    s.on_acked(offset, length, fin)
+        for s in self._streams.values():
+            if s.blocked and s.buffered < s.low_water:
+                s.blocked = False
+                self._emit(ev.SendBufferLow(s.stream_id, s.buffered))
+
+    # ------------------------------------------------------- failure, joins
+    def _drop_connection(self, conn: Connection, state: ConnState, reason: str, now: float, notify_peer: bool) -> None:
+        was_joined = conn.conn_id != 0 and conn.state in (ConnState.ACTIVE, ConnState.JOINING)
+        conn.state = state
+        for rec in conn.take_unacked():
+            for sid, offset, length, fin in rec.ranges:
+                s = self._streams.get(sid)
+                if s is not None:
+                    s.on_lost(offset, length, fin)
+            self._control.extend((None, f) for f in rec.controls)
+        for s in self._streams.values():
+            if s.conn_id == conn.conn_id:
+                s.conn_id = None
+        if notify_peer and self.mode == "tcpls" and any(c.usable for c in self._conns.values()):
+            self._control.append((None, F.ConnectionResetFrame(conn.conn_id)))
+        self._emit(ev.ConnectionFailed(conn.conn_id, reason))
+        if was_joined and not self.is_client:
+            self._replenish_tokens()
+
+    def _refuse_join(self, conn: Connection, exc: ProtocolError) -> None:
+        """Server: a joining connection failed to prove key possession
+        (or sent garbage): alert it in clear and forget it; the session lives on."""
+        out: list = []
+        encode_plaintext_records(ContentType.ALERT, bytes((AlertLevel.FATAL, exc.alert)), out)
+        conn.out.extend(out)
+        self._drop_connection(conn, ConnState.FAILED, f"join refused: {exc}", self._now, notify_peer=False)
+
+    def _replenish_tokens(self) -> None:
+        if self.is_client or self.mode != "tcpls":
+            return
+        joined = sum(1 for c in self._conns.values() if c.conn_id != 0 and c.state in (ConnState.ACTIVE, ConnState.JOINING))
+        while len(self._issued) + joined < self.config.max_joins and self._next_token_seq < 256:
+            seq = self._next_token_seq
+            token = self._new_token_for_peer()
+            self._control.append((None, F.NewTokenFrame(seq, token)))
+
+    def _fail(self, exc: ProtocolError) -> None:
+        """Session-fatal error: queue the alert on every connection."""
+        if self.terminated:
+            return
+        self.terminated = True
+        payload = bytes((AlertLevel.FATAL, exc.alert))
+        for c in self._conns.values():
+            if c.conn_id == 0 and self.mode != "tcpls":
+                continue  # the TLS engine queued it (drained below)
+            if c.state in (ConnState.ACTIVE, ConnState.JOINING) and c.encryptor is not None:
+                c.encryptor.seal(ContentType.ALERT, payload, c.out)
+        try:
+            self._drain_tls()
+        except Exception:  # noqa: BLE001 - best effort while failing
+            pass
+
+    # ---------------------------------------------------------------- sending
+    def _send_record(self, conn: Connection, frames: list[F.Frame], ranges: Ranges, now: float) -> None:
+        enc = conn.encryptor
+        assert enc is not None
+        seq = enc.seq
+        enc.seal(ContentType.APPLICATION_DATA, F.encode_frames(frames), conn.out)
+        conn.last_sent = now
+        if _ack_eliciting(frames):
+            controls = [f for f in frames if isinstance(f, _RETRANSMITTED)]
+            conn.sent.append(SentRecord(seq, now, ranges, True, controls))
+            conn.in_flight += sum(r[2] for r in ranges)
+
+    def _flush(self, now: float) -> None:
+        if self.mode != "tcpls" or self.terminated:
+            return
+        if not self.is_client:
+            self._replenish_tokens()
+        usable = [c for c in self._conns.values() if c.usable]
+        if not usable:
+            return
+        # ACK frames: on the acknowledged connection if possible, else any.
+        for c in self._conns.values():
+            if c.ack_pending:
+                c.ack_pending = False
+                self._control.append((c.conn_id if c.usable else None, F.AckFrame(c.conn_id, c.highest_received)))
+        if not self.local_closed:
+            self._flush_streams(usable, now)
+        # leftover control frames, one record per connection
+        by_conn: dict[int, list[F.Frame]] = {}
+        for target, frame in self._control:
+            conn = self._conns.get(target) if target is not None else None
+            if conn is None or not conn.usable:
+                conn = min(usable, key=lambda c: (c.rtt, c.conn_id))
+            by_conn.setdefault(conn.conn_id, []).append(frame)
+        self._control = []
+        for cid, frames in by_conn.items():
+            for i in range(0, len(frames), 64):
+                self._send_record(self._conns[cid], frames[i : i + 64], [], now)
+
+    def _take_controls(self, conn: Connection) -> list[F.Frame]:
+        mine = [f for t, f in self._control if t == conn.conn_id or t is None]
+        mine = mine[: _CONTROL_RESERVE // 40]
+        if mine:
+            ids = {id(f) for f in mine}
+            self._control = [(t, f) for t, f in self._control if id(f) not in ids]
+        return mine
+
+    def _flush_streams(self, usable: list[Connection], now: float) -> None:
+        streams = [s for s in self._streams.values() if s.has_data_to_send()]
+        while streams:
+            progressed = False
+            for s in streams:
+                conn: Optional[Connection] = None
+                if s.conn_id is not None:
+                    pinned = self._conns.get(s.conn_id)
+                    conn = pinned if pinned is not None and pinned.usable else None
+                if conn is None:
+                    conn = self._scheduler.choose(usable, _MAX_CONTENT)
+                if conn is None:
+                    return
+                controls = self._take_controls(conn)
+                room = _MAX_CONTENT - F.STREAM_FRAME_OVERHEAD - sum(len(F.encode_frame(f)) for f in controls)
+                chunk = s.next_chunk(room)
+                if chunk is None:
+                    self._control[:0] = [(conn.conn_id, f) for f in controls]
+                    continue
+                offset, data, fin = chunk
+                frames: list[F.Frame] = [F.StreamFrame(s.stream_id, offset, data, fin), *controls]
+                self._send_record(conn, frames, [(s.stream_id, offset, len(data), fin)], now)
+                progressed = True
+            if not progressed:
+                return
+            streams = [s for s in streams if s.has_data_to_send()]
+
+
+def alert_record(alert: int = AlertDescription.illegal_parameter) -> bytes:
+    """A cleartext fatal alert record (to refuse a connection no session owns)."""
+    out: list = []
+    encode_plaintext_records(ContentType.ALERT, bytes((AlertLevel.FATAL, alert)), out)
+    return b"".join(out)
+
+
+def route_connection(config: TCPLSConfig, data: bytes) -> Optional[tuple[Optional[TCPLSSession], bool]]:
+    """Server: decide what a new TCP connection is, from its first bytes.
+
+    Returns None while the ClientHello is incomplete; else ``(session,
+    is_join)``: ``(s, True)`` means call ``s.accept_join(data, now)``;
+    ``(None, False)`` means a new session (``TCPLSSession(config,
+    is_client=False)`` then ``receive_data(0, data, now)``). A join with
+    an unknown or used token also yields ``(None, False)``: the new
+    session's handshake refuses it with illegal_parameter.
+    """
+    parsed = parse_client_hello(data)
+    if parsed is None:
+        return None
+    token, _ = parsed
+    if token is None:
+        return None, False
+    session = config.token_registry.claim(token)
+    if session is None:
+        return None, False
+    # claim() removed it from the registry; accept_join checks the session's own list
+    config.token_registry.register(token, session)
+    return session, True
