@@ -23,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--psk", metavar="HEX", help="external PSK (hex); with --psk-identity")
         p.add_argument("--psk-identity", metavar="ID", help="identity of the external PSK")
         p.add_argument("--psk-hash", choices=["sha256", "sha384"], default="sha256", help="hash of the external PSK")
+        p.add_argument("--key-update", action="store_true", help="send a KeyUpdate (update_requested) right after the handshake")
+        p.add_argument("--record-size-limit", type=int, metavar="N", help="offer/accept records of at most N bytes (RFC 8449)")
+        p.add_argument(
+            "--cert-compression", metavar="LIST", help="accept/send compressed certificates: zlib,brotli,zstd (RFC 8879)"
+        )
 
     server = sub.add_parser("server", help="serve TLS connections (echo or www)")
     server.add_argument("--cert", help="PEM certificate chain, leaf first (required unless --psk)")
@@ -32,6 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--num-tickets", type=int, default=2, metavar="N", help="session tickets per connection (default 2)")
     server.add_argument("--max-early-data", type=int, default=0, metavar="N", help="accept up to N bytes of 0-RTT data (default 0: off)")
+    auth = server.add_mutually_exclusive_group()
+    auth.add_argument("--require-client-cert", action="store_true", help="require a client certificate (verified against --cafile)")
+    auth.add_argument("--request-client-cert", action="store_true", help="ask for an optional client certificate")
+    server.add_argument("--cafile", help="trust these PEM CAs for client certificates (their names go in CertificateRequest)")
+    server.add_argument(
+        "--request-post-handshake-auth",
+        action="store_true",
+        help="ask for a client certificate after the handshake (RFC 9846 §4.6.2; clients offering post_handshake_auth)",
+    )
+    server.add_argument("--ocsp-response", metavar="FILE", help="staple this DER OCSP response when the client asks (status_request)")
+    server.add_argument(
+        "--redis", metavar="URL", help="share 0-RTT anti-replay records (and ticket keys) through Redis (redis://host:port/db)"
+    )
+    server.add_argument(
+        "--ticket-key-file", metavar="FILE", help="ticket-sealing key shared by servers (created if missing; secret!)"
+    )
+    server.add_argument("--stateful-tickets", action="store_true", help="single-use tickets kept in --redis")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=4433, help="0 picks a free port")
     mode = server.add_mutually_exclusive_group()
@@ -51,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--sess-out", metavar="FILE", help="write the newest resumable session to FILE (secret!)")
     client.add_argument("--sess-in", metavar="FILE", help="resume the session stored in FILE")
     client.add_argument("--early-data", metavar="FILE", help="send FILE's contents as 0-RTT data (needs --sess-in)")
+    client.add_argument("--cert", help="PEM client certificate chain, leaf first (client authentication)")
+    client.add_argument("--key", help="PEM private key of --cert")
+    client.add_argument("--status", action="store_true", help="ask for a stapled OCSP response (printed with -v)")
     common(client)
     client.set_defaults(func=commands.cmd_client)
 

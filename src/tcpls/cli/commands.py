@@ -14,13 +14,14 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+import time
+from typing import Any, Optional
 
 from .. import aio, sync
 from ..errors import LocalProtocolError, ProtocolError, RemoteAlert, TLSError
 from ..tls.config import TLSConfig, parse_cipher_suites, parse_groups
-from ..tls.enums import AlertDescription, CipherSuite, NamedGroup, enum_name
-from ..tls.session import ExternalPSK, Session
+from ..tls.enums import AlertDescription, CertificateCompressionAlgorithm, CipherSuite, NamedGroup, enum_name
+from ..tls.session import AntiReplay, ExternalPSK, Session
 
 log = logging.getLogger("tcpls.cli")
 
@@ -93,6 +94,7 @@ def build_config(args: argparse.Namespace, *, server: bool) -> TLSConfig:
         config.alpn_protocols = [p.strip() for p in args.alpn.split(",") if p.strip()]
     if getattr(args, "keylog", None):
         config.keylog_file = args.keylog
+    _extension_options(args, config)
     psk = None
     if getattr(args, "psk", None) or getattr(args, "psk_identity", None):
         if not (args.psk and args.psk_identity):
@@ -112,6 +114,7 @@ def build_config(args: argparse.Namespace, *, server: bool) -> TLSConfig:
                 if not args.cert:
                     raise ValueError("--cert is required (unless --psk)")
                 config.load_cert_chain(args.cert, args.key)
+            _server_auth_options(args, config)
         elif psk is not None:
             config.psk = psk
             if args.insecure:
@@ -124,24 +127,149 @@ def build_config(args: argparse.Namespace, *, server: bool) -> TLSConfig:
             config.check_hostname = False
         elif args.cafile:
             config.load_verify_locations(cafile=args.cafile)
+        if not server:
+            if getattr(args, "cert", None):
+                config.load_cert_chain(args.cert, args.key)
+            elif getattr(args, "key", None):
+                raise ValueError("--key needs --cert")
+            config.request_ocsp = getattr(args, "status", False)
         config.validate(server_side=server)
     except (OSError, ValueError) as exc:
         raise UsageFailure(describe_error(exc)) from None
     return config
 
 
+def _extension_options(args: argparse.Namespace, config: TLSConfig) -> None:
+    """--record-size-limit and --cert-compression (both roles)."""
+    if getattr(args, "record_size_limit", None) is not None:
+        config.record_size_limit = args.record_size_limit
+    if getattr(args, "cert_compression", None):
+        names = [n.strip() for n in args.cert_compression.split(",") if n.strip()]
+        try:
+            config.certificate_compression = [CertificateCompressionAlgorithm[n] for n in names]
+        except KeyError as exc:
+            raise UsageFailure(f"unknown certificate compression algorithm {exc.args[0]!r} (zlib, brotli, zstd)") from None
+
+
+def _server_auth_options(args: argparse.Namespace, config: TLSConfig) -> None:
+    """--require-client-cert / --request-client-cert / --cafile / --ocsp-response."""
+    config.require_client_certificate = getattr(args, "require_client_cert", False)
+    config.request_client_certificate = getattr(args, "request_client_cert", False)
+    if getattr(args, "cafile", None):
+        config.load_verify_locations(cafile=args.cafile)
+    elif config.require_client_certificate or config.request_client_certificate or getattr(args, "request_post_handshake_auth", False):
+        raise ValueError("client certificates need --cafile (the CAs to trust)")
+    if getattr(args, "ocsp_response", None):
+        with open(args.ocsp_response, "rb") as f:
+            config.ocsp_response = f.read()
+    _shared_state_options(args, config)
+
+
+def _shared_state_options(args: argparse.Namespace, config: TLSConfig) -> None:
+    """--redis / --ticket-key-file / --stateful-tickets: what several server
+    processes must share to resume each other's tickets and refuse each
+    other's replayed 0-RTT (RFC 9846 §8)."""
+    now = time.time()
+    store = None
+    if getattr(args, "redis", None):
+        from ..stores.redis import RedisStore, load_shared_ticket_keys
+
+        store = RedisStore(args.redis)
+        config.anti_replay = AntiReplay(store=store, window=config.anti_replay.window)
+        if not getattr(args, "ticket_key_file", None):
+            try:
+                load_shared_ticket_keys(store, config.ticket_keys, now)
+            except OSError as exc:
+                raise ValueError(f"--redis {args.redis}: {describe_error(exc)}") from None
+        if getattr(args, "stateful_tickets", False):
+            config.ticket_store = store
+    elif getattr(args, "stateful_tickets", False):
+        raise ValueError("--stateful-tickets needs --redis")
+    if getattr(args, "ticket_key_file", None):
+        name, key = _ticket_key_file(args.ticket_key_file)
+        config.ticket_keys.add_key(name, key, now)
+        if store is None:
+            # §8.2: keys outliving this process's in-memory replay records;
+            # refuse 0-RTT until a full window has passed.
+            config.anti_replay.started_at = now
+    if config.max_early_data > 0 or store is not None:
+        log_early = config.early_data_callback
+
+        def early_data_callback(offer: Any) -> bool:
+            ok = log_early(offer) if log_early is not None else True
+            log.info("0-RTT %s (server_name=%s)", "accepted" if ok else "refused", offer.server_name)
+            return ok
+
+        config.early_data_callback = early_data_callback
+
+
+def _ticket_key_file(path: str) -> tuple[bytes, bytes]:
+    """16-byte key name + 32-byte key; the first server creates the file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(48))
+    with open(path, "rb") as f:
+        blob = f.read()
+    if len(blob) != 48:
+        raise ValueError(f"--ticket-key-file {path}: expected 48 bytes, found {len(blob)}")
+    return blob[:16], blob[16:]
+
+
 # ---------------------------------------------------------------- server
+def _post_handshake_actions(args: argparse.Namespace, handler: Any) -> Any:
+    """--key-update and --request-post-handshake-auth: engine verbs right after
+    the handshake, before the connection's handler runs."""
+    if not (getattr(args, "key_update", False) or getattr(args, "request_post_handshake_auth", False)):
+        return handler
+
+    async def wrapped(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> None:
+        conn = writer.get_extra_info("tls_connection")
+        try:
+            if args.key_update:
+                if hasattr(writer, "key_update"):
+                    writer.key_update(True)
+                else:
+                    conn.key_update(True)
+                log.info("%s: KeyUpdate sent", _peer(writer))
+            if args.request_post_handshake_auth:
+                if conn.peer_certificates:
+                    log.info("%s: client already authenticated", _peer(writer))
+                else:
+                    conn.request_client_certificate(required=args.require_client_cert)
+                    log.info("%s: post-handshake CertificateRequest sent", _peer(writer))
+        except TLSError as exc:
+            log.warning("%s: %s", _peer(writer), describe_error(exc))
+        transport = writer.transport
+        out = conn.data_to_send()
+        if out and transport is not None:
+            transport.write(out)
+        await handler(reader, writer)
+
+    return wrapped
+
+
 async def _echo(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> None:
     peer = _peer(writer)
     log.info("%s: connected: %s", peer, ", ".join(f"{k}={v}" for k, v in negotiated(_writer_info(writer))))
+    conn = writer.get_extra_info("tls_connection")
+    subject = _subject(conn)
     try:
         while data := await reader.read(READ_SIZE):
+            if _subject(conn) != subject:
+                subject = _subject(conn)
+                log.info("%s: client certificate (post-handshake): %s", peer, subject)
             writer.write(data)
             await writer.drain()
         log.info("%s: close_notify received", peer)
     except (TLSError, OSError) as exc:
         log.warning("%s: %s", peer, describe_error(exc))
     finally:
+        if _subject(conn) != subject:
+            log.info("%s: client certificate (post-handshake): %s", peer, _subject(conn))
         writer.close()
         try:
             await writer.wait_closed()
@@ -182,6 +310,11 @@ async def _www(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> Non
             pass
 
 
+def _subject(conn: Any) -> Optional[str]:
+    certs = conn.peer_certificates if conn is not None else []
+    return certs[0].subject.rfc4514_string() if certs else None
+
+
 def _peer(writer: aio.TLSStreamWriter) -> str:
     addr = writer.get_extra_info("peername")
     return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
@@ -189,6 +322,7 @@ def _peer(writer: aio.TLSStreamWriter) -> str:
 
 async def _serve(args: argparse.Namespace, config: TLSConfig) -> int:
     handler = _www if args.www else _echo
+    handler = _post_handshake_actions(args, handler)
     server = await aio.start_server(handler, args.host, args.port, config=config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -238,9 +372,19 @@ def cmd_client(args: argparse.Namespace) -> int:
         if early is not None:
             print(f"early data: {'accepted' if conn.early_data_accepted else 'rejected'}", file=sys.stderr)
     with sock:
+        if args.key_update:
+            if hasattr(sock, "key_update"):
+                sock.key_update(True)
+            else:
+                conn = sock.connection
+                conn.key_update(True)
+                sock.socket.sendall(conn.data_to_send())
         if args.verbose:
             for key, value in negotiated(lambda k: getattr(sock, k)):
                 print(f"{key}: {value}", file=sys.stderr)
+            if args.status:
+                ocsp = sock.connection.ocsp_response
+                print(f"ocsp_response: {len(ocsp)} bytes" if ocsp else "ocsp_response: none", file=sys.stderr)
             sys.stderr.flush()
         pump = threading.Thread(target=_pump_stdin, args=(sock,), name="tcpls-stdin", daemon=True)
         pump.start()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
+import threading
 from typing import Callable, Optional, Sequence
 
 from cryptography import x509
@@ -97,6 +98,59 @@ def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(data)
 
 
+def load_certificate_files(
+    certfile: str, keyfile: Optional[str] = None, password: Optional[bytes] = None
+) -> tuple[list[x509.Certificate], "PrivateKey"]:
+    """Read a PEM chain (leaf first) and the leaf's private key; check they match."""
+    with open(certfile, "rb") as f:
+        pem = f.read()
+    chain = x509.load_pem_x509_certificates(pem)
+    if keyfile is None:
+        key_pem = pem
+    else:
+        with open(keyfile, "rb") as f:
+            key_pem = f.read()
+    key = serialization.load_pem_private_key(key_pem, password=password)
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        raise ValueError(f"unsupported private key type {type(key).__name__}")
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if chain[0].public_key().public_bytes(serialization.Encoding.DER, spki) != key.public_key().public_bytes(
+        serialization.Encoding.DER, spki
+    ):
+        raise ValueError("the private key does not match the certificate")
+    return chain, key
+
+
+class LazyCertificate:
+    """A certificate chain and key read from PEM files on first use.
+
+    A server with many names (see ``TLSConfig.select_context``) can describe
+    every certificate up front and pay for parsing only those that clients
+    actually ask for. Loading happens once, under a lock; errors propagate to
+    the handshake that needed the certificate (internal_error).
+    """
+
+    def __init__(self, certfile: str, keyfile: Optional[str] = None, password: Optional[bytes] = None) -> None:
+        self.certfile = certfile
+        self.keyfile = keyfile
+        self.password = password
+        self._loaded: Optional[tuple[list[x509.Certificate], PrivateKey]] = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def load(self) -> tuple[list[x509.Certificate], "PrivateKey"]:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = load_certificate_files(self.certfile, self.keyfile, self.password)
+            return self._loaded
+
+    def __repr__(self) -> str:
+        return f"LazyCertificate({self.certfile!r}, loaded={self.loaded})"
+
+
 class ExtensionHook:
     """Plug-in for handshake extensions the engine does not know itself.
 
@@ -177,6 +231,35 @@ class TLSConfig:
         anti_replay: server: 0-RTT freshness window and ClientHello recording.
         resend_early_data_on_reject: client: queue rejected 0-RTT data to be
             sent again after the handshake (only if the ALPN did not change).
+
+    Certificates and extensions (RFC 9846 §4.2.4, §4.2.6, §4.6.2; RFC 8449,
+    RFC 6066, RFC 8879):
+
+        lazy_certificate: a :class:`LazyCertificate` loaded into
+            ``certificate_chain``/``private_key`` the first time a handshake
+            needs them (if those are empty).
+        extra_certificates: client: alternative ``(chain, key)`` pairs; the
+            client answers a CertificateRequest with the first chain issued
+            under one of the server's ``certificate_authorities`` (else the
+            first usable one).
+        certificate_authorities: server: CA names (``x509.Name``) sent in
+            CertificateRequest; None: the subjects of explicitly configured
+            ``trust_anchors`` (never the system store); [] sends none.
+        post_handshake_auth: client: offer post-handshake authentication;
+            None (default): only when a certificate is configured.
+        record_size_limit: largest TLSInnerPlaintext we accept (64..16385,
+            RFC 8449). Client: offered if set. Server: always answers a
+            client's offer (with 16385 when unset).
+        request_ocsp: client: ask for a stapled OCSP response (status_request).
+        ocsp_response: server: DER OCSPResponse stapled to the leaf when asked.
+        certificate_compression: algorithms (``CertificateCompressionAlgorithm``)
+            we accept compressed certificates with, in preference order; the
+            server also compresses its Certificate with the first of ours the
+            client offered, and the client its own likewise.
+        select_context: server: ``(server_name, alpn_offers) -> TLSConfig |
+            None`` called on the first ClientHello; the returned configuration
+            (certificate, ALPN, suites, tickets, client authentication...)
+            serves this handshake; None keeps this one.
     """
 
     certificate_chain: list[x509.Certificate] = field(default_factory=list)
@@ -213,6 +296,15 @@ class TLSConfig:
     # Plug-ins adding and inspecting extensions the engine does not implement
     # (ExtensionHook; e.g. TCPLS's tcpls, tcpls_join, tcpls_token).
     extension_hooks: list[ExtensionHook] = field(default_factory=list)
+    lazy_certificate: Optional[LazyCertificate] = None
+    extra_certificates: list[tuple[list[x509.Certificate], PrivateKey]] = field(default_factory=list, repr=False)
+    certificate_authorities: Optional[list[x509.Name]] = None
+    post_handshake_auth: Optional[bool] = None
+    record_size_limit: Optional[int] = None
+    request_ocsp: bool = False
+    ocsp_response: Optional[bytes] = field(default=None, repr=False)
+    certificate_compression: list[int] = field(default_factory=list)
+    select_context: Optional[Callable[[Optional[str], list[str]], "Optional[TLSConfig]"]] = field(default=None, repr=False)
     # Encodings derived from the settings above (static ClientHello
     # extensions, our Certificate message), keyed by the inputs they came from.
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -230,23 +322,25 @@ class TLSConfig:
     # ----------------------------------------------------------- loading
     def load_cert_chain(self, certfile: str, keyfile: Optional[str] = None, password: Optional[bytes] = None) -> None:
         """Load a PEM certificate chain (leaf first) and its private key."""
-        with open(certfile, "rb") as f:
-            pem = f.read()
-        chain = x509.load_pem_x509_certificates(pem)
-        if keyfile is None:
-            key_pem = pem
-        else:
-            with open(keyfile, "rb") as f:
-                key_pem = f.read()
-        key = serialization.load_pem_private_key(key_pem, password=password)
-        if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
-            raise ValueError(f"unsupported private key type {type(key).__name__}")
-        if chain[0].public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
-            raise ValueError("the private key does not match the certificate")
-        self.certificate_chain = chain
-        self.private_key = key
+        self.certificate_chain, self.private_key = load_certificate_files(certfile, keyfile, password)
+
+    def load_cert_chain_lazily(self, certfile: str, keyfile: Optional[str] = None, password: Optional[bytes] = None) -> None:
+        """Like :meth:`load_cert_chain`, but read the files on first use."""
+        self.lazy_certificate = LazyCertificate(certfile, keyfile, password)
+
+    def has_certificate(self) -> bool:
+        return bool(self.certificate_chain and self.private_key is not None) or self.lazy_certificate is not None
+
+    def ensure_certificate(self) -> None:
+        """Load ``lazy_certificate`` if no chain is set yet (first use)."""
+        if (not self.certificate_chain or self.private_key is None) and self.lazy_certificate is not None:
+            self.certificate_chain, self.private_key = self.lazy_certificate.load()
+
+    def client_certificate_authorities(self) -> list[x509.Name]:
+        """Server: CA names for CertificateRequest (RFC 9846 §4.2.4)."""
+        if self.certificate_authorities is not None:
+            return list(self.certificate_authorities)
+        return [c.subject for c in self.trust_anchors or []]
 
     def load_verify_locations(self, cafile: Optional[str] = None, cadata: Optional[bytes] = None) -> None:
         """Trust the PEM certificates in ``cafile`` and/or ``cadata``."""
@@ -282,7 +376,7 @@ class TLSConfig:
             raise ValueError("no cipher suites configured")
         if not self.groups:
             raise ValueError("no key-exchange groups configured")
-        if server_side and (not self.certificate_chain or self.private_key is None) and self.psk_lookup is None:
+        if server_side and not self.has_certificate() and self.psk_lookup is None and self.select_context is None:
             raise ValueError("a server needs a certificate chain and a private key (load_cert_chain)")
         if not 0 <= self.ticket_lifetime <= 604800:
             raise ValueError("ticket_lifetime must be 0..604800 seconds (RFC 9846 §4.6.1)")
@@ -290,6 +384,8 @@ class TLSConfig:
             raise ValueError("num_tickets and max_early_data must not be negative")
         if not self.psk_key_exchange_modes:
             raise ValueError("no PSK key exchange modes configured")
+        if self.record_size_limit is not None and not 64 <= self.record_size_limit <= 16385:
+            raise ValueError("record_size_limit must be 64..16385 (RFC 8449 §4)")
         for p in self.alpn_protocols:
             if not 0 < len(p.encode()) < 256:
                 raise ValueError(f"ALPN protocol name {p!r} must be 1..255 bytes")

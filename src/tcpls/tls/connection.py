@@ -117,6 +117,11 @@ class TLSConnection:
             self._hs.on_ticket = self._on_ticket
             self._hs.on_early_data = self._on_early_data
         self._hs.on_key_update = self._on_key_update
+        # Post-handshake authentication (RFC 9846 §4.6.2) and record_size_limit (RFC 8449).
+        self._hs.on_post_handshake_auth = self._on_post_handshake_auth  # type: ignore[assignment]
+        self._hs.traffic_secret = self._traffic_secret
+        self._send_record_limit: Optional[int] = None
+        self._recv_record_limit: Optional[int] = None
 
     # ---------------------------------------------------------------- queries
     @property
@@ -157,6 +162,11 @@ class TLSConnection:
         """None if no 0-RTT was attempted, else whether the server accepted it."""
         state = self._hs.early_data_state
         return None if state in (None, "offered") else state == "accepted"
+
+    @property
+    def ocsp_response(self) -> Optional[bytes]:
+        """Client: the DER OCSP response stapled by the server (``TLSConfig.request_ocsp``)."""
+        return getattr(self._hs, "ocsp_response", None)
 
     @property
     def session(self) -> Optional[Session]:
@@ -291,6 +301,24 @@ class TLSConnection:
         if self.local_closed or self.terminated:
             raise ConnectionClosedError("connection is closed")
         self._send_key_update(request_peer_update)
+
+    def request_client_certificate(self, required: bool = False) -> bytes:
+        """Server: ask for a client certificate after the handshake (RFC 9846 §4.6.2).
+
+        The client must have offered post_handshake_auth. Returns the
+        certificate_request_context; the answer arrives as
+        ``PostHandshakeAuthCompleted`` (then ``peer_certificates`` holds the
+        chain). With ``required``, an empty answer is a fatal
+        certificate_required alert.
+        """
+        hs = self._hs
+        if not isinstance(hs, ServerHandshake):
+            raise UsageError("only a server requests client certificates")
+        if self.local_closed or self.terminated:
+            raise ConnectionClosedError("connection is closed")
+        context = hs.request_client_certificate(required)
+        self._flush_handshake()
+        return context
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport (drains the buffer)."""
@@ -513,6 +541,8 @@ class TLSConnection:
         self._suite = suite
         self._encryptor = RecordEncryptor(suite, secret)
         self._early_writing = bool(secret) and secret == getattr(self._hs, "client_early_secret", b"")
+        if self._send_record_limit is not None and not self._early_writing:
+            self._encryptor.max_plaintext = self._send_record_limit
         if self._hs.master_secret is not None and secret in (self._hs.client_app_secret, self._hs.server_app_secret):
             self._app_write = True
 
@@ -523,6 +553,8 @@ class TLSConnection:
         self._suite = suite
         self._decryptor = RecordDecryptor(suite, secret)
         self._early_read_limit = None
+        if self._recv_record_limit is not None:
+            self._decryptor.max_plaintext = self._recv_record_limit
         if self._hs.master_secret is not None and secret in (self._hs.client_app_secret, self._hs.server_app_secret):
             self._app_read = True
 
@@ -531,6 +563,16 @@ class TLSConnection:
         self._flush_handshake()
         self._encryptor = None
         self._early_writing = False
+
+    def set_record_size_limit(self, send: int, receive: Optional[int]) -> None:
+        """RFC 8449 §4: largest content per protected record we send / accept,
+        for the current keys and the following ones (0-RTT keys excepted)."""
+        self._send_record_limit = send
+        self._recv_record_limit = receive
+        if self._encryptor is not None and not self._early_writing:
+            self._encryptor.max_plaintext = send
+        if receive is not None and self._decryptor is not None and self._early_read_limit is None:
+            self._decryptor.max_plaintext = receive
 
     def accept_early_data(self, suite: CipherSuiteInfo, secret: bytes, limit: int) -> None:
         """Server: read 0-RTT application data under ``secret`` until EndOfEarlyData."""
@@ -617,6 +659,20 @@ class TLSConnection:
         enc.seal(_CT_HANDSHAKE, M.encode_handshake(M.KeyUpdate(req)), self._out)
         enc.update(next_traffic_secret(self._suite.hash_name, enc.secret))
         self._emit(ev.KeyUpdated("send"))
+
+    def _traffic_secret(self, direction: str) -> bytes:
+        """The current sending ("write") or receiving ("read") traffic secret."""
+        half = self._encryptor if direction == "write" else self._decryptor
+        assert half is not None
+        return half.secret
+
+    def _on_post_handshake_auth(self, context: bytes, result: object) -> None:
+        if self.server_side:
+            certs = result if isinstance(result, list) else []
+            subject = certs[0].subject.rfc4514_string() if certs else None
+            self._emit(ev.PostHandshakeAuthCompleted(context, subject))
+        else:
+            self._emit(ev.PostHandshakeAuthAnswered(context, bool(result)))
 
     def _on_ticket(self, ticket: M.NewSessionTicket, session: Optional[Session]) -> None:
         if session is not None:

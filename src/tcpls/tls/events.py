@@ -111,3 +111,35 @@ class EarlyDataReceived(Event):
     """Server: application data received as 0-RTT early data (replayable!)."""
 
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PostHandshakeAuthAnswered(Event):
+    """Client: the server asked for a certificate after the handshake
+    (RFC 9846 §4.6.2) and we answered (with a certificate if
+    ``certificate_sent``, else an empty Certificate).
+
+    Attributes:
+        context: the certificate_request_context of the request.
+        certificate_sent: True if we sent a certificate and CertificateVerify.
+    """
+
+    context: bytes
+    certificate_sent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PostHandshakeAuthCompleted(Event):
+    """Server: the client answered our post-handshake CertificateRequest
+    (``TLSConnection.request_client_certificate()``, RFC 9846 §4.6.2) and its
+    Finished verified.
+
+    Attributes:
+        context: the certificate_request_context returned by the request.
+        peer_certificate_subject: RFC 4514 subject of the client's leaf, or
+            None if it declined (empty Certificate). ``peer_certificates``
+            then holds the new chain.
+    """
+
+    context: bytes
+    peer_certificate_subject: Optional[str] = None

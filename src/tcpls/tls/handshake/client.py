@@ -9,6 +9,10 @@ A state machine in the RFC's order (appendix A.1):
     WAIT_CERT_CR / WAIT_CERT --Certificate--> WAIT_CV --CertificateVerify--> WAIT_FINISHED
     WAIT_FINISHED --Finished--> send [EndOfEarlyData,] [Certificate, CertificateVerify,] Finished --> CONNECTED
     (a PSK was accepted: WAIT_EE --EncryptedExtensions--> WAIT_FINISHED)
+    CONNECTED --CertificateRequest--> send Certificate, [CertificateVerify,] Finished (post-handshake, §4.6.2)
+
+Certificates may arrive as CompressedCertificate (RFC 8879) when we offered
+compress_certificate; the transcript holds the message as received.
 
 Each state has a table of the handshake messages it accepts; anything else
 is an unexpected_message alert.
@@ -45,6 +49,7 @@ from ...errors import (
     UnexpectedMessage,
     UnsupportedExtension,
 )
+from .. import certcompress
 from .. import extensions as X
 from .. import messages as M
 from ..config import DEFAULT_CERT_SIGNATURE_SCHEMES, TLSConfig
@@ -75,6 +80,9 @@ from .common import (
     RecordSink,
     check_server_extensions,
     constant_time_equal,
+    decode_certificate,
+    encode_certificate,
+    offered_compression,
     unexpected,
 )
 
@@ -148,6 +156,8 @@ class ClientHandshake:
         self.alpn_protocol: Optional[str] = None
         self.peer_certificates: list[x509.Certificate] = []
         self.certificate_request: Optional[M.CertificateRequest] = None
+        self.ocsp_response: Optional[bytes] = None  # stapled to the server's leaf (RFC 6066 §8)
+        self.peer_record_size_limit: Optional[int] = None  # RFC 8449, from EncryptedExtensions
         self.handshake_secret: Optional[HandshakeSecret] = None
         self.master_secret: Optional[MasterSecret] = None
         self.client_hs_secret = b""
@@ -162,14 +172,19 @@ class ClientHandshake:
             ClientState.WAIT_EE: {H.encrypted_extensions: self._handle_encrypted_extensions},
             ClientState.WAIT_CERT_CR: {
                 H.certificate: self._handle_certificate,
+                H.compressed_certificate: self._handle_certificate,
                 H.certificate_request: self._handle_certificate_request,
             },
-            ClientState.WAIT_CERT: {H.certificate: self._handle_certificate},
+            ClientState.WAIT_CERT: {
+                H.certificate: self._handle_certificate,
+                H.compressed_certificate: self._handle_certificate,
+            },
             ClientState.WAIT_CV: {H.certificate_verify: self._handle_certificate_verify},
             ClientState.WAIT_FINISHED: {H.finished: self._handle_finished},
             ClientState.CONNECTED: {
                 H.new_session_ticket: self._handle_new_session_ticket,
                 H.key_update: self._handle_key_update,
+                H.certificate_request: self._handle_post_handshake_certificate_request,
             },
         }
         # Set by the connection: called for post-handshake KeyUpdate and tickets.
@@ -177,6 +192,10 @@ class ClientHandshake:
         self.on_ticket: Callable[[M.NewSessionTicket, Optional[Session]], None] = lambda t, s: None
         # Called when the server's answer to our 0-RTT offer is known.
         self.on_early_data: Callable[[bool], None] = lambda accepted: None
+        # Post-handshake authentication (§4.6.2): answered with (context, certificate sent).
+        self.on_post_handshake_auth: Callable[[bytes, bool], None] = lambda context, sent: None
+        # Set by the connection: the current traffic secret of "write" or "read".
+        self.traffic_secret: Callable[[str], bytes] = lambda direction: b""
 
     # ------------------------------------------------------------------ input
     def handle_message(self, msg_type: int, data: bytes, now: float = 0.0) -> None:
@@ -254,6 +273,7 @@ class ClientHandshake:
             exts.append((E.cookie, X.encode_cookie(cookie)))
         for hook in cfg.extension_hooks:
             exts += hook.client_hello_extensions()
+        exts += self._optional_extensions()
         # §4.2.9: always sent, so the server may issue tickets we can use.
         exts.append((E.psk_key_exchange_modes, X.encode_psk_key_exchange_modes([int(m) for m in cfg.psk_key_exchange_modes])))
         offers = self.psk_offers
@@ -333,6 +353,28 @@ class ClientHandshake:
             ]
 
         return cfg.cached(key, build)  # type: ignore[return-value]
+
+    def offers_post_handshake_auth(self) -> bool:
+        """§4.2.6: offered when configured, by default when we have a certificate."""
+        cfg = self.config
+        if cfg.post_handshake_auth is not None:
+            return cfg.post_handshake_auth
+        return cfg.has_certificate() or bool(cfg.extra_certificates)
+
+    def _optional_extensions(self) -> list[tuple[int, bytes]]:
+        cfg = self.config
+        exts: list[tuple[int, bytes]] = []
+        if cfg.request_ocsp:
+            # RFC 6066 §8 / RFC 9846 §4.4.2.1: OCSP, no responder ids or extensions.
+            exts.append((E.status_request, X.encode_status_request_ch(X.OCSPStatusRequest([]))))
+        if cfg.record_size_limit is not None:
+            exts.append((E.record_size_limit, X.encode_record_size_limit(cfg.record_size_limit)))
+        algs = [a for a in cfg.certificate_compression if a in certcompress.available()]
+        if algs:
+            exts.append((E.compress_certificate, X.encode_compress_certificate(algs)))
+        if self.offers_post_handshake_auth():
+            exts.append((E.post_handshake_auth, X.encode_empty()))
+        return exts
 
     # ------------------------------------------------------------ ServerHello
     def _handle_server_hello(self, data: bytes) -> None:
@@ -473,6 +515,12 @@ class ClientHandshake:
             self.alpn_protocol = name
         if E.supported_groups in exts:
             X.decode_supported_groups(exts[E.supported_groups])
+        if E.record_size_limit in exts:
+            # RFC 8449 §4: the limit counts the inner content type; values
+            # above the TLS 1.3 maximum (2^14 + 1) mean "no lower limit".
+            self.peer_record_size_limit = X.decode_record_size_limit(exts[E.record_size_limit])
+            own = self.config.record_size_limit
+            self.sink.set_record_size_limit(min(self.peer_record_size_limit, 16385) - 1, own - 1 if own else None)
         if E.early_data in exts:
             X.decode_empty(exts[E.early_data])
             # §4.2.11: early data is only possible with the first PSK.
@@ -513,8 +561,7 @@ class ClientHandshake:
 
     # ------------------------------------------------------------ Certificate
     def _handle_certificate(self, data: bytes) -> None:
-        msg = self._decode(H.certificate, data)
-        assert isinstance(msg, M.Certificate)
+        msg = decode_certificate(data, self._offered_compression(), self.config.max_handshake_message_size)
         if msg.certificate_request_context:
             raise IllegalParameter("server Certificate must have an empty certificate_request_context")
         if not msg.certificate_list:
@@ -525,6 +572,9 @@ class ClientHandshake:
                     raise IllegalParameter(f"extension {t} is not allowed in a CertificateEntry")
                 if t not in self.offered:
                     raise UnsupportedExtension(f"CertificateEntry carries extension {t} that was not requested")
+        leaf_exts = dict(msg.certificate_list[0].extensions)
+        if E.status_request in leaf_exts:
+            self.ocsp_response = X.decode_status_request_cert_entry(leaf_exts[E.status_request])
         self.peer_certificates = parse_certificates([e.cert_data for e in msg.certificate_list])
         if self.config.verify_peer:
             anchors = self.config.get_trust_anchors()
@@ -580,7 +630,7 @@ class ClientHandshake:
         # Our second flight, under the client handshake traffic key.
         self._send_ccs_once()
         if self.certificate_request is not None:
-            self._send_client_certificate(self.certificate_request)
+            self._send_client_certificate(self.certificate_request, self.transcript)
         verify_data = finished_verify_data(suite.hash_name, self.client_hs_secret, self.transcript.digest())
         fin_bytes = M.encode_handshake(M.Finished(verify_data))
         self.transcript.update(fin_bytes)
@@ -590,33 +640,57 @@ class ClientHandshake:
         self.state = ClientState.CONNECTED
         self.complete = True
 
-    def _send_client_certificate(self, cr: M.CertificateRequest) -> None:
-        """RFC 9846 §4.4.2: our chain, or an empty Certificate if we have none
-        usable; CertificateVerify only with a non-empty chain."""
+    def _offered_compression(self) -> list[int]:
+        return [a for a in self.config.certificate_compression if a in certcompress.available()]
+
+    def _choose_client_certificate(self, cr: M.CertificateRequest) -> Optional[tuple[list, object, int]]:
+        """Our (chain, key, scheme) for ``cr``, or None (§4.4.2.2).
+
+        Among the configured chains that can sign with one of the server's
+        signature_algorithms, the first issued under one of its
+        certificate_authorities (§4.2.4), else the first.
+        """
         cfg = self.config
+        cfg.ensure_certificate()
         exts = dict(cr.extensions)
         peer_schemes = X.decode_signature_algorithms(exts[E.signature_algorithms])
-        scheme = None
+        candidates = []
         if cfg.certificate_chain and cfg.private_key is not None:
+            candidates.append((cfg.certificate_chain, cfg.private_key))
+        candidates += cfg.extra_certificates
+        usable = []
+        for chain, key in candidates:
             try:
-                scheme = choose_scheme(cfg.private_key, peer_schemes, cfg.signature_schemes)
+                usable.append((list(chain), key, choose_scheme(key, peer_schemes, cfg.signature_schemes)))
             except HandshakeFailure:
-                scheme = None
-        if scheme is None:
-            cert_msg = M.Certificate(cr.certificate_request_context, [])
-        else:
-            cert_msg = M.Certificate(
-                cr.certificate_request_context,
-                [M.CertificateEntry(c.public_bytes(Encoding.DER)) for c in cfg.certificate_chain],
-            )
-        cert_bytes = M.encode_handshake(cert_msg)
-        self.transcript.update(cert_bytes)
+                continue
+        if not usable:
+            return None
+        if E.certificate_authorities in exts:
+            names = set(X.decode_certificate_authorities(exts[E.certificate_authorities]))
+            for chain, key, scheme in usable:
+                if any(c.issuer.public_bytes() in names or c.subject.public_bytes() in names for c in chain):
+                    return chain, key, scheme
+        return usable[0]
+
+    def _send_client_certificate(self, cr: M.CertificateRequest, transcript: Transcript) -> bool:
+        """RFC 9846 §4.4.2: our chain, or an empty Certificate if we have none
+        usable; CertificateVerify only with a non-empty chain. Returns whether
+        a certificate was sent."""
+        picked = self._choose_client_certificate(cr)
+        algs = offered_compression(dict(cr.extensions))
+        compression = certcompress.choose(self.config.certificate_compression, algs) if picked else None
+        chain = picked[0] if picked is not None else []
+        cert_bytes = encode_certificate(cr.certificate_request_context, chain, compression=compression)
+        transcript.update(cert_bytes)
         self.sink.send_handshake(cert_bytes)
-        if scheme is not None:
-            signature = sign(cfg.private_key, scheme, signed_content(CLIENT_CONTEXT, self.transcript.digest()))
+        if picked is not None:
+            _, key, scheme = picked
+            signature = sign(key, scheme, signed_content(CLIENT_CONTEXT, transcript.digest()))  # type: ignore[arg-type]
             cv_bytes = M.encode_handshake(M.CertificateVerify(scheme, signature))
-            self.transcript.update(cv_bytes)
+            transcript.update(cv_bytes)
             self.sink.send_handshake(cv_bytes)
+        return picked is not None
 
     # ---------------------------------------------------------- post-handshake
     def _handle_new_session_ticket(self, data: bytes) -> None:
@@ -648,4 +722,25 @@ class ClientHandshake:
         ku = self._decode(H.key_update, data)
         assert isinstance(ku, M.KeyUpdate)
         self.on_key_update(ku.request_update == KeyUpdateRequest.update_requested)
+
+    def _handle_post_handshake_certificate_request(self, data: bytes) -> None:
+        """RFC 9846 §4.6.2: answer at once with Certificate, [CertificateVerify,]
+        Finished, consecutively, under the current application traffic key.
+
+        Handshake Context: ClientHello ... client Finished + CertificateRequest;
+        Base Key: client_application_traffic_secret_N (§4.4, table).
+        """
+        if E.post_handshake_auth not in self.offered:
+            raise UnexpectedMessage("post-handshake CertificateRequest without post_handshake_auth")
+        cr = self._decode(H.certificate_request, data)
+        assert isinstance(cr, M.CertificateRequest)
+        self._check_certificate_request(cr)
+        suite = self.suite
+        assert suite is not None
+        transcript = self.transcript.copy()  # ends with our Finished
+        transcript.update(data)
+        sent = self._send_client_certificate(cr, transcript)
+        verify_data = finished_verify_data(suite.hash_name, self.traffic_secret("write"), transcript.digest())
+        self.sink.send_handshake(M.encode_handshake(M.Finished(verify_data)))
+        self.on_post_handshake_auth(bytes(cr.certificate_request_context), sent)
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 import hmac
 from typing import Callable, Iterable, Protocol
 
-from ...errors import IllegalParameter, UnexpectedMessage, UnsupportedExtension
+from typing import Optional, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from ...errors import BadCertificate, IllegalParameter, UnexpectedMessage, UnsupportedExtension
+from .. import certcompress
+from .. import extensions as X
+from .. import messages as M
 from ..enums import ExtensionType as E
 from ..enums import HandshakeType, enum_name
 from ..suites import CipherSuiteInfo
@@ -62,6 +70,66 @@ def check_server_extensions(
             raise IllegalParameter(f"extension {enum_name(E, ext_type)} is not allowed in {where}")
 
 
+def encode_certificate(
+    context: bytes,
+    chain: Sequence[x509.Certificate],
+    *,
+    ocsp_response: Optional[bytes] = None,
+    compression: Optional[int] = None,
+) -> bytes:
+    """Our Certificate message (RFC 9846 §4.4.2), as a CompressedCertificate
+    (RFC 8879 §4) when ``compression`` is set and it makes the message smaller.
+
+    ``ocsp_response`` is stapled to the leaf's CertificateEntry (status_request,
+    RFC 9846 §4.4.2.1).
+    """
+    entries = [M.CertificateEntry(c.public_bytes(Encoding.DER)) for c in chain]
+    if ocsp_response and entries:
+        entries[0].extensions = [(E.status_request, X.encode_status_request_cert_entry(ocsp_response))]
+    msg = M.encode_handshake(M.Certificate(context, entries))
+    if compression is not None:
+        body = msg[4:]
+        packed = certcompress.compress(compression, body)
+        if len(packed) < len(body):
+            return M.encode_handshake(M.CompressedCertificate(compression, len(body), packed))
+    return msg
+
+
+def decode_certificate(data: bytes, accepted_compression: Sequence[int], max_size: int) -> M.Certificate:
+    """A received Certificate or CompressedCertificate (header included).
+
+    RFC 8879 §4: the algorithm must be one we offered; a stream that does not
+    decompress to exactly ``uncompressed_length`` bytes is bad_certificate,
+    and that length is bounded by ``max_size`` before decompressing.
+    """
+    body = memoryview(data)[4:]
+    if data[0] != HandshakeType.compressed_certificate:
+        msg = M.decode_handshake(HandshakeType.certificate, body)
+        assert isinstance(msg, M.Certificate)
+        return msg
+    if not accepted_compression:
+        raise UnexpectedMessage("CompressedCertificate although we offered no certificate compression")
+    cc = M.decode_handshake(HandshakeType.compressed_certificate, body)
+    assert isinstance(cc, M.CompressedCertificate)
+    if cc.algorithm not in accepted_compression:
+        raise BadCertificate(f"certificate compressed with algorithm {cc.algorithm} that we did not offer")
+    if cc.uncompressed_length > max_size:
+        raise BadCertificate(f"compressed certificate announces {cc.uncompressed_length} bytes (limit {max_size})")
+    try:
+        raw = certcompress.decompress(cc.algorithm, cc.compressed_certificate_message, cc.uncompressed_length)
+    except certcompress.DecompressionFailed as exc:
+        raise BadCertificate(str(exc)) from None
+    msg = M.decode_handshake(HandshakeType.certificate, raw)
+    assert isinstance(msg, M.Certificate)
+    return msg
+
+
+def offered_compression(extensions: dict[int, bytes]) -> list[int]:
+    """The peer's compress_certificate list (RFC 8879 §3), or []."""
+    data = extensions.get(E.compress_certificate)
+    return X.decode_compress_certificate(data) if data is not None else []
+
+
 def constant_time_equal(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
@@ -74,6 +142,7 @@ class RecordSink(Protocol):
     def set_write_secret(self, suite: CipherSuiteInfo, secret: bytes) -> None: ...
     def set_read_secret(self, suite: CipherSuiteInfo, secret: bytes) -> None: ...
     def log_secret(self, label: str, client_random: bytes, secret: bytes) -> None: ...
+    def set_record_size_limit(self, send: int, receive: Optional[int]) -> None: ...
 
 
 Handler = Callable[[object, bytes], None]

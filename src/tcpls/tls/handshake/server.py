@@ -6,6 +6,11 @@
     --> WAIT_FINISHED, or WAIT_CERT --Certificate--> [WAIT_CV --CertificateVerify-->] WAIT_FINISHED
     WAIT_FINISHED --Finished--> CONNECTED, send NewSessionTicket x num_tickets
     (0-RTT accepted: --> WAIT_EOED --EndOfEarlyData--> WAIT_FINISHED)
+    CONNECTED: request_client_certificate() sends CertificateRequest(context);
+      --Certificate--> [PHA_WAIT_CV --CertificateVerify-->] PHA_WAIT_FINISHED --Finished--> CONNECTED (§4.6.2)
+
+``config.select_context`` may swap the configuration on the first
+ClientHello (per SNI and ALPN) before anything else is decided.
 
 PSKs (RFC 9846 §2.2, §4.2.11): the server picks one offered PSK (a ticket
 it can open, or an external PSK from ``psk_lookup``) whose hash matches a
@@ -27,16 +32,19 @@ from enum import Enum, auto
 from typing import Callable, Optional
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from ...errors import (
     DecryptError,
     HandshakeFailure,
     IllegalParameter,
+    InternalError,
     LocalProtocolError,
     MissingExtension,
     ProtocolVersionError,
+    UnexpectedMessage,
+    UsageError,
 )
+from .. import certcompress
 from .. import extensions as X
 from .. import messages as M
 from ..config import TLSConfig
@@ -57,7 +65,14 @@ from ..signatures import CLIENT_CONTEXT, SERVER_CONTEXT, choose_scheme, sign, si
 from ..suites import SUITES, CipherSuiteInfo, suite_info
 from ..transcript import Transcript
 from ..verify import parse_certificates, verify_client_chain
-from .common import RecordSink, constant_time_equal, unexpected
+from .common import (
+    RecordSink,
+    constant_time_equal,
+    decode_certificate,
+    encode_certificate,
+    offered_compression,
+    unexpected,
+)
 
 
 def _is_obsolete_group(group: int) -> bool:
@@ -73,6 +88,18 @@ class ServerState(Enum):
     WAIT_CV = auto()
     WAIT_FINISHED = auto()
     CONNECTED = auto()
+    PHA_WAIT_CV = auto()  # post-handshake authentication (§4.6.2)
+    PHA_WAIT_FINISHED = auto()
+
+
+@dataclass
+class _PostHandshakeAuth:
+    """One outstanding post-handshake CertificateRequest (§4.6.2)."""
+
+    context: bytes
+    transcript: Transcript  # ClientHello .. client Finished, CertificateRequest, ...
+    required: bool
+    certificates: Optional[list[x509.Certificate]] = None
 
 
 @dataclass
@@ -142,16 +169,36 @@ class ServerHandshake:
         self._psk_cache: dict[bytes, Optional[_ResolvedPsk]] = {}
         self._tickets_sent = 0
         self._client_hello_hash = b""
+        # Client's offers (RFC 9846 §4.2.6, RFC 6066 §8, RFC 8879 §3, RFC 8449).
+        self.client_post_handshake_auth = False
+        self.client_wants_ocsp = False
+        self.client_compression: list[int] = []
+        self.client_record_size_limit: Optional[int] = None
+        self._pha_pending: dict[bytes, _PostHandshakeAuth] = {}
+        self._pha: Optional[_PostHandshakeAuth] = None
         self._handlers: dict[ServerState, dict[int, Callable[[bytes], None]]] = {
             ServerState.START: {H.client_hello: self._handle_client_hello},
             ServerState.WAIT_CH2: {H.client_hello: self._handle_client_hello},
             ServerState.WAIT_EOED: {H.end_of_early_data: self._handle_end_of_early_data},
-            ServerState.WAIT_CERT: {H.certificate: self._handle_certificate},
+            ServerState.WAIT_CERT: {
+                H.certificate: self._handle_certificate,
+                H.compressed_certificate: self._handle_certificate,
+            },
             ServerState.WAIT_CV: {H.certificate_verify: self._handle_certificate_verify},
             ServerState.WAIT_FINISHED: {H.finished: self._handle_finished},
-            ServerState.CONNECTED: {H.key_update: self._handle_key_update},
+            ServerState.CONNECTED: {
+                H.key_update: self._handle_key_update,
+                H.certificate: self._handle_pha_certificate,
+                H.compressed_certificate: self._handle_pha_certificate,
+            },
+            ServerState.PHA_WAIT_CV: {H.certificate_verify: self._handle_pha_certificate_verify},
+            ServerState.PHA_WAIT_FINISHED: {H.finished: self._handle_pha_finished},
         }
         self.on_key_update: Callable[[bool], None] = lambda requested: None
+        # Post-handshake authentication finished: (context, certificates or []).
+        self.on_post_handshake_auth: Callable[[bytes, list[x509.Certificate]], None] = lambda context, certs: None
+        # Set by the connection: the current traffic secret of "write" or "read".
+        self.traffic_secret: Callable[[str], bytes] = lambda direction: b""
 
     def handle_message(self, msg_type: int, data: bytes, now: float = 0.0) -> None:
         self.now = now
@@ -167,9 +214,11 @@ class ServerHandshake:
     def _handle_client_hello(self, data: bytes) -> None:
         ch = self._decode(H.client_hello, data)
         assert isinstance(ch, M.ClientHello)
-        cfg = self.config
         second = self.state is ServerState.WAIT_CH2
         exts = dict(ch.extensions)
+        if not second and self.config.select_context is not None:
+            self._select_context(exts)
+        cfg = self.config
         # RFC 9846 §4.2.1: TLS 1.3 only.
         if E.supported_versions not in exts:
             raise ProtocolVersionError("client does not offer TLS 1.3 (no supported_versions)")
@@ -231,6 +280,7 @@ class ServerHandshake:
             self.alpn_protocol = self._choose_alpn(X.decode_alpn(alpn_offer))
         if E.early_data in exts and second:
             raise IllegalParameter("early_data in the second ClientHello")
+        self._note_optional_extensions(exts)
 
         if second:
             cookie = exts.get(E.cookie)
@@ -265,6 +315,10 @@ class ServerHandshake:
                 chosen = None
         if chosen is None:
             # A certificate-based handshake.
+            try:
+                cfg.ensure_certificate()
+            except (OSError, ValueError) as exc:
+                raise InternalError(f"cannot load the certificate: {exc}") from None
             if not cfg.certificate_chain or cfg.private_key is None:
                 raise HandshakeFailure("no acceptable PSK offered and we have no certificate")
             if E.signature_algorithms not in exts:
@@ -313,6 +367,32 @@ class ServerHandshake:
         else:
             ours = KeyShare(group)
             self._send_server_flight(ours, ours.exchange(share_by_group[group]))
+
+    def _select_context(self, exts: dict[int, bytes]) -> None:
+        """Let ``select_context(server_name, alpn_offers)`` pick the configuration."""
+        name = X.decode_server_name(exts[E.server_name]) if E.server_name in exts else None
+        alpn_data = exts.get(E.application_layer_protocol_negotiation)
+        offers = [p.decode("latin-1") for p in X.decode_alpn(alpn_data)] if alpn_data is not None else []
+        assert self.config.select_context is not None
+        try:
+            chosen = self.config.select_context(name, offers)
+            if chosen is not None and chosen is not self.config:
+                chosen.validate(server_side=True)
+        except LocalProtocolError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the application's error ends this handshake only
+            raise InternalError(f"select_context failed: {exc}") from None
+        if chosen is not None:
+            self.config = chosen
+
+    def _note_optional_extensions(self, exts: dict[int, bytes]) -> None:
+        self.client_post_handshake_auth = E.post_handshake_auth in exts
+        if self.client_post_handshake_auth:
+            X.decode_empty(exts[E.post_handshake_auth])
+        self.client_wants_ocsp = E.status_request in exts and X.decode_status_request_ch(exts[E.status_request]) is not None
+        self.client_compression = offered_compression(exts)
+        if E.record_size_limit in exts:
+            self.client_record_size_limit = X.decode_record_size_limit(exts[E.record_size_limit])
 
     # ------------------------------------------------------------------- PSKs
     def _resolve_psk(self, identity: bytes, obfuscated_age: int) -> Optional[_ResolvedPsk]:
@@ -518,6 +598,12 @@ class ServerHandshake:
         ee_exts: list[tuple[int, bytes]] = []
         if self.server_name is not None:
             ee_exts.append((E.server_name, b""))
+        if self.client_record_size_limit is not None:
+            # RFC 8449 §4: answer with our limit; from here on our protected
+            # records respect the client's (minus the inner content type byte).
+            own = cfg.record_size_limit or 16385
+            ee_exts.append((E.record_size_limit, X.encode_record_size_limit(own)))
+            self.sink.set_record_size_limit(min(self.client_record_size_limit, 16385) - 1, own - 1)
         if self.alpn_protocol is not None:
             ee_exts.append((E.application_layer_protocol_negotiation, X.encode_alpn([self.alpn_protocol.encode("latin-1")])))
         if self.early_data_state == "accepted":
@@ -530,12 +616,7 @@ class ServerHandshake:
             # §4.3.2: no CertificateRequest with a PSK; §2.2: no Certificate either.
             next_state = ServerState.WAIT_EOED if self.early_data_state == "accepted" else ServerState.WAIT_FINISHED
         elif cfg.request_client_certificate or cfg.require_client_certificate:
-            self._send(
-                M.CertificateRequest(
-                    b"",
-                    [(E.signature_algorithms, X.encode_signature_algorithms([int(s) for s in cfg.signature_schemes]))],
-                )
-            )
+            self._send(M.CertificateRequest(b"", self._certificate_request_extensions()))
             next_state = ServerState.WAIT_CERT
         else:
             next_state = ServerState.WAIT_FINISHED
@@ -568,17 +649,36 @@ class ServerHandshake:
         self.sink.send_handshake(data)
 
     def _certificate_message(self) -> bytes:
-        """Our Certificate message (RFC 9846 §4.4.2), encoded once per chain."""
-        chain = tuple(self.config.certificate_chain)
-        return self.config.cached(  # type: ignore[return-value]
-            ("certificate", chain),
-            lambda: M.encode_handshake(M.Certificate(b"", [M.CertificateEntry(c.public_bytes(Encoding.DER)) for c in chain])),
+        """Our Certificate message (RFC 9846 §4.4.2), encoded once per chain,
+        stapled OCSP response (§4.4.2.1) and compression (RFC 8879)."""
+        cfg = self.config
+        chain = tuple(cfg.certificate_chain)
+        ocsp = cfg.ocsp_response if self.client_wants_ocsp else None
+        compression = certcompress.choose(cfg.certificate_compression, self.client_compression)
+        return cfg.cached(  # type: ignore[return-value]
+            ("certificate", chain, ocsp, compression),
+            lambda: encode_certificate(b"", chain, ocsp_response=ocsp, compression=compression),
         )
+
+    def _certificate_request_extensions(self) -> list[tuple[int, bytes]]:
+        """signature_algorithms, certificate_authorities (§4.2.4) and
+        compress_certificate (RFC 8879 §3) for a CertificateRequest."""
+        cfg = self.config
+        exts = [(E.signature_algorithms, X.encode_signature_algorithms([int(s) for s in cfg.signature_schemes]))]
+        names = cfg.client_certificate_authorities()
+        if names:
+            exts.append((E.certificate_authorities, X.encode_certificate_authorities([n.public_bytes() for n in names])))
+        algs = [a for a in cfg.certificate_compression if a in certcompress.available()]
+        if algs:
+            exts.append((E.compress_certificate, X.encode_compress_certificate(algs)))
+        return exts
+
+    def _accepted_compression(self) -> list[int]:
+        return [a for a in self.config.certificate_compression if a in certcompress.available()]
 
     # ------------------------------------------------- client authentication
     def _handle_certificate(self, data: bytes) -> None:
-        msg = self._decode(H.certificate, data)
-        assert isinstance(msg, M.Certificate)
+        msg = decode_certificate(data, self._accepted_compression(), self.config.max_handshake_message_size)
         if msg.certificate_request_context:
             raise IllegalParameter("certificate_request_context does not match the CertificateRequest")
         self.transcript.update(data)
@@ -661,4 +761,72 @@ class ServerHandshake:
         ku = self._decode(H.key_update, data)
         assert isinstance(ku, M.KeyUpdate)
         self.on_key_update(ku.request_update == KeyUpdateRequest.update_requested)
+
+    # ------------------------------------- post-handshake authentication (§4.6.2)
+    def request_client_certificate(self, required: bool = False) -> bytes:
+        """Send a CertificateRequest with a fresh random context; returns it.
+
+        Raises:
+            UsageError: before the handshake completed, when the client did
+                not offer post_handshake_auth, or with an external PSK (§4.3.2).
+        """
+        if not self.complete:
+            raise UsageError("post-handshake authentication needs a completed handshake")
+        if not self.client_post_handshake_auth:
+            raise UsageError("the client did not offer post_handshake_auth")
+        if self.chosen_psk is not None and self.chosen_psk.resolved.external:
+            raise UsageError("no client certificate requests with an external PSK (RFC 9846 §4.3.2)")
+        # §4.3.2: unique within the connection and unpredictable.
+        context = os.urandom(32)
+        data = M.encode_handshake(M.CertificateRequest(context, self._certificate_request_extensions()))
+        transcript = self.transcript.copy()  # ClientHello .. client Finished
+        transcript.update(data)
+        self._pha_pending[context] = _PostHandshakeAuth(context, transcript, required)
+        self.sink.send_handshake(data)
+        return context
+
+    def _handle_pha_certificate(self, data: bytes) -> None:
+        msg = decode_certificate(data, self._accepted_compression(), self.config.max_handshake_message_size)
+        pha = self._pha_pending.pop(bytes(msg.certificate_request_context), None)
+        if pha is None:
+            raise UnexpectedMessage("Certificate that answers no outstanding CertificateRequest")
+        pha.transcript.update(data)
+        self._pha = pha
+        if not msg.certificate_list:
+            if pha.required:
+                raise LocalProtocolError(AlertDescription.certificate_required, "client sent no certificate")
+            pha.certificates = []
+            self.state = ServerState.PHA_WAIT_FINISHED
+            return
+        certs = parse_certificates([e.cert_data for e in msg.certificate_list])
+        if self.config.verify_peer:
+            verify_client_chain(certs, self.config.get_trust_anchors())
+        pha.certificates = certs
+        self.state = ServerState.PHA_WAIT_CV
+
+    def _handle_pha_certificate_verify(self, data: bytes) -> None:
+        pha = self._pha
+        assert pha is not None and pha.certificates
+        cv = self._decode(H.certificate_verify, data)
+        assert isinstance(cv, M.CertificateVerify)
+        if cv.algorithm not in self.config.signature_schemes:
+            raise IllegalParameter(f"client used signature scheme {cv.algorithm:#06x} that was not offered")
+        verify(pha.certificates[0].public_key(), cv.algorithm, cv.signature, signed_content(CLIENT_CONTEXT, pha.transcript.digest()))
+        pha.transcript.update(data)
+        self.state = ServerState.PHA_WAIT_FINISHED
+
+    def _handle_pha_finished(self, data: bytes) -> None:
+        """Base Key: client_application_traffic_secret_N (§4.4, table)."""
+        pha = self._pha
+        assert pha is not None and pha.certificates is not None and self.suite is not None
+        fin = self._decode(H.finished, data)
+        assert isinstance(fin, M.Finished)
+        expected = finished_verify_data(self.suite.hash_name, self.traffic_secret("read"), pha.transcript.digest())
+        if not constant_time_equal(expected, fin.verify_data):
+            raise DecryptError("client Finished (post-handshake authentication) does not verify")
+        self._pha = None
+        self.state = ServerState.CONNECTED
+        if pha.certificates:
+            self.peer_certificates = pha.certificates
+        self.on_post_handshake_auth(pha.context, pha.certificates)
 
