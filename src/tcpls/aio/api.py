@@ -28,12 +28,16 @@ async def open_connection(
     server_hostname: Optional[str] = None,
     limit: int = DEFAULT_LIMIT,
     handshake_timeout: Optional[float] = 60.0,
+    ktls: Any = None,
+    ktls_key_update: str = "abort",
     **kwds: Any,
 ) -> tuple[asyncio.StreamReader, TLSStreamWriter]:
     """Connect to ``host:port`` and complete a TLS handshake.
 
     ``server_hostname`` (default: ``config.server_name``, else ``host``) is
-    sent as SNI and checked against the certificate. Extra keyword arguments
+    sent as SNI and checked against the certificate. ``ktls``
+    (``"auto"``/``"required"``) hands the record layer to the kernel after
+    the handshake (:meth:`TLSStreamWriter.enable_ktls`). Extra keyword arguments
     go to :meth:`loop.create_connection` (``sock=``, ``local_addr=``, ...).
 
     Raises the engine's :class:`~tcpls.errors.LocalProtocolError` /
@@ -48,6 +52,8 @@ async def open_connection(
     await loop.create_connection(lambda: protocol, host, port, **kwds)
     try:
         await protocol.wait_handshake()
+        if ktls:
+            await protocol.enable_ktls(ktls, key_update=ktls_key_update)
     except BaseException:
         protocol.close()
         raise

@@ -44,10 +44,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket as _socket
 import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Optional
 
+from .. import ktls as _ktls
 from ..errors import ProtocolError, TLSError
 from ..tls import events as _ev
 from ..tls.connection import TLSConnection
@@ -90,6 +93,11 @@ class TLSStreamProtocol(asyncio.Protocol):
         self._timer: Optional[asyncio.TimerHandle] = None
         self._task: Optional[asyncio.Task[Any]] = None
         self._peername: Any = None
+        self._ktls: Optional[_ktls.KernelRecordLayer] = None  # see enable_ktls()
+        self._ktls_sock: Optional[_socket.socket] = None  # a dup of the TCP socket, for recvmsg/sendmsg
+        self._ktls_pending: list = []  # engine actions waiting for the transport buffer to empty
+        self._ktls_close = False
+        self.ktls_reason: Optional[str] = None
 
     # ------------------------------------------------------------ transport callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -160,6 +168,8 @@ class TLSStreamProtocol(asyncio.Protocol):
         data = self._conn.data_to_send()
         if data and self._transport is not None:
             self._transport.write(data)
+        if self._ktls is not None:
+            self._ktls_transmit()
 
     def _process_events(self) -> None:
         conn = self._conn
@@ -246,6 +256,9 @@ class TLSStreamProtocol(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         if self._error is not None or self._transport is None or self._transport.is_closing():
             return  # dropped, like asyncio transports after close; drain() reports the error
+        if self._ktls is not None and self._ktls.tx:
+            self._transport.write(data)  # the kernel encrypts
+            return
         self._conn.send_data(data)
         self._transmit()
 
@@ -253,6 +266,13 @@ class TLSStreamProtocol(asyncio.Protocol):
         if self._transport is None or self._error is not None or self._conn.local_closed:
             return
         self._conn.close()
+        self._transmit()
+
+    def key_update(self, request_peer_update: bool = True) -> None:
+        """Send a KeyUpdate (raises :class:`~tcpls.ktls.KTLSRekeyError` if the kernel cannot rekey)."""
+        if self._ktls is not None:
+            self._ktls.check_key_update(request_peer_update)
+        self._conn.key_update(request_peer_update)
         self._transmit()
 
     def close(self) -> None:
@@ -267,6 +287,10 @@ class TLSStreamProtocol(asyncio.Protocol):
                 self._transmit()
             except (TLSError, OSError):
                 pass
+        if self._ktls_pending:
+            self._ktls_close = True  # closed once the close_notify is out
+            return
+        self._close_ktls_sock()
         transport.close()
 
     async def drain(self) -> None:
@@ -288,6 +312,153 @@ class TLSStreamProtocol(asyncio.Protocol):
             raise self._error
         if self._closed.done():
             raise ConnectionResetError("connection lost")
+
+    # ------------------------------------------------------------ kernel TLS (see tcpls.ktls, docs/ktls.md)
+    async def enable_ktls(self, mode: Any = "auto", *, tx: bool = True, rx: bool = True, key_update: str = "abort") -> bool:
+        """Hand the record layer to the kernel; same arguments as
+        :meth:`tcpls.sync.TLSSocket.enable_ktls`. With RX offloaded the
+        protocol reads with ``recvmsg`` on a duplicate of the socket's fd
+        (``loop.add_reader``) instead of the transport."""
+        await self._handshake
+        if self._ktls is not None:
+            return True
+        transport = self._transport
+        if self._error is not None or transport is None or transport.is_closing():
+            raise self._error or ConnectionResetError("connection lost")
+        if _ktls._check_mode(mode) == "off":
+            return False
+        loop = self._loop
+        raw = transport.get_extra_info("socket")
+        sock = _socket.socket(fileno=os.dup(raw.fileno()))
+        sock.setblocking(False)
+        transport.pause_reading()
+        layer = None
+        try:
+            conn = self._conn
+            while rx and (need := conn.bytes_to_record_boundary()) > 0 and self._error is None:
+                data = await loop.sock_recv(sock, need)
+                if not data:
+                    self.eof_received()
+                    break
+                self.data_received(data)
+            while transport.get_write_buffer_size() and not transport.is_closing():
+                await asyncio.sleep(0.002)  # what the engine wrote must reach the socket first
+            if self._error is not None:
+                raise self._error
+            layer, reason = _ktls.offload(sock, conn, mode, tx=tx, rx=rx, key_update=key_update)
+        except BaseException as exc:
+            layer = getattr(exc, "layer", None)  # KTLSUnavailable with TX left in the kernel
+            if isinstance(exc, _ktls.KTLSUnavailable):
+                self.ktls_reason = exc.reason
+            if layer is not None:
+                self._ktls, self._ktls_sock = layer, sock
+            else:
+                sock.close()
+            if self._transport is not None and not self._transport.is_closing():
+                transport.resume_reading()
+            raise
+        self.ktls_reason = reason or None
+        if layer is None:
+            sock.close()
+            transport.resume_reading()
+            return False
+        self._ktls, self._ktls_sock = layer, sock
+        if layer.rx:
+            loop.add_reader(sock.fileno(), self._ktls_readable)
+        else:
+            transport.resume_reading()
+        return True
+
+    def _ktls_readable(self) -> None:
+        """RX in the kernel: one ``recvmsg``, delivered like ``data_received``."""
+        layer, sock = self._ktls, self._ktls_sock
+        assert layer is not None and sock is not None
+        try:
+            ctype, data = layer.read(256 * 1024)
+        except (BlockingIOError, InterruptedError):
+            return
+        except ProtocolError as exc:
+            self._stop_ktls_reader()
+            self._ktls_pending.append(_ktls.SendRecord(21, bytes((2, exc.alert))))
+            self._fail(exc)
+            return
+        except (OSError, TLSError) as exc:
+            self._stop_ktls_reader()
+            self._fail(exc)
+            return
+        if ctype == 23 and data:
+            self._reader.feed_data(data)
+            return
+        if ctype == 23:  # TCP EOF
+            self._stop_ktls_reader()
+            keep_open = self.eof_received()
+            if not keep_open and self._transport is not None:
+                self.close()
+            return
+        try:
+            self._conn.receive_plaintext_record(ctype, data, time.time())
+        except ProtocolError as exc:
+            self._stop_ktls_reader()
+            self._fail(exc)
+            return
+        self._process_events()
+        self._transmit()
+        if self._conn.peer_closed:
+            self._stop_ktls_reader()
+
+    def _stop_ktls_reader(self) -> None:
+        if self._ktls_sock is not None and self._ktls is not None and self._ktls.rx:
+            try:
+                self._loop.remove_reader(self._ktls_sock.fileno())
+            except (ValueError, OSError):
+                pass
+
+    def _close_ktls_sock(self) -> None:
+        if self._ktls_sock is not None:
+            self._stop_ktls_reader()
+            self._ktls_sock.close()
+            self._ktls_sock = None
+
+    def _ktls_transmit(self) -> None:
+        """Send queued control records / install keys once the transport's buffer is empty."""
+        layer = self._ktls
+        assert layer is not None
+        self._ktls_pending.extend(layer.actions.drain())
+        transport = self._transport
+        if not self._ktls_pending or transport is None or self._ktls_sock is None:
+            return
+        if transport.get_write_buffer_size():
+            self._loop.call_later(0.002, self._ktls_transmit)
+            return
+        items, self._ktls_pending = self._ktls_pending, []
+        try:
+            layer.perform(items, write=transport.write)
+        except (_ktls.KTLSRekeyError, OSError) as exc:
+            self._fail(exc)
+            return
+        if self._ktls_close:
+            self._ktls_close = False
+            self._close_ktls_sock()
+            transport.close()
+
+    async def sendfile(self, file: Any, offset: int = 0, count: Optional[int] = None) -> int:
+        """Send a file: ``loop.sendfile`` (zero-copy) with TX in the kernel, else read and write."""
+        await self._handshake
+        if self._error is not None:
+            raise self._error
+        transport = self._transport
+        if self._ktls is not None and self._ktls.tx and transport is not None:
+            return await self._loop.sendfile(transport, file, offset, count)
+        file.seek(offset)
+        total = 0
+        while count is None or total < count:
+            chunk = file.read(128 * 1024 if count is None else min(128 * 1024, count - total))
+            if not chunk:
+                break
+            self.send(chunk)
+            total += len(chunk)
+            await self.drain()
+        return total
 
     async def wait_handshake(self) -> None:
         await self._handshake
@@ -323,6 +494,8 @@ class TLSStreamProtocol(asyncio.Protocol):
             return conn.hello_retry
         if name == "tls_connection":
             return conn
+        if name == "ktls":
+            return self._ktls.description if self._ktls is not None else None
         if name == "peername" and self._transport is None:
             return self._peername if self._peername is not None else default
         if self._transport is not None:
@@ -376,6 +549,28 @@ class TLSStreamWriter:
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._protocol._closed)
+
+    async def enable_ktls(self, mode: Any = "auto", *, tx: bool = True, rx: bool = True, key_update: str = "abort") -> bool:
+        """Hand the record layer to the Linux kernel (see ``docs/ktls.md``)."""
+        return await self._protocol.enable_ktls(mode, tx=tx, rx=rx, key_update=key_update)
+
+    @property
+    def ktls(self) -> Optional[str]:
+        """``"TX+RX"``/``"TX"``/``"RX"`` when the kernel protects records, else None."""
+        return self._protocol.get_extra_info("ktls")
+
+    @property
+    def ktls_reason(self) -> Optional[str]:
+        """Why kTLS is not (fully) used, after :meth:`enable_ktls` in mode ``"auto"``."""
+        return self._protocol.ktls_reason
+
+    def key_update(self, request_peer_update: bool = True) -> None:
+        """Send a KeyUpdate (RFC 9846 §4.6.3)."""
+        self._protocol.key_update(request_peer_update)
+
+    async def sendfile(self, file: Any, offset: int = 0, count: Optional[int] = None) -> int:
+        """Send ``file`` (``loop.sendfile``, zero-copy, when TX is in the kernel)."""
+        return await self._protocol.sendfile(file, offset, count)
 
     async def drain(self) -> None:
         """Wait until the write buffer is below its high-water mark.

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode = server.add_mutually_exclusive_group()
     mode.add_argument("--echo", action="store_true", help="echo each connection's bytes (default)")
     mode.add_argument("--www", action="store_true", help="answer HTTP requests with a status page")
+    mode.add_argument("--serve-file", metavar="PATH", help="send PATH to each client (sendfile), then close")
+    server.add_argument("--ktls", choices=["off", "auto", "required"], default="off",
+                        help="hand the record layer to the kernel (kTLS) after the handshake")
     common(server)
     server.set_defaults(func=commands.cmd_server)
 
@@ -76,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--cert", help="PEM client certificate chain, leaf first (client authentication)")
     client.add_argument("--key", help="PEM private key of --cert")
     client.add_argument("--status", action="store_true", help="ask for a stapled OCSP response (printed with -v)")
+    client.add_argument("--ktls", choices=["off", "auto", "required"], default="off",
+                        help="hand the record layer to the kernel (kTLS) after the handshake")
     common(client)
     client.set_defaults(func=commands.cmd_client)
 

@@ -310,6 +310,46 @@ async def _www(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> Non
             pass
 
 
+async def _serve_file(path: str, reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> None:
+    """--serve-file: send the file (``loop.sendfile`` when TX is in the kernel), then close."""
+    peer = _peer(writer)
+    try:
+        with open(path, "rb") as f:
+            sent = await writer.sendfile(f)
+        log.info("%s: sent %d bytes of %s (%s)", peer, sent, path, "kTLS " + writer.ktls if writer.ktls else "userspace")
+        # close_notify, then wait for the client's: closing with its bytes unread would reset the connection
+        writer.write_eof()
+        while await asyncio.wait_for(reader.read(READ_SIZE), 60):
+            pass
+    except (TLSError, OSError) as exc:
+        log.warning("%s: %s", peer, describe_error(exc))
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _with_ktls(mode: str, handler: Any) -> Any:
+    """--ktls: offload each connection after its handshake, then run ``handler``."""
+    if mode == "off":
+        return handler
+
+    async def wrapped(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> None:
+        try:
+            await writer.enable_ktls(mode)
+        except (TLSError, OSError) as exc:
+            log.error("%s: %s", _peer(writer), describe_error(exc))
+            writer.close()
+            return
+        if writer.ktls:
+            log.info("%s: kTLS %s", _peer(writer), writer.ktls)
+        await handler(reader, writer)
+
+    return wrapped
+
+
 def _subject(conn: Any) -> Optional[str]:
     certs = conn.peer_certificates if conn is not None else []
     return certs[0].subject.rfc4514_string() if certs else None
@@ -321,7 +361,16 @@ def _peer(writer: aio.TLSStreamWriter) -> str:
 
 
 async def _serve(args: argparse.Namespace, config: TLSConfig) -> int:
-    handler = _www if args.www else _echo
+    handler: Any = _www if args.www else _echo
+    if getattr(args, "serve_file", None):
+        path = args.serve_file
+        if not os.path.isfile(path):
+            raise UsageFailure(f"--serve-file: {path} is not a readable file")
+
+        async def handler(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> None:
+            await _serve_file(path, reader, writer)
+
+    handler = _with_ktls(getattr(args, "ktls", "off"), handler)
     handler = _post_handshake_actions(args, handler)
     server = await aio.start_server(handler, args.host, args.port, config=config)
     stop = asyncio.Event()
@@ -366,6 +415,14 @@ def cmd_client(args: argparse.Namespace) -> int:
         (args.host, args.port), config, server_name=server_name, timeout=args.timeout, session=session, early_data=early
     )
     sock.settimeout(None)
+    if getattr(args, "ktls", "off") != "off":
+        try:
+            sock.enable_ktls(args.ktls)
+        except BaseException:
+            sock.close()
+            raise
+        if args.verbose:
+            print(f"ktls: {sock.ktls or 'off (' + str(sock.ktls_reason) + ')'}", file=sys.stderr)
     if args.verbose and (session is not None or config.psk is not None):
         conn = sock.connection
         print(f"resumed: {conn.session_resumed}", file=sys.stderr)

@@ -44,6 +44,7 @@ import time
 from collections import deque
 from typing import Any, Optional
 
+from .. import ktls as _ktls
 from ..errors import ProtocolError, TLSError
 from ..tls import events as _ev
 from ..tls.config import TLSConfig
@@ -95,6 +96,9 @@ class TLSSocket:
         self._started = False
         self._error: Optional[BaseException] = None
         self._closed = False
+        self._ktls: Optional[_ktls.KernelRecordLayer] = None  # set by enable_ktls()
+        self._ktls_after_handshake: Optional[tuple[str, str]] = None
+        self.ktls_reason: Optional[str] = None
 
     # ------------------------------------------------------------ creation
     @classmethod
@@ -156,9 +160,11 @@ class TLSSocket:
             else:
                 del bufs[: len(batch)]
 
-    def _read_once(self) -> None:
+    def _read_once(self, limit: int = 0) -> None:
         """One socket read fed to the engine. Caller holds ``_recv_lock``."""
-        n = self._sock.recv_into(self._rxbuf)  # one reusable buffer: no allocation per read
+        if self._ktls is not None and self._ktls.rx:
+            return self._read_once_kernel()
+        n = self._sock.recv_into(self._rxbuf, limit)  # one reusable buffer: no allocation per read
         data = self._rxview[:n]
         conn = self._conn
         error: Optional[ProtocolError] = None
@@ -228,6 +234,10 @@ class TLSSocket:
                     self._check()
                     self._read_once()
             self._flush()
+        if self._ktls_after_handshake is not None:
+            mode, key_update = self._ktls_after_handshake
+            self._ktls_after_handshake = None
+            self.enable_ktls(mode, key_update=key_update)
 
     # ------------------------------------------------------------ sending
     def send(self, data: Any) -> int:
@@ -241,6 +251,10 @@ class TLSSocket:
             self.do_handshake()
         if self._error is not None:
             raise self._error
+        if self._ktls is not None and self._ktls.tx:
+            with self._send_lock:
+                self._sock.sendall(data)  # the kernel encrypts
+            return
         if type(data) is not bytes:
             data = bytes(data)  # our own copy: the caller may reuse its buffer
         n = len(data)
@@ -326,6 +340,164 @@ class TLSSocket:
         """Decrypted bytes buffered and readable without blocking."""
         return len(self._rbuf) - self._rpos
 
+    # ------------------------------------------------------------ kernel TLS, KeyUpdate, sendfile
+    def enable_ktls(self, mode: Any = "auto", *, tx: bool = True, rx: bool = True, key_update: str = "abort") -> bool:
+        """Hand the record layer to the Linux kernel (kTLS); see ``docs/ktls.md``.
+
+        Args:
+            mode: ``"auto"`` (offload where possible, else stay in userspace
+                and set :attr:`ktls_reason`), ``"required"`` (raise if not
+                possible) or ``"off"``.
+            tx / rx: which directions to offload.
+            key_update: ``"abort"`` (offload even if the kernel cannot
+                rekey; a KeyUpdate then ends the connection) or
+                ``"decline"`` (stay in userspace on such kernels).
+
+        Returns:
+            True if at least one direction is now protected by the kernel.
+
+        Raises:
+            KTLSUnavailable: mode ``"required"`` and kTLS cannot be used.
+        """
+        if not self._conn.handshake_complete:
+            self.do_handshake()
+        with self._handshake_lock, self._recv_lock:
+            self._check()
+            if self._ktls is not None:
+                return True
+            self._flush()
+            conn = self._conn
+            if rx and _ktls._check_mode(mode) != "off":
+                # The kernel must start at a record header: finish a partly read record.
+                while (need := conn.bytes_to_record_boundary()) > 0:
+                    self._read_once(need)
+            with self._send_lock:
+                with self._engine_lock:
+                    self._queue_output()
+                if self._out:
+                    bufs = list(self._out)
+                    self._out.clear()
+                    self._send_buffers(bufs)
+                with self._engine_lock:
+                    try:
+                        layer, reason = _ktls.offload(self._sock, conn, mode, tx=tx, rx=rx, key_update=key_update)
+                    except _ktls.KTLSUnavailable as exc:
+                        self._ktls = exc.layer
+                        self.ktls_reason = exc.reason
+                        raise
+            self._ktls = layer
+            self.ktls_reason = reason or None
+            return layer is not None
+
+    @property
+    def ktls(self) -> Optional[str]:
+        """``"TX+RX"``, ``"TX"`` or ``"RX"`` when the kernel protects records, else None."""
+        return self._ktls.description if self._ktls is not None else None
+
+    def key_update(self, request_peer_update: bool = True) -> None:
+        """Send a KeyUpdate (RFC 9846 §4.6.3).
+
+        Raises:
+            KTLSRekeyError: the kernel owns a key it cannot replace (nothing was sent).
+        """
+        if not self._conn.handshake_complete:
+            self.do_handshake()
+        self._check()
+        if self._ktls is not None:
+            self._ktls.check_key_update(request_peer_update)
+        with self._engine_lock:
+            self._conn.key_update(request_peer_update)
+            self._queue_output()
+        self._flush()
+        if self._ktls is not None:
+            self._ktls_flush()
+
+    def sendfile(self, file: Any, offset: int = 0, count: Optional[int] = None) -> int:
+        """Send ``count`` bytes (default: to EOF) of ``file`` from ``offset``.
+
+        With TX in the kernel this is :func:`os.sendfile` (no copy through
+        Python); otherwise the file is read and encrypted in userspace. Like
+        :meth:`socket.socket.sendfile`, returns the bytes sent and leaves the
+        file position after them.
+        """
+        if not self._conn.handshake_complete:
+            self.do_handshake()
+        self._check()
+        if self._ktls is not None and self._ktls.tx:
+            with self._send_lock:
+                return self._sock.sendfile(file, offset, count)
+        file.seek(offset)
+        total = 0
+        while count is None or total < count:
+            chunk = file.read(SEND_CHUNK if count is None else min(SEND_CHUNK, count - total))
+            if not chunk:
+                break
+            self.sendall(chunk)
+            total += len(chunk)
+        return total
+
+    def _ktls_flush(self) -> None:
+        """Carry out what the engine queued for the kernel (control records, new keys)."""
+        layer = self._ktls
+        assert layer is not None
+        with self._send_lock:
+            with self._engine_lock:
+                items = layer.actions.drain()
+            if items:
+                try:
+                    layer.perform(items)
+                except _ktls.KTLSRekeyError as exc:
+                    self._error = exc
+                    raise
+
+    def _read_once_kernel(self) -> None:
+        """One ``recvmsg`` from the kernel (TLS_RX). Caller holds ``_recv_lock``."""
+        layer = self._ktls
+        assert layer is not None
+        try:
+            ctype, data = layer.read(RECV_SIZE)
+        except ProtocolError as exc:
+            self._error = exc
+            with self._engine_lock:
+                layer.actions.append(_ktls.SendRecord(21, bytes((2, exc.alert))))
+            try:
+                self._ktls_flush()
+            except (OSError, TLSError):
+                pass
+            raise
+        if ctype == 23 and data:
+            rest = self._rbuf[self._rpos :]
+            self._rbuf = rest + data if rest else data
+            self._rpos = 0
+            return
+        conn = self._conn
+        error: Optional[BaseException] = None
+        chunks = []
+        with self._engine_lock:
+            try:
+                if ctype == 23:
+                    conn.receive_eof()
+                else:
+                    conn.receive_plaintext_record(ctype, data, time.time())
+            except ProtocolError as exc:
+                error = exc
+            while (event := conn.next_event()) is not None:
+                if type(event) is _DataReceived:
+                    chunks.append(event.data)
+            self._queue_output()
+        if chunks:
+            self._rbuf = b"".join([self._rbuf[self._rpos :], *chunks])
+            self._rpos = 0
+        try:
+            self._flush()
+            self._ktls_flush()
+        except OSError:
+            if error is None:
+                raise
+        if error is not None:
+            self._error = error
+            raise error
+
     # ------------------------------------------------------------ closing
     def shutdown_write(self) -> None:
         """Send close_notify (half-close); the peer's data can still be read."""
@@ -339,6 +511,8 @@ class TLSSocket:
             self._conn.close()
             self._queue_output()
         self._flush()
+        if self._ktls is not None:
+            self._ktls_flush()
 
     def shutdown(self, how: int) -> None:
         """``SHUT_WR``: close_notify (half-close); ``SHUT_RD``/``SHUT_RDWR`` also shut the TCP read side."""
@@ -360,6 +534,8 @@ class TLSSocket:
                         conn.close()
                     self._queue_output()
                 self._flush()
+                if self._ktls is not None:
+                    self._ktls_flush()
         except (OSError, TLSError):
             pass
         finally:
@@ -560,9 +736,10 @@ class SocketIO(io.RawIOBase):
 class TLSListener:
     """A listening TCP socket whose accepted connections speak TLS (server side)."""
 
-    def __init__(self, sock: _socket.socket, config: TLSConfig) -> None:
+    def __init__(self, sock: _socket.socket, config: TLSConfig, *, ktls: Any = None, ktls_key_update: str = "abort") -> None:
         self._sock = sock
         self._config = config
+        self._ktls = (ktls, ktls_key_update) if ktls and ktls != "off" else None
 
     def accept(self) -> tuple[TLSSocket, Any]:
         """Accept one TCP connection. The handshake runs lazily on first use
@@ -573,7 +750,9 @@ class TLSListener:
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        return TLSSocket.wrap(sock, self._config, server_side=True), addr
+        tls = TLSSocket.wrap(sock, self._config, server_side=True)
+        tls._ktls_after_handshake = self._ktls  # kTLS right after the lazy handshake
+        return tls, addr
 
     def close(self) -> None:
         self._sock.close()
@@ -612,6 +791,8 @@ def connect(
     server_name: Optional[str] = None,
     timeout: Optional[float] = None,
     source_address: Optional[tuple[str, int]] = None,
+    ktls: Any = None,
+    ktls_key_update: str = "abort",
     session: Any = None,
     early_data: Optional[bytes] = None,
 ) -> TLSSocket:
@@ -619,11 +800,13 @@ def connect(
 
     ``server_name`` (default: ``config.server_name``, else the host) is sent
     as SNI and checked against the server certificate. ``timeout`` applies to
-    the connect, the handshake and later socket operations. ``session``
-    resumes a :class:`~tcpls.tls.session.Session` (``sock.connection.session``
-    holds the newest one received); ``early_data`` is sent as 0-RTT data with
-    it (see ``TLSConnection.send_early_data``;
-    ``sock.connection.early_data_accepted`` tells the outcome).
+    the connect, the handshake and later socket operations. ``ktls``
+    (``"auto"``/``"required"``) hands the record layer to the kernel after
+    the handshake (:meth:`TLSSocket.enable_ktls`). ``session`` resumes a
+    :class:`~tcpls.tls.session.Session` (``sock.connection.session`` holds
+    the newest one received); ``early_data`` is sent as 0-RTT data with it
+    (see ``TLSConnection.send_early_data``; ``sock.connection.early_data_accepted``
+    tells the outcome).
     """
     host = address[0]
     name = server_name or _default_server_name(host, config)
@@ -634,6 +817,8 @@ def connect(
         if early_data:
             tls.connection.send_early_data(early_data)
         tls.do_handshake()
+        if ktls:
+            tls.enable_ktls(ktls, key_update=ktls_key_update)
     except BaseException:
         sock.close()
         raise
@@ -646,10 +831,16 @@ def create_server(
     *,
     backlog: int = 128,
     reuse_port: bool = False,
+    ktls: Any = None,
+    ktls_key_update: str = "abort",
 ) -> TLSListener:
-    """Listen on ``address`` (``port`` 0 picks a free one) for TLS clients."""
+    """Listen on ``address`` (``port`` 0 picks a free one) for TLS clients.
+
+    ``ktls`` (``"auto"``/``"required"``): accepted connections hand their
+    record layer to the kernel right after the handshake.
+    """
     config.validate(server_side=True)
     family = _socket.AF_INET6 if ":" in (address[0] or "") else _socket.AF_INET
     sock = _socket.create_server(address, family=family, backlog=backlog, reuse_port=reuse_port)
-    return TLSListener(sock, config)
+    return TLSListener(sock, config, ktls=ktls, ktls_key_update=ktls_key_update)
 

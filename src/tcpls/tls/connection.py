@@ -46,6 +46,7 @@ from .enums import TLS_1_3, AlertDescription, AlertLevel, ContentType, KeyUpdate
 from .handshake.client import ClientHandshake
 from .handshake.server import ServerHandshake
 from .key_schedule import export_keying_material, next_traffic_secret
+from .offload import OffloadActions, OffloadedDecryptor, OffloadedEncryptor, TrafficState
 from .protection import RecordDecryptor, RecordEncryptor
 from .record import RecordReader, encode_plaintext_records
 from .session import Session
@@ -709,3 +710,79 @@ class TLSConnection:
             self._send_alert(exc.alert, AlertLevel.FATAL)
         except Exception:  # noqa: BLE001 - an alert we cannot protect is dropped
             pass
+
+    # ------------------------------------------------------- record layer offload
+    # See tcpls.tls.offload (theory of operation) and tcpls.ktls (the kernel side).
+    def bytes_to_record_boundary(self) -> int:
+        """Raw bytes still missing from a partly received record (0 if none).
+
+        Before the receiving side is offloaded, the transport reads exactly
+        this many bytes (``recv(n)`` never returns more), feeds them with
+        :meth:`receive_data` and asks again, until it returns 0.
+        """
+        return self._reader.bytes_to_boundary()
+
+    def export_traffic_state(self) -> TrafficState:
+        """Current application traffic secrets and sequence numbers.
+
+        Raises:
+            UsageError: the handshake is not complete, the connection is
+                closed or failed, output is waiting in :meth:`data_to_send`,
+                or a partial record or handshake message is buffered.
+        """
+        if not self.handshake_complete or self._suite is None:
+            raise UsageError("traffic keys can only be exported after the handshake")
+        if self.terminated or self.local_closed:
+            raise ConnectionClosedError("connection is closed")
+        if self._out or self._hs_out or self._pending_app:
+            raise UsageError("send data_to_send() before exporting the traffic state")
+        if self._reader.buffered() or self._hs_reader.has_partial():
+            raise UsageError("a partial record is buffered: read up to a record boundary first")
+        enc, dec = self._encryptor, self._decryptor
+        assert enc is not None and dec is not None
+        return TrafficState(self._suite.suite, enc.secret, enc.seq, dec.secret, dec.seq)
+
+    def offload(self, *, tx: bool, rx: bool) -> OffloadActions:
+        """Hand record protection of ``tx`` and/or ``rx`` to the caller.
+
+        Call right after :meth:`export_traffic_state` and after installing
+        its keys elsewhere. From now on the engine queues, instead of
+        protected records, :class:`~tcpls.tls.offload.SendRecord` and
+        :class:`~tcpls.tls.offload.InstallKey` actions on the returned queue
+        (the same queue on every call). For an offloaded receiving side,
+        feed decrypted non-application records to
+        :meth:`receive_plaintext_record`.
+        """
+        self.export_traffic_state()  # same preconditions
+        actions = getattr(self, "_offload_actions", None)
+        if actions is None:
+            actions = self._offload_actions = OffloadActions()
+        suite = self._suite
+        assert suite is not None and self._encryptor is not None and self._decryptor is not None
+        if tx and not isinstance(self._encryptor, OffloadedEncryptor):
+            self._encryptor = OffloadedEncryptor(suite, self._encryptor.secret, actions, "tx")  # type: ignore[assignment]
+        if rx and not isinstance(self._decryptor, OffloadedDecryptor):
+            self._decryptor = OffloadedDecryptor(suite, self._decryptor.secret, actions, "rx")  # type: ignore[assignment]
+        return actions
+
+    def receive_plaintext_record(self, content_type: int, payload: bytes, now: float = 0.0) -> None:
+        """Process one record that was decrypted outside the engine
+        (offloaded receiving side): handshake, alert or application data."""
+        if self.terminated:
+            raise ConnectionClosedError("the connection has failed")
+        try:
+            if content_type == _CT_HANDSHAKE:
+                self._receive_handshake(payload)
+            elif content_type == _CT_ALERT:
+                self._receive_alert(payload)
+            elif content_type == _CT_APPDATA:
+                if not self.peer_closed:
+                    self._rx.append(payload)
+            else:
+                raise UnexpectedMessage(f"unexpected content type {content_type} in a protected record")
+        except LocalProtocolError as exc:
+            self._fail(exc)
+            raise
+        finally:
+            self._flush_received()
+            self._flush_handshake()

@@ -112,6 +112,17 @@ class RecordReader:
         """Number of received bytes not yet returned as records."""
         return len(self._buf) - self._pos + self._chunks_len
 
+    def bytes_to_boundary(self) -> int:
+        """Bytes missing from the buffered partial record (0 when none is buffered)."""
+        have = self.buffered()
+        if have == 0:
+            return 0
+        if have < 5:
+            return 5 - have
+        self._join(5)
+        p = self._pos
+        return 5 + ((self._buf[p + 3] << 8) | self._buf[p + 4]) - have
+
     def _join(self, need: int) -> None:
         """Make ``need`` bytes contiguous at the read position.
 
