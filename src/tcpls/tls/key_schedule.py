@@ -17,6 +17,13 @@ Transcript hashes are passed in already computed (see
 :mod:`tcpls.tls.transcript`); this module never sees handshake messages.
 HKDF itself comes from ``cryptography``; ``hash_name`` is a hashlib name
 (``"sha256"``/``"sha384"``) as in :class:`~tcpls.tls.suites.CipherSuiteInfo`.
+
+Label prefix. HKDF-Expand-Label prepends ``"tls13 "`` to every label. DTLS 1.3
+uses ``"dtls13"`` instead (RFC 9147 §5.9, no trailing space), which gives it
+keys separate from TLS 1.3. Every function and stage here takes an optional
+``prefix`` (default :data:`TLS13_LABEL_PREFIX`); pass
+:data:`DTLS13_LABEL_PREFIX` for DTLS. A stage passes its prefix on to the
+stages built from it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ if TYPE_CHECKING:
     from .suites import CipherSuiteInfo
 
 __all__ = [
+    "TLS13_LABEL_PREFIX",
+    "DTLS13_LABEL_PREFIX",
     "hkdf_extract",
     "hkdf_expand_label",
     "derive_secret",
@@ -49,6 +58,11 @@ __all__ = [
     "resumption_psk",
     "export_keying_material",
 ]
+
+#: HKDF-Expand-Label prefix of TLS 1.3 (RFC 9846 §7.1).
+TLS13_LABEL_PREFIX = b"tls13 "
+#: HKDF-Expand-Label prefix of DTLS 1.3 (RFC 9147 §5.9): no trailing space.
+DTLS13_LABEL_PREFIX = b"dtls13"
 
 # Labels of RFC 9846 §7.1 (without the "tls13 " prefix).
 LABEL_DERIVED = b"derived"
@@ -100,42 +114,54 @@ def hkdf_extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
     return HKDF.extract(_algorithm(hash_name), salt, ikm)
 
 
-_LABEL_PREFIXES: dict[tuple[bytes, int], bytes] = {}
+_LABEL_PREFIXES: dict[tuple[bytes, int, bytes], bytes] = {}
 
 
-def _hkdf_label(label: bytes, context: bytes, length: int) -> bytes:
+def _hkdf_label(label: bytes, context: bytes, length: int, label_prefix: bytes = TLS13_LABEL_PREFIX) -> bytes:
     # struct { uint16 length; opaque label<7..255>; opaque context<0..255>; }
-    # The part before the context is the same for every (label, length): cached.
-    prefix = _LABEL_PREFIXES.get((label, length))
+    # The part before the context is the same for every (label, length,
+    # label prefix): cached.
+    key = (label, length, label_prefix)
+    prefix = _LABEL_PREFIXES.get(key)
     if prefix is None:
-        full = b"tls13 " + label
+        full = label_prefix + label
         if len(full) > 255 or not 0 <= length <= 0xFFFF:
             raise ValueError("HkdfLabel field out of range")
         prefix = length.to_bytes(2, "big") + bytes((len(full),)) + full
         if len(_LABEL_PREFIXES) < 256:
-            _LABEL_PREFIXES[(label, length)] = prefix
+            _LABEL_PREFIXES[key] = prefix
     if len(context) > 255:
         raise ValueError("HkdfLabel context longer than 255 bytes")
     return b"".join((prefix, bytes((len(context),)), context))
 
 
-def hkdf_expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
+def hkdf_expand_label(
+    hash_name: str,
+    secret: bytes,
+    label: bytes,
+    context: bytes,
+    length: int,
+    prefix: bytes = TLS13_LABEL_PREFIX,
+) -> bytes:
     """HKDF-Expand-Label(Secret, Label, Context, Length) (RFC 9846 §7.1).
 
-    ``label`` is given without the ``"tls13 "`` prefix, e.g. ``b"key"``.
+    ``label`` is given without the ``"tls13 "`` prefix, e.g. ``b"key"``;
+    ``prefix`` is that prefix (:data:`DTLS13_LABEL_PREFIX` for DTLS 1.3).
     """
-    return HKDFExpand(_algorithm(hash_name), length, _hkdf_label(label, context, length)).derive(secret)
+    return HKDFExpand(_algorithm(hash_name), length, _hkdf_label(label, context, length, prefix)).derive(secret)
 
 
-def derive_secret(hash_name: str, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
+def derive_secret(
+    hash_name: str, secret: bytes, label: bytes, transcript_hash: bytes, prefix: bytes = TLS13_LABEL_PREFIX
+) -> bytes:
     """Derive-Secret(Secret, Label, Messages) with ``Transcript-Hash(Messages)`` given."""
-    return hkdf_expand_label(hash_name, secret, label, transcript_hash, _HASH_LENS[hash_name])
+    return hkdf_expand_label(hash_name, secret, label, transcript_hash, _HASH_LENS[hash_name], prefix)
 
 
-_CONSTANTS: dict[tuple[str, str], bytes] = {}
+_CONSTANTS: dict[tuple[str, ...], bytes] = {}
 
 
-def _constant(key: tuple[str, str], compute: "Callable[[], bytes]") -> bytes:
+def _constant(key: tuple[str, ...], compute: "Callable[[], bytes]") -> bytes:
     """Values of the schedule that depend only on the hash (computed once)."""
     value = _CONSTANTS.get(key)
     if value is None:
@@ -149,13 +175,16 @@ class EarlySecret:
     Args:
         hash_name: suite hash.
         psk: the PSK; ``None`` means no PSK (Hash.length zero bytes).
+        prefix: HKDF-Expand-Label prefix for this and the later stages
+            (:data:`DTLS13_LABEL_PREFIX` for DTLS 1.3).
     """
 
-    __slots__ = ("hash_name", "secret")
+    __slots__ = ("hash_name", "secret", "prefix")
 
-    def __init__(self, hash_name: str, psk: bytes | None = None) -> None:
+    def __init__(self, hash_name: str, psk: bytes | None = None, *, prefix: bytes = TLS13_LABEL_PREFIX) -> None:
         n = hash_len(hash_name)
         self.hash_name = hash_name
+        self.prefix = prefix
         if psk is None:
             # Without a PSK the early secret is a constant of the hash (§7.1).
             self.secret: bytes = _constant(("early", hash_name), lambda: hkdf_extract(hash_name, b"\x00" * n, b"\x00" * n))
@@ -165,19 +194,19 @@ class EarlySecret:
     def binder_key(self, external: bool) -> bytes:
         """``binder_key``: "ext binder" for external PSKs, "res binder" for resumption PSKs."""
         label = LABEL_EXT_BINDER if external else LABEL_RES_BINDER
-        return derive_secret(self.hash_name, self.secret, label, _EMPTY_HASHES[self.hash_name])
+        return derive_secret(self.hash_name, self.secret, label, _EMPTY_HASHES[self.hash_name], self.prefix)
 
     def client_early_traffic_secret(self, transcript_hash: bytes) -> bytes:
         """``client_early_traffic_secret``; transcript = ClientHello."""
-        return derive_secret(self.hash_name, self.secret, LABEL_CLIENT_EARLY_TRAFFIC, transcript_hash)
+        return derive_secret(self.hash_name, self.secret, LABEL_CLIENT_EARLY_TRAFFIC, transcript_hash, self.prefix)
 
     def early_exporter_master_secret(self, transcript_hash: bytes) -> bytes:
         """``early_exporter_secret``; transcript = ClientHello."""
-        return derive_secret(self.hash_name, self.secret, LABEL_EARLY_EXPORTER, transcript_hash)
+        return derive_secret(self.hash_name, self.secret, LABEL_EARLY_EXPORTER, transcript_hash, self.prefix)
 
     def handshake_secret(self, shared_secret: bytes | None) -> HandshakeSecret:
         """Next stage: mix in the (EC)DHE/KEM shared secret (``None`` for psk_ke)."""
-        return HandshakeSecret(self.hash_name, self.secret, shared_secret)
+        return HandshakeSecret(self.hash_name, self.secret, shared_secret, prefix=self.prefix)
 
 
 class HandshakeSecret:
@@ -186,31 +215,41 @@ class HandshakeSecret:
     Built by :meth:`EarlySecret.handshake_secret`.
     """
 
-    __slots__ = ("hash_name", "secret")
+    __slots__ = ("hash_name", "secret", "prefix")
 
-    def __init__(self, hash_name: str, early_secret: bytes, shared_secret: bytes | None) -> None:
+    def __init__(
+        self,
+        hash_name: str,
+        early_secret: bytes,
+        shared_secret: bytes | None,
+        *,
+        prefix: bytes = TLS13_LABEL_PREFIX,
+    ) -> None:
         n = _HASH_LENS[hash_name]
         if early_secret == _constant(("early", hash_name), lambda: EarlySecret(hash_name).secret):
+            # The early secret without a PSK does not depend on the label
+            # prefix, but this salt does: it is cached per prefix.
             salt = _constant(
-                ("derived-early", hash_name),
-                lambda: derive_secret(hash_name, early_secret, LABEL_DERIVED, _EMPTY_HASHES[hash_name]),
+                ("derived-early", hash_name, prefix.decode("latin-1")),
+                lambda: derive_secret(hash_name, early_secret, LABEL_DERIVED, _EMPTY_HASHES[hash_name], prefix),
             )
         else:
-            salt = derive_secret(hash_name, early_secret, LABEL_DERIVED, _EMPTY_HASHES[hash_name])
+            salt = derive_secret(hash_name, early_secret, LABEL_DERIVED, _EMPTY_HASHES[hash_name], prefix)
         self.hash_name = hash_name
+        self.prefix = prefix
         self.secret: bytes = hkdf_extract(hash_name, salt, shared_secret if shared_secret is not None else b"\x00" * n)
 
     def client_handshake_traffic_secret(self, th: bytes) -> bytes:
         """``client_handshake_traffic_secret``; transcript = ClientHello...ServerHello."""
-        return derive_secret(self.hash_name, self.secret, LABEL_CLIENT_HANDSHAKE_TRAFFIC, th)
+        return derive_secret(self.hash_name, self.secret, LABEL_CLIENT_HANDSHAKE_TRAFFIC, th, self.prefix)
 
     def server_handshake_traffic_secret(self, th: bytes) -> bytes:
         """``server_handshake_traffic_secret``; transcript = ClientHello...ServerHello."""
-        return derive_secret(self.hash_name, self.secret, LABEL_SERVER_HANDSHAKE_TRAFFIC, th)
+        return derive_secret(self.hash_name, self.secret, LABEL_SERVER_HANDSHAKE_TRAFFIC, th, self.prefix)
 
     def master_secret(self) -> MasterSecret:
         """Next stage: the main ("master") secret."""
-        return MasterSecret(self.hash_name, self.secret)
+        return MasterSecret(self.hash_name, self.secret, prefix=self.prefix)
 
 
 class MasterSecret:
@@ -219,75 +258,91 @@ class MasterSecret:
     Built by :meth:`HandshakeSecret.master_secret`.
     """
 
-    __slots__ = ("hash_name", "secret")
+    __slots__ = ("hash_name", "secret", "prefix")
 
-    def __init__(self, hash_name: str, handshake_secret: bytes) -> None:
+    def __init__(self, hash_name: str, handshake_secret: bytes, *, prefix: bytes = TLS13_LABEL_PREFIX) -> None:
         n = _HASH_LENS[hash_name]
-        salt = derive_secret(hash_name, handshake_secret, LABEL_DERIVED, _EMPTY_HASHES[hash_name])
+        salt = derive_secret(hash_name, handshake_secret, LABEL_DERIVED, _EMPTY_HASHES[hash_name], prefix)
         self.hash_name = hash_name
+        self.prefix = prefix
         self.secret: bytes = hkdf_extract(hash_name, salt, b"\x00" * n)
 
     def client_application_traffic_secret(self, th: bytes) -> bytes:
         """``client_application_traffic_secret_0``; transcript = ClientHello...server Finished."""
-        return derive_secret(self.hash_name, self.secret, LABEL_CLIENT_APPLICATION_TRAFFIC, th)
+        return derive_secret(self.hash_name, self.secret, LABEL_CLIENT_APPLICATION_TRAFFIC, th, self.prefix)
 
     def server_application_traffic_secret(self, th: bytes) -> bytes:
         """``server_application_traffic_secret_0``; transcript = ClientHello...server Finished."""
-        return derive_secret(self.hash_name, self.secret, LABEL_SERVER_APPLICATION_TRAFFIC, th)
+        return derive_secret(self.hash_name, self.secret, LABEL_SERVER_APPLICATION_TRAFFIC, th, self.prefix)
 
     def exporter_master_secret(self, th: bytes) -> bytes:
         """``exporter_secret``; transcript = ClientHello...server Finished."""
-        return derive_secret(self.hash_name, self.secret, LABEL_EXPORTER, th)
+        return derive_secret(self.hash_name, self.secret, LABEL_EXPORTER, th, self.prefix)
 
     def resumption_master_secret(self, th: bytes) -> bytes:
         """``resumption_secret``; transcript = ClientHello...client Finished."""
-        return derive_secret(self.hash_name, self.secret, LABEL_RESUMPTION, th)
+        return derive_secret(self.hash_name, self.secret, LABEL_RESUMPTION, th, self.prefix)
 
 
-def finished_verify_data(hash_name: str, base_key: bytes, transcript_hash: bytes) -> bytes:
+def finished_verify_data(
+    hash_name: str, base_key: bytes, transcript_hash: bytes, prefix: bytes = TLS13_LABEL_PREFIX
+) -> bytes:
     """Finished ``verify_data`` (RFC 9846 §4.4.4); also the PSK binder (§4.2.11.2).
 
     ``finished_key = HKDF-Expand-Label(BaseKey, "finished", "", Hash.length)``;
     ``verify_data = HMAC(finished_key, transcript_hash)``.
     """
-    finished_key = hkdf_expand_label(hash_name, base_key, LABEL_FINISHED, b"", _HASH_LENS[hash_name])
+    finished_key = hkdf_expand_label(hash_name, base_key, LABEL_FINISHED, b"", _HASH_LENS[hash_name], prefix)
     mac = _hmac.HMAC(finished_key, _algorithm(hash_name))
     mac.update(transcript_hash)
     return mac.finalize()
 
 
-def verify_finished(hash_name: str, base_key: bytes, transcript_hash: bytes, received: bytes) -> bool:
+def verify_finished(
+    hash_name: str, base_key: bytes, transcript_hash: bytes, received: bytes, prefix: bytes = TLS13_LABEL_PREFIX
+) -> bool:
     """Constant-time check of a received Finished ``verify_data`` (or binder)."""
-    expected = finished_verify_data(hash_name, base_key, transcript_hash)
+    expected = finished_verify_data(hash_name, base_key, transcript_hash, prefix)
     return _stdlib_hmac.compare_digest(expected, bytes(received))
 
 
-def next_traffic_secret(hash_name: str, secret: bytes) -> bytes:
+def next_traffic_secret(hash_name: str, secret: bytes, prefix: bytes = TLS13_LABEL_PREFIX) -> bytes:
     """``application_traffic_secret_N+1`` (RFC 9846 §7.2, "traffic upd")."""
-    return hkdf_expand_label(hash_name, secret, LABEL_TRAFFIC_UPDATE, b"", _HASH_LENS[hash_name])
+    return hkdf_expand_label(hash_name, secret, LABEL_TRAFFIC_UPDATE, b"", _HASH_LENS[hash_name], prefix)
 
 
-def traffic_key_iv(suite: CipherSuiteInfo, secret: bytes) -> tuple[bytes, bytes]:
+def traffic_key_iv(suite: CipherSuiteInfo, secret: bytes, prefix: bytes = TLS13_LABEL_PREFIX) -> tuple[bytes, bytes]:
     """``(write_key, write_iv)`` for ``secret`` (RFC 9846 §7.3)."""
     h = suite.hash_name
     return (
-        hkdf_expand_label(h, secret, LABEL_KEY, b"", suite.key_len),
-        hkdf_expand_label(h, secret, LABEL_IV, b"", suite.iv_len),
+        hkdf_expand_label(h, secret, LABEL_KEY, b"", suite.key_len, prefix),
+        hkdf_expand_label(h, secret, LABEL_IV, b"", suite.iv_len, prefix),
     )
 
 
-def resumption_psk(hash_name: str, resumption_master_secret: bytes, ticket_nonce: bytes) -> bytes:
+def resumption_psk(
+    hash_name: str, resumption_master_secret: bytes, ticket_nonce: bytes, prefix: bytes = TLS13_LABEL_PREFIX
+) -> bytes:
     """PSK of a ticket: ``HKDF-Expand-Label(res_secret, "resumption", nonce, Hash.length)`` (§4.6.1)."""
-    return hkdf_expand_label(hash_name, resumption_master_secret, LABEL_RESUMPTION_PSK, ticket_nonce, _HASH_LENS[hash_name])
+    return hkdf_expand_label(
+        hash_name, resumption_master_secret, LABEL_RESUMPTION_PSK, ticket_nonce, _HASH_LENS[hash_name], prefix
+    )
 
 
-def export_keying_material(hash_name: str, exporter_secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
+def export_keying_material(
+    hash_name: str,
+    exporter_secret: bytes,
+    label: bytes,
+    context: bytes,
+    length: int,
+    prefix: bytes = TLS13_LABEL_PREFIX,
+) -> bytes:
     """TLS-Exporter(label, context_value, key_length) (RFC 9846 §7.5).
 
     ``exporter_secret`` is the exporter (or early exporter) secret; ``label``
     is the full exporter label (no "tls13 " handling beyond HKDF-Expand-Label's).
     No context and an empty context give the same result.
     """
-    derived = derive_secret(hash_name, exporter_secret, label, _EMPTY_HASHES[hash_name])
+    derived = derive_secret(hash_name, exporter_secret, label, _EMPTY_HASHES[hash_name], prefix)
     context_hash = hashlib.new(hash_name, context).digest()
-    return hkdf_expand_label(hash_name, derived, LABEL_EXPORTER_FINAL, context_hash, length)
+    return hkdf_expand_label(hash_name, derived, LABEL_EXPORTER_FINAL, context_hash, length, prefix)
