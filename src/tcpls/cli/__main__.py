@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import commands
+from . import commands, tcpls_mode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ticket-key-file", metavar="FILE", help="ticket-sealing key shared by servers (created if missing; secret!)"
     )
     server.add_argument("--stateful-tickets", action="store_true", help="single-use tickets kept in --redis")
-    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--host", default="127.0.0.1", action=tcpls_mode.host_action(),
+                        help="listen address (repeatable with --tcpls: every address is announced)")
     server.add_argument("--port", type=int, default=4433, help="0 picks a free port")
     mode = server.add_mutually_exclusive_group()
     mode.add_argument("--echo", action="store_true", help="echo each connection's bytes (default)")
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--ktls", choices=["off", "auto", "required"], default="off",
                         help="hand the record layer to the kernel (kTLS) after the handshake")
     common(client)
+    tcpls_mode.add_arguments(server, client)
     client.set_defaults(func=commands.cmd_client)
 
     demo = sub.add_parser("demo", help="run a local server and client with a throwaway CA")

@@ -18,6 +18,7 @@ import time
 from typing import Any, Optional
 
 from .. import aio, sync
+from . import tcpls_mode
 from ..errors import LocalProtocolError, ProtocolError, RemoteAlert, TLSError
 from ..tls.config import TLSConfig, parse_cipher_suites, parse_groups
 from ..tls.enums import AlertDescription, CertificateCompressionAlgorithm, CipherSuite, NamedGroup, enum_name
@@ -387,6 +388,8 @@ async def _serve(args: argparse.Namespace, config: TLSConfig) -> int:
 
 def cmd_server(args: argparse.Namespace) -> int:
     config = build_config(args, server=True)
+    if getattr(args, "tcpls", False):
+        return tcpls_mode.cmd_server(args, config)
     try:
         return asyncio.run(_serve(args, config))
     except KeyboardInterrupt:  # interrupted before the signal handlers were installed
@@ -396,6 +399,8 @@ def cmd_server(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- client
 def cmd_client(args: argparse.Namespace) -> int:
     config = build_config(args, server=False)
+    if getattr(args, "tcpls", False):
+        return tcpls_mode.cmd_client(args, config)
     # For an IP literal the engine sends no SNI and checks the IP address SAN.
     server_name = args.sni or args.host
     session = None
@@ -467,12 +472,10 @@ def _save_session(args: argparse.Namespace, sock: sync.TLSSocket) -> None:
 
 def _pump_stdin(sock: sync.TLSSocket) -> None:
     """stdin → socket, then close_notify. Runs in its own thread."""
-    # Read the raw descriptor, not sys.stdin.buffer: a thread blocked inside
-    # the buffered reader holds its lock, and the interpreter aborts at exit
-    # ("_enter_buffered_busy") when the server closes first.
     try:
-        fd = sys.stdin.fileno()
-        while data := os.read(fd, READ_SIZE):
+        stdin = sys.stdin.buffer
+        read = getattr(stdin, "read1", stdin.read)
+        while data := read(READ_SIZE):
             sock.sendall(data)
         sock.shutdown_write()
     except (OSError, TLSError, ValueError):

@@ -35,6 +35,7 @@ reads a clock or touches a socket.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import deque
 from dataclasses import replace
 from typing import Optional
@@ -361,6 +362,21 @@ class TCPLSSession:
             raise UsageError(f"connection {conn_id} is not usable")
         s.conn_id = conn_id
         self._flush(self._now)
+
+    def advertise_address(self, address_id: int, address: str, port: int) -> None:
+        """Tell the peer about another address of ours (New Address frame),
+        e.g. a server listening on several interfaces."""
+        ip = ipaddress.ip_address(address)
+        if not 0 <= address_id < 256:
+            raise UsageError("address_id is 8-bit")
+        if self.mode == "tls":
+            return  # plain TLS fallback: nowhere to say it
+        self._control.append((None, F.NewAddressFrame(address_id, ip.version, ip.packed, port)))
+        self._flush(self._now)
+
+    def peer_addresses(self) -> dict[int, tuple[str, int]]:
+        """Addresses the peer advertised and did not remove: ``{address_id: (host, port)}``."""
+        return {aid: (str(ipaddress.ip_address(a)), port) for aid, (_v, a, port) in self._addresses.items()}
 
     def close(self) -> None:
         """Send close_notify on every usable connection (we send nothing more)."""

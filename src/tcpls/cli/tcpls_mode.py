@@ -1,0 +1,261 @@
+"""``tcpls server --tcpls`` / ``tcpls client --tcpls``: thin glue over :mod:`tcpls.aio.tcpls_session`.
+
+Contract (tests and other tools rely on it):
+
+* server: listens on every ``--host`` at ``--port``, prints ``listening on
+  HOST:PORT`` (one line per address, on stderr), announces all addresses
+  to each client, and either sends ``--serve-file`` on a stream it opens
+  (then ends it) or echoes each stream the client opens (``--echo``, the
+  default). In serve-file mode the client's streams are read and ended.
+* client: opens stream 0, sends stdin on it and prints what comes back,
+  plus everything the server sends on its own streams, to stdout. With
+  ``--path LOCAL=REMOTE`` it joins one connection per path (connection 0
+  goes to ``HOST``, from the LOCAL of a path whose REMOTE is HOST). At the
+  end it prints one line on stderr::
+
+      tcpls: summary: bytes=N seconds=S goodput_mbps=G paths=ID:BYTES:MBPS,... migrations=M failovers=F
+
+  where ``bytes`` are the application bytes written to stdout and the
+  per-path figures count the TCP payload received on each connection
+  (records included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from typing import Any, Optional, TextIO
+
+from ..aio import tcpls_session as tio
+from ..tcpls.config import TCPLSConfig
+from ..tcpls.scheduler import SCHEDULERS
+
+READ_SIZE = 256 * 1024
+
+
+class _AppendHost(argparse.Action):
+    """``--host`` may repeat: ``args.host`` keeps the first value (what
+    the TLS server uses), ``args.hosts`` all of them."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        hosts = list(getattr(namespace, "hosts", None) or [])
+        hosts.append(values)
+        namespace.hosts = hosts
+        namespace.host = hosts[0]
+
+
+def add_arguments(server: argparse.ArgumentParser, client: argparse.ArgumentParser) -> None:
+    """The TCPLS flags of ``tcpls server`` and ``tcpls client``."""
+    for p in (server, client):
+        p.add_argument("--tcpls", action="store_true", help="run TCPLS (several TCP connections per session)")
+        p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="round_robin",
+                       help="TCPLS: which connection carries the next record")
+        p.add_argument("--dead-timeout", type=float, metavar="S",
+                       help="TCPLS: declare a connection dead after S seconds without ACK (default 3, 1 with --failover)")
+        p.add_argument("--user-timeout", type=int, metavar="MS", help="TCPLS: set TCP_USER_TIMEOUT on every connection")
+    client.add_argument("--path", action="append", default=[], metavar="LOCAL=REMOTE",
+                        help="TCPLS: also use a connection from LOCAL to REMOTE (repeatable; joined and aggregated)")
+    client.add_argument("--migrate-to", metavar="[LOCAL=]REMOTE", help="TCPLS: move the session to this path ...")
+    client.add_argument("--migrate-after", type=int, metavar="BYTES", default=0, help="... after BYTES received")
+    client.add_argument("--failover", action="store_true",
+                        help="TCPLS: detect dead paths fast and rejoin on another path if none is left")
+    client.add_argument("--goodput-log", metavar="FILE", help="TCPLS: CSV 'time,conn_id,bytes' of every read")
+    client.add_argument("--progress", action="store_true", help="TCPLS: progress bar on stderr")
+
+
+def host_action() -> type[argparse.Action]:
+    return _AppendHost
+
+
+def _config(args: argparse.Namespace, tls: Any, *, client: bool) -> TCPLSConfig:
+    failover = client and getattr(args, "failover", False)
+    dead = args.dead_timeout if args.dead_timeout is not None else (1.0 if failover else 3.0)
+    return TCPLSConfig(tls, scheduler=args.scheduler, dead_timeout=dead, ping_interval=dead / 2 if failover else None)
+
+
+def _split_path(spec: str) -> tuple[Optional[str], str]:
+    local, sep, remote = spec.rpartition("=")
+    return (local or None) if sep else None, remote
+
+
+# ------------------------------------------------------------------ server
+async def _serve(args: argparse.Namespace, tls: Any) -> int:
+    config = _config(args, tls, client=False)
+    path = getattr(args, "serve_file", None)
+    if path and not os.path.isfile(path):
+        from .commands import UsageFailure
+
+        raise UsageFailure(f"--serve-file: {path} is not a readable file")
+
+    async def echo(reader: Any, writer: tio.TCPLSStreamWriter) -> None:
+        try:
+            while data := await reader.read(READ_SIZE):
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()
+        except (ConnectionError, OSError):
+            pass
+
+    async def discard(reader: Any, writer: tio.TCPLSStreamWriter) -> None:
+        try:
+            while await reader.read(READ_SIZE):
+                pass
+            writer.write_eof()
+        except (ConnectionError, OSError):
+            pass
+
+    async def send_file(session: tio.ServerSession) -> None:
+        assert path is not None
+        if not session.get_extra_info("tcpls"):
+            return  # a plain TLS client gets stream 0 (echo/discard), no file
+        try:
+            _r, writer = session.open_stream()
+            with open(path, "rb") as f:
+                while chunk := f.read(READ_SIZE):
+                    writer.write(chunk)
+                    await writer.drain()
+            writer.write_eof()
+            await session.wait_acked()
+        except (ConnectionError, OSError) as exc:
+            tio.logger.info("serve-file: %s", exc)
+
+    hosts = getattr(args, "hosts", None) or [args.host]
+    server = await tio.serve(hosts, args.port, config=config, on_stream=discard if path else echo,
+                             on_session=send_file if path else None, user_timeout=args.user_timeout)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    for host, port in server.addresses:
+        print(f"listening on {host}:{port}", file=sys.stderr, flush=True)
+    async with server:
+        await stop.wait()
+    return 0
+
+
+def cmd_server(args: argparse.Namespace, tls: Any) -> int:
+    try:
+        return asyncio.run(_serve(args, tls))
+    except KeyboardInterrupt:
+        return 0
+
+
+# ------------------------------------------------------------------ client
+class _Stats:
+    def __init__(self, log: Optional[TextIO]) -> None:
+        self.start = time.monotonic()
+        self.app_bytes = 0
+        self.per_conn: dict[int, int] = {}
+        self.log = log
+        if log is not None:
+            log.write("time,conn_id,bytes\n")
+
+    def on_read(self, conn_id: int, n: int) -> None:
+        self.per_conn[conn_id] = self.per_conn.get(conn_id, 0) + n
+        if self.log is not None:
+            self.log.write(f"{time.monotonic() - self.start:.6f},{conn_id},{n}\n")
+
+    def line(self, client: tio.TCPLSClient) -> str:
+        secs = max(time.monotonic() - self.start, 1e-6)
+        paths = ",".join(f"{cid}:{n}:{n * 8 / secs / 1e6:.2f}" for cid, n in sorted(self.per_conn.items()))
+        return (
+            f"tcpls: summary: bytes={self.app_bytes} seconds={secs:.3f} goodput_mbps={self.app_bytes * 8 / secs / 1e6:.2f}"
+            f" paths={paths or '-'} migrations={client.migrations} failovers={client.failovers}"
+        )
+
+
+async def _progress(stats: _Stats) -> None:
+    while True:
+        await asyncio.sleep(0.25)
+        secs = max(time.monotonic() - stats.start, 1e-6)
+        per = " ".join(f"[{cid}] {n / 1e6:.1f}MB" for cid, n in sorted(stats.per_conn.items()))
+        sys.stderr.write(f"\r{stats.app_bytes / 1e6:10.2f} MB {stats.app_bytes * 8 / secs / 1e6:8.2f} Mbit/s  {per}   ")
+        sys.stderr.flush()
+
+
+async def _client(args: argparse.Namespace, tls: Any, server_name: str) -> int:
+    config = _config(args, tls, client=True)
+    paths = [_split_path(p) for p in args.path]
+    local0 = next((local for local, remote in paths if remote == args.host), None)
+    extra = [(local, remote) for local, remote in paths if not (remote == args.host and local == local0)]
+    log = open(args.goodput_log, "w") if args.goodput_log else None
+    stats = _Stats(log)
+    out = sys.stdout.buffer
+    server_streams: list[asyncio.Task[Any]] = []
+
+    async def on_stream(reader: Any, writer: tio.TCPLSStreamWriter) -> None:
+        writer.write_eof()  # we send nothing on the server's streams
+        while data := await reader.read(READ_SIZE):
+            out.write(data)
+            stats.app_bytes += len(data)
+        out.flush()
+
+    def on_stream_cb(reader: Any, writer: tio.TCPLSStreamWriter) -> Any:
+        task = asyncio.ensure_future(on_stream(reader, writer))
+        server_streams.append(task)
+        return task
+
+    progress = None
+    try:
+        client = await tio.connect(
+            args.host, args.port, config=config, server_name=server_name, local_addr=local0,
+            user_timeout=args.user_timeout, timeout=args.timeout, on_stream=on_stream_cb,
+            rejoin=args.failover, rejoin_paths=[(local0, args.host), *extra],
+        )
+        migrate_spec = _split_path(args.migrate_to) if args.migrate_to else None
+        migrating: list[asyncio.Task[Any]] = []
+
+        def observe(conn_id: int, n: int) -> None:
+            stats.on_read(conn_id, n)
+            if migrate_spec is not None and not migrating and sum(stats.per_conn.values()) >= args.migrate_after:
+                local, remote = migrate_spec
+                migrating.append(asyncio.ensure_future(client.migrate_to(remote, local)))
+
+        client.observer = observe
+        if args.verbose:
+            print(f"tcpls: {'yes' if client.get_extra_info('tcpls') else 'no (plain TLS 1.3)'}", file=sys.stderr)
+        if client.get_extra_info("tcpls"):
+            for local, remote in extra:
+                cid = await client.join(remote, local)
+                if args.verbose:
+                    print(f"joined connection {cid}: {local or '*'} -> {remote}", file=sys.stderr)
+        if args.progress:
+            progress = asyncio.ensure_future(_progress(stats))
+        reader, writer = client.open_stream()
+        loop = asyncio.get_running_loop()
+
+        async def pump_stdin() -> None:
+            stdin = sys.stdin.buffer
+            read = getattr(stdin, "read1", stdin.read)
+            while data := await loop.run_in_executor(None, read, READ_SIZE):
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()
+
+        pump = asyncio.ensure_future(pump_stdin())
+        while data := await reader.read(READ_SIZE):
+            out.write(data)
+            stats.app_bytes += len(data)
+        out.flush()
+        await pump
+        if server_streams:
+            await asyncio.gather(*server_streams)
+        if migrating:
+            await migrating[0]
+        await client.close()
+    finally:
+        if progress is not None:
+            progress.cancel()
+            sys.stderr.write("\n")
+        if log is not None:
+            log.close()
+    print(stats.line(client), file=sys.stderr, flush=True)
+    return 0
+
+
+def cmd_client(args: argparse.Namespace, tls: Any) -> int:
+    return asyncio.run(_client(args, tls, args.sni or args.host))

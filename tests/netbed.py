@@ -1,0 +1,141 @@
+"""A two-host, multi-path testbed in Linux network namespaces (needs root, ``ip``, ``tc``).
+
+Two namespaces, "client" and "server", joined by N veth pairs: path i
+(1-based) is ``10.0.i.1`` (client, device ``c<i>``) <-> ``10.0.i.2``
+(server, device ``s<i>``), every egress shaped with a tbf rate limit.
+This kernel has no netem: delay would need a userspace delay line (see
+``../shared/tools/netbed/tundelay.py``); the TCPLS tests need only rate
+and path failures:
+
+* ``link_down(i)``: ``ip link set c<i> down`` (the peer loses carrier too);
+* ``blackhole(i)``: silent loss, an nftables table dropping everything in
+  and out of ``c<i>`` (or, without ``nft``, a ``tc`` ingress drop filter
+  on both ends).
+
+Names carry a per-instance tag, so parallel runs do not collide;
+:meth:`Testbed.down` deletes both namespaces (the veths go with them).
+Also a small CLI: ``python3 tests/netbed.py up [RATE] [PATHS]`` prints the
+namespace names; ``python3 tests/netbed.py down TAG``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from typing import Optional, Sequence
+
+
+def unavailable() -> Optional[str]:
+    """Why namespace tests cannot run here (None: they can)."""
+    if sys.platform != "linux":
+        return "network namespaces need Linux"
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, veth, tc); CI runs these as root"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"needs the '{tool}' command (iproute2)"
+    probe = f"tcplsprobe{uuid.uuid4().hex[:6]}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"cannot create a network namespace: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def _run(*cmd: str) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+
+
+class Testbed:
+    __test__ = False  # not a pytest class
+
+    def __init__(self, rate: str = "30mbit", paths: int = 2, tag: Optional[str] = None) -> None:
+        self.rate = rate
+        self.paths = paths
+        self.tag = tag or uuid.uuid4().hex[:8]
+        self.client_ns = f"tcpls-c-{self.tag}"
+        self.server_ns = f"tcpls-s-{self.tag}"
+        self._bh_tc: set[int] = set()
+
+    # addresses -----------------------------------------------------------
+    def client_addr(self, i: int) -> str:
+        return f"10.0.{i}.1"
+
+    def server_addr(self, i: int) -> str:
+        return f"10.0.{i}.2"
+
+    # life cycle ----------------------------------------------------------
+    def up(self) -> "Testbed":
+        try:
+            for ns in (self.client_ns, self.server_ns):
+                _run("ip", "netns", "add", ns)
+                _run("ip", "-n", ns, "link", "set", "lo", "up")
+            for i in range(1, self.paths + 1):
+                c, s = f"c{i}", f"s{i}"
+                _run("ip", "link", "add", f"tcplsc{i}{self.tag[:6]}", "netns", self.client_ns, "type", "veth",
+                     "peer", "name", f"tcplss{i}{self.tag[:6]}", "netns", self.server_ns)
+                _run("ip", "-n", self.client_ns, "link", "set", f"tcplsc{i}{self.tag[:6]}", "name", c)
+                _run("ip", "-n", self.server_ns, "link", "set", f"tcplss{i}{self.tag[:6]}", "name", s)
+                _run("ip", "-n", self.client_ns, "addr", "add", f"{self.client_addr(i)}/24", "dev", c)
+                _run("ip", "-n", self.server_ns, "addr", "add", f"{self.server_addr(i)}/24", "dev", s)
+                for ns, dev in ((self.client_ns, c), (self.server_ns, s)):
+                    _run("ip", "-n", ns, "link", "set", dev, "up")
+                    _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root",
+                         "tbf", "rate", self.rate, "burst", "32kb", "latency", "50ms")
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        for ns in (self.client_ns, self.server_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    def __enter__(self) -> "Testbed":
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # running things ------------------------------------------------------
+    def cmd(self, side: str, argv: Sequence[str]) -> list[str]:
+        ns = self.client_ns if side == "client" else self.server_ns
+        return ["ip", "netns", "exec", ns, *argv]
+
+    # breaking paths ------------------------------------------------------
+    def link_down(self, i: int) -> None:
+        _run("ip", "-n", self.client_ns, "link", "set", f"c{i}", "down")
+
+    def blackhole(self, i: int) -> str:
+        """Drop everything on path i, silently. Returns the method used."""
+        if shutil.which("nft"):
+            ex = ["ip", "netns", "exec", self.client_ns, "nft"]
+            table = f"bh{i}"
+            _run(*ex, "add", "table", "inet", table)
+            _run(*ex, "add", "chain", "inet", table, "out", "{ type filter hook output priority 0 ; }")
+            _run(*ex, "add", "chain", "inet", table, "in", "{ type filter hook input priority 0 ; }")
+            _run(*ex, "add", "rule", "inet", table, "out", "oifname", f"c{i}", "drop")
+            _run(*ex, "add", "rule", "inet", table, "in", "iifname", f"c{i}", "drop")
+            return "nftables"
+        for ns, dev in ((self.client_ns, f"c{i}"), (self.server_ns, f"s{i}")):
+            ex = ["ip", "netns", "exec", ns, "tc"]
+            _run(*ex, "qdisc", "add", "dev", dev, "ingress")
+            _run(*ex, "filter", "add", "dev", dev, "parent", "ffff:", "protocol", "all", "u32",
+                 "match", "u32", "0", "0", "action", "drop")
+        return "tc ingress drop"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "up":
+        bed = Testbed(sys.argv[2] if len(sys.argv) > 2 else "30mbit", int(sys.argv[3]) if len(sys.argv) > 3 else 2).up()
+        print(bed.tag, bed.client_ns, bed.server_ns)
+    elif len(sys.argv) == 3 and sys.argv[1] == "down":
+        Testbed(tag=sys.argv[2]).down()
+    else:
+        print(__doc__)
+        sys.exit(2)
