@@ -60,6 +60,28 @@ def test_www_mode(pki, tcpls_cli_server):
     assert b"TLSv1.3" in body and b"TLS_AES" in body
 
 
+def test_server_closes_first_while_stdin_stays_open(pki, tcpls_cli_server):
+    """The peer's close_notify ends the client cleanly even with stdin still open.
+
+    Regression: a stdin thread blocked in the buffered reader made the
+    interpreter abort at exit ("Fatal Python error: _enter_buffered_busy").
+    """
+    server = tcpls_cli_server(*server_args(pki, "--www"))
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, b"GET / HTTP/1.0\r\n\r\n")  # and keep the pipe open
+        res = subprocess.run(
+            [*tcpls_cli(), "client", "127.0.0.1", str(server.port), "--cafile", pki.ca_file],
+            stdin=read_fd, capture_output=True, timeout=TIMEOUT, cwd=str(ROOT), env=cli_env(),
+        )
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert res.returncode == 0, res.stderr
+    assert b"Fatal Python error" not in res.stderr
+    assert res.stdout.startswith(b"HTTP/1.0 200")
+
+
 def test_untrusted_server_fails_with_alert_name(pki, tcpls_cli_server):
     server = tcpls_cli_server(*server_args(pki))
     # No --cafile: the system trust store does not know our test CA.

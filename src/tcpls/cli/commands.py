@@ -472,10 +472,12 @@ def _save_session(args: argparse.Namespace, sock: sync.TLSSocket) -> None:
 
 def _pump_stdin(sock: sync.TLSSocket) -> None:
     """stdin → socket, then close_notify. Runs in its own thread."""
+    # Read the raw descriptor, not sys.stdin.buffer: a thread blocked inside
+    # the buffered reader holds its lock, and the interpreter aborts at exit
+    # ("_enter_buffered_busy") when the server closes first.
     try:
-        stdin = sys.stdin.buffer
-        read = getattr(stdin, "read1", stdin.read)
-        while data := read(READ_SIZE):
+        fd = sys.stdin.fileno()
+        while data := os.read(fd, READ_SIZE):
             sock.sendall(data)
         sock.shutdown_write()
     except (OSError, TLSError, ValueError):
