@@ -443,3 +443,45 @@ def test_no_usable_signature_scheme_fails_before_server_hello():
         server.receive_data(b"".join(out))
     assert ei.value.alert == A.handshake_failure
     assert server.data_to_send()[:1] == b"\x15"  # the alert, no ServerHello before it
+
+
+def test_client_certificate_without_subject_alt_name():
+    """Client certificates often carry only a subject name (no SAN)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from tlspair import _CACHE
+
+    ca, ca_key = _CACHE["ca"]
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    c, s = configs(s_require_client_certificate=True)
+    c.certificate_chain, c.private_key = [cert], key
+    p = make_pair(c, s)
+    assert p.server.peer_certificates[0].subject.rfc4514_string() == "CN=alice"
+
+
+def test_ccm_suite_by_name():
+    from tcpls.tls.config import parse_cipher_suites
+
+    (suite,) = parse_cipher_suites("TLS_AES_128_CCM_SHA256")
+    c, s = configs(c_cipher_suites=[suite], s_cipher_suites=[suite])
+    p = make_pair(c, s)
+    assert p.client.cipher_suite == suite
+    _exchange(p, 5000)

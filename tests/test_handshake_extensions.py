@@ -355,10 +355,10 @@ def test_compression_bomb_is_bad_certificate():
     assert huge == AlertDescription.bad_certificate
 
 
-def test_compressed_with_unoffered_algorithm_is_bad_certificate():
+def test_compressed_with_unoffered_algorithm_is_illegal_parameter():
     c, s = configs(c_certificate_compression=[CCA.zlib], s_certificate_compression=[CCA.zlib])
     alert = _tamper_compressed(c, s, lambda cc: M.CompressedCertificate(CCA.zstd, cc.uncompressed_length, cc.compressed_certificate_message))
-    assert alert == AlertDescription.bad_certificate
+    assert alert == AlertDescription.illegal_parameter
 
 
 def test_unrequested_compressed_certificate_is_unexpected():

@@ -93,8 +93,11 @@ class CLIClient:
         self._out, self._err = _Drain(self.proc.stdout), _Drain(self.proc.stderr)
 
     def send(self, data: bytes) -> None:
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the client already exited (e.g. refused by the server); finish() reports it
 
     def finish(self) -> tuple[int, bytes, str]:
         try:

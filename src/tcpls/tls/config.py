@@ -44,6 +44,9 @@ DEFAULT_SIGNATURE_SCHEMES: tuple[SignatureScheme, ...] = (
     SignatureScheme.rsa_pss_rsae_sha512,
     SignatureScheme.ecdsa_secp521r1_sha512,
     SignatureScheme.ed448,
+    SignatureScheme.rsa_pss_pss_sha256,
+    SignatureScheme.rsa_pss_pss_sha384,
+    SignatureScheme.rsa_pss_pss_sha512,
 )
 # Schemes accepted for signatures inside certificates (signature_algorithms_cert):
 # the above plus PKCS#1 v1.5, which TLS 1.3 allows in certificates only.
@@ -53,7 +56,9 @@ DEFAULT_CERT_SIGNATURE_SCHEMES: tuple[SignatureScheme, ...] = DEFAULT_SIGNATURE_
     SignatureScheme.rsa_pkcs1_sha512,
 )
 
-_SUITES_BY_NAME = {s.name: s for s in DEFAULT_CIPHER_SUITES}
+# Names accepted in configuration: the defaults plus AES-128-CCM, which is
+# implemented but not offered unless asked for.
+_SUITES_BY_NAME = {s.name: s for s in (*DEFAULT_CIPHER_SUITES, CipherSuite.TLS_AES_128_CCM_SHA256)}
 _GROUPS_BY_NAME = {g.name: g for g in NamedGroup if g != NamedGroup.X25519MLKEM768}
 _GROUP_ALIASES = {"P-256": "secp256r1", "P-384": "secp384r1", "prime256v1": "secp256r1", "X25519": "x25519", "X448": "x448"}
 

@@ -109,13 +109,24 @@ def verify_chain_only(chain: Sequence[x509.Certificate], anchors: Sequence[x509.
     verify_server_chain(chain, anchors, names[0].replace("*.", "x."))
 
 
+_CLIENT_EE_POLICY = xv.ExtensionPolicy.webpki_defaults_ee().may_be_present(
+    x509.SubjectAlternativeName, xv.Criticality.AGNOSTIC, None
+)
+
+
 def verify_client_chain(
     chain: Sequence[x509.Certificate],
     anchors: Sequence[x509.Certificate],
     now: Optional[datetime.datetime] = None,
 ) -> None:
-    """Validate a client certificate chain."""
-    builder = xv.PolicyBuilder().store(_store(anchors))
+    """Validate a client certificate chain.
+
+    Client certificates often name a person or device in the subject only,
+    so, unlike the Web PKI server profile, subjectAltName may be absent.
+    """
+    builder = xv.PolicyBuilder().store(_store(anchors)).extension_policies(
+        ca_policy=xv.ExtensionPolicy.webpki_defaults_ca(), ee_policy=_CLIENT_EE_POLICY
+    )
     if now is not None:
         builder = builder.time(now)
     try:

@@ -36,7 +36,6 @@ from enum import Enum, auto
 from typing import Callable, Optional
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from ...errors import (
     DecodeError,
@@ -68,7 +67,7 @@ from ..enums import (
 from ..kex import KeyShare
 from ..key_schedule import EarlySecret, HandshakeSecret, MasterSecret, finished_verify_data, resumption_psk
 from ..session import MAX_TICKET_LIFETIME, Session
-from ..signatures import CLIENT_CONTEXT, SERVER_CONTEXT, choose_scheme, sign, signed_content, verify
+from ..signatures import CLIENT_CONTEXT, SERVER_CONTEXT, choose_scheme, sign, signed_content, verify_certificate_verify
 from ..suites import CipherSuiteInfo, suite_info
 from ..transcript import Transcript
 from ..verify import parse_certificates, verify_chain_only, verify_server_chain
@@ -597,7 +596,7 @@ class ClientHandshake:
         if cv.algorithm not in self.config.signature_schemes:
             raise IllegalParameter(f"server used signature scheme {cv.algorithm:#06x} that was not offered")
         content = signed_content(SERVER_CONTEXT, self.transcript.digest())
-        verify(self.peer_certificates[0].public_key(), cv.algorithm, cv.signature, content)
+        verify_certificate_verify(self.peer_certificates[0], cv.algorithm, cv.signature, content)
         self.transcript.update(data)
         self.state = ClientState.WAIT_FINISHED
 
@@ -661,7 +660,7 @@ class ClientHandshake:
         usable = []
         for chain, key in candidates:
             try:
-                usable.append((list(chain), key, choose_scheme(key, peer_schemes, cfg.signature_schemes)))
+                usable.append((list(chain), key, choose_scheme(key, peer_schemes, cfg.signature_schemes, chain[0])))
             except HandshakeFailure:
                 continue
         if not usable:

@@ -98,7 +98,8 @@ def encode_certificate(
 def decode_certificate(data: bytes, accepted_compression: Sequence[int], max_size: int) -> M.Certificate:
     """A received Certificate or CompressedCertificate (header included).
 
-    RFC 8879 §4: the algorithm must be one we offered; a stream that does not
+    RFC 8879 §4: the algorithm must be one we offered (else illegal_parameter:
+    a well-formed message with a value we never allowed); a stream that does not
     decompress to exactly ``uncompressed_length`` bytes is bad_certificate,
     and that length is bounded by ``max_size`` before decompressing.
     """
@@ -112,7 +113,7 @@ def decode_certificate(data: bytes, accepted_compression: Sequence[int], max_siz
     cc = M.decode_handshake(HandshakeType.compressed_certificate, body)
     assert isinstance(cc, M.CompressedCertificate)
     if cc.algorithm not in accepted_compression:
-        raise BadCertificate(f"certificate compressed with algorithm {cc.algorithm} that we did not offer")
+        raise IllegalParameter(f"certificate compressed with algorithm {cc.algorithm} that we did not offer")
     if cc.uncompressed_length > max_size:
         raise BadCertificate(f"compressed certificate announces {cc.uncompressed_length} bytes (limit {max_size})")
     try:

@@ -61,7 +61,7 @@ from ..enums import (
 from ..kex import SUPPORTED_GROUPS, KeyShare
 from ..key_schedule import EarlySecret, HandshakeSecret, MasterSecret, finished_verify_data, resumption_psk
 from ..session import EarlyDataOffer, ExternalPSK, TicketState
-from ..signatures import CLIENT_CONTEXT, SERVER_CONTEXT, choose_scheme, sign, signed_content, verify
+from ..signatures import CLIENT_CONTEXT, SERVER_CONTEXT, choose_scheme, sign, signed_content, verify_certificate_verify
 from ..suites import SUITES, CipherSuiteInfo, suite_info
 from ..transcript import Transcript
 from ..verify import parse_certificates, verify_client_chain
@@ -555,7 +555,9 @@ class ServerHandshake:
             # that a client we cannot sign for gets handshake_failure instead
             # of a ServerHello (RFC 9846 §4.2.3).
             assert cfg.private_key is not None
-            scheme = choose_scheme(cfg.private_key, self.client_signature_schemes, cfg.signature_schemes)
+            scheme = choose_scheme(
+                cfg.private_key, self.client_signature_schemes, cfg.signature_schemes, cfg.certificate_chain[0]
+            )
         sh_exts = [(E.supported_versions, X.encode_supported_versions_sh(TLS_1_3))]
         if ours is not None:
             sh_exts.append((E.key_share, X.encode_key_share_sh((ours.group, ours.public))))
@@ -698,7 +700,7 @@ class ServerHandshake:
         if cv.algorithm not in self.config.signature_schemes:
             raise IllegalParameter(f"client used signature scheme {cv.algorithm:#06x} that was not offered")
         content = signed_content(CLIENT_CONTEXT, self.transcript.digest())
-        verify(self.peer_certificates[0].public_key(), cv.algorithm, cv.signature, content)
+        verify_certificate_verify(self.peer_certificates[0], cv.algorithm, cv.signature, content)
         self.transcript.update(data)
         self.state = ServerState.WAIT_FINISHED
 
@@ -811,7 +813,9 @@ class ServerHandshake:
         assert isinstance(cv, M.CertificateVerify)
         if cv.algorithm not in self.config.signature_schemes:
             raise IllegalParameter(f"client used signature scheme {cv.algorithm:#06x} that was not offered")
-        verify(pha.certificates[0].public_key(), cv.algorithm, cv.signature, signed_content(CLIENT_CONTEXT, pha.transcript.digest()))
+        verify_certificate_verify(
+            pha.certificates[0], cv.algorithm, cv.signature, signed_content(CLIENT_CONTEXT, pha.transcript.digest())
+        )
         pha.transcript.update(data)
         self.state = ServerState.PHA_WAIT_FINISHED
 
