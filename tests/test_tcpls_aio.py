@@ -280,3 +280,51 @@ def test_plain_tls_client_gets_stream_0():
             writer.close()
 
     run(main())
+
+
+def test_blocking_api_against_asyncio_server():
+    import threading
+
+    from tcpls.sync import tcpls_session as tsync
+
+    ccfg, scfg = _configs()
+    blob = os.urandom(2_000_000)
+    ready = threading.Event()
+    stop = threading.Event()
+    box = {}
+
+    def server_thread():
+        async def main():
+            srv = await _server(scfg, on_stream=_echo)
+            box["port"] = srv.addresses[0][1]
+            ready.set()
+            async with srv:
+                while not stop.is_set():
+                    await asyncio.sleep(0.05)
+
+        asyncio.run(main())
+
+    t = threading.Thread(target=server_thread, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    try:
+        with tsync.connect("127.0.0.1", box["port"], config=ccfg, server_name="localhost") as client:
+            assert client.join("127.0.0.2") == 1
+            s = client.open_stream()
+            got = bytearray()
+
+            def reader():
+                while data := s.recv(65536, timeout=20):
+                    got.extend(data)
+
+            rt = threading.Thread(target=reader)
+            rt.start()
+            for i in range(0, len(blob), 100_000):
+                s.sendall(blob[i : i + 100_000], timeout=20)
+            s.shutdown_write()
+            rt.join(20)
+            assert sha(bytes(got)) == sha(blob)
+            assert client.connection_ids() == [0, 1]
+    finally:
+        stop.set()
+        t.join(10)
