@@ -343,22 +343,7 @@ class TLSConnection:
     # ------------------------------------------------------------------ input
     def receive_data(self, data: bytes | bytearray | memoryview, now: float = 0.0) -> None:
         """Process bytes received from the transport."""
-        if self.terminated:
-            raise ConnectionClosedError("the connection has failed")
-        if not self._started:
-            self._started = True
-        self._now = now
-        if not data:
-            return
-        self._reader.feed(data)
-        try:
-            self._process_records()
-        except LocalProtocolError as exc:
-            self._fail(exc)
-            raise
-        finally:
-            self._flush_received()
-            self._flush_handshake()
+        self._receive(data, now, borrowed=False)
 
     def receive_data_borrowed(self, data: bytes | bytearray | memoryview, now: float = 0.0) -> None:
         """Like :meth:`receive_data`, without copying ``data``.
@@ -367,6 +352,9 @@ class TLSConnection:
         this call returns (e.g. the target of ``socket.recv_into``): the
         engine copies out only an incomplete trailing record.
         """
+        self._receive(data, now, borrowed=True)
+
+    def _receive(self, data: bytes | bytearray | memoryview, now: float, borrowed: bool) -> None:
         if self.terminated:
             raise ConnectionClosedError("the connection has failed")
         if not self._started:
@@ -374,14 +362,19 @@ class TLSConnection:
         self._now = now
         if not data:
             return
-        self._reader.feed_borrowed(data)
+        reader = self._reader
+        if borrowed:
+            reader.feed_borrowed(data)
+        else:
+            reader.feed(data)
         try:
             self._process_records()
         except LocalProtocolError as exc:
             self._fail(exc)
             raise
         finally:
-            self._reader.release()
+            if borrowed:
+                reader.release()
             self._flush_received()
             self._flush_handshake()
 

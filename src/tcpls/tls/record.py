@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..errors import DecodeError, ProtocolVersionError, RecordOverflow, UnexpectedMessage
+from ..errors import ProtocolVersionError, RecordOverflow, UnexpectedMessage
 from .enums import ContentType
 
 __all__ = ["MAX_PLAINTEXT", "MAX_CIPHERTEXT", "RecordReader", "encode_plaintext_records"]

@@ -39,7 +39,6 @@ from cryptography import x509
 
 from ...errors import (
     DecodeError,
-    DecryptError,
     HandshakeFailure,
     IllegalParameter,
     LocalProtocolError,
@@ -67,7 +66,7 @@ from ..enums import (
 from ..kex import KeyShare
 from ..key_schedule import EarlySecret, HandshakeSecret, MasterSecret, finished_verify_data, resumption_psk
 from ..session import MAX_TICKET_LIFETIME, Session
-from ..signatures import CLIENT_CONTEXT, SERVER_CONTEXT, choose_scheme, sign, signed_content, verify_certificate_verify
+from ..signatures import CLIENT_CONTEXT, SERVER_CONTEXT, choose_scheme, sign, signed_content
 from ..suites import CipherSuiteInfo, suite_info
 from ..transcript import Transcript
 from ..verify import parse_certificates, verify_chain_only, verify_server_chain
@@ -77,8 +76,9 @@ from .common import (
     ALLOWED_IN_HRR,
     ALLOWED_IN_SERVER_HELLO,
     RecordSink,
+    check_certificate_verify,
+    check_finished,
     check_server_extensions,
-    constant_time_equal,
     decode_certificate,
     encode_certificate,
     offered_compression,
@@ -591,12 +591,9 @@ class ClientHandshake:
         self.state = ClientState.WAIT_CV
 
     def _handle_certificate_verify(self, data: bytes) -> None:
-        cv = self._decode(H.certificate_verify, data)
-        assert isinstance(cv, M.CertificateVerify)
-        if cv.algorithm not in self.config.signature_schemes:
-            raise IllegalParameter(f"server used signature scheme {cv.algorithm:#06x} that was not offered")
-        content = signed_content(SERVER_CONTEXT, self.transcript.digest())
-        verify_certificate_verify(self.peer_certificates[0], cv.algorithm, cv.signature, content)
+        check_certificate_verify(
+            data, self.config, self.peer_certificates[0], self.transcript.digest(), SERVER_CONTEXT, "server"
+        )
         self.transcript.update(data)
         self.state = ClientState.WAIT_FINISHED
 
@@ -604,11 +601,7 @@ class ClientHandshake:
     def _handle_finished(self, data: bytes) -> None:
         suite = self.suite
         assert suite is not None and self.handshake_secret is not None
-        fin = self._decode(H.finished, data)
-        assert isinstance(fin, M.Finished)
-        expected = finished_verify_data(suite.hash_name, self.server_hs_secret, self.transcript.digest())
-        if not constant_time_equal(expected, fin.verify_data):
-            raise DecryptError("server Finished does not verify")
+        check_finished(data, suite, self.server_hs_secret, self.transcript.digest(), "server")
         self.transcript.update(data)
         # RFC 9846 §7.1: application secrets over ClientHello..server Finished.
         th = self.transcript.digest()

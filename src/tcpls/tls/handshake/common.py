@@ -9,20 +9,25 @@ implements it; DTLS can implement it differently and reuse the handlers.
 from __future__ import annotations
 
 import hmac
-from typing import Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 from typing import Optional, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ...errors import BadCertificate, IllegalParameter, UnexpectedMessage, UnsupportedExtension
+from ...errors import BadCertificate, DecryptError, IllegalParameter, UnexpectedMessage, UnsupportedExtension
 from .. import certcompress
 from .. import extensions as X
 from .. import messages as M
 from ..enums import ExtensionType as E
 from ..enums import HandshakeType, enum_name
+from ..key_schedule import finished_verify_data
+from ..signatures import signed_content, verify_certificate_verify
 from ..suites import CipherSuiteInfo
+
+if TYPE_CHECKING:
+    from ..config import TLSConfig
 
 # RFC 9846 §4.2: the messages in which each extension may appear.
 ALLOWED_IN_SERVER_HELLO = frozenset({E.key_share, E.pre_shared_key, E.supported_versions})
@@ -151,3 +156,27 @@ Handler = Callable[[object, bytes], None]
 
 def unexpected(state: object, msg_type: int) -> UnexpectedMessage:
     return UnexpectedMessage(f"{enum_name(HandshakeType, msg_type)} is not expected in state {getattr(state, 'name', state)}")
+
+
+def check_certificate_verify(
+    data: bytes, config: "TLSConfig", certificate: object, transcript_hash: bytes, context: bytes, peer: str
+) -> None:
+    """RFC 9846 §4.4.3: the peer's CertificateVerify over the transcript so far.
+
+    The scheme must be one we offered (illegal_parameter) and fit the
+    certificate's key; a signature that does not verify is decrypt_error.
+    """
+    cv = M.decode_handshake(HandshakeType.certificate_verify, memoryview(data)[4:])
+    assert isinstance(cv, M.CertificateVerify)
+    if cv.algorithm not in config.signature_schemes:
+        raise IllegalParameter(f"{peer} used signature scheme {cv.algorithm:#06x} that was not offered")
+    verify_certificate_verify(certificate, cv.algorithm, cv.signature, signed_content(context, transcript_hash))
+
+
+def check_finished(data: bytes, suite: CipherSuiteInfo, base_key: bytes, transcript_hash: bytes, peer: str) -> None:
+    """RFC 9846 §4.4.4: the peer's Finished; a wrong verify_data is decrypt_error."""
+    fin = M.decode_handshake(HandshakeType.finished, memoryview(data)[4:], hash_len=suite.hash_len)
+    assert isinstance(fin, M.Finished)
+    expected = finished_verify_data(suite.hash_name, base_key, transcript_hash)
+    if not constant_time_equal(expected, fin.verify_data):
+        raise DecryptError(f"{peer} Finished does not verify")

@@ -67,6 +67,8 @@ from ..transcript import Transcript
 from ..verify import parse_certificates, verify_client_chain
 from .common import (
     RecordSink,
+    check_certificate_verify,
+    check_finished,
     constant_time_equal,
     decode_certificate,
     encode_certificate,
@@ -695,23 +697,16 @@ class ServerHandshake:
         self.state = ServerState.WAIT_CV
 
     def _handle_certificate_verify(self, data: bytes) -> None:
-        cv = self._decode(H.certificate_verify, data)
-        assert isinstance(cv, M.CertificateVerify)
-        if cv.algorithm not in self.config.signature_schemes:
-            raise IllegalParameter(f"client used signature scheme {cv.algorithm:#06x} that was not offered")
-        content = signed_content(CLIENT_CONTEXT, self.transcript.digest())
-        verify_certificate_verify(self.peer_certificates[0], cv.algorithm, cv.signature, content)
+        check_certificate_verify(
+            data, self.config, self.peer_certificates[0], self.transcript.digest(), CLIENT_CONTEXT, "client"
+        )
         self.transcript.update(data)
         self.state = ServerState.WAIT_FINISHED
 
     def _handle_finished(self, data: bytes) -> None:
         suite = self.suite
         assert suite is not None and self.master_secret is not None
-        fin = self._decode(H.finished, data)
-        assert isinstance(fin, M.Finished)
-        expected = finished_verify_data(suite.hash_name, self.client_hs_secret, self.transcript.digest())
-        if not constant_time_equal(expected, fin.verify_data):
-            raise DecryptError("client Finished does not verify")
+        check_finished(data, suite, self.client_hs_secret, self.transcript.digest(), "client")
         self.transcript.update(data)
         self.sink.set_read_secret(suite, self.client_app_secret)
         self.resumption_secret = self.master_secret.resumption_master_secret(self.transcript.digest())
