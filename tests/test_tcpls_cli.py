@@ -57,3 +57,22 @@ def test_cli_serve_file_with_migration(pki, tcpls_cli_server, tmp_path):
     s = _summary(res.stderr)
     assert s["migrations"] == "1"
     assert set(s["paths"]) == {0, 1}
+
+
+def test_cli_tcpls_client_falls_back_to_plain_tls_server(pki, tcpls_cli_server):
+    server = tcpls_cli_server("--cert", pki.leaf().cert_file, "--key", pki.leaf().key_file, "--echo")
+    data = os.urandom(300_000)
+    res = run_tcpls_cli(
+        ["client", "--tcpls", "127.0.0.1", str(server.port), "--cafile", pki.ca_file, "--sni", "localhost", "-v"], data
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == data
+    assert b"tcpls: no (plain TLS 1.3)" in res.stderr
+
+
+def test_cli_plain_tls_client_against_tcpls_server(pki, tcpls_cli_server):
+    server = tcpls_cli_server(*_server_args(pki, "--echo"))
+    data = os.urandom(200_000)
+    res = run_tcpls_cli(["client", "127.0.0.1", str(server.port), "--cafile", pki.ca_file], data)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == data
