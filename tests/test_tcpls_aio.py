@@ -328,3 +328,29 @@ def test_blocking_api_against_asyncio_server():
     finally:
         stop.set()
         t.join(10)
+
+
+def test_user_timeout_and_event_queue():
+    import socket
+
+    ccfg, scfg = _configs()
+
+    async def main():
+        srv = await _server(scfg, on_stream=_echo, user_timeout=4321)
+        async with srv:
+            client = await tio.connect("127.0.0.1", srv.addresses[0][1], config=ccfg, server_name="localhost", user_timeout=1234)
+            await client.join("127.0.0.2")
+            for cid in (0, 1):
+                sock = client._conns[cid].transport.get_extra_info("socket")
+                assert sock.getsockopt(socket.IPPROTO_TCP, tio.TCP_USER_TIMEOUT) == 1234
+            (server_session,) = srv.sessions
+            sock = server_session._conns[1].transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, tio.TCP_USER_TIMEOUT) == 4321
+            kinds = []
+            while not client.events.empty():
+                kinds.append(type(client.events.get_nowait()).__name__)
+            assert kinds[0] == "HandshakeCompleted"
+            assert "ConnectionJoined" in kinds and "AddressAdvertised" in kinds
+            await client.close()
+
+    run(main())

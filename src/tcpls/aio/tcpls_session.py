@@ -78,6 +78,7 @@ logger = logging.getLogger("tcpls.aio.tcpls")
 
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)  # Linux
 DEFAULT_LIMIT = 1 << 20
+EVENTS_KEPT = 4096  # SessionDriver.events keeps at most this many unread events
 
 Addr = tuple[str, int]
 
@@ -248,7 +249,8 @@ class SessionDriver:
         self._error: Optional[BaseException] = None
         self._handshake: asyncio.Future[ev.HandshakeCompleted] = self._loop.create_future()
         self.peer_closed: asyncio.Future[None] = self._loop.create_future()
-        self.events: asyncio.Queue[ev.Event] = asyncio.Queue()  # every event but stream data
+        # every event but stream data; the oldest are dropped past EVENTS_KEPT (nobody may read them)
+        self.events: asyncio.Queue[ev.Event] = asyncio.Queue()
         self.failovers = 0  # connections lost while the session lived on
         self.migrations = 0
         self.local_addrs: dict[int, Any] = {}
@@ -572,6 +574,8 @@ class SessionDriver:
                 if not self.peer_closed.done():
                     self.peer_closed.set_result(None)
                 self._on_peer_closed()
+            if self.events.qsize() >= EVENTS_KEPT:
+                self.events.get_nowait()
             self.events.put_nowait(e)
 
     def _on_handshake(self) -> None:
