@@ -33,6 +33,10 @@ DEFAULT_GROUPS: tuple[NamedGroup, ...] = (
     NamedGroup.secp384r1,
     NamedGroup.x448,
     NamedGroup.secp521r1,
+    # RFC 7919 finite-field groups, last: only when a peer has nothing better.
+    NamedGroup.ffdhe2048,
+    NamedGroup.ffdhe3072,
+    NamedGroup.ffdhe4096,
 )
 # What we accept in CertificateVerify (RFC 9846 §4.2.3), in preference order.
 DEFAULT_SIGNATURE_SCHEMES: tuple[SignatureScheme, ...] = (

@@ -134,6 +134,7 @@ class NamedGroup(IntEnum):
     x448 = 0x001E
     ffdhe2048 = 0x0100
     ffdhe3072 = 0x0101
+    ffdhe4096 = 0x0102
     X25519MLKEM768 = 0x11EC
 
 

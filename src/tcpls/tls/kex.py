@@ -8,11 +8,12 @@ illegal_parameter alert (RFC 9846 §4.2.8.2).
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import dh, ec, x448, x25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import IllegalParameter
 from .enums import NamedGroup
+from .ffdhe import FFDHE2048_P, FFDHE3072_P, FFDHE4096_P, GENERATOR
 
 _CURVES: dict[int, type[ec.EllipticCurve]] = {
     NamedGroup.secp256r1: ec.SECP256R1,
@@ -21,7 +22,19 @@ _CURVES: dict[int, type[ec.EllipticCurve]] = {
 }
 _POINT_LEN = {NamedGroup.secp256r1: 65, NamedGroup.secp384r1: 97, NamedGroup.secp521r1: 133}
 
-SUPPORTED_GROUPS = frozenset((NamedGroup.x25519, NamedGroup.x448, *_CURVES))
+# RFC 7919 groups: parameters built once, on first use.
+_FFDHE_PRIMES = {NamedGroup.ffdhe2048: FFDHE2048_P, NamedGroup.ffdhe3072: FFDHE3072_P, NamedGroup.ffdhe4096: FFDHE4096_P}
+_FFDHE_PARAMETERS: dict[int, dh.DHParameters] = {}
+
+
+def _ffdhe_parameters(group: int) -> dh.DHParameters:
+    params = _FFDHE_PARAMETERS.get(group)
+    if params is None:
+        params = _FFDHE_PARAMETERS[group] = dh.DHParameterNumbers(_FFDHE_PRIMES[group], GENERATOR).parameters()
+    return params
+
+
+SUPPORTED_GROUPS = frozenset((NamedGroup.x25519, NamedGroup.x448, *_CURVES, *_FFDHE_PRIMES))
 
 
 class KeyShare:
@@ -37,6 +50,12 @@ class KeyShare:
         elif group == NamedGroup.x448:
             self._private = x448.X448PrivateKey.generate()
             self.public = self._private.public_key().public_bytes_raw()  # type: ignore[attr-defined]
+        elif group in _FFDHE_PRIMES:
+            # RFC 9846 §4.2.8.1: Y as a big-endian integer left-padded to the size of p.
+            self._private = _ffdhe_parameters(group).generate_private_key()
+            size = (_FFDHE_PRIMES[group].bit_length() + 7) // 8
+            y = self._private.public_key().public_numbers().y  # type: ignore[attr-defined]
+            self.public = y.to_bytes(size, "big")
         elif group in _CURVES:
             self._private = ec.generate_private_key(_CURVES[group]())
             # RFC 9846 §4.2.8.2: uncompressed UncompressedPointRepresentation.
@@ -65,6 +84,8 @@ class KeyShare:
                 if secret == bytes(56):
                     raise IllegalParameter("x448 shared secret is zero")
                 return secret
+            if group in _FFDHE_PRIMES:
+                return self._exchange_ffdhe(peer_share)
             if len(peer_share) != _POINT_LEN[group] or peer_share[0] != 4:
                 raise IllegalParameter("ECDHE share must be an uncompressed point of the right size")
             peer = ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[group](), peer_share)
@@ -73,3 +94,16 @@ class KeyShare:
             raise
         except (ValueError, TypeError) as exc:
             raise IllegalParameter(f"invalid key share for group {group}: {exc}") from None
+
+    def _exchange_ffdhe(self, peer_share: bytes) -> bytes:
+        """RFC 9846 §4.2.8.1 and §7.4.1: the peer's Y must be exactly the size
+        of p and satisfy 1 < Y < p-1; the shared secret keeps its leading zeros."""
+        p = _FFDHE_PRIMES[self.group]
+        size = (p.bit_length() + 7) // 8
+        if len(peer_share) != size:
+            raise IllegalParameter(f"FFDHE key share must be {size} bytes")
+        y = int.from_bytes(peer_share, "big")
+        if not 1 < y < p - 1:
+            raise IllegalParameter("FFDHE public value out of range")
+        peer = dh.DHPublicNumbers(y, dh.DHParameterNumbers(p, GENERATOR)).public_key()
+        return self._private.exchange(peer).rjust(size, b"\x00")  # type: ignore[attr-defined]
