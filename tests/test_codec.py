@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import pathlib
-import struct
 from typing import Any
 
 import pytest

@@ -14,7 +14,7 @@ from tcpls.tls.config import TLSConfig
 from tcpls.tls.enums import AlertDescription as A
 from tcpls.tls.enums import CipherSuite, NamedGroup
 
-from tlspair import client_cert, configs, make_pair, pki
+from tlspair import client_cert, configs, make_pair
 
 SUITES = [CipherSuite.TLS_AES_128_GCM_SHA256, CipherSuite.TLS_AES_256_GCM_SHA384, CipherSuite.TLS_CHACHA20_POLY1305_SHA256]
 GROUPS = [NamedGroup.x25519, NamedGroup.secp256r1, NamedGroup.secp384r1, NamedGroup.x448]

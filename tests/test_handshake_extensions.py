@@ -15,7 +15,6 @@ from tcpls.errors import LocalProtocolError, RemoteAlert, UsageError
 from tcpls.tls import events as ev
 from tcpls.tls import messages as M
 from tcpls.tls.config import LazyCertificate, TLSConfig
-from tcpls.tls.connection import TLSConnection
 from tcpls.tls.enums import AlertDescription, CertificateCompressionAlgorithm as CCA, ContentType, ExtensionType as E, HandshakeType as H
 from tlspair import client_cert, configs, make_pair, pki
 

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from tcpls.errors import (
     BadRecordMac,
-    DecodeError,
     InternalError,
     ProtocolVersionError,
     RecordOverflow,

@@ -12,7 +12,6 @@ from cryptography import x509
 
 from tcpls.errors import LocalProtocolError, RemoteAlert
 from tcpls.tls.config import TLSConfig
-from tcpls.tls.connection import TLSConnection
 from tcpls.tls.enums import AlertDescription as A
 from tcpls.tls.enums import SignatureScheme as S
 

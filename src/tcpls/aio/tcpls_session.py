@@ -53,7 +53,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections import deque
 from typing import Any, Awaitable, Callable, Iterable, Optional, Sequence, Union
 
 from ..errors import ConnectionClosedError, ProtocolError

@@ -368,8 +368,10 @@ async def _serve(args: argparse.Namespace, config: TLSConfig) -> int:
         if not os.path.isfile(path):
             raise UsageFailure(f"--serve-file: {path} is not a readable file")
 
-        async def handler(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> None:
+        async def serve_file(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> None:
             await _serve_file(path, reader, writer)
+
+        handler = serve_file
 
     handler = _with_ktls(getattr(args, "ktls", "off"), handler)
     handler = _post_handshake_actions(args, handler)

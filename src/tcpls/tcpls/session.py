@@ -41,7 +41,6 @@ from dataclasses import replace
 from typing import Optional
 
 from ..errors import (
-    BadRecordMac,
     ConnectionClosedError,
     DecodeError,
     IllegalParameter,
