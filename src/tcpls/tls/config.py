@@ -37,6 +37,8 @@ DEFAULT_GROUPS: tuple[NamedGroup, ...] = (
     NamedGroup.ffdhe2048,
     NamedGroup.ffdhe3072,
     NamedGroup.ffdhe4096,
+    NamedGroup.ffdhe6144,
+    NamedGroup.ffdhe8192,
 )
 # What we accept in CertificateVerify (RFC 9846 §4.2.3), in preference order.
 DEFAULT_SIGNATURE_SCHEMES: tuple[SignatureScheme, ...] = (

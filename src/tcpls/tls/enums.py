@@ -135,6 +135,8 @@ class NamedGroup(IntEnum):
     ffdhe2048 = 0x0100
     ffdhe3072 = 0x0101
     ffdhe4096 = 0x0102
+    ffdhe6144 = 0x0103
+    ffdhe8192 = 0x0104
     X25519MLKEM768 = 0x11EC
 
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import IllegalParameter
 from .enums import NamedGroup
-from .ffdhe import FFDHE2048_P, FFDHE3072_P, FFDHE4096_P, GENERATOR
+from .ffdhe import FFDHE2048_P, FFDHE3072_P, FFDHE4096_P, FFDHE6144_P, FFDHE8192_P, GENERATOR
 
 _CURVES: dict[int, type[ec.EllipticCurve]] = {
     NamedGroup.secp256r1: ec.SECP256R1,
@@ -23,7 +23,13 @@ _CURVES: dict[int, type[ec.EllipticCurve]] = {
 _POINT_LEN = {NamedGroup.secp256r1: 65, NamedGroup.secp384r1: 97, NamedGroup.secp521r1: 133}
 
 # RFC 7919 groups: parameters built once, on first use.
-_FFDHE_PRIMES = {NamedGroup.ffdhe2048: FFDHE2048_P, NamedGroup.ffdhe3072: FFDHE3072_P, NamedGroup.ffdhe4096: FFDHE4096_P}
+_FFDHE_PRIMES = {
+    NamedGroup.ffdhe2048: FFDHE2048_P,
+    NamedGroup.ffdhe3072: FFDHE3072_P,
+    NamedGroup.ffdhe4096: FFDHE4096_P,
+    NamedGroup.ffdhe6144: FFDHE6144_P,
+    NamedGroup.ffdhe8192: FFDHE8192_P,
+}
 _FFDHE_PARAMETERS: dict[int, dh.DHParameters] = {}
 
 
