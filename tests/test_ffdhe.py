@@ -16,7 +16,7 @@ from tcpls.tls.enums import NamedGroup
 from tcpls.tls.kex import KeyShare
 
 from conftest import run_s_client
-from tlspair import configs, make_pair
+from tlspair import EchoServer, configs, make_pair
 
 GROUPS = {
     NamedGroup.ffdhe2048: ffdhe.FFDHE2048_P,
@@ -108,44 +108,23 @@ def test_shared_secret_keeps_leading_zeros():
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 def test_openssl_client_with_ffdhe2048(pki):
-    import threading
-
-    from tcpls.errors import TLSError
     from tcpls.tls.config import TLSConfig
 
     server = TLSConfig()
     leaf = pki.leaf("ec256")
     server.load_cert_chain(leaf.cert_file, leaf.key_file)
-    listener = sync.create_server(("127.0.0.1", 0), server)
-    port = listener.getsockname()[1]
-    groups = []
-
-    def serve():
-        conn, _ = listener.accept()
-        with conn:
-            conn.settimeout(20)
-            try:
-                while chunk := conn.recv(65536):
-                    groups.append(conn.group)
-                    conn.sendall(chunk)
-            except TLSError:
-                pass  # s_client may leave without close_notify
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
     data = b"ffdhe interop\n"
-    res = run_s_client(
-        port,
-        ["-tls1_3", "-ign_eof", "-nocommands", "-groups", "ffdhe2048", "-CAfile", pki.ca_file,
-         "-servername", "localhost", "-verify_return_error"],
-        data,
-        expect_text=data,
-        close_stdin=False,
-    )
+    with EchoServer(server) as srv:
+        res = run_s_client(
+            srv.port,
+            ["-tls1_3", "-ign_eof", "-nocommands", "-groups", "ffdhe2048", "-CAfile", pki.ca_file,
+             "-servername", "localhost", "-verify_return_error"],
+            data,
+            expect_text=data,
+            close_stdin=False,
+        )
     assert data in res.stdout, res.text[-2000:]
-    t.join(20)
-    listener.close()
-    assert groups and groups[0] == NamedGroup.ffdhe2048
+    assert srv.groups and srv.groups[0] == NamedGroup.ffdhe2048
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")

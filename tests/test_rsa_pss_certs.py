@@ -16,7 +16,7 @@ from tcpls.tls.enums import AlertDescription as A
 from tcpls.tls.enums import SignatureScheme as S
 
 from conftest import run_s_client
-from tlspair import make_pair
+from tlspair import EchoServer, make_pair
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI to make RSA-PSS keys")
 
@@ -101,37 +101,15 @@ def test_rsae_signature_from_pss_key_is_illegal_parameter(pss_pki):
 
 
 def test_openssl_client_against_pss_certificate(pss_pki):
-    import threading
-
-    from tcpls import sync
-
     _, server = _configs(pss_pki)
-    listener = sync.create_server(("127.0.0.1", 0), server)
-    port = listener.getsockname()[1]
-
-    def serve():
-        from tcpls.errors import TLSError
-
-        conn, _ = listener.accept()
-        with conn:
-            conn.settimeout(20)
-            try:
-                while chunk := conn.recv(65536):
-                    conn.sendall(chunk)
-            except TLSError:
-                pass  # s_client may exit without close_notify
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
     data = b"pss interop\n"
-    res = run_s_client(
-        port,
-        ["-tls1_3", "-ign_eof", "-nocommands", "-CAfile", str(pss_pki / "ca.pem"), "-servername", "localhost",
-         "-verify_return_error", "-sigalgs", "rsa_pss_pss_sha256"],
-        data,
-        expect_text=data,
-        close_stdin=False,
-    )
+    with EchoServer(server) as srv:
+        res = run_s_client(
+            srv.port,
+            ["-tls1_3", "-ign_eof", "-nocommands", "-CAfile", str(pss_pki / "ca.pem"), "-servername", "localhost",
+             "-verify_return_error", "-sigalgs", "rsa_pss_pss_sha256"],
+            data,
+            expect_text=data,
+            close_stdin=False,
+        )
     assert data in res.stdout, res.text[-2000:]
-    t.join(20)
-    listener.close()

@@ -87,3 +87,41 @@ def make_pair(client_cfg: TLSConfig, server_cfg: TLSConfig, server_name: Optiona
         p.pump()
         assert p.client.handshake_complete and p.server.handshake_complete
     return p
+
+
+class EchoServer:
+    """One blocking tcpls server connection on loopback that echoes until the peer leaves.
+
+    ``groups`` records the negotiated group; use as a context manager.
+    """
+
+    def __init__(self, config: TLSConfig) -> None:
+        import threading
+
+        from tcpls import sync
+
+        self.listener = sync.create_server(("127.0.0.1", 0), config)
+        self.port = self.listener.getsockname()[1]
+        self.groups: list = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        from tcpls.errors import TLSError
+
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.settimeout(20)
+            try:
+                while chunk := conn.recv(65536):
+                    self.groups.append(conn.group)
+                    conn.sendall(chunk)
+            except TLSError:
+                pass  # e.g. openssl s_client leaving without close_notify
+
+    def __enter__(self) -> "EchoServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.join(20)
+        self.listener.close()
