@@ -8,7 +8,9 @@ illegal_parameter alert (RFC 9846 §4.2.8.2).
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.asymmetric import dh, ec, x448, x25519
+import warnings
+
+from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import IllegalParameter
@@ -30,13 +32,26 @@ _FFDHE_PRIMES = {
     NamedGroup.ffdhe6144: FFDHE6144_P,
     NamedGroup.ffdhe8192: FFDHE8192_P,
 }
-_FFDHE_PARAMETERS: dict[int, dh.DHParameters] = {}
+_FFDHE_PARAMETERS: dict[int, object] = {}
+
+# cryptography deprecates finite-field DH (a warning since 47/48, removal
+# announced). FFDHE is a fallback group here, so: no warning for users when it
+# is negotiated, and no FFDHE at all once the API is gone.
+try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from cryptography.hazmat.primitives.asymmetric import dh
+except ImportError:  # pragma: no cover - a future cryptography without FFDH
+    dh = None  # type: ignore[assignment]
+    _FFDHE_PRIMES.clear()
 
 
-def _ffdhe_parameters(group: int) -> dh.DHParameters:
+def _ffdhe_parameters(group: int) -> object:
     params = _FFDHE_PARAMETERS.get(group)
     if params is None:
-        params = _FFDHE_PARAMETERS[group] = dh.DHParameterNumbers(_FFDHE_PRIMES[group], GENERATOR).parameters()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            params = _FFDHE_PARAMETERS[group] = dh.DHParameterNumbers(_FFDHE_PRIMES[group], GENERATOR).parameters()
     return params
 
 
@@ -58,7 +73,9 @@ class KeyShare:
             self.public = self._private.public_key().public_bytes_raw()  # type: ignore[attr-defined]
         elif group in _FFDHE_PRIMES:
             # RFC 9846 §4.2.8.1: Y as a big-endian integer left-padded to the size of p.
-            self._private = _ffdhe_parameters(group).generate_private_key()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._private = _ffdhe_parameters(group).generate_private_key()  # type: ignore[attr-defined]
             size = (_FFDHE_PRIMES[group].bit_length() + 7) // 8
             y = self._private.public_key().public_numbers().y  # type: ignore[attr-defined]
             self.public = y.to_bytes(size, "big")
@@ -111,5 +128,7 @@ class KeyShare:
         y = int.from_bytes(peer_share, "big")
         if not 1 < y < p - 1:
             raise IllegalParameter("FFDHE public value out of range")
-        peer = dh.DHPublicNumbers(y, dh.DHParameterNumbers(p, GENERATOR)).public_key()
-        return self._private.exchange(peer).rjust(size, b"\x00")  # type: ignore[attr-defined]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            peer = dh.DHPublicNumbers(y, dh.DHParameterNumbers(p, GENERATOR)).public_key()
+            return self._private.exchange(peer).rjust(size, b"\x00")  # type: ignore[attr-defined]
