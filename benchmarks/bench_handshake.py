@@ -130,10 +130,8 @@ def _step(obj: ssl.SSLObject) -> bool:
         return False
 
 
-def ssl_handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, session=None):
-    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_ctx.wrap_bio(c_in, c_out, server_side=False, server_hostname=SERVER_NAME, session=session)
-    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+def _pump(client, server, c_in, c_out, s_in, s_out) -> bool:
+    """Drive two ssl objects over memory BIOs; True once both handshakes are done."""
     c_done = s_done = False
     for _ in range(20):
         if not c_done:
@@ -145,8 +143,15 @@ def ssl_handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, sessio
         if s_out.pending:
             c_in.write(s_out.read())
         if c_done and s_done:
-            break
-    else:
+            return True
+    return False
+
+
+def ssl_handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, session=None):
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_side=False, server_hostname=SERVER_NAME, session=session)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    if not _pump(client, server, c_in, c_out, s_in, s_out):
         raise RuntimeError("ssl handshake did not complete")
     if client.version() != "TLSv1.3":
         raise RuntimeError(f"ssl negotiated {client.version()}")
@@ -160,18 +165,7 @@ def ssl_session(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext):
     c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
     client = client_ctx.wrap_bio(c_in, c_out, server_side=False, server_hostname=SERVER_NAME)
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
-    c_done = s_done = False
-    for _ in range(20):
-        if not c_done:
-            c_done = _step(client)
-        if c_out.pending:
-            s_in.write(c_out.read())
-        if not s_done:
-            s_done = _step(server)
-        if s_out.pending:
-            c_in.write(s_out.read())
-        if c_done and s_done:
-            break
+    _pump(client, server, c_in, c_out, s_in, s_out)
     try:
         client.read(1)  # processes the NewSessionTickets
     except ssl.SSLWantReadError:

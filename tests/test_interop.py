@@ -381,19 +381,24 @@ def test_hrr_our_client(openssl_server, pki):
     assert (srv.stdout + srv.stderr).count("ALPN protocols advertised by the client") == 2
 
 
-@needs_openssl
-def test_hrr_our_server(thread_server, pki):
-    """s_client shares only its first group (P-256); we accept only x25519 -> HRR."""
-    srv = thread_server(server_config(pki, groups=["x25519"]))
-    data = b"after hello retry\n"
-    res = run_s_client(
-        srv.port,
+def _s_client_p256_first(port: int, pki, data: bytes):
+    """s_client with -msg that sends a key share for P-256 only (X25519 listed second)."""
+    return run_s_client(
+        port,
         ["-tls1_3", "-msg", "-ign_eof", "-nocommands", "-groups", "P-256:X25519", "-CAfile", pki.ca_file,
          "-servername", "localhost", "-verify_return_error"],
         data,
         expect_text=data,
         close_stdin=False,
     )
+
+
+@needs_openssl
+def test_hrr_our_server(thread_server, pki):
+    """s_client shares only its first group (P-256); we accept only x25519 -> HRR."""
+    srv = thread_server(server_config(pki, groups=["x25519"]))
+    data = b"after hello retry\n"
+    res = _s_client_p256_first(srv.port, pki, data)
     assert data in res.stdout, res.text[-3000:]
     out = res.stdout.decode("latin-1")
     assert len(re.findall(r">>> .*ClientHello", out)) == 2, "s_client should send a second ClientHello"
@@ -410,14 +415,7 @@ def test_hrr_cookie_our_server(thread_server, pki):
     cfg.hello_retry_cookie = True
     srv = thread_server(cfg)
     data = b"after a cookie\n"
-    res = run_s_client(
-        srv.port,
-        ["-tls1_3", "-msg", "-ign_eof", "-nocommands", "-groups", "P-256:X25519", "-CAfile", pki.ca_file,
-         "-servername", "localhost", "-verify_return_error"],
-        data,
-        expect_text=data,
-        close_stdin=False,
-    )
+    res = _s_client_p256_first(srv.port, pki, data)
     assert data in res.stdout, res.text[-3000:]
     out = res.stdout.decode("latin-1").lower()
     hellos = re.split(r">>> .*clienthello", out)
