@@ -1,4 +1,4 @@
-"""``tcpls`` command line: ``server``, ``client`` and ``demo`` subcommands."""
+"""``tcpls`` command line: ``server``, ``client``, ``demo`` and ``plot`` subcommands."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import commands, tcpls_mode
+from . import commands, plot, tcpls_mode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a local server and client with a throwaway CA")
     demo.set_defaults(func=commands.cmd_demo)
+
+    plot.add_parser(sub)
     return parser
 
 
