@@ -54,6 +54,7 @@ from ..tls import events as tls_ev
 from ..tls.connection import TLSConnection
 from ..tls.enums import AlertDescription, AlertLevel, ContentType, HandshakeType
 from ..tls.record import encode_plaintext_records
+from ..tls.suites import suite_info
 from . import events as ev
 from . import frames as F
 from .codepoints import NON_ACK_ELICITING, FrameType
@@ -472,7 +473,9 @@ class TCPLSSession:
                     tls.close()
             self._drain_tls()
             return
-        suite, tx, tx_seq, rx, rx_seq = tls.application_traffic_state()
+        state = tls.export_traffic_state()
+        suite = suite_info(state.cipher_suite)
+        tx, tx_seq, rx, rx_seq = state.tx_secret, state.tx_seq, state.rx_secret, state.rx_seq
         self._keys = (suite, tx, rx)
         self.mode = "tcpls"
         conn0 = self._conns[0]
