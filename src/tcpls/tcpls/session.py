@@ -36,7 +36,7 @@ reads a clock or touches a socket.
 from __future__ import annotations
 
 import ipaddress
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import replace
 from typing import Optional
 
@@ -53,7 +53,7 @@ from ..errors import (
 from ..tls import events as tls_ev
 from ..tls.connection import TLSConnection
 from ..tls.enums import AlertDescription, AlertLevel, ContentType, HandshakeType
-from ..tls.record import encode_plaintext_records
+from ..tls.record import RecordReader, encode_plaintext_records
 from ..tls.suites import suite_info
 from . import events as ev
 from . import frames as F
@@ -66,6 +66,7 @@ from .stream import Stream
 
 _MAX_CONTENT = 1 << 14
 _CONTROL_RESERVE = 256  # room kept in a data record for control frames
+_MAX_EARLY_JOIN_BYTES = 2 * (5 + _MAX_CONTENT + 256)  # two records
 _RETRANSMITTED = (F.NewTokenFrame, F.ConnectionResetFrame, F.StreamResetFrame, F.NewAddressFrame, F.RemoveAddressFrame)
 _FRAME_TYPE_OF = {F.Padding: FrameType.PADDING, F.AckFrame: FrameType.ACK}
 
@@ -90,6 +91,11 @@ class TCPLSSession:
         self._streams: dict[int, Stream] = {}
         self._next_stream_id = 0 if is_client else 1
         self._peer_next_stream_id = 1 if is_client else 0
+        self._peer_recv_open = 0  # peer streams whose peer->us direction is not over
+        # Forgotten (finished) streams: sid -> final size of the peer's
+        # direction, the newest max_streams of them, to tell a late duplicate
+        # (dropped) from a reused stream ID (alert).
+        self._closed: OrderedDict[int, int] = OrderedDict()
         self._scheduler = make_scheduler(config.scheduler, config.inflight_limit)
         self._keys: Optional[tuple] = None  # (suite, tx secret, rx secret) of the session
         self._control: list[tuple[Optional[int], F.Frame]] = []  # (conn_id or None = any, frame)
@@ -130,11 +136,24 @@ class TCPLSSession:
         return sorted(self._streams)
 
     def stream_send_buffer(self, stream_id: int) -> int:
-        """Bytes written to ``stream_id`` and not yet acknowledged."""
+        """Bytes written to ``stream_id`` and not yet acknowledged (0 once
+        the stream is finished and forgotten)."""
+        if self._forgotten(stream_id):
+            return 0
         return self._stream(stream_id).buffered
 
     def stream_connection(self, stream_id: int) -> Optional[int]:
+        if self._forgotten(stream_id):
+            return None
         return self._stream(stream_id).conn_id
+
+    def can_open_stream(self) -> bool:
+        """False while ``max_streams`` streams of ours are not finished on
+        our side (data and FIN, or reset, acknowledged): :meth:`open_stream`
+        would raise."""
+        parity = 0 if self.is_client else 1
+        mine = sum(1 for s in self._streams.values() if s.stream_id % 2 == parity and not s.send_closed)
+        return mine < self.config.max_streams
 
     # -------------------------------------------------------------- transport
     def start_handshake(self, now: float = 0.0) -> None:
@@ -322,7 +341,13 @@ class TCPLSSession:
                 raise UsageError("plain TLS fallback: only stream 0 exists")
             self._new_stream(0)
             return 0
+        if not self.can_open_stream():
+            raise UsageError(
+                f"{self.config.max_streams} streams of ours are still open: finish one (FIN acknowledged) or reset it"
+            )
         sid = self._next_stream_id
+        if sid >= 1 << 32:
+            raise UsageError("stream IDs exhausted (32-bit)")
         self._next_stream_id += 2
         self._new_stream(sid)
         return sid
@@ -332,6 +357,8 @@ class TCPLSSession:
         respect :meth:`stream_send_buffer` / ``SendBufferLow`` for backpressure."""
         if self.terminated or self.local_closed:
             raise ConnectionClosedError("the session is closed")
+        if self._forgotten(stream_id):
+            raise ConnectionClosedError(f"stream {stream_id} is finished")
         s = self._stream(stream_id)
         if s.fin_queued or s.reset_sent:
             raise ConnectionClosedError(f"stream {stream_id} is finished")
@@ -346,6 +373,8 @@ class TCPLSSession:
         self._flush(self._now)
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
+        if self._forgotten(stream_id):
+            return  # finished already: nothing left to abandon
         s = self._stream(stream_id)
         if s.reset_sent or self.terminated:
             return
@@ -410,6 +439,29 @@ class TCPLSSession:
         s = Stream(sid, cfg.stream_window, cfg.send_high_water, cfg.send_low_water)
         self._streams[sid] = s
         return s
+
+    def _forgotten(self, sid: int) -> bool:
+        """``sid`` was opened (by either side) and has been finished and freed."""
+        if sid in self._streams or self.mode != "tcpls":
+            return False
+        mine = sid % 2 == (0 if self.is_client else 1)
+        return 0 <= sid < (self._next_stream_id if mine else self._peer_next_stream_id)
+
+    def _recv_over(self, s: Stream) -> None:
+        """The peer's direction of ``s`` is over (FIN delivered or reset)."""
+        s.recv_finished = True
+        if s.stream_id % 2 != (0 if self.is_client else 1):
+            self._peer_recv_open -= 1
+
+    def _maybe_free(self, s: Stream) -> None:
+        """Forget ``s`` once both directions are over (bounded state over
+        any number of short streams)."""
+        if self.mode != "tcpls" or not s.finished or self._streams.get(s.stream_id) is not s:
+            return
+        del self._streams[s.stream_id]
+        self._closed[s.stream_id] = s.final_size if s.final_size is not None else s.recv_offset
+        while len(self._closed) > self.config.max_streams:
+            self._closed.popitem(last=False)
 
     def _emit(self, event: ev.Event) -> None:
         self._events.append(event)
@@ -497,7 +549,12 @@ class TCPLSSession:
             if conn.state in (ConnState.CLOSED, ConnState.FAILED) or self.terminated:
                 return
             if conn.state is ConnState.JOINING and conn.decryptor is None:
-                return  # server: keys come with the end of connection 0's handshake
+                # Server: a join that arrived before connection 0's handshake
+                # completed (draft §"Robust session establishment") waits for
+                # the session keys, with at most its proof record buffered.
+                if reader.buffered() > _MAX_EARLY_JOIN_BYTES:
+                    raise UnexpectedMessage("a join sent more than its proof before the session was established")
+                return
             rec = reader.next_record()
             if rec is None:
                 return
@@ -589,8 +646,13 @@ class TCPLSSession:
             assert isinstance(f, F.StreamResetFrame)
             s = self._peer_stream(f.stream_id)
             if s is not None and not s.recv_finished:
-                s.recv_finished = True
+                if (s.final_size is not None and f.final_offset != s.final_size) or s.recv_offset > f.final_offset:
+                    raise IllegalParameter(f"stream {f.stream_id}: Stream Reset changes its final size")
+                self._recv_over(s)
+                s.final_size = f.final_offset
+                s.drop_reorder_buffer()
                 self._emit(ev.StreamReset(f.stream_id, f.error_code))
+                self._maybe_free(s)
         elif t is F.NewAddressFrame:
             assert isinstance(f, F.NewAddressFrame)
             key = (f.version, f.address, f.port)
@@ -606,35 +668,47 @@ class TCPLSSession:
                 self._removed_addresses.add(f.address_id)
                 self._emit(ev.AddressRemoved(f.address_id))
 
-    def _peer_stream(self, sid: int) -> Optional[Stream]:
+    def _peer_stream(self, sid: int, end: Optional[int] = None, fin: bool = False) -> Optional[Stream]:
         """The stream ``sid`` named by the peer, opening it (and any lower
-        peer streams, which may still be in flight) if it is new."""
+        peer streams, which may still be in flight on other connections:
+        the draft opens streams in sequence) if it is new. None for a
+        finished stream we forgot: ``end``/``fin`` (a Stream frame's end
+        offset and FIN) must then fit its final size, else the peer reuses
+        a stream ID."""
         s = self._streams.get(sid)
         if s is not None:
             return s
+        if self._forgotten(sid):
+            final = self._closed.get(sid)
+            if final is not None and end is not None and (end > final or (fin and end != final)):
+                raise IllegalParameter(f"stream {sid} is finished: its ID cannot be reused")
+            return None  # a late duplicate (retransmission after a failover)
         peer_parity = 1 if self.is_client else 0
         if sid % 2 != peer_parity:
             raise IllegalParameter(f"stream {sid} was never opened by us")
-        if sid < self._peer_next_stream_id:
-            return None  # an old stream we already forgot
-        if (sid - peer_parity) // 2 >= self.config.max_streams:
-            raise IllegalParameter(f"stream {sid} exceeds the stream limit")
+        opened = (sid - self._peer_next_stream_id) // 2 + 1
+        if self._peer_recv_open + opened > self.config.max_streams:
+            raise IllegalParameter(
+                f"stream {sid} exceeds the stream limit ({self.config.max_streams} streams open at once)"
+            )
         while self._peer_next_stream_id <= sid:
             n = self._peer_next_stream_id
             self._peer_next_stream_id += 2
             self._new_stream(n)
+            self._peer_recv_open += 1
             self._emit(ev.StreamOpened(n))
         return self._streams[sid]
 
     def _on_stream_frame(self, f: F.StreamFrame) -> None:
-        s = self._peer_stream(f.stream_id)
+        s = self._peer_stream(f.stream_id, f.offset + len(f.data), f.fin)
         if s is None:
             return
         for offset, data in s.receive(f.offset, f.data, f.fin):
             self._emit(ev.StreamDataReceived(f.stream_id, data, offset))
         if s.fin_complete and not s.recv_finished:
-            s.recv_finished = True
+            self._recv_over(s)
             self._emit(ev.StreamEnded(f.stream_id))
+            self._maybe_free(s)
 
     def _on_ack(self, f: F.AckFrame, now: float) -> None:
         target = self._conns.get(f.conn_id)
@@ -642,15 +716,23 @@ class TCPLSSession:
             raise IllegalParameter(f"ACK for unknown connection {f.conn_id}")
         if f.highest_seq >= target.encryptor.seq:
             raise IllegalParameter(f"ACK of record {f.highest_seq} never sent on connection {f.conn_id}")
+        touched: dict[int, Stream] = {}
         for rec in target.on_ack(f.highest_seq, now):
             for sid, offset, length, fin in rec.ranges:
                 s = self._streams.get(sid)
                 if s is not None:
                     s.on_acked(offset, length, fin)
+                    touched[sid] = s
+            for c in rec.controls:
+                if isinstance(c, F.StreamResetFrame) and (s := self._streams.get(c.stream_id)) is not None:
+                    s.reset_acked = True
+                    touched[c.stream_id] = s
         for s in self._streams.values():
             if s.blocked and s.buffered < s.low_water:
                 s.blocked = False
                 self._emit(ev.SendBufferLow(s.stream_id, s.buffered))
+        for s in touched.values():
+            self._maybe_free(s)
 
     # ------------------------------------------------------- failure, joins
     def _drop_connection(self, conn: Connection, state: ConnState, reason: str, now: float, notify_peer: bool) -> None:
@@ -677,6 +759,7 @@ class TCPLSSession:
         out: list = []
         encode_plaintext_records(ContentType.ALERT, bytes((AlertLevel.FATAL, exc.alert)), out)
         conn.out.extend(out)
+        conn.reader = RecordReader()  # nothing more is read from it
         self._drop_connection(conn, ConnState.FAILED, f"join refused: {exc}", self._now, notify_peer=False)
 
     def _replenish_tokens(self) -> None:
