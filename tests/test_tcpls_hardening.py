@@ -276,3 +276,143 @@ def test_join_with_garbage_instead_of_a_client_hello():
     with pytest.raises(ProtocolError):
         p.server.accept_join(b"\x16\x03\x01\x00\x05" + b"\x02\x00\x00\x01\x00", p.now)
     assert not p.server.terminated and p.server.connection_ids() == [0]
+
+
+# ---------------------------------------------------------------- KeyUpdate
+def _updates(events, conn_id=None):
+    return [(e.conn_id, e.direction) for e in of_type(events, ev.KeyUpdated) if conn_id is None or e.conn_id == conn_id]
+
+
+def test_key_update_both_directions_data_continues():
+    from tcpls.tls.key_schedule import next_traffic_secret, traffic_key_iv
+
+    p = _pair()
+    sid = p.client.open_stream()
+    first, second = os.urandom(50_000), os.urandom(50_000)
+    p.client.send_stream_data(sid, first)
+    p.pump()
+    p.server.send_stream_data(sid, first[:1000])
+    p.pump()
+    enc = p.client._conns[0].encryptor
+    old_tx = enc.secret
+    p.client.key_update(0, request_peer_update=True)
+    # our sending key moved to the next generation with the draft's nonce mask, sequence 0
+    assert enc.secret == next_traffic_secret(enc.suite.hash_name, old_tx) and enc.seq == 0
+    assert enc._iv == int.from_bytes(traffic_key_iv(enc.suite, enc.secret)[1], "big")  # Connection ID 0
+    p.client.send_stream_data(sid, second, fin=True)
+    p.server.send_stream_data(sid, b"after", fin=True)
+    p.pump()
+    assert _updates(p.client_events) == [(0, "send"), (0, "receive")]
+    assert _updates(p.server_events) == [(0, "receive"), (0, "send")]
+    assert received(p.server_events, sid) == first + second
+    assert received(p.client_events, sid) == first[:1000] + b"after"
+    assert p.client._conns[0].tx_gen == p.server._conns[0].rx_gen == 1
+    assert p.server._conns[0].tx_gen == p.client._conns[0].rx_gen == 1
+    # ACKs still name the right records: everything acknowledged, stream forgotten
+    assert p.client.stream_ids() == p.server.stream_ids() == []
+    assert all(not c.sent for c in p.client._conns.values())
+
+
+def test_key_update_is_per_connection_with_its_own_nonces():
+    p = _pair()
+    c1 = p.join()
+    p.client.key_update(c1, request_peer_update=False)
+    enc0, enc1 = p.client._conns[0].encryptor, p.client._conns[c1].encryptor
+    assert p.client._conns[0].tx_gen == 0 and p.client._conns[c1].tx_gen == 1
+    assert enc0.secret != enc1.secret
+    assert (enc1._iv >> 64) != 0  # Connection ID mask kept after the update
+    sid = p.client.open_stream()
+    blob = os.urandom(300_000)
+    p.client.send_stream_data(sid, blob, fin=True)
+    p.pump()
+    assert received(p.server_events, sid) == blob
+    assert _updates(p.server_events) == [(c1, "receive")]
+    assert p.server._conns[0].rx_gen == 0 and p.server._conns[c1].rx_gen == 1
+    # a connection joined later starts from the session's first keys
+    c2 = p.join()
+    assert p.client._conns[c2].tx_gen == 0 and p.server.connection_state(c2) is ConnState.ACTIVE
+
+
+def test_automatic_key_update_before_the_record_limit():
+    limit = 40
+    p = _pair(client_kw={"key_update_records": limit}, server_kw={"key_update_records": limit})
+    c1 = p.join()
+    sid = p.client.open_stream()
+    back = p.server.open_stream()
+    blob = os.urandom(2_000_000)  # about 125 full records per direction
+    p.client.send_stream_data(sid, blob, fin=True)
+    p.server.send_stream_data(back, blob[:1_000_000], fin=True)
+    p.pump()
+    assert received(p.server_events, sid) == blob
+    assert received(p.client_events, back) == blob[:1_000_000]
+    sends = [cid for cid, d in _updates(p.client_events) if d == "send"]
+    assert set(sends) == {0, c1} and len(sends) >= 2
+    assert sorted(cid for cid, d in _updates(p.server_events) if d == "receive") == sorted(sends)
+    # no key (generation) protected more than the limit, plus one KeyUpdate per other connection
+    for s in (p.client, p.server):
+        assert max(s._key_use.values()) <= limit + 1
+        assert len(s._key_use) >= 2
+
+
+def test_default_key_limit_is_below_the_aes_gcm_bound():
+    p = _pair()
+    suite = p.client._conns[0].encryptor.suite
+    assert p.client._key_limit(suite) <= 2**24.5
+    assert p.client._key_limit(suite) == 1 << 23
+
+
+def test_failover_right_after_a_key_update_loses_nothing():
+    p = _pair()
+    c1 = p.join()
+    sid = p.client.open_stream()
+    p.client.migrate_stream(sid, c1)
+    p.client.key_update(c1)
+    blob = os.urandom(120_000)
+    p.dropped.add(c1)  # the key update and the data on c1 never arrive
+    p.client.send_stream_data(sid, blob, fin=True)
+    p.pump()
+    p.client.fail_connection(c1, p.now)
+    p.pump()
+    assert received(p.server_events, sid) == blob
+    assert ev.StreamEnded(sid) in p.server_events
+
+
+def test_key_update_with_bad_request_value_is_illegal_parameter():
+    from tcpls.tls.enums import ContentType
+
+    p = _pair()
+    p.client._seal(p.client._conns[0], ContentType.HANDSHAKE, b"\x18\x00\x00\x01\x02")
+    _assert_alerted(p, "illegal_parameter")
+
+
+def test_key_update_not_alone_in_its_record_is_an_alert():
+    from tcpls.tls.enums import ContentType
+
+    p = _pair()
+    p.client._seal(p.client._conns[0], ContentType.HANDSHAKE, b"\x18\x00\x00\x01\x00" + b"\x18\x00\x00\x01\x00")
+    _assert_alerted(p, "decode_error")
+
+
+def test_key_update_api_checks():
+    p = _pair()
+    with pytest.raises(UsageError):
+        p.client.key_update(7)
+    p.client.close()
+    with pytest.raises(ConnectionClosedError):
+        p.client.key_update(0)
+
+
+def test_simultaneous_key_updates_from_both_sides():
+    p = _pair()
+    sid = p.client.open_stream()
+    p.client.send_stream_data(sid, b"a" * 40_000)
+    p.pump()
+    p.client.key_update(0)
+    p.server.key_update(0)
+    p.client.send_stream_data(sid, b"b" * 40_000, fin=True)
+    p.server.send_stream_data(sid, b"c" * 40_000, fin=True)
+    p.pump()
+    assert received(p.server_events, sid) == b"a" * 40_000 + b"b" * 40_000
+    assert received(p.client_events, sid) == b"c" * 40_000
+    c0, s0 = p.client._conns[0], p.server._conns[0]
+    assert c0.tx_gen == s0.rx_gen == 2 and s0.tx_gen == c0.rx_gen == 2

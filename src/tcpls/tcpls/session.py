@@ -52,7 +52,9 @@ from ..errors import (
 )
 from ..tls import events as tls_ev
 from ..tls.connection import TLSConnection
-from ..tls.enums import AlertDescription, AlertLevel, ContentType, HandshakeType
+from ..tls import messages as M
+from ..tls.enums import AlertDescription, AlertLevel, ContentType, HandshakeType, KeyUpdateRequest
+from ..tls.key_schedule import next_traffic_secret
 from ..tls.record import RecordReader, encode_plaintext_records
 from ..tls.suites import suite_info
 from . import events as ev
@@ -99,6 +101,7 @@ class TCPLSSession:
         self._scheduler = make_scheduler(config.scheduler, config.inflight_limit)
         self._keys: Optional[tuple] = None  # (suite, tx secret, rx secret) of the session
         self._control: list[tuple[Optional[int], F.Frame]] = []  # (conn_id or None = any, frame)
+        self._key_use: dict[int, int] = {}  # sending key generation -> records protected (all connections)
         self._tokens: dict[int, bytes] = {}  # client: unused tokens by sequence
         self._issued: dict[bytes, int] = {}  # server: outstanding tokens -> sequence
         self._next_token_seq = 1
@@ -392,6 +395,20 @@ class TCPLSSession:
         s.conn_id = conn_id
         self._flush(self._now)
 
+    def key_update(self, conn_id: int, request_peer_update: bool = True) -> None:
+        """Send a TLS KeyUpdate on connection ``conn_id`` (RFC 9846 §4.6.3)
+        and switch that connection's sending key; with
+        ``request_peer_update`` the peer switches its key on it too.
+        Other connections keep their keys (updates are per connection)."""
+        if self.terminated or self.local_closed:
+            raise ConnectionClosedError("the session is closed")
+        if self.mode != "tcpls":
+            raise UsageError("key_update needs an established TCPLS session")
+        conn = self._conn(conn_id)
+        if not conn.usable:
+            raise UsageError(f"connection {conn_id} is not usable")
+        self._send_key_update(conn, request_peer_update)
+
     def advertise_address(self, address_id: int, address: str, port: int) -> None:
         """Tell the peer about another address of ours (New Address frame),
         e.g. a server listening on several interfaces."""
@@ -419,7 +436,7 @@ class TCPLSSession:
         self._flush(self._now)
         for c in self._conns.values():
             if c.usable and c.encryptor is not None:
-                c.encryptor.seal(ContentType.ALERT, bytes((AlertLevel.WARNING, AlertDescription.close_notify)), c.out)
+                self._seal(c, ContentType.ALERT, bytes((AlertLevel.WARNING, AlertDescription.close_notify)))
 
     # ============================================================== internals
     def _conn(self, conn_id: int) -> Connection:
@@ -590,7 +607,8 @@ class TCPLSSession:
         dec = conn.decryptor
         assert dec is not None
         inner, payload = dec.open(header, body)
-        seq = dec.seq - 1
+        seq = conn.rx_records  # record number (ACKs), not the nonce sequence
+        conn.rx_records += 1
         if conn.state is ConnState.JOINING:
             conn.state = ConnState.ACTIVE  # key possession proven
             self._emit(ev.ConnectionJoined(conn.conn_id))
@@ -611,6 +629,8 @@ class TCPLSSession:
                 return
             self.terminated = True
             raise RemoteAlert(payload[1])
+        elif inner == ContentType.HANDSHAKE and payload[:1] == bytes((HandshakeType.key_update,)):
+            self._on_key_update(conn, payload)
         elif inner == ContentType.HANDSHAKE and self.is_client and conn.conn_id == 0 and payload[:1] == bytes((HandshakeType.new_session_ticket,)):
             pass  # tickets sent right after the handshake: not used by TCPLS sessions
         else:
@@ -714,7 +734,7 @@ class TCPLSSession:
         target = self._conns.get(f.conn_id)
         if target is None or target.encryptor is None:
             raise IllegalParameter(f"ACK for unknown connection {f.conn_id}")
-        if f.highest_seq >= target.encryptor.seq:
+        if f.highest_seq >= target.tx_records:
             raise IllegalParameter(f"ACK of record {f.highest_seq} never sent on connection {f.conn_id}")
         touched: dict[int, Stream] = {}
         for rec in target.on_ack(f.highest_seq, now):
@@ -781,18 +801,68 @@ class TCPLSSession:
             if c.conn_id == 0 and self.mode != "tcpls":
                 continue  # the TLS engine queued it (drained below)
             if c.state in (ConnState.ACTIVE, ConnState.JOINING) and c.encryptor is not None:
-                c.encryptor.seal(ContentType.ALERT, payload, c.out)
+                self._seal(c, ContentType.ALERT, payload)
         try:
             self._drain_tls()
         except Exception:  # noqa: BLE001 - best effort while failing
             pass
 
-    # ---------------------------------------------------------------- sending
-    def _send_record(self, conn: Connection, frames: list[F.Frame], ranges: Ranges, now: float) -> None:
+    # ------------------------------------------------------------ key updates
+    def _on_key_update(self, conn: Connection, payload: bytes | memoryview) -> None:
+        """The peer switched its sending key on ``conn`` (RFC 9846 §4.6.3)."""
+        # §5.1: a message preceding a key change must end at a record
+        # boundary; one KeyUpdate (4-byte header + 1) is the whole record.
+        if len(payload) < 4 or int.from_bytes(payload[1:4], "big") != len(payload) - 4:
+            raise DecodeError("KeyUpdate record must hold exactly one whole KeyUpdate")
+        ku = M.decode_handshake(HandshakeType.key_update, memoryview(payload)[4:])
+        assert isinstance(ku, M.KeyUpdate)
+        dec = conn.decryptor
+        assert dec is not None
+        dec.update(next_traffic_secret(dec.suite.hash_name, dec.secret))
+        conn.rx_gen += 1
+        self._emit(ev.KeyUpdated(conn.conn_id, "receive"))
+        if ku.request_update == KeyUpdateRequest.update_requested and conn.usable and not self.local_closed:
+            self._send_key_update(conn, False)
+
+    def _send_key_update(self, conn: Connection, request_peer: bool) -> None:
+        """Send KeyUpdate on ``conn`` under the current key, then switch ours."""
         enc = conn.encryptor
         assert enc is not None
-        seq = enc.seq
-        enc.seal(ContentType.APPLICATION_DATA, F.encode_frames(frames), conn.out)
+        req = KeyUpdateRequest.update_requested if request_peer else KeyUpdateRequest.update_not_requested
+        self._seal(conn, ContentType.HANDSHAKE, M.encode_handshake(M.KeyUpdate(req)), auto_update=False)
+        enc.update(next_traffic_secret(enc.suite.hash_name, enc.secret))
+        conn.tx_gen += 1
+        self._emit(ev.KeyUpdated(conn.conn_id, "send"))
+
+    def _seal(self, conn: Connection, ctype: int, payload: bytes, auto_update: bool = True) -> int:
+        """Protect ``payload`` on ``conn``; returns the first record number.
+
+        Every connection that has not updated its key yet shares the
+        session's key of that generation, so records are counted per
+        generation over all connections; a connection whose generation has
+        protected ``key_update_records - 1`` records sends a KeyUpdate
+        first (RFC 9846 §5.5: AES-GCM allows 2^24.5 records per key). A key
+        protects at most ``key_update_records`` records plus one KeyUpdate
+        per other connection still using it.
+        """
+        enc = conn.encryptor
+        assert enc is not None
+        if auto_update and ctype != ContentType.ALERT and self._key_use.get(conn.tx_gen, 0) + 1 >= self._key_limit(enc.suite):
+            self._send_key_update(conn, False)  # keep room for the KeyUpdate itself
+        before = enc.seq
+        enc.seal(ctype, payload, conn.out)
+        n = enc.seq - before
+        first = conn.tx_records
+        conn.tx_records += n
+        self._key_use[conn.tx_gen] = self._key_use.get(conn.tx_gen, 0) + n
+        return first
+
+    def _key_limit(self, suite) -> int:
+        return min(self.config.key_update_records, suite.record_limit)
+
+    # ---------------------------------------------------------------- sending
+    def _send_record(self, conn: Connection, frames: list[F.Frame], ranges: Ranges, now: float) -> None:
+        seq = self._seal(conn, ContentType.APPLICATION_DATA, F.encode_frames(frames))
         conn.last_sent = now
         if _ack_eliciting(frames):
             controls = [f for f in frames if isinstance(f, _RETRANSMITTED)]
