@@ -202,7 +202,7 @@ class TCPLSSession:
             if conn.state is ConnState.JOINING and conn_id != 0:
                 self._refuse_join(conn, exc)
                 return
-            self._fail(exc)
+            self._fail(exc, conn)
             raise
         except RemoteAlert:
             self.terminated = True
@@ -791,8 +791,10 @@ class TCPLSSession:
             token = self._new_token_for_peer()
             self._control.append((None, F.NewTokenFrame(seq, token)))
 
-    def _fail(self, exc: ProtocolError) -> None:
-        """Session-fatal error: queue the alert on every connection."""
+    def _fail(self, exc: ProtocolError, culprit: Optional[Connection] = None) -> None:
+        """Session-fatal error: queue the alert on every connection, and on
+        ``culprit`` (where the violation arrived) even if the same record
+        had just closed it (e.g. a Connection Reset frame for itself)."""
         if self.terminated:
             return
         self.terminated = True
@@ -800,7 +802,8 @@ class TCPLSSession:
         for c in self._conns.values():
             if c.conn_id == 0 and self.mode != "tcpls":
                 continue  # the TLS engine queued it (drained below)
-            if c.state in (ConnState.ACTIVE, ConnState.JOINING) and c.encryptor is not None:
+            live = c.state in (ConnState.ACTIVE, ConnState.JOINING) or (c is culprit and c.state is ConnState.CLOSED)
+            if live and c.encryptor is not None:
                 self._seal(c, ContentType.ALERT, payload)
         try:
             self._drain_tls()
