@@ -58,9 +58,16 @@ content_st = st.one_of(
         lambda t: t[0][: t[2]] + t[1] + t[0][t[2] :]
     ),
 )
-record_st = st.tuples(
-    st.sampled_from([ContentType.APPLICATION_DATA] * 6 + [ContentType.ALERT, ContentType.HANDSHAKE, 20, 99]),
-    content_st,
+# handshake records that look like KeyUpdate (type 24): good, bad value, bad length, trailing bytes
+key_update_st = st.tuples(st.integers(0, 3), st.integers(0, 6), st.binary(max_size=3)).map(
+    lambda t: b"\x18" + t[1].to_bytes(3, "big") + bytes((t[0],)) + t[2]
+)
+record_st = st.one_of(
+    st.tuples(
+        st.sampled_from([ContentType.APPLICATION_DATA] * 6 + [ContentType.ALERT, ContentType.HANDSHAKE, 20, 99]),
+        content_st,
+    ),
+    st.tuples(st.just(ContentType.HANDSHAKE), key_update_st),
 )
 
 
