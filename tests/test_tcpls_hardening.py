@@ -187,6 +187,14 @@ def test_stream_reset_changing_the_final_size_is_an_alert():
     _assert_alerted(p, "illegal_parameter")
 
 
+def test_stream_reset_below_buffered_data_is_an_alert():
+    p = _pair()
+    _forge(p, [F.StreamFrame(0, 100, b"later bytes")])  # waits in the reorder buffer
+    p.pump()
+    _forge(p, [F.StreamResetFrame(0, 50, 0)])
+    _assert_alerted(p, "illegal_parameter")
+
+
 # ------------------------------------------------------------ reorder buffer
 def test_reorder_buffer_keeps_disjoint_bytes_only():
     s = Stream(0, 1 << 14, 1 << 18, 1 << 16)

@@ -666,7 +666,7 @@ class TCPLSSession:
             assert isinstance(f, F.StreamResetFrame)
             s = self._peer_stream(f.stream_id)
             if s is not None and not s.recv_finished:
-                if (s.final_size is not None and f.final_offset != s.final_size) or s.recv_offset > f.final_offset:
+                if (s.final_size is not None and f.final_offset != s.final_size) or s.highest_received > f.final_offset:
                     raise IllegalParameter(f"stream {f.stream_id}: Stream Reset changes its final size")
                 self._recv_over(s)
                 s.final_size = f.final_offset

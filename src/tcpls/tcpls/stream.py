@@ -317,6 +317,14 @@ class Stream:
                 f"stream {self.stream_id}: reorder buffer split in over {MAX_REORDER_SEGMENTS} pieces"
             )
 
+    @property
+    def highest_received(self) -> int:
+        """End of the furthest stream byte received (delivered or buffered)."""
+        if not self._pending_offsets:
+            return self.recv_offset
+        last = self._pending_offsets[-1]
+        return max(self.recv_offset, last + len(self._pending[last]))
+
     def drop_reorder_buffer(self) -> None:
         """The peer reset its direction: out-of-order bytes will never be delivered."""
         self._pending.clear()
