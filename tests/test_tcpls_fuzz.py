@@ -9,11 +9,13 @@ configured bounds.
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tcpls.errors import DecodeError, LocalProtocolError, RemoteAlert, TLSError
+from tcpls.tcpls import events as ev
 from tcpls.tcpls import frames as F
 from tcpls.tcpls.codepoints import TOKEN_LENGTH
 from tcpls.tcpls.session import route_connection
@@ -168,3 +170,191 @@ def test_routing_a_new_connection_only_raises_library_errors(data):
         route_connection(s, data)
     except TLSError:
         pass
+
+
+# ------------------------------------------------- random schedules, failover
+_send = st.tuples(st.just("send"), st.booleans(), st.integers(0, 7), st.integers(0, 30_000), st.booleans())
+_kill = st.tuples(st.just("kill"), st.integers(0, 7))  # a TCP connection dies; what it holds is lost
+op_st = st.one_of(
+    st.tuples(st.just("open"), st.booleans()),  # client (True) or server opens a stream
+    _send,
+    _send,
+    _send,
+    st.tuples(st.just("step"), st.integers(0, 7)),  # move what one connection holds, once
+    st.tuples(st.just("pump")),
+    st.tuples(st.just("join")),
+    _kill,
+    _kill,
+    st.tuples(st.just("close"), st.integers(0, 7)),  # the client migrates away from a connection
+    st.tuples(st.just("migrate"), st.integers(0, 7), st.integers(0, 7)),
+    st.tuples(st.just("ku"), st.booleans(), st.integers(0, 7), st.booleans()),
+)
+
+
+def _pattern(sid: int, side: str, start: int, n: int) -> bytes:
+    seed = (sid * 2 + (side == "c")) % 251
+    return bytes((seed + i) % 256 for i in range(start, start + n))
+
+
+class _Schedule:
+    def __init__(self) -> None:
+        c, s = tcpls_configs()
+        self.p = TCPLSPair(c, s)
+        self.p.pump()
+        self.p.client.open_stream()  # one stream each way to start with
+        self.p.server.open_stream()
+        self.written: dict[tuple[int, str], int] = {}  # (sid, "c"/"s") -> bytes written
+        self.fin: set[tuple[int, str]] = set()
+        self.got: dict[tuple[int, str], bytearray] = {}  # bytes received, by writer
+        self.ended: set[tuple[int, str]] = set()
+        self.killed: set[int] = set()
+        self.failed: set[int] = set()
+
+    def collect(self) -> None:
+        p = self.p
+        p._collect()
+        for events, writer in ((p.server_events, "c"), (p.client_events, "s")):
+            for e in events:
+                if isinstance(e, ev.StreamDataReceived):
+                    buf = self.got.setdefault((e.stream_id, writer), bytearray())
+                    assert e.offset == len(buf), "delivered out of order, duplicated or with a gap"
+                    buf += e.data
+                elif isinstance(e, ev.StreamEnded):
+                    assert (e.stream_id, writer) not in self.ended
+                    self.ended.add((e.stream_id, writer))
+                elif isinstance(e, ev.ConnectionFailed):
+                    self.failed.add(e.conn_id)
+            events.clear()
+
+    def conns(self) -> list[int]:
+        return self.p.client.usable_connections()
+
+    def pick(self, i: int) -> Optional[int]:
+        cs = self.conns()
+        return cs[i % len(cs)] if cs else None
+
+    def step(self, cid: int) -> None:
+        p = self.p
+        data = p.client.data_to_send(cid)
+        if data and cid not in p.dropped:
+            p._to_server(cid, data)
+        data = p.server.data_to_send(cid)
+        if data and cid not in p.dropped:
+            p.client.receive_data(cid, data, p.now)
+        self.collect()
+
+    def join(self) -> None:
+        """Join a connection, moving only that connection's bytes (whatever
+        waits on the others stays in flight)."""
+        cid = self.p.client.add_connection(self.p.now)
+        for _ in range(3):
+            self.step(cid)
+
+    def ensure_path(self) -> bool:
+        if len(self.conns()) > 1:
+            return True
+        if not self.p.client.available_tokens():
+            return False
+        self.join()
+        return len(self.conns()) > 1
+
+    def run(self, op) -> None:
+        p, kind = self.p, op[0]
+        if kind == "open":
+            side = p.client if op[1] else p.server
+            if side.can_open_stream():
+                side.open_stream()
+        elif kind == "send":
+            side, name = (p.client, "c") if op[1] else (p.server, "s")
+            ids = side.stream_ids()
+            if not ids:
+                return
+            sid = ids[op[2] % len(ids)]
+            if (sid, name) in self.fin:
+                return
+            start = self.written.get((sid, name), 0)
+            side.send_stream_data(sid, _pattern(sid, name, start, op[3]), fin=op[4])
+            self.written[(sid, name)] = start + op[3]
+            if op[4]:
+                self.fin.add((sid, name))
+        elif kind == "step":
+            cid = self.pick(op[1])
+            if cid is not None:
+                self.step(cid)
+        elif kind == "pump":
+            p.pump()
+            self.collect()
+        elif kind == "join":
+            if p.client.available_tokens():
+                self.join()
+        elif kind in ("kill", "close"):
+            if not self.ensure_path():
+                return
+            cid = self.pick(op[1])
+            assert cid is not None
+            if kind == "kill":
+                p.client.data_to_send(cid), p.server.data_to_send(cid)  # lost in flight
+                p.dropped.add(cid)
+                p.client.fail_connection(cid, p.now, "killed")
+                p.server.fail_connection(cid, p.now, "killed")
+            else:
+                p.client.close_connection(cid, p.now)
+                data = p.client.data_to_send(cid)
+                if data:
+                    p._to_server(cid, data)
+                p.dropped.add(cid)
+                p.server.receive_eof(cid, p.now)
+            self.killed.add(cid)
+            self.collect()
+        elif kind == "migrate":
+            ids = p.client.stream_ids()
+            cid = self.pick(op[2])
+            if ids and cid is not None:
+                p.client.migrate_stream(ids[op[1] % len(ids)], cid)
+        elif kind == "ku":
+            side = p.client if op[1] else p.server
+            cid = self.pick(op[2])
+            if cid is not None and cid in side.usable_connections():
+                side.key_update(cid, op[3])
+
+    def finish(self) -> None:
+        p = self.p
+        for side, name in ((p.client, "c"), (p.server, "s")):
+            for sid in side.stream_ids():
+                if (sid, name) not in self.fin:
+                    side.send_stream_data(sid, b"", fin=True)
+                    self.fin.add((sid, name))
+                    self.written.setdefault((sid, name), 0)
+        p.pump()
+        self.collect()
+        # streams the peer opened that we never wrote to: FIN ours too
+        for side, name in ((p.client, "c"), (p.server, "s")):
+            for sid in side.stream_ids():
+                if (sid, name) not in self.fin:
+                    side.send_stream_data(sid, b"", fin=True)
+                    self.fin.add((sid, name))
+                    self.written.setdefault((sid, name), 0)
+        p.pump()
+        self.collect()
+
+
+@settings(FUZZ, max_examples=2 * FUZZ.max_examples)
+@given(st.lists(op_st, max_size=30))
+def test_random_schedules_lose_and_duplicate_nothing(ops):
+    sch = _Schedule()
+    for op in ops:
+        sch.run(op)
+    sch.finish()
+    p = sch.p
+    assert not p.client.terminated and not p.server.terminated
+    for key, n in sch.written.items():
+        sid, name = key
+        assert bytes(sch.got.get(key, b"")) == _pattern(sid, name, 0, n), f"stream {sid} from {name}"
+        assert key in sch.ended
+    # every stream finished both ways is forgotten, every record acknowledged
+    assert p.client.stream_ids() == [] and p.server.stream_ids() == []
+    for s in (p.client, p.server):
+        for cid in s.usable_connections():
+            assert not s._conns[cid].sent, f"records left unacknowledged on connection {cid}"
+    # no connection was declared dead that the schedule did not kill or close
+    assert sch.failed <= sch.killed
