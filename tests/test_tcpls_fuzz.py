@@ -101,53 +101,66 @@ def _pair() -> TCPLSPair:
     return p
 
 
-def _check_bounds(p: TCPLSPair) -> None:
-    server = p.server
-    peer_open = [s for s in server._streams.values() if s.stream_id % 2 == 0 and not s.recv_finished]
+def _check_bounds(session) -> None:
+    peer_parity = 1 if session.is_client else 0
+    peer_open = [s for s in session._streams.values() if s.stream_id % 2 == peer_parity and not s.recv_finished]
     assert len(peer_open) <= MAX_STREAMS
-    assert len(server._streams) <= MAX_STREAMS + 1  # + what the server app opened: nothing here
-    assert all(s.reorder_buffered <= WINDOW for s in server._streams.values())
-    assert len(server._closed) <= MAX_STREAMS
-    assert len(server._control) < 100 and len(server._conns) <= 256
+    assert len(session._streams) <= MAX_STREAMS  # the application opened none here
+    assert all(s.reorder_buffered <= WINDOW for s in session._streams.values())
+    assert len(session._closed) <= MAX_STREAMS
+    assert len(session._control) < 100 and len(session._conns) <= 256
+    assert len(session._tokens) <= 255 and len(session._addresses) <= 256
 
 
-def _deliver(p: TCPLSPair, wire: bytes, cuts: list[int]) -> None:
-    """Feed ``wire`` to the server in pieces; check the error contract."""
+def _deliver(p: TCPLSPair, wire: bytes, cuts: list[int], to_client: bool = False) -> None:
+    """Feed ``wire`` to one side in pieces; check the error contract."""
+    rx, tx = (p.client, p.server) if to_client else (p.server, p.client)
     bounds = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
     try:
         for a, b in zip(bounds, bounds[1:]):
-            p.server.receive_data(0, wire[a:b], p.now)
-            _check_bounds(p)
+            rx.receive_data(0, wire[a:b], p.now)
+            _check_bounds(rx)
     except LocalProtocolError as exc:
-        # the alert is queued, protected, for the client
-        assert p.server.terminated
-        alert_wire = p.server.data_to_send(0)
+        # the alert is queued, protected, for the peer
+        assert rx.terminated
+        alert_wire = rx.data_to_send(0)
         assert alert_wire
         try:
-            p.client.receive_data(0, alert_wire, p.now)
+            tx.receive_data(0, alert_wire, p.now)
         except RemoteAlert as remote:
             assert remote.alert == exc.alert
         else:
-            raise AssertionError("the client did not see the alert")
+            raise AssertionError("the peer did not see the alert")
     except RemoteAlert:
-        assert p.server.terminated  # the fuzz input was itself a fatal alert
+        assert rx.terminated  # the fuzz input was itself a fatal alert
     except TLSError as exc:  # pragma: no cover - any other library error is a contract breach
         raise AssertionError(f"unexpected {type(exc).__name__}: {exc}") from exc
-    _check_bounds(p)
+    _check_bounds(rx)
+
+
+def _seal_all(session, records) -> bytes:
+    conn = session._conns[0]
+    for ctype, content in records:
+        if not content and ctype != ContentType.APPLICATION_DATA:
+            # an empty record of another type (senders refuse to build one):
+            # inner plaintext = ctype || 0x00, which reads as ctype, no content
+            ctype, content = 0, bytes((ctype,))
+        session._seal(conn, ctype, content, auto_update=False)
+    return session.data_to_send(0)
 
 
 @FUZZ
 @given(st.lists(record_st, min_size=1, max_size=8), st.lists(st.integers(0, 1 << 16), max_size=4))
 def test_session_receive_path_protected_records(records, cuts):
     p = _pair()
-    conn = p.client._conns[0]
-    for ctype, content in records:
-        if not content and ctype != ContentType.APPLICATION_DATA:
-            # an empty record of another type (senders refuse to build one):
-            # inner plaintext = ctype || 0x00, which reads as ctype, no content
-            ctype, content = 0, bytes((ctype,))
-        p.client._seal(conn, ctype, content, auto_update=False)
-    _deliver(p, p.client.data_to_send(0), cuts)
+    _deliver(p, _seal_all(p.client, records), cuts)
+
+
+@FUZZ
+@given(st.lists(record_st, min_size=1, max_size=8), st.lists(st.integers(0, 1 << 16), max_size=4))
+def test_client_receive_path_protected_records(records, cuts):
+    p = _pair()
+    _deliver(p, _seal_all(p.server, records), cuts, to_client=True)
 
 
 @FUZZ
