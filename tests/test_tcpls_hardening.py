@@ -398,6 +398,14 @@ def test_key_update_not_alone_in_its_record_is_an_alert():
 
     p = _pair()
     p.client._seal(p.client._conns[0], ContentType.HANDSHAKE, b"\x18\x00\x00\x01\x00" + b"\x18\x00\x00\x01\x00")
+    _assert_alerted(p, "unexpected_message")
+
+
+def test_truncated_key_update_is_decode_error():
+    from tcpls.tls.enums import ContentType
+
+    p = _pair()
+    p.client._seal(p.client._conns[0], ContentType.HANDSHAKE, b"\x18\x00\x00\x02\x00")
     _assert_alerted(p, "decode_error")
 
 

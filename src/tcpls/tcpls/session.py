@@ -813,10 +813,13 @@ class TCPLSSession:
     # ------------------------------------------------------------ key updates
     def _on_key_update(self, conn: Connection, payload: bytes | memoryview) -> None:
         """The peer switched its sending key on ``conn`` (RFC 9846 §4.6.3)."""
-        # §5.1: a message preceding a key change must end at a record
-        # boundary; one KeyUpdate (4-byte header + 1) is the whole record.
-        if len(payload) < 4 or int.from_bytes(payload[1:4], "big") != len(payload) - 4:
-            raise DecodeError("KeyUpdate record must hold exactly one whole KeyUpdate")
+        # One KeyUpdate (4-byte header + body) is the whole record: TCPLS
+        # sessions do not reassemble handshake messages across records, and
+        # §5.1: a message preceding a key change must end at a record boundary.
+        if len(payload) < 4 or int.from_bytes(payload[1:4], "big") > len(payload) - 4:
+            raise DecodeError("truncated KeyUpdate")
+        if int.from_bytes(payload[1:4], "big") < len(payload) - 4:
+            raise UnexpectedMessage("data after a KeyUpdate in its record (RFC 9846 §5.1)")
         ku = M.decode_handshake(HandshakeType.key_update, memoryview(payload)[4:])
         assert isinstance(ku, M.KeyUpdate)
         dec = conn.decryptor
