@@ -432,3 +432,52 @@ def test_simultaneous_key_updates_from_both_sides():
     assert received(p.client_events, sid) == b"c" * 40_000
     c0, s0 = p.client._conns[0], p.server._conns[0]
     assert c0.tx_gen == s0.rx_gen == 2 and s0.tx_gen == c0.rx_gen == 2
+
+
+# ------------------------------------------------------ listener token registry
+def test_token_registry_forgets_failed_closed_and_dropped_sessions():
+    import gc
+
+    c, s = tcpls_configs()
+    registry = s.token_registry
+    # a session that fails: its tokens leave the registry
+    p = TCPLSPair(c, s)
+    p.pump()
+    assert len(registry) == 4
+    _forge(p, [F.NewTokenFrame(9, bytes(32))])  # clients must not send New Token
+    with pytest.raises(LocalProtocolError):
+        p.pump()
+    assert len(registry) == 0
+    # a session closed both ways: the same
+    p = TCPLSPair(c, s)
+    p.pump()
+    assert len(registry) == 4
+    p.client.close()
+    p.pump()
+    p.server.close()
+    p.pump()
+    assert len(registry) == 0
+    # sessions the listener dropped (e.g. a client that vanished mid-session)
+    for _ in range(20):
+        p = TCPLSPair(c, s)
+        p.pump()
+    del p
+    gc.collect()
+    assert len(registry) == 0
+
+
+def test_join_after_the_session_failed_is_refused():
+    p = _pair()
+    token = p.client._tokens[1]
+    _forge(p, [F.NewTokenFrame(9, bytes(32))])
+    with pytest.raises(LocalProtocolError):
+        p.pump()
+    from dataclasses import replace
+
+    from tcpls.tcpls.migration import TCPLSHook
+    from tcpls.tcpls.session import route_connection
+    from tcpls.tls.connection import TLSConnection
+
+    t = TLSConnection(replace(p.client.config.tls, extension_hooks=[TCPLSHook(True, join_token=token)]), server_side=False)
+    t.start_handshake(0)
+    assert route_connection(p.server_cfg, t.data_to_send()) == (None, False)  # a new handshake refuses it

@@ -210,6 +210,8 @@ class TCPLSSession:
         finally:
             if not self.terminated:
                 self._flush(now)
+            if self.terminated or (self.local_closed and self.peer_closed):
+                self._retire_tokens()
 
     def receive_eof(self, conn_id: int, now: float) -> None:
         """TCP EOF on ``conn_id``: that connection is gone (not the session,
@@ -437,6 +439,8 @@ class TCPLSSession:
         for c in self._conns.values():
             if c.usable and c.encryptor is not None:
                 self._seal(c, ContentType.ALERT, bytes((AlertLevel.WARNING, AlertDescription.close_notify)))
+        if self.peer_closed:
+            self._retire_tokens()
 
     # ============================================================== internals
     def _conn(self, conn_id: int) -> Connection:
@@ -782,8 +786,16 @@ class TCPLSSession:
         conn.reader = RecordReader()  # nothing more is read from it
         self._drop_connection(conn, ConnState.FAILED, f"join refused: {exc}", self._now, notify_peer=False)
 
+    def _retire_tokens(self) -> None:
+        """Server: the session is over (failed, or closed both ways): its
+        outstanding tokens leave the listener's registry, which then holds
+        nothing of it, and a join that shows one is refused."""
+        for token in self._issued:
+            self.config.token_registry.discard(token)
+        self._issued.clear()
+
     def _replenish_tokens(self) -> None:
-        if self.is_client or self.mode != "tcpls":
+        if self.is_client or self.mode != "tcpls" or self.terminated or (self.local_closed and self.peer_closed):
             return
         joined = sum(1 for c in self._conns.values() if c.conn_id != 0 and c.state in (ConnState.ACTIVE, ConnState.JOINING))
         while len(self._issued) + joined < self.config.max_joins and self._next_token_seq < 256:
