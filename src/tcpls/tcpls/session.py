@@ -31,6 +31,14 @@ reads a clock or touches a socket.
    carried, so a dead connection's data is sent again elsewhere and the
    receiver drops what it already has (by stream offset).
 5. Joins and failover: :mod:`tcpls.tcpls.migration`.
+6. Bounded state. A stream both sides have finished is forgotten (only
+   its final size stays, among the newest ``max_streams``, to tell late
+   duplicates from reused IDs); at most ``max_streams`` peer streams are
+   open at once; reorder buffers are bounded by ``stream_window``; a
+   failed or closed session withdraws its join tokens.
+7. Key updates are per connection (:meth:`TCPLSSession.key_update`,
+   automatic before the AEAD limit); ACK frames count records, not nonce
+   sequence numbers, so they survive key changes (:mod:`tcpls.tcpls.path`).
 """
 
 from __future__ import annotations
