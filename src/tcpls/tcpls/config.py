@@ -26,12 +26,20 @@ class TCPLSConfig:
             ``SendBufferLow`` fires when it drops below ``send_low_water``.
         max_joins: server: tokens outstanding + joined connections (the
             number of extra TCP connections a client may have at once).
-        max_streams: highest number of streams the peer may open.
+        max_streams: streams the peer may have open at once (its
+            direction not yet finished by FIN or reset); a new peer stream
+            beyond that is an alert. ``open_stream`` holds us to the same
+            number (our streams whose data and FIN, or reset, are not yet
+            acknowledged), so use the same value on both sides.
         dead_timeout: seconds an ack-eliciting record may stay
             unacknowledged before its connection is declared dead.
         ping_interval: seconds of silence after which an idle connection
             is probed with a Ping (None: never probe idle connections).
         inflight_limit: bytes per connection for ``fill_fastest_first``.
+        key_update_records: records one sending key may protect (summed
+            over the connections sharing it) before the connection using it
+            sends a KeyUpdate; the suite's AEAD limit (RFC 9846 §5.5)
+            caps it.
         token_registry: server: maps join tokens to sessions; share one
             registry between all sessions of a listener.
     """
@@ -47,6 +55,7 @@ class TCPLSConfig:
     dead_timeout: float = 3.0
     ping_interval: Optional[float] = None
     inflight_limit: int = 1 << 18
+    key_update_records: int = 1 << 23
     token_registry: TokenRegistry = field(default_factory=TokenRegistry)
 
     def validate(self) -> None:
@@ -56,5 +65,9 @@ class TCPLSConfig:
             raise ValueError("need 0 < send_low_water <= send_high_water")
         if self.stream_window < 1 << 14:
             raise ValueError("stream_window must be at least 16384 bytes")
+        if self.key_update_records < 1:
+            raise ValueError("key_update_records must be positive")
+        if self.max_streams < 1:
+            raise ValueError("max_streams must be positive")
         if not 0 <= self.max_joins < 256:
             raise ValueError("max_joins must be 0..255 (token sequence numbers are 8-bit)")

@@ -106,3 +106,12 @@ class AddressRemoved(Event):
 @dataclass(frozen=True, slots=True)
 class SessionClosed(Event):
     """The peer sent close_notify: it will send nothing more on the session."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUpdated(Event):
+    """Connection ``conn_id`` switched to the next traffic key in
+    ``direction`` (``"send"`` or ``"receive"``), RFC 9846 §4.6.3."""
+
+    conn_id: int
+    direction: str

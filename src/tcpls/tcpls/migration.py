@@ -35,6 +35,7 @@ burn one token, which the server then replaces).
 from __future__ import annotations
 
 import os
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..errors import DecodeError, IllegalParameter, UnexpectedMessage
@@ -55,10 +56,15 @@ def new_token() -> bytes:
 
 
 class TokenRegistry:
-    """Server: outstanding join tokens of every session of a listener."""
+    """Server: outstanding join tokens of every session of a listener.
+
+    Sessions are held weakly: a session the listener dropped leaves the
+    registry with its tokens (and sessions retire their tokens when they
+    fail or close), so the registry never keeps finished sessions alive.
+    """
 
     def __init__(self) -> None:
-        self._by_token: dict[bytes, Any] = {}
+        self._by_token: weakref.WeakValueDictionary[bytes, Any] = weakref.WeakValueDictionary()
 
     def register(self, token: bytes, session: Any) -> None:
         self._by_token[token] = session

@@ -13,6 +13,14 @@ Connection 0 (the handshake connection) therefore continues exactly the
 nonces of plain TLS 1.3, and no (Connection ID, sequence) pair — hence no
 nonce — is ever used twice under one key.
 
+Key updates are per connection and direction (RFC 9846 §4.6.3): a KeyUpdate
+sent on a connection switches that connection's sending key to the next
+generation and restarts its nonce sequence at 0 (§5.3), with the same
+Connection ID mask. ACK frames do not name nonce sequence numbers but
+*record numbers*: every record sent on a connection, whatever its key,
+counts once (``tx_records`` / ``rx_records``), so acknowledgments stay
+unambiguous across key updates; without a key update the two coincide.
+
 A connection remembers, for each record it sent, the stream ranges the
 record carried and when it was sent, until an ACK frame (which may arrive
 on any connection) covers it. If the connection dies, the session hands the
@@ -44,11 +52,17 @@ class _ConnMask:
     __slots__ = ()
 
     def _set_conn_id(self, conn_id: int) -> None:
+        self.conn_id = conn_id  # type: ignore[attr-defined]
         self._iv ^= conn_id << 64  # type: ignore[attr-defined]
 
+    def update(self, new_secret: bytes) -> None:
+        """Next key generation (KeyUpdate): new key and IV, sequence 0, same Connection ID."""
+        self._install(new_secret)  # type: ignore[attr-defined]
+        self._iv ^= self.conn_id << 64  # type: ignore[attr-defined]
 
-class ConnectionEncryptor(RecordEncryptor, _ConnMask):
-    __slots__ = ()
+
+class ConnectionEncryptor(_ConnMask, RecordEncryptor):
+    __slots__ = ("conn_id",)
 
     def __init__(self, suite: CipherSuiteInfo, secret: bytes, conn_id: int, seq: int = 0) -> None:
         super().__init__(suite, secret)
@@ -56,8 +70,8 @@ class ConnectionEncryptor(RecordEncryptor, _ConnMask):
         self.seq = seq
 
 
-class ConnectionDecryptor(RecordDecryptor, _ConnMask):
-    __slots__ = ()
+class ConnectionDecryptor(_ConnMask, RecordDecryptor):
+    __slots__ = ("conn_id",)
 
     def __init__(self, suite: CipherSuiteInfo, secret: bytes, conn_id: int, seq: int = 0) -> None:
         super().__init__(suite, secret)
@@ -98,6 +112,12 @@ class Connection:
         # receive side: what we owe the peer an ACK for
         self.highest_received = -1
         self.ack_pending = False
+        # record numbers for ACK frames (never reset by a key update)
+        self.tx_records = 0
+        self.rx_records = 0
+        # key generation per direction (0: the session's first application keys)
+        self.tx_gen = 0
+        self.rx_gen = 0
         self.last_received = 0.0
         self.last_sent = 0.0
         self.ping_outstanding = False
@@ -114,6 +134,7 @@ class Connection:
     def install_keys(self, suite: CipherSuiteInfo, tx: bytes, tx_seq: int, rx: bytes, rx_seq: int) -> None:
         self.encryptor = ConnectionEncryptor(suite, tx, self.conn_id, tx_seq)
         self.decryptor = ConnectionDecryptor(suite, rx, self.conn_id, rx_seq)
+        self.tx_records, self.rx_records = tx_seq, rx_seq
 
     def on_ack(self, highest_seq: int, now: float) -> list[SentRecord]:
         """Records newly acknowledged by an ACK up to ``highest_seq``."""

@@ -31,12 +31,20 @@ reads a clock or touches a socket.
    carried, so a dead connection's data is sent again elsewhere and the
    receiver drops what it already has (by stream offset).
 5. Joins and failover: :mod:`tcpls.tcpls.migration`.
+6. Bounded state. A stream both sides have finished is forgotten (only
+   its final size stays, among the newest ``max_streams``, to tell late
+   duplicates from reused IDs); at most ``max_streams`` peer streams are
+   open at once; reorder buffers are bounded by ``stream_window``; a
+   failed or closed session withdraws its join tokens.
+7. Key updates are per connection (:meth:`TCPLSSession.key_update`,
+   automatic before the AEAD limit); ACK frames count records, not nonce
+   sequence numbers, so they survive key changes (:mod:`tcpls.tcpls.path`).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import replace
 from typing import Optional
 
@@ -52,8 +60,11 @@ from ..errors import (
 )
 from ..tls import events as tls_ev
 from ..tls.connection import TLSConnection
-from ..tls.enums import AlertDescription, AlertLevel, ContentType, HandshakeType
-from ..tls.record import encode_plaintext_records
+from ..tls import messages as M
+from ..tls.enums import AlertDescription, AlertLevel, ContentType, HandshakeType, KeyUpdateRequest
+from ..tls.key_schedule import next_traffic_secret
+from ..tls.record import RecordReader, encode_plaintext_records
+from ..tls.suites import suite_info
 from . import events as ev
 from . import frames as F
 from .codepoints import NON_ACK_ELICITING, FrameType
@@ -65,6 +76,7 @@ from .stream import Stream
 
 _MAX_CONTENT = 1 << 14
 _CONTROL_RESERVE = 256  # room kept in a data record for control frames
+_MAX_EARLY_JOIN_BYTES = 2 * (5 + _MAX_CONTENT + 256)  # two records
 _RETRANSMITTED = (F.NewTokenFrame, F.ConnectionResetFrame, F.StreamResetFrame, F.NewAddressFrame, F.RemoveAddressFrame)
 _FRAME_TYPE_OF = {F.Padding: FrameType.PADDING, F.AckFrame: FrameType.ACK}
 
@@ -89,9 +101,15 @@ class TCPLSSession:
         self._streams: dict[int, Stream] = {}
         self._next_stream_id = 0 if is_client else 1
         self._peer_next_stream_id = 1 if is_client else 0
+        self._peer_recv_open = 0  # peer streams whose peer->us direction is not over
+        # Forgotten (finished) streams: sid -> final size of the peer's
+        # direction, the newest max_streams of them, to tell a late duplicate
+        # (dropped) from a reused stream ID (alert).
+        self._closed: OrderedDict[int, int] = OrderedDict()
         self._scheduler = make_scheduler(config.scheduler, config.inflight_limit)
         self._keys: Optional[tuple] = None  # (suite, tx secret, rx secret) of the session
         self._control: list[tuple[Optional[int], F.Frame]] = []  # (conn_id or None = any, frame)
+        self._key_use: dict[int, int] = {}  # sending key generation -> records protected (all connections)
         self._tokens: dict[int, bytes] = {}  # client: unused tokens by sequence
         self._issued: dict[bytes, int] = {}  # server: outstanding tokens -> sequence
         self._next_token_seq = 1
@@ -129,11 +147,24 @@ class TCPLSSession:
         return sorted(self._streams)
 
     def stream_send_buffer(self, stream_id: int) -> int:
-        """Bytes written to ``stream_id`` and not yet acknowledged."""
+        """Bytes written to ``stream_id`` and not yet acknowledged (0 once
+        the stream is finished and forgotten)."""
+        if self._forgotten(stream_id):
+            return 0
         return self._stream(stream_id).buffered
 
     def stream_connection(self, stream_id: int) -> Optional[int]:
+        if self._forgotten(stream_id):
+            return None
         return self._stream(stream_id).conn_id
+
+    def can_open_stream(self) -> bool:
+        """False while ``max_streams`` streams of ours are not finished on
+        our side (data and FIN, or reset, acknowledged): :meth:`open_stream`
+        would raise."""
+        parity = 0 if self.is_client else 1
+        mine = sum(1 for s in self._streams.values() if s.stream_id % 2 == parity and not s.send_closed)
+        return mine < self.config.max_streams
 
     # -------------------------------------------------------------- transport
     def start_handshake(self, now: float = 0.0) -> None:
@@ -179,7 +210,7 @@ class TCPLSSession:
             if conn.state is ConnState.JOINING and conn_id != 0:
                 self._refuse_join(conn, exc)
                 return
-            self._fail(exc)
+            self._fail(exc, conn)
             raise
         except RemoteAlert:
             self.terminated = True
@@ -187,6 +218,8 @@ class TCPLSSession:
         finally:
             if not self.terminated:
                 self._flush(now)
+            if self.terminated or (self.local_closed and self.peer_closed):
+                self._retire_tokens()
 
     def receive_eof(self, conn_id: int, now: float) -> None:
         """TCP EOF on ``conn_id``: that connection is gone (not the session,
@@ -321,7 +354,13 @@ class TCPLSSession:
                 raise UsageError("plain TLS fallback: only stream 0 exists")
             self._new_stream(0)
             return 0
+        if not self.can_open_stream():
+            raise UsageError(
+                f"{self.config.max_streams} streams of ours are still open: finish one (FIN acknowledged) or reset it"
+            )
         sid = self._next_stream_id
+        if sid >= 1 << 32:
+            raise UsageError("stream IDs exhausted (32-bit)")
         self._next_stream_id += 2
         self._new_stream(sid)
         return sid
@@ -331,6 +370,8 @@ class TCPLSSession:
         respect :meth:`stream_send_buffer` / ``SendBufferLow`` for backpressure."""
         if self.terminated or self.local_closed:
             raise ConnectionClosedError("the session is closed")
+        if self._forgotten(stream_id):
+            raise ConnectionClosedError(f"stream {stream_id} is finished")
         s = self._stream(stream_id)
         if s.fin_queued or s.reset_sent:
             raise ConnectionClosedError(f"stream {stream_id} is finished")
@@ -345,6 +386,8 @@ class TCPLSSession:
         self._flush(self._now)
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
+        if self._forgotten(stream_id):
+            return  # finished already: nothing left to abandon
         s = self._stream(stream_id)
         if s.reset_sent or self.terminated:
             return
@@ -361,6 +404,20 @@ class TCPLSSession:
             raise UsageError(f"connection {conn_id} is not usable")
         s.conn_id = conn_id
         self._flush(self._now)
+
+    def key_update(self, conn_id: int, request_peer_update: bool = True) -> None:
+        """Send a TLS KeyUpdate on connection ``conn_id`` (RFC 9846 §4.6.3)
+        and switch that connection's sending key; with
+        ``request_peer_update`` the peer switches its key on it too.
+        Other connections keep their keys (updates are per connection)."""
+        if self.terminated or self.local_closed:
+            raise ConnectionClosedError("the session is closed")
+        if self.mode != "tcpls":
+            raise UsageError("key_update needs an established TCPLS session")
+        conn = self._conn(conn_id)
+        if not conn.usable:
+            raise UsageError(f"connection {conn_id} is not usable")
+        self._send_key_update(conn, request_peer_update)
 
     def advertise_address(self, address_id: int, address: str, port: int) -> None:
         """Tell the peer about another address of ours (New Address frame),
@@ -389,7 +446,9 @@ class TCPLSSession:
         self._flush(self._now)
         for c in self._conns.values():
             if c.usable and c.encryptor is not None:
-                c.encryptor.seal(ContentType.ALERT, bytes((AlertLevel.WARNING, AlertDescription.close_notify)), c.out)
+                self._seal(c, ContentType.ALERT, bytes((AlertLevel.WARNING, AlertDescription.close_notify)))
+        if self.peer_closed:
+            self._retire_tokens()
 
     # ============================================================== internals
     def _conn(self, conn_id: int) -> Connection:
@@ -409,6 +468,29 @@ class TCPLSSession:
         s = Stream(sid, cfg.stream_window, cfg.send_high_water, cfg.send_low_water)
         self._streams[sid] = s
         return s
+
+    def _forgotten(self, sid: int) -> bool:
+        """``sid`` was opened (by either side) and has been finished and freed."""
+        if sid in self._streams or self.mode != "tcpls":
+            return False
+        mine = sid % 2 == (0 if self.is_client else 1)
+        return 0 <= sid < (self._next_stream_id if mine else self._peer_next_stream_id)
+
+    def _recv_over(self, s: Stream) -> None:
+        """The peer's direction of ``s`` is over (FIN delivered or reset)."""
+        s.recv_finished = True
+        if s.stream_id % 2 != (0 if self.is_client else 1):
+            self._peer_recv_open -= 1
+
+    def _maybe_free(self, s: Stream) -> None:
+        """Forget ``s`` once both directions are over (bounded state over
+        any number of short streams)."""
+        if self.mode != "tcpls" or not s.finished or self._streams.get(s.stream_id) is not s:
+            return
+        del self._streams[s.stream_id]
+        self._closed[s.stream_id] = s.final_size if s.final_size is not None else s.recv_offset
+        while len(self._closed) > self.config.max_streams:
+            self._closed.popitem(last=False)
 
     def _emit(self, event: ev.Event) -> None:
         self._events.append(event)
@@ -472,7 +554,9 @@ class TCPLSSession:
                     tls.close()
             self._drain_tls()
             return
-        suite, tx, tx_seq, rx, rx_seq = tls.application_traffic_state()
+        state = tls.export_traffic_state()
+        suite = suite_info(state.cipher_suite)
+        tx, tx_seq, rx, rx_seq = state.tx_secret, state.tx_seq, state.rx_secret, state.rx_seq
         self._keys = (suite, tx, rx)
         self.mode = "tcpls"
         conn0 = self._conns[0]
@@ -494,7 +578,12 @@ class TCPLSSession:
             if conn.state in (ConnState.CLOSED, ConnState.FAILED) or self.terminated:
                 return
             if conn.state is ConnState.JOINING and conn.decryptor is None:
-                return  # server: keys come with the end of connection 0's handshake
+                # Server: a join that arrived before connection 0's handshake
+                # completed (draft §"Robust session establishment") waits for
+                # the session keys, with at most its proof record buffered.
+                if reader.buffered() > _MAX_EARLY_JOIN_BYTES:
+                    raise UnexpectedMessage("a join sent more than its proof before the session was established")
+                return
             rec = reader.next_record()
             if rec is None:
                 return
@@ -530,7 +619,8 @@ class TCPLSSession:
         dec = conn.decryptor
         assert dec is not None
         inner, payload = dec.open(header, body)
-        seq = dec.seq - 1
+        seq = conn.rx_records  # record number (ACKs), not the nonce sequence
+        conn.rx_records += 1
         if conn.state is ConnState.JOINING:
             conn.state = ConnState.ACTIVE  # key possession proven
             self._emit(ev.ConnectionJoined(conn.conn_id))
@@ -551,6 +641,8 @@ class TCPLSSession:
                 return
             self.terminated = True
             raise RemoteAlert(payload[1])
+        elif inner == ContentType.HANDSHAKE and payload[:1] == bytes((HandshakeType.key_update,)):
+            self._on_key_update(conn, payload)
         elif inner == ContentType.HANDSHAKE and self.is_client and conn.conn_id == 0 and payload[:1] == bytes((HandshakeType.new_session_ticket,)):
             pass  # tickets sent right after the handshake: not used by TCPLS sessions
         else:
@@ -586,8 +678,13 @@ class TCPLSSession:
             assert isinstance(f, F.StreamResetFrame)
             s = self._peer_stream(f.stream_id)
             if s is not None and not s.recv_finished:
-                s.recv_finished = True
+                if (s.final_size is not None and f.final_offset != s.final_size) or s.highest_received > f.final_offset:
+                    raise IllegalParameter(f"stream {f.stream_id}: Stream Reset changes its final size")
+                self._recv_over(s)
+                s.final_size = f.final_offset
+                s.drop_reorder_buffer()
                 self._emit(ev.StreamReset(f.stream_id, f.error_code))
+                self._maybe_free(s)
         elif t is F.NewAddressFrame:
             assert isinstance(f, F.NewAddressFrame)
             key = (f.version, f.address, f.port)
@@ -603,51 +700,71 @@ class TCPLSSession:
                 self._removed_addresses.add(f.address_id)
                 self._emit(ev.AddressRemoved(f.address_id))
 
-    def _peer_stream(self, sid: int) -> Optional[Stream]:
+    def _peer_stream(self, sid: int, end: Optional[int] = None, fin: bool = False) -> Optional[Stream]:
         """The stream ``sid`` named by the peer, opening it (and any lower
-        peer streams, which may still be in flight) if it is new."""
+        peer streams, which may still be in flight on other connections:
+        the draft opens streams in sequence) if it is new. None for a
+        finished stream we forgot: ``end``/``fin`` (a Stream frame's end
+        offset and FIN) must then fit its final size, else the peer reuses
+        a stream ID."""
         s = self._streams.get(sid)
         if s is not None:
             return s
+        if self._forgotten(sid):
+            final = self._closed.get(sid)
+            if final is not None and end is not None and (end > final or (fin and end != final)):
+                raise IllegalParameter(f"stream {sid} is finished: its ID cannot be reused")
+            return None  # a late duplicate (retransmission after a failover)
         peer_parity = 1 if self.is_client else 0
         if sid % 2 != peer_parity:
             raise IllegalParameter(f"stream {sid} was never opened by us")
-        if sid < self._peer_next_stream_id:
-            return None  # an old stream we already forgot
-        if (sid - peer_parity) // 2 >= self.config.max_streams:
-            raise IllegalParameter(f"stream {sid} exceeds the stream limit")
+        opened = (sid - self._peer_next_stream_id) // 2 + 1
+        if self._peer_recv_open + opened > self.config.max_streams:
+            raise IllegalParameter(
+                f"stream {sid} exceeds the stream limit ({self.config.max_streams} streams open at once)"
+            )
         while self._peer_next_stream_id <= sid:
             n = self._peer_next_stream_id
             self._peer_next_stream_id += 2
             self._new_stream(n)
+            self._peer_recv_open += 1
             self._emit(ev.StreamOpened(n))
         return self._streams[sid]
 
     def _on_stream_frame(self, f: F.StreamFrame) -> None:
-        s = self._peer_stream(f.stream_id)
+        s = self._peer_stream(f.stream_id, f.offset + len(f.data), f.fin)
         if s is None:
             return
         for offset, data in s.receive(f.offset, f.data, f.fin):
             self._emit(ev.StreamDataReceived(f.stream_id, data, offset))
         if s.fin_complete and not s.recv_finished:
-            s.recv_finished = True
+            self._recv_over(s)
             self._emit(ev.StreamEnded(f.stream_id))
+            self._maybe_free(s)
 
     def _on_ack(self, f: F.AckFrame, now: float) -> None:
         target = self._conns.get(f.conn_id)
         if target is None or target.encryptor is None:
             raise IllegalParameter(f"ACK for unknown connection {f.conn_id}")
-        if f.highest_seq >= target.encryptor.seq:
+        if f.highest_seq >= target.tx_records:
             raise IllegalParameter(f"ACK of record {f.highest_seq} never sent on connection {f.conn_id}")
+        touched: dict[int, Stream] = {}
         for rec in target.on_ack(f.highest_seq, now):
             for sid, offset, length, fin in rec.ranges:
                 s = self._streams.get(sid)
                 if s is not None:
                     s.on_acked(offset, length, fin)
+                    touched[sid] = s
+            for c in rec.controls:
+                if isinstance(c, F.StreamResetFrame) and (s := self._streams.get(c.stream_id)) is not None:
+                    s.reset_acked = True
+                    touched[c.stream_id] = s
         for s in self._streams.values():
             if s.blocked and s.buffered < s.low_water:
                 s.blocked = False
                 self._emit(ev.SendBufferLow(s.stream_id, s.buffered))
+        for s in touched.values():
+            self._maybe_free(s)
 
     # ------------------------------------------------------- failure, joins
     def _drop_connection(self, conn: Connection, state: ConnState, reason: str, now: float, notify_peer: bool) -> None:
@@ -674,10 +791,19 @@ class TCPLSSession:
         out: list = []
         encode_plaintext_records(ContentType.ALERT, bytes((AlertLevel.FATAL, exc.alert)), out)
         conn.out.extend(out)
+        conn.reader = RecordReader()  # nothing more is read from it
         self._drop_connection(conn, ConnState.FAILED, f"join refused: {exc}", self._now, notify_peer=False)
 
+    def _retire_tokens(self) -> None:
+        """Server: the session is over (failed, or closed both ways): its
+        outstanding tokens leave the listener's registry, which then holds
+        nothing of it, and a join that shows one is refused."""
+        for token in self._issued:
+            self.config.token_registry.discard(token)
+        self._issued.clear()
+
     def _replenish_tokens(self) -> None:
-        if self.is_client or self.mode != "tcpls":
+        if self.is_client or self.mode != "tcpls" or self.terminated or (self.local_closed and self.peer_closed):
             return
         joined = sum(1 for c in self._conns.values() if c.conn_id != 0 and c.state in (ConnState.ACTIVE, ConnState.JOINING))
         while len(self._issued) + joined < self.config.max_joins and self._next_token_seq < 256:
@@ -685,8 +811,10 @@ class TCPLSSession:
             token = self._new_token_for_peer()
             self._control.append((None, F.NewTokenFrame(seq, token)))
 
-    def _fail(self, exc: ProtocolError) -> None:
-        """Session-fatal error: queue the alert on every connection."""
+    def _fail(self, exc: ProtocolError, culprit: Optional[Connection] = None) -> None:
+        """Session-fatal error: queue the alert on every connection, and on
+        ``culprit`` (where the violation arrived) even if the same record
+        had just closed it (e.g. a Connection Reset frame for itself)."""
         if self.terminated:
             return
         self.terminated = True
@@ -694,19 +822,73 @@ class TCPLSSession:
         for c in self._conns.values():
             if c.conn_id == 0 and self.mode != "tcpls":
                 continue  # the TLS engine queued it (drained below)
-            if c.state in (ConnState.ACTIVE, ConnState.JOINING) and c.encryptor is not None:
-                c.encryptor.seal(ContentType.ALERT, payload, c.out)
+            live = c.state in (ConnState.ACTIVE, ConnState.JOINING) or (c is culprit and c.state is ConnState.CLOSED)
+            if live and c.encryptor is not None:
+                self._seal(c, ContentType.ALERT, payload)
         try:
             self._drain_tls()
         except Exception:  # noqa: BLE001 - best effort while failing
             pass
 
-    # ---------------------------------------------------------------- sending
-    def _send_record(self, conn: Connection, frames: list[F.Frame], ranges: Ranges, now: float) -> None:
+    # ------------------------------------------------------------ key updates
+    def _on_key_update(self, conn: Connection, payload: bytes | memoryview) -> None:
+        """The peer switched its sending key on ``conn`` (RFC 9846 §4.6.3)."""
+        # One KeyUpdate (4-byte header + body) is the whole record: TCPLS
+        # sessions do not reassemble handshake messages across records, and
+        # §5.1: a message preceding a key change must end at a record boundary.
+        if len(payload) < 4 or int.from_bytes(payload[1:4], "big") > len(payload) - 4:
+            raise DecodeError("truncated KeyUpdate")
+        if int.from_bytes(payload[1:4], "big") < len(payload) - 4:
+            raise UnexpectedMessage("data after a KeyUpdate in its record (RFC 9846 §5.1)")
+        ku = M.decode_handshake(HandshakeType.key_update, memoryview(payload)[4:])
+        assert isinstance(ku, M.KeyUpdate)
+        dec = conn.decryptor
+        assert dec is not None
+        dec.update(next_traffic_secret(dec.suite.hash_name, dec.secret))
+        conn.rx_gen += 1
+        self._emit(ev.KeyUpdated(conn.conn_id, "receive"))
+        if ku.request_update == KeyUpdateRequest.update_requested and conn.usable and not self.local_closed:
+            self._send_key_update(conn, False)
+
+    def _send_key_update(self, conn: Connection, request_peer: bool) -> None:
+        """Send KeyUpdate on ``conn`` under the current key, then switch ours."""
         enc = conn.encryptor
         assert enc is not None
-        seq = enc.seq
-        enc.seal(ContentType.APPLICATION_DATA, F.encode_frames(frames), conn.out)
+        req = KeyUpdateRequest.update_requested if request_peer else KeyUpdateRequest.update_not_requested
+        self._seal(conn, ContentType.HANDSHAKE, M.encode_handshake(M.KeyUpdate(req)), auto_update=False)
+        enc.update(next_traffic_secret(enc.suite.hash_name, enc.secret))
+        conn.tx_gen += 1
+        self._emit(ev.KeyUpdated(conn.conn_id, "send"))
+
+    def _seal(self, conn: Connection, ctype: int, payload: bytes, auto_update: bool = True) -> int:
+        """Protect ``payload`` on ``conn``; returns the first record number.
+
+        Every connection that has not updated its key yet shares the
+        session's key of that generation, so records are counted per
+        generation over all connections; a connection whose generation has
+        protected ``key_update_records - 1`` records sends a KeyUpdate
+        first (RFC 9846 §5.5: AES-GCM allows 2^24.5 records per key). A key
+        protects at most ``key_update_records`` records plus one KeyUpdate
+        per other connection still using it.
+        """
+        enc = conn.encryptor
+        assert enc is not None
+        if auto_update and ctype != ContentType.ALERT and self._key_use.get(conn.tx_gen, 0) + 1 >= self._key_limit(enc.suite):
+            self._send_key_update(conn, False)  # keep room for the KeyUpdate itself
+        before = enc.seq
+        enc.seal(ctype, payload, conn.out)
+        n = enc.seq - before
+        first = conn.tx_records
+        conn.tx_records += n
+        self._key_use[conn.tx_gen] = self._key_use.get(conn.tx_gen, 0) + n
+        return first
+
+    def _key_limit(self, suite) -> int:
+        return min(self.config.key_update_records, suite.record_limit)
+
+    # ---------------------------------------------------------------- sending
+    def _send_record(self, conn: Connection, frames: list[F.Frame], ranges: Ranges, now: float) -> None:
+        seq = self._seal(conn, ContentType.APPLICATION_DATA, F.encode_frames(frames))
         conn.last_sent = now
         if _ack_eliciting(frames):
             controls = [f for f in frames if isinstance(f, _RETRANSMITTED)]

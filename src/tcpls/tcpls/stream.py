@@ -17,17 +17,31 @@ more than that, a conforming sender can never overflow a receiver.
 Receive side. Bytes at ``recv_offset`` are delivered at once; bytes beyond
 it wait in a reorder buffer of at most ``window`` bytes past
 ``recv_offset`` (a frame reaching further is a protocol violation, never a
-reason to buffer more). Bytes below ``recv_offset`` or already buffered are
-duplicates (retransmissions after a failover) and are dropped: delivery is
-exactly once by offset.
+reason to buffer more). The buffer keeps disjoint segments (a
+retransmission overlapping buffered bytes only adds the bytes not yet held,
+and adjacent segments merge), so it holds at most ``window`` bytes in at
+most ``MAX_REORDER_SEGMENTS`` pieces whatever the peer sends. Bytes below
+``recv_offset`` or already buffered are duplicates (retransmissions after a
+failover) and are dropped: delivery is exactly once by offset.
+
+Lifetime. A stream is :attr:`Stream.finished` once both directions are:
+ours when the peer acknowledged every byte and the FIN (or the Stream Reset
+we sent), the peer's when its FIN was delivered (or its reset received).
+The session then forgets it.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Optional
 
 from ..errors import IllegalParameter, LocalProtocolError
 from ..tls.enums import AlertDescription
+
+
+#: Most disjoint out-of-order pieces one stream buffers (each gap needs a
+#: separate record in flight; a peer scattering tiny frames hits this bound).
+MAX_REORDER_SEGMENTS = 4096
 
 
 class ReorderBufferOverflow(LocalProtocolError):
@@ -111,10 +125,12 @@ class Stream:
         self._fin_lost = False
         self.fin_acked = False
         self.reset_sent = False
+        self.reset_acked = False  # the peer acknowledged our Stream Reset
         self.blocked = False  # buffered reached high_water since the last SendBufferLow
         # receive side
         self.recv_offset = 0
-        self._pending: dict[int, bytes] = {}
+        self._pending: dict[int, bytearray] = {}  # disjoint segments by offset
+        self._pending_offsets: list[int] = []  # sorted keys of _pending
         self._pending_bytes = 0
         self.final_size: Optional[int] = None
         self.recv_finished = False  # FIN delivered or reset received
@@ -205,6 +221,21 @@ class Stream:
     def send_done(self) -> bool:
         return self.reset_sent or (self.fin_acked and not self._buf)
 
+    @property
+    def send_closed(self) -> bool:
+        """Our direction is over and the peer knows it (all acknowledged)."""
+        return self.reset_acked or (self.fin_acked and not self._buf)
+
+    @property
+    def finished(self) -> bool:
+        """Both directions are over: the session may forget this stream."""
+        return self.send_closed and self.recv_finished
+
+    @property
+    def reorder_buffered(self) -> int:
+        """Bytes waiting in the reorder buffer."""
+        return self._pending_bytes
+
     # --------------------------------------------------------------- receive
     def receive(self, offset: int, data: bytes, fin: bool) -> list[tuple[int, bytes]]:
         """Accept one Stream frame; returns the chunks now deliverable in order.
@@ -234,32 +265,71 @@ class Stream:
             data = data[self.recv_offset - offset :]
             offset = self.recv_offset
         if offset > self.recv_offset:
-            old = self._pending.get(offset)
-            if old is None or len(old) < len(data):
-                self._pending_bytes += len(data) - (len(old) if old else 0)
-                self._pending[offset] = data
-            if self._pending_bytes > self.window:
-                raise ReorderBufferOverflow(f"stream {self.stream_id}: reorder buffer over {self.window} bytes")
+            self._buffer(offset, data)
             return out
         out.append((offset, data))
         self.recv_offset = end
-        # drain the reorder buffer
-        while self._pending:
-            progressed = False
-            for o in sorted(self._pending):
-                d = self._pending[o]
-                if o > self.recv_offset:
-                    break
-                del self._pending[o]
-                self._pending_bytes -= len(d)
-                progressed = True
-                e = o + len(d)
-                if e > self.recv_offset:
-                    out.append((self.recv_offset, d[self.recv_offset - o :]))
-                    self.recv_offset = e
-            if not progressed:
-                break
+        # drain the reorder buffer (segments are disjoint and sorted)
+        offs = self._pending_offsets
+        while offs and offs[0] <= self.recv_offset:
+            o = offs.pop(0)
+            d = self._pending.pop(o)
+            self._pending_bytes -= len(d)
+            e = o + len(d)
+            if e > self.recv_offset:
+                out.append((self.recv_offset, bytes(d[self.recv_offset - o :])))
+                self.recv_offset = e
         return out
+
+    def _buffer(self, offset: int, data: bytes) -> None:
+        """Keep the bytes of ``[offset, offset + len(data))`` not buffered yet."""
+        end = offset + len(data)
+        offs, pending = self._pending_offsets, self._pending
+        pieces: list[tuple[int, bytes]] = []
+        pos = offset
+        j = max(bisect_right(offs, offset) - 1, 0)
+        while j < len(offs) and offs[j] < end:
+            o = offs[j]
+            e = o + len(pending[o])
+            if e > pos:
+                if o > pos:
+                    pieces.append((pos, data[pos - offset : o - offset]))
+                pos = e
+            j += 1
+        if pos < end:
+            pieces.append((pos, data[pos - offset :]))
+        for p, d in pieces:
+            self._pending_bytes += len(d)
+            k = bisect_right(offs, p)
+            if k > 0 and offs[k - 1] + len(pending[offs[k - 1]]) == p:
+                p = offs[k - 1]
+                pending[p] += d  # append to the adjacent segment before
+                k -= 1
+            else:
+                offs.insert(k, p)
+                pending[p] = bytearray(d)
+            if k + 1 < len(offs) and offs[k + 1] == p + len(pending[p]):
+                pending[p] += pending.pop(offs.pop(k + 1))  # and merge the one after
+        if self._pending_bytes > self.window:
+            raise ReorderBufferOverflow(f"stream {self.stream_id}: reorder buffer over {self.window} bytes")
+        if len(offs) > MAX_REORDER_SEGMENTS:
+            raise ReorderBufferOverflow(
+                f"stream {self.stream_id}: reorder buffer split in over {MAX_REORDER_SEGMENTS} pieces"
+            )
+
+    @property
+    def highest_received(self) -> int:
+        """End of the furthest stream byte received (delivered or buffered)."""
+        if not self._pending_offsets:
+            return self.recv_offset
+        last = self._pending_offsets[-1]
+        return max(self.recv_offset, last + len(self._pending[last]))
+
+    def drop_reorder_buffer(self) -> None:
+        """The peer reset its direction: out-of-order bytes will never be delivered."""
+        self._pending.clear()
+        self._pending_offsets.clear()
+        self._pending_bytes = 0
 
     @property
     def fin_complete(self) -> bool:

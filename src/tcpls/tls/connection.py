@@ -174,20 +174,6 @@ class TLSConnection:
         """Client: the newest resumable session received (None before a ticket)."""
         return self.sessions[-1] if self.sessions else None
 
-    def application_traffic_state(self) -> tuple[CipherSuiteInfo, bytes, int, bytes, int]:
-        """``(suite, tx_secret, tx_seq, rx_secret, rx_seq)`` of the current
-        application traffic keys, for a layer that takes over record
-        protection after the handshake (TCPLS). Call it at a record
-        boundary, after draining :meth:`data_to_send`.
-
-        Raises:
-            UsageError: the handshake is not complete.
-        """
-        enc, dec = self._encryptor, self._decryptor
-        if not self.handshake_complete or self._suite is None or enc is None or dec is None:
-            raise UsageError("traffic keys exist only after the handshake")
-        return self._suite, enc.secret, enc.seq, dec.secret, dec.seq
-
     def export_keying_material(self, label: str | bytes, context: bytes = b"", length: int = 32) -> bytes:
         """TLS-Exporter(label, context, length) over the exporter_secret (RFC 9846 §7.5).
 
@@ -716,7 +702,11 @@ class TLSConnection:
         return self._reader.bytes_to_boundary()
 
     def export_traffic_state(self) -> TrafficState:
-        """Current application traffic secrets and sequence numbers.
+        """Current application traffic secrets and sequence numbers, for a
+        layer that takes over record protection after the handshake: the
+        kernel (:mod:`tcpls.ktls`) or a TCPLS session (which protects every
+        connection's records itself). Call it at a record boundary, after
+        draining :meth:`data_to_send`.
 
         Raises:
             UsageError: the handshake is not complete, the connection is
