@@ -39,9 +39,9 @@ class TCPLSConfig:
     tls: TLSConfig
     enable: bool = True
     scheduler: str = "round_robin"
-    stream_window: int = 1 << 20
-    send_high_water: int = 1 << 18
-    send_low_water: int = 1 << 16
+    stream_window: int = 1 << 23
+    send_high_water: int = 1 << 22
+    send_low_water: int = 1 << 20
     max_joins: int = 4
     max_streams: int = 1024
     dead_timeout: float = 3.0

@@ -101,6 +101,13 @@ class Connection:
         self.last_received = 0.0
         self.last_sent = 0.0
         self.ping_outstanding = False
+        # send side backpressure, reported by the adapter: False while the
+        # TCP connection's buffers are full (the scheduler skips it)
+        self.writable = True
+
+    def queued(self) -> int:
+        """Bytes of records waiting in ``out`` for the adapter."""
+        return sum(len(b) for b in self.out)
 
     @property
     def usable(self) -> bool:

@@ -102,6 +102,12 @@ class TCPLSSession:
         self.local_closed = False
         self.peer_closed = False
         self._now = 0.0
+        #: Bytes of stream records one flush may queue on one connection
+        #: (None: no bound). An adapter that reports writability
+        #: (:meth:`set_writable`) sets it and calls :meth:`flush` until its
+        #: connections are full, so stream data is assigned to a connection
+        #: only when that connection can send it soon (pull scheduling).
+        self.send_burst: Optional[int] = None
 
     # ---------------------------------------------------------------- queries
     @property
@@ -302,6 +308,26 @@ class TCPLSSession:
             return
         self._drop_connection(conn, ConnState.CLOSED, "closed locally", now, notify_peer=True)
         self._flush(now)
+
+    def set_writable(self, conn_id: int, writable: bool, now: float) -> None:
+        """Backpressure from the adapter: connection ``conn_id`` cannot take
+        more bytes now (False), or can again (True; queues more stream data).
+        The scheduler gives stream data only to writable connections;
+        ACK and control frames go out regardless."""
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.writable == writable:
+            return
+        conn.writable = writable
+        if writable and not self.terminated:
+            self._now = now
+            self._flush(now)
+
+    def flush(self, now: float) -> None:
+        """Queue stream data on every writable connection (up to
+        :attr:`send_burst` bytes each); call after writing ``data_to_send``."""
+        if not self.terminated:
+            self._now = now
+            self._flush(now)
 
     def fail_connection(self, conn_id: int, now: float, reason: str = "declared dead") -> None:
         """Declare ``conn_id`` dead (e.g. the socket reported an error)."""
@@ -750,15 +776,20 @@ class TCPLSSession:
 
     def _flush_streams(self, usable: list[Connection], now: float) -> None:
         streams = [s for s in self._streams.values() if s.has_data_to_send()]
+        burst = self.send_burst
+        sendable = [c for c in usable if c.writable and (burst is None or c.queued() < burst)]
         while streams:
             progressed = False
             for s in streams:
                 conn: Optional[Connection] = None
                 if s.conn_id is not None:
                     pinned = self._conns.get(s.conn_id)
-                    conn = pinned if pinned is not None and pinned.usable else None
+                    if pinned is not None and pinned.usable:
+                        if pinned not in sendable:
+                            continue  # pinned to a connection that is full now
+                        conn = pinned
                 if conn is None:
-                    conn = self._scheduler.choose(usable, _MAX_CONTENT)
+                    conn = self._scheduler.choose(sendable, _MAX_CONTENT)
                 if conn is None:
                     return
                 controls = self._take_controls(conn)
@@ -771,6 +802,8 @@ class TCPLSSession:
                 frames: list[F.Frame] = [F.StreamFrame(s.stream_id, offset, data, fin), *controls]
                 self._send_record(conn, frames, [(s.stream_id, offset, len(data), fin)], now)
                 progressed = True
+                if burst is not None and conn.queued() >= burst:
+                    sendable.remove(conn)
             if not progressed:
                 return
             streams = [s for s in streams if s.has_data_to_send()]
