@@ -31,6 +31,12 @@ class TCPLSConfig:
             unacknowledged before its connection is declared dead.
         ping_interval: seconds of silence after which an idle connection
             is probed with a Ping (None: never probe idle connections).
+        failover_timeout: with several connections, declare one dead as
+            soon as its oldest unacknowledged record is older than
+            ``max(failover_timeout, srtt + 4 * rttvar)`` (its own smoothed
+            TCPLS-level RTT, queueing included) while another connection
+            got an ACK for a record sent after that one: a path that went
+            silent while the others deliver. None: only ``dead_timeout``.
         inflight_limit: bytes per connection for ``fill_fastest_first``.
         token_registry: server: maps join tokens to sessions; share one
             registry between all sessions of a listener.
@@ -46,6 +52,7 @@ class TCPLSConfig:
     max_streams: int = 1024
     dead_timeout: float = 3.0
     ping_interval: Optional[float] = None
+    failover_timeout: Optional[float] = None
     inflight_limit: int = 1 << 18
     token_registry: TokenRegistry = field(default_factory=TokenRegistry)
 
@@ -56,5 +63,7 @@ class TCPLSConfig:
             raise ValueError("need 0 < send_low_water <= send_high_water")
         if self.stream_window < 1 << 14:
             raise ValueError("stream_window must be at least 16384 bytes")
+        if self.failover_timeout is not None and self.failover_timeout <= 0:
+            raise ValueError("failover_timeout must be positive")
         if not 0 <= self.max_joins < 256:
             raise ValueError("max_joins must be 0..255 (token sequence numbers are 8-bit)")

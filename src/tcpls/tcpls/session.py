@@ -214,7 +214,7 @@ class TCPLSSession:
             if c.state not in (ConnState.ACTIVE, ConnState.JOINING):
                 continue
             if c.sent:
-                deadlines.append(c.sent[0].sent_at + self.config.dead_timeout)
+                deadlines.append(self._dead_at(c))
             elif self.config.ping_interval is not None and c.usable:
                 deadlines.append(max(c.last_sent, c.last_received) + self.config.ping_interval)
         return min(deadlines) if deadlines else None
@@ -226,7 +226,7 @@ class TCPLSSession:
         for c in list(self._conns.values()):
             if c.state not in (ConnState.ACTIVE, ConnState.JOINING):
                 continue
-            if c.sent and c.sent[0].sent_at + self.config.dead_timeout <= now:
+            if c.sent and self._dead_at(c) <= now:
                 self._drop_connection(c, ConnState.FAILED, "no acknowledgment (timeout)", now, notify_peer=True)
             elif (
                 not c.sent
@@ -236,6 +236,22 @@ class TCPLSSession:
             ):
                 self._send_record(c, [F.Ping()], [], now)
         self._flush(now)
+
+    def _dead_at(self, c: Connection) -> float:
+        """When ``c`` (with unacknowledged records) is declared dead: after
+        ``dead_timeout``, or sooner (``failover_timeout``) if another
+        connection has since acknowledged a record sent after ``c``'s
+        oldest unacknowledged one, i.e. the peer is alive but not on ``c``."""
+        oldest = c.sent[0].sent_at
+        at = oldest + self.config.dead_timeout
+        ft = self.config.failover_timeout
+        if ft is not None:
+            early = oldest + max(ft, c.srtt + 4 * c.rttvar if c.srtt is not None else ft)
+            if early < at and any(
+                d is not c and d.usable and d.acked_sent_at > oldest for d in self._conns.values()
+            ):
+                at = early
+        return at
 
     # ------------------------------------------------------------ connections
     def add_connection(self, now: float) -> int:
