@@ -5,7 +5,7 @@ Needs only root: it creates and removes its own network namespaces
 ``tests/delayline.py``, since this kernel has no netem). Usage::
 
     sudo python3 benchmarks/bench_tcpls_netns.py [--rate 30mbit] [--delays 20,40]
-        [--mb 24] [--runs 3] [--only NAME,...] [--cut-path 1]
+        [--mb 32] [--runs 3] [--only NAME,...] [--cut-path 1]
 
 Every row gets a fresh testbed (two paths, ``--rate`` per path and
 direction, one-way ``--delays`` in ms, so the RTTs are twice that) and
@@ -18,6 +18,8 @@ client namespace. Rows:
   ``tcpls client``, no ``--tcpls``);
 * ``tcpls1``: TCPLS on path 1; ``tcpls2``: TCPLS on both paths (``--path``
   twice, ``--scheduler`` from ``--scheduler``);
+* ``tcpls2ut``: the same with the failover settings of the ``failover``
+  row but no cut (their cost, and "failovers" must stay 0);
 * ``mptcp``: kernel MPTCP (``IPPROTO_MPTCP``; the server announces its
   second address with ``ip mptcp endpoint ... signal``, limits 2 subflows);
 * ``failover``: TCPLS on both paths with ``--failover --user-timeout 250``
@@ -59,7 +61,7 @@ PY = sys.executable
 CLI = [PY, "-m", "tcpls"]
 BULK = [PY, os.path.join(HERE, "bulk_tcp.py")]
 ENV = dict(os.environ, PYTHONPATH=os.path.join(HERE, "..", "src"))
-ROWS = ["tcp1", "tcp2", "tls1", "tcpls1", "tcpls2", "mptcp", "failover"]
+ROWS = ["tcp1", "tcp2", "tls1", "tcpls1", "tcpls2", "tcpls2ut", "mptcp", "failover"]
 
 
 def _pem(work: str) -> tuple[str, str, str]:
@@ -136,8 +138,8 @@ def _measure(bed: Testbed, server: list[str], client: list[str], size: int, cut:
         if cut_at is not None:
             note = f"cut->resume {resumed - cut_at:.2f}s"
         m = re.search(rb"failovers=(\d+)", err)
-        if m and cut_at is not None:
-            note += f", failovers={m.group(1).decode()}"
+        if m:
+            note += f"{', ' if note else ''}failovers={m.group(1).decode()}"
         return Result(mbps, stall, split, note)
     finally:
         srv.terminate()
@@ -172,8 +174,10 @@ def run_row(name: str, a: argparse.Namespace, pem: tuple[str, str, str], blob: s
             return _measure(bed, tcpls_srv, tcpls_cli, size)
         if name == "tcpls2":
             return _measure(bed, tcpls_srv, [*tcpls_cli, *paths], size)
+        ut = ["--user-timeout", str(a.user_timeout)]
+        if name == "tcpls2ut":
+            return _measure(bed, [*tcpls_srv, *ut], [*tcpls_cli, *paths, "--failover", *ut], size)
         if name == "failover":
-            ut = ["--user-timeout", str(a.user_timeout)]
             return _measure(bed, [*tcpls_srv, *ut], [*tcpls_cli, *paths, "--failover", *ut], size,
                             cut=(a.cut_path, size // 3))
     raise ValueError(name)
@@ -183,8 +187,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", default="30mbit", help="tbf rate per path and direction")
     p.add_argument("--delays", default="20,40", help="one-way delay of path 1,2 in ms (0,0: veth, no delay line)")
-    p.add_argument("--tbf-latency", default="100ms", help="tbf queue bound (as time at --rate)")
-    p.add_argument("--mb", type=float, default=24, help="MB (10^6 bytes) per transfer")
+    p.add_argument("--tbf-latency", default="50ms", help="tbf queue bound (as time at --rate)")
+    p.add_argument("--mb", type=float, default=32, help="MB (10^6 bytes) per transfer")
     p.add_argument("--runs", type=int, default=3, help="runs per row (median shown)")
     p.add_argument("--only", help=f"comma-separated rows of {','.join(ROWS)}")
     p.add_argument("--scheduler", default="round_robin")

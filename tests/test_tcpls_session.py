@@ -435,13 +435,16 @@ def test_failover_timeout_when_another_connection_delivers():
     p = _pair(client_kw=kw, server_kw=kw)
     cid = p.join()
     sid = p.client.open_stream()
+    blob = os.urandom(240_000)
+    p.client.send_stream_data(sid, blob[:40_000])  # RTT samples on both connections
+    p.pump()
+    assert p.client.connection_rtt(0) is not None and p.client.connection_rtt(cid) is not None
     p.dropped.add(0)  # connection 0 black-holes from now on
-    blob = os.urandom(200_000)
-    p.client.send_stream_data(sid, blob[:100_000])
+    p.client.send_stream_data(sid, blob[40_000:140_000])
     p.pump()
     p.now += 0.05  # later records on connection 1 are acknowledged: the peer is alive
     p.client.flush(p.now)  # (the engine's clock)
-    p.client.send_stream_data(sid, blob[100_000:], fin=True)
+    p.client.send_stream_data(sid, blob[140_000:], fin=True)
     p.pump()
     p.advance(0.1)
     assert not of_type(p.client_events, ev.ConnectionFailed)

@@ -241,12 +241,14 @@ class TCPLSSession:
         """When ``c`` (with unacknowledged records) is declared dead: after
         ``dead_timeout``, or sooner (``failover_timeout``) if another
         connection has since acknowledged a record sent after ``c``'s
-        oldest unacknowledged one, i.e. the peer is alive but not on ``c``."""
+        oldest unacknowledged one, i.e. the peer is alive but not on ``c``.
+        Only for an active connection with an RTT sample (a join in
+        progress has no RTT yet)."""
         oldest = c.sent[0].sent_at
         at = oldest + self.config.dead_timeout
         ft = self.config.failover_timeout
-        if ft is not None:
-            early = oldest + max(ft, c.srtt + 4 * c.rttvar if c.srtt is not None else ft)
+        if ft is not None and c.srtt is not None and c.state is ConnState.ACTIVE:
+            early = oldest + max(ft, c.srtt + 4 * c.rttvar)
             if early < at and any(
                 d is not c and d.usable and d.acked_sent_at > oldest for d in self._conns.values()
             ):
