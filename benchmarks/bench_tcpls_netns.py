@@ -113,8 +113,8 @@ def _measure(bed: Testbed, server: list[str], client: list[str], size: int, cut:
             path, after = cut
             while sum(n for _, n in log) < after and cli.poll() is None:
                 time.sleep(0.002)
-            cut_at = time.monotonic()
             bed.blackhole(path)
+            cut_at = time.monotonic()  # the rules are in force (one nft transaction)
         try:
             cli.wait(timeout=180)
         except subprocess.TimeoutExpired:

@@ -161,13 +161,14 @@ class Testbed:
     def blackhole(self, i: int) -> str:
         """Drop everything on path i, silently. Returns the method used."""
         if shutil.which("nft"):
-            ex = ["ip", "netns", "exec", self.client_ns, "nft"]
-            table = f"bh{i}"
-            _run(*ex, "add", "table", "inet", table)
-            _run(*ex, "add", "chain", "inet", table, "out", "{ type filter hook output priority 0 ; }")
-            _run(*ex, "add", "chain", "inet", table, "in", "{ type filter hook input priority 0 ; }")
-            _run(*ex, "add", "rule", "inet", table, "out", "oifname", f"c{i}", "drop")
-            _run(*ex, "add", "rule", "inet", table, "in", "iifname", f"c{i}", "drop")
+            # one transaction: both directions stop at the same instant
+            table = (f"table inet bh{i} {{\n"
+                     f"  chain out {{ type filter hook output priority 0; oifname \"c{i}\" drop; }}\n"
+                     f"  chain in {{ type filter hook input priority 0; iifname \"c{i}\" drop; }}\n}}\n")
+            r = subprocess.run(["ip", "netns", "exec", self.client_ns, "nft", "-f", "-"], input=table,
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"nft: {r.stderr.strip()}")
             return "nftables"
         for ns, dev in ((self.client_ns, f"c{i}"), (self.server_ns, f"s{i}")):
             ex = ["ip", "netns", "exec", ns, "tc"]

@@ -239,20 +239,31 @@ class TCPLSSession:
 
     def _dead_at(self, c: Connection) -> float:
         """When ``c`` (with unacknowledged records) is declared dead: after
-        ``dead_timeout``, or sooner (``failover_timeout``) if another
-        connection has since acknowledged a record sent after ``c``'s
-        oldest unacknowledged one, i.e. the peer is alive but not on ``c``.
-        Only for an active connection with an RTT sample (a join in
-        progress has no RTT yet)."""
+        ``dead_timeout``, or sooner with ``failover_timeout`` (only for an
+        active connection with an RTT sample; a join in progress has none).
+
+        The early clock starts when ``c`` went silent: its last ACK if
+        ACKs kept coming after its oldest unacknowledged record was sent
+        (a busy connection), else that record's send time. It runs out
+        after ``failover_timeout`` (plus, from a send time, the RTT
+        ``srtt + 4 * rttvar``), and counts only if another connection has
+        been acknowledged well after ``c`` went silent: the peer is alive,
+        this path is not. A stalled peer (no ACK anywhere) gets
+        ``dead_timeout``."""
         oldest = c.sent[0].sent_at
         at = oldest + self.config.dead_timeout
         ft = self.config.failover_timeout
-        if ft is not None and c.srtt is not None and c.state is ConnState.ACTIVE:
-            early = oldest + max(ft, c.srtt + 4 * c.rttvar)
-            if early < at and any(
-                d is not c and d.usable and d.acked_sent_at > oldest for d in self._conns.values()
-            ):
-                at = early
+        if ft is None or c.srtt is None or c.state is not ConnState.ACTIVE:
+            return at
+        if c.last_ack_at > oldest:
+            silent, wait = c.last_ack_at, ft
+        else:
+            silent, wait = oldest, max(ft, c.srtt + 4 * c.rttvar)
+        early = silent + wait
+        if early < at and any(
+            d is not c and d.usable and d.last_ack_at > silent + wait / 2 for d in self._conns.values()
+        ):
+            return early
         return at
 
     # ------------------------------------------------------------ connections
