@@ -31,10 +31,16 @@ Invariants:
 
    * *writing*: ``drain()`` waits while the stream's unacknowledged bytes
      (``session.stream_send_buffer``) are at or above the engine's
-     ``send_high_water`` (woken by ``SendBufferLow``), and while every
-     usable TCP transport is paused (``pause_writing``). Bytes become
-     "acknowledged" only when the peer's *engine* has them, so a slow
-     network or a peer that stops reading both hold the writer.
+     ``send_high_water`` (woken by ``SendBufferLow``); in plain TLS
+     fallback also while every usable TCP transport is paused. Bytes
+     become "acknowledged" only when the peer's *engine* has them, so a
+     slow network or a peer that stops reading both hold the writer.
+   * *per connection* (pull scheduling): every socket has
+     ``TCP_NOTSENT_LOWAT``; a transport that pauses is reported to the
+     engine (``set_writable``), whose scheduler then skips it, and
+     ``_after`` calls ``session.flush`` until every usable connection is
+     paused or no stream data is left. Records are bound to a connection
+     only when it can send them soon.
    * *reading*: each stream's :class:`asyncio.StreamReader` pauses reading
      on *all* TCP connections of the session when its buffer passes twice
      its limit (a shared gate counts the paused readers), which stops the

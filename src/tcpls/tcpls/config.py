@@ -31,12 +31,13 @@ class TCPLSConfig:
             unacknowledged before its connection is declared dead.
         ping_interval: seconds of silence after which an idle connection
             is probed with a Ping (None: never probe idle connections).
-        failover_timeout: with several connections, declare one dead as
-            soon as its oldest unacknowledged record is older than
-            ``max(failover_timeout, srtt + 4 * rttvar)`` (its own smoothed
-            TCPLS-level RTT, queueing included) while another connection
-            got an ACK for a record sent after that one: a path that went
-            silent while the others deliver. None: only ``dead_timeout``.
+        failover_timeout: with several connections, declare an active one
+            dead once it has had records unacknowledged and no ACK for
+            ``failover_timeout`` seconds (counted from its last ACK, or
+            for a connection that was idle from its oldest record's send
+            time plus ``srtt + 4 * rttvar``) while another connection kept
+            being acknowledged: a path that went silent while the others
+            deliver. None: only ``dead_timeout``.
         inflight_limit: bytes per connection for ``fill_fastest_first``.
         token_registry: server: maps join tokens to sessions; share one
             registry between all sessions of a listener.
