@@ -47,6 +47,16 @@ def unavailable() -> Optional[str]:
     return None
 
 
+def delay_unavailable() -> Optional[str]:
+    """Why delayed paths (TUN devices + tests/delayline.py) cannot run here."""
+    why = unavailable()
+    if why:
+        return why
+    if not os.path.exists("/dev/net/tun"):
+        return "delayed paths need /dev/net/tun (TUN devices)"
+    return None
+
+
 def _run(*cmd: str) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:

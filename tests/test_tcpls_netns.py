@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import ROOT, cli_env, tcpls_cli, wait_until
-from netbed import Testbed, unavailable
+from netbed import Testbed, delay_unavailable, unavailable
 
 _why = unavailable()
 pytestmark = pytest.mark.skipif(_why is not None, reason=f"netns tests: {_why or ''}")
@@ -155,6 +155,9 @@ def test_failover_black_hole(bed, server, blob, pki, tmp_path):
 
 @pytest.fixture
 def delayed_bed():
+    why = delay_unavailable()
+    if why:
+        pytest.skip(why)
     b = Testbed(RATE, paths=2, delays=[20, 40])
     b.up()
     try:
