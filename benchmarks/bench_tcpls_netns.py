@@ -24,7 +24,9 @@ client namespace. Rows:
   second address with ``ip mptcp endpoint ... signal``, limits 2 subflows);
 * ``failover``: TCPLS on both paths with ``--failover --user-timeout 250``
   (both ends); path ``--cut-path`` is black-holed (nftables drop, both
-  directions, nothing tells the endpoints) after a third of the file.
+  directions, nothing tells the endpoints) after a third of the file;
+* ``mptcp_failover``: the same cut under kernel MPTCP (default kernel
+  timers; no user timeout applies to the MPTCP socket).
 
 Goodput is measured by this script on the client's stdout (every row's
 client writes the received bytes there): bytes after the first read,
@@ -61,7 +63,7 @@ PY = sys.executable
 CLI = [PY, "-m", "tcpls"]
 BULK = [PY, os.path.join(HERE, "bulk_tcp.py")]
 ENV = dict(os.environ, PYTHONPATH=os.path.join(HERE, "..", "src"))
-ROWS = ["tcp1", "tcp2", "tls1", "tcpls1", "tcpls2", "tcpls2ut", "mptcp", "failover"]
+ROWS = ["tcp1", "tcp2", "tls1", "tcpls1", "tcpls2", "tcpls2ut", "mptcp", "failover", "mptcp_failover"]
 
 
 def _pem(work: str) -> tuple[str, str, str]:
@@ -164,10 +166,11 @@ def run_row(name: str, a: argparse.Namespace, pem: tuple[str, str, str], blob: s
             i = 1 if name == "tcp1" else 2
             return _measure(bed, [*BULK, "serve", "0.0.0.0", str(PORT), blob],
                             [*BULK, "fetch", bed.server_addr(i), str(PORT), "--local", bed.client_addr(i), "--out", "/dev/stdout"], size)
-        if name == "mptcp":
+        if name in ("mptcp", "mptcp_failover"):
             bed.enable_mptcp()
             return _measure(bed, [*BULK, "serve", "0.0.0.0", str(PORT), blob, "--mptcp"],
-                            [*BULK, "fetch", s1, str(PORT), "--local", c1, "--mptcp", "--out", "/dev/stdout"], size)
+                            [*BULK, "fetch", s1, str(PORT), "--local", c1, "--mptcp", "--out", "/dev/stdout"], size,
+                            cut=(a.cut_path, size // 3) if name == "mptcp_failover" else None)
         if name == "tls1":
             return _measure(bed, tls_srv, tls_cli, size)
         if name == "tcpls1":
@@ -208,7 +211,7 @@ def main() -> int:
         f.write(os.urandom(size))
     print(f"# {size / 1e6:g} MB per transfer, {a.rate} per path and direction (tbf, queue {a.tbf_latency}), "
           f"one-way delay {a.delays} ms, scheduler {a.scheduler}, median of {a.runs} runs")
-    print(f"{'row':10} {'Mbit/s':>8} {'stall s':>8} {'path1/path2 MB':>15}  runs (Mbit/s | stall s)  notes")
+    print(f"{'row':14} {'Mbit/s':>8} {'stall s':>8} {'path1/path2 MB':>15}  runs (Mbit/s | stall s)  notes")
     med: dict[str, float] = {}
     for name in rows:
         results: list[Result] = []
@@ -216,17 +219,17 @@ def main() -> int:
             try:
                 results.append(run_row(name, a, pem, blob, size))
             except RuntimeError as exc:
-                print(f"{name:10} run failed: {exc}", flush=True)
+                print(f"{name:14} run failed: {exc}", flush=True)
         if not results:
             continue
-        key = (lambda r: r.stall) if name == "failover" else (lambda r: r.mbps)
+        key = (lambda r: r.stall) if name.endswith("failover") else (lambda r: r.mbps)
         mid = sorted(results, key=key)[(len(results) - 1) // 2]
         med[name] = statistics.median(r.mbps for r in results)
-        if name == "failover":
-            med["failover_stall"] = statistics.median(r.stall for r in results)
+        if name in ("failover", "mptcp_failover"):
+            med[name + "_stall"] = statistics.median(r.stall for r in results)
         runs = " ".join(f"{r.mbps:.1f}|{r.stall:.2f}" for r in results)
         notes = "; ".join(r.note for r in results if r.note)
-        print(f"{name:10} {med[name]:8.1f} {mid.stall:8.2f} {mid.split[0] / 1e6:7.1f}/{mid.split[1] / 1e6:<7.1f}  {runs}  {notes}",
+        print(f"{name:14} {med[name]:8.1f} {mid.stall:8.2f} {mid.split[0] / 1e6:7.1f}/{mid.split[1] / 1e6:<7.1f}  {runs}  {notes}",
               flush=True)
     print()
     if "tcp1" in med and "tcp2" in med:
@@ -244,6 +247,8 @@ def main() -> int:
         print(f"TLS 1 path / TCP 1 path:           {med['tls1'] / med['tcp1']:.3f}")
     if "failover_stall" in med:
         print(f"failover stall (median):           {med['failover_stall']:.2f} s  (target <= 0.5)")
+    if "mptcp_failover_stall" in med:
+        print(f"MPTCP failover stall (median):     {med['mptcp_failover_stall']:.2f} s")
     return 0
 
 
