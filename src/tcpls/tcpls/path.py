@@ -93,7 +93,6 @@ class Connection:
         self.sent: deque[SentRecord] = deque()  # unacknowledged, oldest first
         self.in_flight = 0  # stream bytes in unacknowledged records
         self.highest_acked = -1
-        self.acked_sent_at = -1.0  # send time of the newest record acknowledged so far
         self.last_ack_at = -1.0  # when an ACK last acknowledged new records
         self.srtt: Optional[float] = None
         self.rttvar = 0.0
@@ -133,7 +132,6 @@ class Connection:
             acked.append(rec)
             self.in_flight -= sum(r[2] for r in rec.ranges)
         if acked:
-            self.acked_sent_at = max(self.acked_sent_at, acked[-1].sent_at)
             self.last_ack_at = now
         if highest_seq > self.highest_acked:
             self.highest_acked = highest_seq
