@@ -354,3 +354,47 @@ def test_user_timeout_and_event_queue():
             await client.close()
 
     run(main())
+
+
+def test_paused_transport_is_skipped_by_the_scheduler():
+    """Pull scheduling: every socket gets TCP_NOTSENT_LOWAT, a paused
+    transport makes its connection unwritable in the engine (no new stream
+    records go there), resuming hands it data again; the stream arrives
+    intact."""
+    import socket
+
+    ccfg, scfg = _configs()
+    blob = os.urandom(2_000_000)
+
+    async def main():
+        got = asyncio.get_running_loop().create_future()
+
+        async def sink(reader, writer):
+            got.set_result(await reader.read())
+            writer.write_eof()
+
+        server = await _server(scfg, on_stream=sink)
+        async with server:
+            port = server.addresses[0][1]
+            client = await tio.connect("127.0.0.1", port, config=ccfg, server_name="localhost")
+            cid = await client.join("127.0.0.2")
+            for p in client._conns.values():
+                sock = p.transport.get_extra_info("socket")
+                assert sock.getsockopt(socket.IPPROTO_TCP, tio.TCP_NOTSENT_LOWAT) == tio.NOTSENT_LOWAT
+            engine = client.session._conns
+            client._conns[0].pause_writing()
+            assert engine[0].writable is False
+            queued_before = {c: engine[c].in_flight for c in (0, cid)}
+            reader, writer = client.open_stream()
+            writer.write(blob[:300_000])
+            assert engine[0].in_flight == queued_before[0]  # nothing new on the paused connection
+            assert engine[cid].in_flight > queued_before[cid]
+            client._conns[0].resume_writing()
+            assert engine[0].writable is True
+            writer.write(blob[300_000:])
+            writer.write_eof()
+            data = await got
+            await client.close()
+            return data
+
+    assert sha(run(main())) == sha(blob)

@@ -9,12 +9,13 @@ import hashlib
 import os
 import re
 import subprocess
+import sys
 import time
 
 import pytest
 
 from conftest import ROOT, cli_env, tcpls_cli, wait_until
-from netbed import Testbed, unavailable
+from netbed import Testbed, delay_unavailable, unavailable
 
 _why = unavailable()
 pytestmark = pytest.mark.skipif(_why is not None, reason=f"netns tests: {_why or ''}")
@@ -150,3 +151,43 @@ def test_failover_black_hole(bed, server, blob, pki, tmp_path):
     assert hashlib.sha256(data).hexdigest() == blob[1]
     assert int(s["failovers"]) >= 1, s
     assert secs < 30
+
+
+@pytest.fixture
+def delayed_bed():
+    why = delay_unavailable()
+    if why:
+        pytest.skip(why)
+    b = Testbed(RATE, paths=2, delays=[20, 40])
+    b.up()
+    try:
+        yield b
+    finally:
+        b.down()
+
+
+def test_delay_line_delays_each_path(delayed_bed):
+    # A connect to a closed port takes one round trip (SYN, RST): never less
+    # than twice the one-way delay the delay line adds on that path.
+    code = ("import socket, time\ns = socket.socket()\nt = time.monotonic()\ntry:\n    s.connect((%r, 9))\n"
+            "except OSError:\n    pass\nprint(time.monotonic() - t)")
+    for i, rtt in ((1, 0.040), (2, 0.080)):
+        r = subprocess.run(delayed_bed.cmd("client", [sys.executable, "-c", code % delayed_bed.server_addr(i)]),
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0, r.stderr
+        assert float(r.stdout) >= rtt
+
+
+def test_delayed_paths_black_hole_on_connection_0(delayed_bed, pki, blob, tmp_path):
+    """Two paths with different delays, the handshake connection's path
+    black-holed mid-transfer: both paths carried data, the engine (and
+    TCP_USER_TIMEOUT) declared connection 0 dead, the file arrives intact."""
+    bed = delayed_bed
+    srv = _Server(bed, pki, blob[0], "--user-timeout", "250")
+    try:
+        data, s, _secs = _cut_mid_transfer(bed, pki, tmp_path, lambda: bed.blackhole(1), "--user-timeout", "250")
+    finally:
+        srv.stop()
+    assert hashlib.sha256(data).hexdigest() == blob[1]
+    assert int(s["failovers"]) >= 1, s
+    assert s["paths"][0] > 0 and s["paths"][1] > SIZE // 2, s

@@ -398,3 +398,81 @@ def test_session_close_notify():
     p.client.close()
     p.pump()
     assert ev.SessionClosed() in p.server_events
+
+
+def test_pull_scheduling_only_on_writable_connections():
+    """An adapter reports full TCP connections (set_writable) and bounds
+    what one flush queues per connection (send_burst): stream data goes
+    only where it can leave soon, and flush() hands out the next burst."""
+    p = _pair()
+    cid = p.join()
+    p.client.send_burst = 40_000
+    p.client.set_writable(0, False, p.now)
+    sid = p.client.open_stream()
+    blob = os.urandom(300_000)
+    p.client.send_stream_data(sid, blob, fin=True)
+    assert not any(r.ranges for r in p.client._conns[0].sent)  # connection 0 is full
+    first = p.client.data_to_send(cid)
+    assert 0 < len(first) < 40_000 + (1 << 14) + 512  # one burst, at most one record over
+    p.client.flush(p.now)
+    second = p.client.data_to_send(cid)
+    assert 0 < len(second) < 40_000 + (1 << 14) + 512
+    assert p.client.connections_with_data() == []
+    # connection 1 fills up, connection 0 drains: the data moves there
+    p.client.set_writable(cid, False, p.now)
+    p.client.set_writable(0, True, p.now)
+    assert p.client.connections_with_data() == [0]
+    assert not p.client.data_to_send(cid)
+    for data in (first, second):
+        p.server.receive_data(cid, data, p.now)
+    p.client.set_writable(cid, True, p.now)
+    p.pump()
+    assert received(p.server_events, sid) == blob
+
+
+def test_failover_timeout_when_another_connection_delivers():
+    kw = {"dead_timeout": 3.0, "failover_timeout": 0.25}
+    p = _pair(client_kw=kw, server_kw=kw)
+    cid = p.join()
+    sid = p.client.open_stream()
+    chunks = [os.urandom(40_000) for _ in range(8)]
+    p.client.send_stream_data(sid, chunks[0])  # RTT samples on both connections
+    p.pump()
+    assert p.client.connection_rtt(0) is not None and p.client.connection_rtt(cid) is not None
+    p.dropped.add(0)  # connection 0 black-holes from now on; connection 1 keeps delivering
+    for step, chunk in enumerate(chunks[1:], 1):
+        p.client.flush(p.now)  # (the engine's clock)
+        p.client.send_stream_data(sid, chunk, fin=step == len(chunks) - 1)
+        p.pump()
+        failed = [e.conn_id for e in of_type(p.client_events, ev.ConnectionFailed)]
+        if p.now < 0.25:
+            assert not failed, p.now  # silent for less than failover_timeout
+        elif p.now >= 0.3:
+            assert failed == [0], p.now
+        p.advance(0.05)
+    p.pump()
+    assert received(p.server_events, sid) == b"".join(chunks)
+
+
+def test_failover_timeout_needs_progress_elsewhere():
+    """Every connection silent (peer stalled, not one path lost): only
+    dead_timeout applies."""
+    kw = {"dead_timeout": 2.0, "failover_timeout": 0.25}
+    p = _pair(client_kw=kw, server_kw=kw)
+    cid = p.join()
+    sid = p.client.open_stream()
+    p.dropped.update({0, cid})
+    p.client.send_stream_data(sid, os.urandom(100_000))
+    p.pump()
+    p.advance(0.1)
+    p.client.flush(p.now)
+    p.client.send_stream_data(sid, os.urandom(100_000))
+    p.advance(1.0)
+    assert not of_type(p.client_events, ev.ConnectionFailed)
+    p.advance(1.0)
+    assert {e.conn_id for e in of_type(p.client_events, ev.ConnectionFailed)} == {0, cid}
+
+
+def test_failover_timeout_must_be_positive():
+    with pytest.raises(ValueError, match="failover_timeout"):
+        _pair(client_kw={"failover_timeout": 0})

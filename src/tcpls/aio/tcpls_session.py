@@ -31,10 +31,16 @@ Invariants:
 
    * *writing*: ``drain()`` waits while the stream's unacknowledged bytes
      (``session.stream_send_buffer``) are at or above the engine's
-     ``send_high_water`` (woken by ``SendBufferLow``), and while every
-     usable TCP transport is paused (``pause_writing``). Bytes become
-     "acknowledged" only when the peer's *engine* has them, so a slow
-     network or a peer that stops reading both hold the writer.
+     ``send_high_water`` (woken by ``SendBufferLow``); in plain TLS
+     fallback also while every usable TCP transport is paused. Bytes
+     become "acknowledged" only when the peer's *engine* has them, so a
+     slow network or a peer that stops reading both hold the writer.
+   * *per connection* (pull scheduling): every socket has
+     ``TCP_NOTSENT_LOWAT``; a transport that pauses is reported to the
+     engine (``set_writable``), whose scheduler then skips it, and
+     ``_after`` calls ``session.flush`` until every usable connection is
+     paused or no stream data is left. Records are bound to a connection
+     only when it can send them soon.
    * *reading*: each stream's :class:`asyncio.StreamReader` pauses reading
      on *all* TCP connections of the session when its buffer passes twice
      its limit (a shared gate counts the paused readers), which stops the
@@ -76,10 +82,31 @@ __all__ = [
 logger = logging.getLogger("tcpls.aio.tcpls")
 
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)  # Linux
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux
+#: Unsent bytes the kernel may hold per TCP connection (TCP_NOTSENT_LOWAT):
+#: beyond that the socket refuses writes, the transport pauses and the
+#: engine's scheduler sends the next records on another connection.
+NOTSENT_LOWAT = 1 << 17
+#: Bytes of records one engine flush may queue on one connection (see
+#: ``TCPLSSession.send_burst``); the driver flushes until the connections
+#: are full.
+SEND_BURST = 1 << 16
 DEFAULT_LIMIT = 1 << 20
 EVENTS_KEPT = 4096  # SessionDriver.events keeps at most this many unread events
 
 Addr = tuple[str, int]
+
+
+def set_notsent_lowat(sock: Any, n: int = NOTSENT_LOWAT) -> None:
+    """Keep at most about ``n`` unsent bytes in the kernel's send buffer, so
+    that a connection is "full" while its data still waits to be sent and
+    the scheduler can use another connection (Linux; ignored elsewhere)."""
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, n)
+    except OSError as exc:  # pragma: no cover - non-Linux
+        logger.debug("TCP_NOTSENT_LOWAT not set: %s", exc)
 
 
 def set_user_timeout(sock: Any, ms: Optional[int]) -> None:
@@ -190,6 +217,7 @@ class _ConnProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        set_notsent_lowat(transport.get_extra_info("socket"))
         if self.server is not None:
             set_user_timeout(transport.get_extra_info("socket"), self.server.user_timeout)
         if self.driver is not None:
@@ -217,10 +245,13 @@ class _ConnProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.driver is not None and self.conn_id is not None:
+            self.driver._set_writable(self.conn_id, False)
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.driver is not None:
+        if self.driver is not None and self.conn_id is not None:
+            self.driver._set_writable(self.conn_id, True)
             self.driver._after()
 
     def write(self, data: bytes) -> None:
@@ -234,6 +265,7 @@ class SessionDriver:
 
     def __init__(self, session: TCPLSSession, *, limit: int = DEFAULT_LIMIT, on_stream: Optional[Callable[..., Any]] = None) -> None:
         self.session = session
+        session.send_burst = SEND_BURST  # pull scheduling: see _after
         self._loop = asyncio.get_running_loop()
         self._limit = limit
         self._conns: dict[int, _ConnProtocol] = {}
@@ -395,6 +427,10 @@ class SessionDriver:
         s = self.session
         if s.stream_send_buffer(sid) >= s.config.send_high_water:
             return False
+        if s.mode == "tcpls":
+            # Paused transports are the engine's business (pull scheduling):
+            # the stream buffer must stay full for the next resume_writing.
+            return True
         usable = [self._conns[c] for c in s.usable_connections() if c in self._conns]
         return not usable or not all(p.write_paused for p in usable)
 
@@ -448,6 +484,8 @@ class SessionDriver:
         """A TCP connection for ``proto.conn_id`` is up."""
         assert proto.conn_id is not None and proto.transport is not None
         self._conns[proto.conn_id] = proto
+        if proto.write_paused:
+            self._set_writable(proto.conn_id, False)
         self.local_addrs[proto.conn_id] = proto.transport.get_extra_info("sockname")
         self.peer_addrs[proto.conn_id] = proto.transport.get_extra_info("peername")
         if self._reading_paused:
@@ -496,6 +534,10 @@ class SessionDriver:
     def _no_connection_left(self) -> None:
         """Hook: every connection is gone (a client may rejoin; a server waits)."""
 
+    def _set_writable(self, conn_id: int, writable: bool) -> None:
+        if self._error is None and conn_id in self.session.connection_ids():
+            self.session.set_writable(conn_id, writable, self._loop.time())
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
@@ -520,6 +562,7 @@ class SessionDriver:
             return
         self._dispatch()
         self._transmit()
+        self._fill()
         t = self.session.get_timer()
         if t != self._timer_at:
             self._cancel_timer()
@@ -528,6 +571,23 @@ class SessionDriver:
                 self._timer = self._loop.call_at(t, self._on_timer)
         self._wake()
         self._update_reading()
+
+    def _fill(self) -> None:
+        """Pull scheduling: the engine queued at most ``SEND_BURST`` bytes per
+        connection; hand out more until every connection with room is full
+        (its transport paused: the kernel holds ``NOTSENT_LOWAT`` unsent
+        bytes and the transport its high-water mark) or no data is left."""
+        s = self.session
+        for _ in range(256):
+            if s.terminated:
+                return
+            conns = self._conns
+            if not any(c in conns and not conns[c].write_paused for c in s.usable_connections()):
+                return
+            s.flush(self._loop.time())
+            if not s.connections_with_data():
+                return
+            self._transmit()
 
     def _transmit(self) -> None:
         s = self.session

@@ -56,7 +56,8 @@ def add_arguments(server: argparse.ArgumentParser, client: argparse.ArgumentPars
                        help="TCPLS: which connection carries the next record")
         p.add_argument("--dead-timeout", type=float, metavar="S",
                        help="TCPLS: declare a connection dead after S seconds without ACK (default 3, 1 with --failover)")
-        p.add_argument("--user-timeout", type=int, metavar="MS", help="TCPLS: set TCP_USER_TIMEOUT on every connection")
+        p.add_argument("--user-timeout", type=int, metavar="MS", help="TCPLS: set TCP_USER_TIMEOUT on every connection, and declare a connection dead "
+                       "when its records stay unacknowledged this long while another connection delivers")
     client.add_argument("--path", action="append", default=[], metavar="LOCAL=REMOTE",
                         help="TCPLS: also use a connection from LOCAL to REMOTE (repeatable; joined and aggregated)")
     client.add_argument("--migrate-to", metavar="[LOCAL=]REMOTE", help="TCPLS: move the session to this path ...")
@@ -74,7 +75,12 @@ def host_action() -> type[argparse.Action]:
 def _config(args: argparse.Namespace, tls: Any, *, client: bool) -> TCPLSConfig:
     failover = client and getattr(args, "failover", False)
     dead = args.dead_timeout if args.dead_timeout is not None else (1.0 if failover else 3.0)
-    return TCPLSConfig(tls, scheduler=args.scheduler, dead_timeout=dead, ping_interval=dead / 2 if failover else None)
+    # --user-timeout bounds path failure detection twice: in the kernel
+    # (TCP_USER_TIMEOUT) and in the engine (failover_timeout: a connection
+    # whose records stay unacknowledged while another one delivers).
+    ut = args.user_timeout / 1000 if args.user_timeout else None
+    return TCPLSConfig(tls, scheduler=args.scheduler, dead_timeout=dead, ping_interval=dead / 2 if failover else None,
+                       failover_timeout=ut)
 
 
 def _split_path(spec: str) -> tuple[Optional[str], str]:

@@ -35,6 +35,13 @@ class TCPLSConfig:
             unacknowledged before its connection is declared dead.
         ping_interval: seconds of silence after which an idle connection
             is probed with a Ping (None: never probe idle connections).
+        failover_timeout: with several connections, declare an active one
+            dead once it has had records unacknowledged and no ACK for
+            ``failover_timeout`` seconds (counted from its last ACK, or
+            for a connection that was idle from its oldest record's send
+            time plus ``srtt + 4 * rttvar``) while another connection kept
+            being acknowledged: a path that went silent while the others
+            deliver. None: only ``dead_timeout``.
         inflight_limit: bytes per connection for ``fill_fastest_first``.
         key_update_records: records one sending key may protect (summed
             over the connections sharing it) before the connection using it
@@ -47,13 +54,14 @@ class TCPLSConfig:
     tls: TLSConfig
     enable: bool = True
     scheduler: str = "round_robin"
-    stream_window: int = 1 << 20
-    send_high_water: int = 1 << 18
-    send_low_water: int = 1 << 16
+    stream_window: int = 1 << 23
+    send_high_water: int = 1 << 22
+    send_low_water: int = 1 << 20
     max_joins: int = 4
     max_streams: int = 1024
     dead_timeout: float = 3.0
     ping_interval: Optional[float] = None
+    failover_timeout: Optional[float] = None
     inflight_limit: int = 1 << 18
     key_update_records: int = 1 << 23
     token_registry: TokenRegistry = field(default_factory=TokenRegistry)
@@ -69,5 +77,7 @@ class TCPLSConfig:
             raise ValueError("key_update_records must be positive")
         if self.max_streams < 1:
             raise ValueError("max_streams must be positive")
+        if self.failover_timeout is not None and self.failover_timeout <= 0:
+            raise ValueError("failover_timeout must be positive")
         if not 0 <= self.max_joins < 256:
             raise ValueError("max_joins must be 0..255 (token sequence numbers are 8-bit)")

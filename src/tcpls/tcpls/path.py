@@ -107,6 +107,7 @@ class Connection:
         self.sent: deque[SentRecord] = deque()  # unacknowledged, oldest first
         self.in_flight = 0  # stream bytes in unacknowledged records
         self.highest_acked = -1
+        self.last_ack_at = -1.0  # when an ACK last acknowledged new records
         self.srtt: Optional[float] = None
         self.rttvar = 0.0
         # receive side: what we owe the peer an ACK for
@@ -121,6 +122,13 @@ class Connection:
         self.last_received = 0.0
         self.last_sent = 0.0
         self.ping_outstanding = False
+        # send side backpressure, reported by the adapter: False while the
+        # TCP connection's buffers are full (the scheduler skips it)
+        self.writable = True
+
+    def queued(self) -> int:
+        """Bytes of records waiting in ``out`` for the adapter."""
+        return sum(len(b) for b in self.out)
 
     @property
     def usable(self) -> bool:
@@ -144,6 +152,8 @@ class Connection:
             rec = sent.popleft()
             acked.append(rec)
             self.in_flight -= sum(r[2] for r in rec.ranges)
+        if acked:
+            self.last_ack_at = now
         if highest_seq > self.highest_acked:
             self.highest_acked = highest_seq
         if acked and acked[-1].seq == highest_seq:

@@ -120,6 +120,12 @@ class TCPLSSession:
         self.local_closed = False
         self.peer_closed = False
         self._now = 0.0
+        #: Bytes of stream records one flush may queue on one connection
+        #: (None: no bound). An adapter that reports writability
+        #: (:meth:`set_writable`) sets it and calls :meth:`flush` until its
+        #: connections are full, so stream data is assigned to a connection
+        #: only when that connection can send it soon (pull scheduling).
+        self.send_burst: Optional[int] = None
 
     # ---------------------------------------------------------------- queries
     @property
@@ -241,7 +247,7 @@ class TCPLSSession:
             if c.state not in (ConnState.ACTIVE, ConnState.JOINING):
                 continue
             if c.sent:
-                deadlines.append(c.sent[0].sent_at + self.config.dead_timeout)
+                deadlines.append(self._dead_at(c))
             elif self.config.ping_interval is not None and c.usable:
                 deadlines.append(max(c.last_sent, c.last_received) + self.config.ping_interval)
         return min(deadlines) if deadlines else None
@@ -253,7 +259,7 @@ class TCPLSSession:
         for c in list(self._conns.values()):
             if c.state not in (ConnState.ACTIVE, ConnState.JOINING):
                 continue
-            if c.sent and c.sent[0].sent_at + self.config.dead_timeout <= now:
+            if c.sent and self._dead_at(c) <= now:
                 self._drop_connection(c, ConnState.FAILED, "no acknowledgment (timeout)", now, notify_peer=True)
             elif (
                 not c.sent
@@ -263,6 +269,35 @@ class TCPLSSession:
             ):
                 self._send_record(c, [F.Ping()], [], now)
         self._flush(now)
+
+    def _dead_at(self, c: Connection) -> float:
+        """When ``c`` (with unacknowledged records) is declared dead: after
+        ``dead_timeout``, or sooner with ``failover_timeout`` (only for an
+        active connection with an RTT sample; a join in progress has none).
+
+        The early clock starts when ``c`` went silent: its last ACK if
+        ACKs kept coming after its oldest unacknowledged record was sent
+        (a busy connection), else that record's send time. It runs out
+        after ``failover_timeout`` (plus, from a send time, the RTT
+        ``srtt + 4 * rttvar``), and counts only if another connection has
+        been acknowledged well after ``c`` went silent: the peer is alive,
+        this path is not. A stalled peer (no ACK anywhere) gets
+        ``dead_timeout``."""
+        oldest = c.sent[0].sent_at
+        at = oldest + self.config.dead_timeout
+        ft = self.config.failover_timeout
+        if ft is None or c.srtt is None or c.state is not ConnState.ACTIVE:
+            return at
+        if c.last_ack_at > oldest:
+            silent, wait = c.last_ack_at, ft
+        else:
+            silent, wait = oldest, max(ft, c.srtt + 4 * c.rttvar)
+        early = silent + wait
+        if early < at and any(
+            d is not c and d.usable and d.last_ack_at > silent + wait / 2 for d in self._conns.values()
+        ):
+            return early
+        return at
 
     # ------------------------------------------------------------ connections
     def add_connection(self, now: float) -> int:
@@ -335,6 +370,26 @@ class TCPLSSession:
             return
         self._drop_connection(conn, ConnState.CLOSED, "closed locally", now, notify_peer=True)
         self._flush(now)
+
+    def set_writable(self, conn_id: int, writable: bool, now: float) -> None:
+        """Backpressure from the adapter: connection ``conn_id`` cannot take
+        more bytes now (False), or can again (True; queues more stream data).
+        The scheduler gives stream data only to writable connections;
+        ACK and control frames go out regardless."""
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.writable == writable:
+            return
+        conn.writable = writable
+        if writable and not self.terminated:
+            self._now = now
+            self._flush(now)
+
+    def flush(self, now: float) -> None:
+        """Queue stream data on every writable connection (up to
+        :attr:`send_burst` bytes each); call after writing ``data_to_send``."""
+        if not self.terminated:
+            self._now = now
+            self._flush(now)
 
     def fail_connection(self, conn_id: int, now: float, reason: str = "declared dead") -> None:
         """Declare ``conn_id`` dead (e.g. the socket reported an error)."""
@@ -932,15 +987,20 @@ class TCPLSSession:
 
     def _flush_streams(self, usable: list[Connection], now: float) -> None:
         streams = [s for s in self._streams.values() if s.has_data_to_send()]
+        burst = self.send_burst
+        sendable = [c for c in usable if c.writable and (burst is None or c.queued() < burst)]
         while streams:
             progressed = False
             for s in streams:
                 conn: Optional[Connection] = None
                 if s.conn_id is not None:
                     pinned = self._conns.get(s.conn_id)
-                    conn = pinned if pinned is not None and pinned.usable else None
+                    if pinned is not None and pinned.usable:
+                        if pinned not in sendable:
+                            continue  # pinned to a connection that is full now
+                        conn = pinned
                 if conn is None:
-                    conn = self._scheduler.choose(usable, _MAX_CONTENT)
+                    conn = self._scheduler.choose(sendable, _MAX_CONTENT)
                 if conn is None:
                     return
                 controls = self._take_controls(conn)
@@ -953,6 +1013,8 @@ class TCPLSSession:
                 frames: list[F.Frame] = [F.StreamFrame(s.stream_id, offset, data, fin), *controls]
                 self._send_record(conn, frames, [(s.stream_id, offset, len(data), fin)], now)
                 progressed = True
+                if burst is not None and conn.queued() >= burst:
+                    sendable.remove(conn)
             if not progressed:
                 return
             streams = [s for s in streams if s.has_data_to_send()]
