@@ -16,7 +16,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--alpn", metavar="LIST", help="ALPN protocols, comma separated")
-        p.add_argument("--ciphers", metavar="LIST", help="TLS 1.3 cipher suites (IANA names, ',' or ':' separated)")
+        p.add_argument(
+            "--ciphers",
+            "--ciphersuites",
+            dest="ciphers",
+            metavar="LIST",
+            help="TLS 1.3 cipher suites (IANA names, ',' or ':' separated); TLS_AES_128_CCM_SHA256 and "
+            "TLS_AES_128_CCM_8_SHA256 are used only when listed",
+        )
         p.add_argument("--groups", metavar="LIST", help="key exchange groups (IANA names, ',' or ':' separated)")
         p.add_argument("--keylog", metavar="FILE", help="append SSLKEYLOGFILE lines to FILE")
         p.add_argument("-v", "--verbose", action="store_true", help="print negotiated parameters / log connections")

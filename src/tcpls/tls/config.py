@@ -62,9 +62,13 @@ DEFAULT_CERT_SIGNATURE_SCHEMES: tuple[SignatureScheme, ...] = DEFAULT_SIGNATURE_
     SignatureScheme.rsa_pkcs1_sha512,
 )
 
-# Names accepted in configuration: the defaults plus AES-128-CCM, which is
-# implemented but not offered unless asked for.
-_SUITES_BY_NAME = {s.name: s for s in (*DEFAULT_CIPHER_SUITES, CipherSuite.TLS_AES_128_CCM_SHA256)}
+# Names accepted in configuration: the defaults plus AES-128-CCM and
+# AES-128-CCM-8 (RFC 9846 §9.1, appendix B.4), implemented but not offered
+# unless asked for.
+_SUITES_BY_NAME = {
+    s.name: s
+    for s in (*DEFAULT_CIPHER_SUITES, CipherSuite.TLS_AES_128_CCM_SHA256, CipherSuite.TLS_AES_128_CCM_8_SHA256)
+}
 _GROUPS_BY_NAME = {g.name: g for g in NamedGroup if g != NamedGroup.X25519MLKEM768}
 _GROUP_ALIASES = {"P-256": "secp256r1", "P-384": "secp384r1", "prime256v1": "secp256r1", "X25519": "x25519", "X448": "x448"}
 
