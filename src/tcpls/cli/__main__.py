@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--psk", metavar="HEX", help="external PSK (hex); with --psk-identity")
         p.add_argument("--psk-identity", metavar="ID", help="identity of the external PSK")
         p.add_argument("--psk-hash", choices=["sha256", "sha384"], default="sha256", help="hash of the external PSK")
+        p.add_argument(
+            "--psk-modes",
+            metavar="LIST",
+            help="PSK key exchange modes, preferred first: psk_dhe_ke, psk_ke (default psk_dhe_ke; psk_ke, PSK "
+            "without (EC)DHE, has no forward secrecy). Server: the modes accepted; client: the modes offered",
+        )
         p.add_argument("--key-update", action="store_true", help="send a KeyUpdate (update_requested) right after the handshake")
         p.add_argument("--record-size-limit", type=int, metavar="N", help="offer/accept records of at most N bytes (RFC 8449)")
         p.add_argument(

@@ -103,6 +103,19 @@ def parse_groups(text: str | Sequence[str]) -> list[NamedGroup]:
     return out
 
 
+def parse_psk_modes(text: str | Sequence[str]) -> list[PskKeyExchangeMode]:
+    """``psk_dhe_ke``/``psk_ke`` (RFC 9846 §4.2.9), in preference order."""
+    out = []
+    for n in _split(text):
+        if n not in PskKeyExchangeMode.__members__:
+            raise ValueError(f"unknown PSK key exchange mode {n!r} (known: psk_dhe_ke, psk_ke)")
+        if PskKeyExchangeMode[n] not in out:
+            out.append(PskKeyExchangeMode[n])
+    if not out:
+        raise ValueError("no PSK key exchange mode given")
+    return out
+
+
 def _split(text: str | Sequence[str]) -> list[str]:
     if isinstance(text, str):
         text = text.replace(":", ",").split(",")
