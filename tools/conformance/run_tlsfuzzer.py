@@ -51,6 +51,9 @@ TCPLS_CR_SIGALGS = ("ecdsa_secp256r1_sha256 ecdsa_secp384r1_sha384 ed25519 rsa_p
                     "rsa_pss_rsae_sha384 rsa_pss_rsae_sha512 ecdsa_secp521r1_sha512 ed448")
 # (first = the group the server picks for HelloRetryRequest: both prefer x25519)
 TCPLS_GROUPS = "x25519,secp256r1,secp384r1,x448,secp521r1"
+# Every TLS 1.3 cipher suite (RFC 9846 appendix B.4), for both servers.
+ALL_SUITES = ("TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:"
+              "TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256")
 OPENSSL_GROUPS = "x25519,secp256r1,x448,secp521r1,secp384r1,ffdhe2048,ffdhe3072,ffdhe4096,ffdhe6144,ffdhe8192"
 
 
@@ -312,6 +315,9 @@ class ServerSpec:
         c = self.certs
         if self.kind == "tcpls":
             cmd = self.tcpls_base() + ["--host", "127.0.0.1", "--port", str(port), "--" + mode.app]
+            if "--ciphersuites" in self.tcpls_flags:
+                # the same five suites as s_server below (CCM ones are not offered by default)
+                cmd += ["--ciphersuites", ALL_SUITES]
             if cookie and self.cookie_ok():
                 cmd += ["--hrr-cookie"]
             if mode.cert:
@@ -320,6 +326,9 @@ class ServerSpec:
                 if "--psk" not in self.tcpls_flags:
                     return None, "tcpls server has no --psk"
                 cmd += ["--psk", "aa", "--psk-identity", "test", "--psk-hash", mode.psk_hash]
+                if "--psk-modes" in self.tcpls_flags:
+                    # psk_ke accepted too, (EC)DHE preferred: s_server's -allow_no_dhe_kex
+                    cmd += ["--psk-modes", "psk_dhe_ke,psk_ke"]
             if mode.client_auth:
                 flag = next((f for f in ("--request-client-cert", "--verify-client", "--client-auth")
                              if f in self.tcpls_flags), None)
@@ -348,8 +357,7 @@ class ServerSpec:
         cmd = [self.opts.openssl, "s_server", "-accept", f"127.0.0.1:{port}", "-quiet",
                "-www" if mode.app == "www" else "-rev",
                # every TLS 1.3 suite, as tlsfuzzer's CI server (s_server leaves out CCM by default)
-               "-ciphersuites", "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:"
-               "TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256"]
+               "-ciphersuites", ALL_SUITES]
         if mode.psk_hash:
             if mode.psk_hash != "sha256":
                 return None, "s_server's -psk is SHA-256 only in TLS 1.3"
