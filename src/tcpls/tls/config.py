@@ -198,7 +198,11 @@ class ExtensionHook:
     encrypted_extension_types: frozenset[int] = frozenset()
 
     def client_hello_extensions(self) -> list[tuple[int, bytes]]:
-        """Client: ``(type, body)`` pairs to add to the ClientHello."""
+        """Client: ``(type, body)`` pairs to add to the ClientHello.
+
+        Called again for the second ClientHello after a HelloRetryRequest,
+        which must carry the same extensions (RFC 9846 §4.1.2).
+        """
         return []
 
     def on_encrypted_extensions(self, extensions: list[tuple[int, bytes]]) -> None:

@@ -75,6 +75,7 @@ from .common import (
     offered_compression,
     unexpected,
 )
+from .retry import check_second_client_hello
 
 
 def _is_obsolete_group(group: int) -> bool:
@@ -148,6 +149,7 @@ class ServerHandshake:
         self.server_name: Optional[str] = None
         self.hello_retry = False
         self.hrr_cookie: Optional[bytes] = None
+        self._first_hello: Optional[M.ClientHello] = None  # kept only when we sent HelloRetryRequest
         self.ccs_sent = False
         self.peer_certificates: list[x509.Certificate] = []
         self.client_signature_schemes: list[int] = []
@@ -232,8 +234,10 @@ class ServerHandshake:
             raise ProtocolVersionError("ClientHello legacy_version too low")
         if ch.legacy_compression_methods != b"\x00":
             raise IllegalParameter("legacy_compression_methods must be exactly [null]")
-        if second and (ch.random != self.client_random or ch.legacy_session_id != self.session_id):
-            raise IllegalParameter("second ClientHello changed random or legacy_session_id")
+        if second:
+            # §4.1.2: the same ClientHello but for the changes HelloRetryRequest allows.
+            assert self._first_hello is not None
+            check_second_client_hello(self._first_hello, ch)
         self.client_random = ch.random
         self.session_id = ch.legacy_session_id
 
@@ -339,6 +343,7 @@ class ServerHandshake:
             if retry_group is None:
                 raise HandshakeFailure("no key exchange group in common")
             # §4.1.4: HelloRetryRequest; 0-RTT records that follow are skipped.
+            self._first_hello = ch
             self.suite = suite_info(suite)
             self.transcript.set_hash(self.suite.hash_name)
             self.transcript.update(data)
