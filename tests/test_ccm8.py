@@ -3,7 +3,8 @@ with an 8-byte tag, selectable by name but never offered by default.
 
 Record protection is checked against ``cryptography``'s AESCCM built
 independently here, the handshake in memory, and interoperability against
-``openssl s_server``/``s_client`` restricted to this one suite.
+``openssl s_server``/``s_client`` restricted to this one suite (and, the same
+way, to TLS_AES_128_CCM_SHA256, the other optional suite).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tlspair import configs, make_pair
 
 CCM8 = CipherSuite.TLS_AES_128_CCM_8_SHA256
 NAME = "TLS_AES_128_CCM_8_SHA256"
+CCM_NAMES = pytest.mark.parametrize("name", [NAME, "TLS_AES_128_CCM_SHA256"])
 T = DEFAULT_TIMEOUT
 
 
@@ -110,16 +112,17 @@ def test_default_server_refuses_a_ccm8_only_client():
 
 # ------------------------------------------------------------------ interop
 @needs_openssl
-def test_our_client_with_s_server_ccm8(openssl_server, pki):
+@CCM_NAMES
+def test_our_client_with_s_server_ccm(openssl_server, pki, name):
     leaf = pki.leaf("ec256")
-    srv = openssl_server("-tls1_3", "-naccept", "1", "-rev", "-cert", leaf.cert_file, "-key", leaf.key_file, "-ciphersuites", NAME)
-    cfg = TLSConfig(cipher_suites=[CCM8])
+    srv = openssl_server("-tls1_3", "-naccept", "1", "-rev", "-cert", leaf.cert_file, "-key", leaf.key_file, "-ciphersuites", name)
+    cfg = TLSConfig(cipher_suites=[CipherSuite[name]])
     cfg.load_verify_locations(pki.ca_file)
     lines = [bytes([0x41 + i % 26]) * (1 + (i * 37) % 900) for i in range(60)]
     payload = b"".join(line + b"\n" for line in lines)
     expected = b"".join(line[::-1] + b"\n" for line in lines)
     with sync.connect(srv.address, cfg, server_name="localhost", timeout=T) as sock:
-        assert sock.cipher_suite == CCM8
+        assert sock.cipher_suite == CipherSuite[name]
         sock.sendall(payload)
         got = b""
         while len(got) < len(expected):
@@ -130,38 +133,40 @@ def test_our_client_with_s_server_ccm8(openssl_server, pki):
         sock.shutdown_write()
         assert sock.recv(65536) == b""
     assert srv.wait(T) == 0, srv.stderr
-    assert f"Ciphersuite: {NAME}" in srv.stderr
+    assert f"Ciphersuite: {name}" in srv.stderr
 
 
 @needs_openssl
-def test_cli_server_with_s_client_ccm8(tcpls_cli_server, pki):
+@CCM_NAMES
+def test_cli_server_with_s_client_ccm(tcpls_cli_server, pki, name):
     leaf = pki.leaf("ec256")
-    srv = tcpls_cli_server("--cert", leaf.cert_file, "--key", leaf.key_file, "--echo", "-v", "--ciphersuites", f"TLS_AES_128_GCM_SHA256:{NAME}")
+    srv = tcpls_cli_server("--cert", leaf.cert_file, "--key", leaf.key_file, "--echo", "-v", "--ciphersuites", f"TLS_AES_128_GCM_SHA256:{name}")
     data = os.urandom(50_000)
     res = run_s_client(
         srv.port,
-        ["-tls1_3", "-quiet", "-CAfile", pki.ca_file, "-servername", "localhost", "-verify_return_error", "-ciphersuites", NAME],
+        ["-tls1_3", "-quiet", "-CAfile", pki.ca_file, "-servername", "localhost", "-verify_return_error", "-ciphersuites", name],
         data,
         expect_len=len(data),
         close_stdin=False,
         timeout=60,
     )
     assert res.stdout == data, res.stderr[-2000:]
-    assert f"cipher_suite={NAME}" in srv.stderr
+    assert f"cipher_suite={name}" in srv.stderr
 
 
 @needs_openssl
-def test_cli_client_with_s_server_ccm8(openssl_server, pki):
+@CCM_NAMES
+def test_cli_client_with_s_server_ccm(openssl_server, pki, name):
     leaf = pki.leaf("ec256")
-    srv = openssl_server("-tls1_3", "-naccept", "1", "-rev", "-cert", leaf.cert_file, "-key", leaf.key_file, "-ciphersuites", NAME)
+    srv = openssl_server("-tls1_3", "-naccept", "1", "-rev", "-cert", leaf.cert_file, "-key", leaf.key_file, "-ciphersuites", name)
     line = bytes(range(0x30, 0x7B)) * 3
     res = run_tcpls_cli(
-        ["client", "127.0.0.1", str(srv.port), "--cafile", pki.ca_file, "--sni", "localhost", "-v", "--ciphersuites", NAME],
+        ["client", "127.0.0.1", str(srv.port), "--cafile", pki.ca_file, "--sni", "localhost", "-v", "--ciphersuites", name],
         line + b"\n",
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout == line[::-1] + b"\n"
-    assert re.search(rb"cipher_suite: " + NAME.encode(), res.stderr), res.stderr
+    assert re.search(rb"cipher_suite: " + name.encode(), res.stderr), res.stderr
 
 
 @needs_openssl
