@@ -309,7 +309,7 @@ class TLSConfig:
     require_client_certificate: bool = False
     middlebox_compat: bool = True
     hello_retry_cookie: bool = False
-    reject_obsolete_groups: bool = True  # server: refuse TLS 1.2-only curves in supported_groups
+    reject_obsolete_groups: bool = True  # server: refuse TLS 1.2-only curves listed by TLS 1.3-only clients
     keylog_file: Optional[str] = None
     keylog_callback: Optional[Callable[[str], None]] = None
     max_handshake_message_size: int = 1 << 17

@@ -275,7 +275,7 @@ class ServerHandshake:
             self._check_key_shares(shares, client_groups)
         elif E.supported_groups in exts:
             client_groups = X.decode_supported_groups(exts[E.supported_groups])
-        self._check_obsolete_groups(client_groups, shares)
+        self._check_obsolete_groups(client_groups, shares, versions)
         if E.signature_algorithms in exts:
             self.client_signature_schemes = X.decode_signature_algorithms(exts[E.signature_algorithms])
         if E.server_name in exts:
@@ -484,15 +484,17 @@ class ServerHandshake:
                 return False
         return True
 
-    def _check_obsolete_groups(self, client_groups: list[int], shares: list[tuple[int, bytes]]) -> None:
+    def _check_obsolete_groups(self, client_groups: list[int], shares: list[tuple[int, bytes]], versions: list[int]) -> None:
         """RFC 8446 §4.2.7: codepoints of the obsolete_RESERVED ranges (the
         TLS 1.2 curves) "MUST NOT be offered" in TLS 1.3. A key share for one
-        is always refused; in supported_groups only when
-        ``config.reject_obsolete_groups`` (the default)."""
+        is always refused (key shares exist only in TLS 1.3). In
+        supported_groups only when ``config.reject_obsolete_groups`` (the
+        default) and the client offers TLS 1.3 alone: a client that also
+        offers TLS 1.2 may list them for TLS 1.2, and they are ignored."""
         for g, _ in shares:
             if _is_obsolete_group(g):
                 raise IllegalParameter(f"key share for obsolete group {g:#06x}")
-        if self.config.reject_obsolete_groups:
+        if self.config.reject_obsolete_groups and not any(0x0300 <= v < TLS_1_3 for v in versions):
             for g in client_groups:
                 if _is_obsolete_group(g):
                     raise IllegalParameter(f"obsolete group {g:#06x} offered in supported_groups")
