@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[2]
 TCPLS_CR_SIGALGS = ("ecdsa_secp256r1_sha256 ecdsa_secp384r1_sha384 ed25519 rsa_pss_rsae_sha256 "
                     "rsa_pss_rsae_sha384 rsa_pss_rsae_sha512 ecdsa_secp521r1_sha512 ed448")
 # (first = the group the server picks for HelloRetryRequest: both prefer x25519)
-TCPLS_GROUPS = "x25519,secp256r1,secp384r1,x448,secp521r1"
+TCPLS_GROUPS = "x25519,secp256r1,secp384r1,x448,secp521r1,ffdhe2048,ffdhe3072,ffdhe4096,ffdhe6144,ffdhe8192"
 # Every TLS 1.3 cipher suite (RFC 9846 appendix B.4), for both servers.
 ALL_SUITES = ("TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:"
               "TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256")
