@@ -45,10 +45,16 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Signature schemes each server lists in its CertificateRequest, for the
-# "-s" option of the certificate-request/-verify scripts.
-TCPLS_CR_SIGALGS = ("ecdsa_secp256r1_sha256 ecdsa_secp384r1_sha384 ed25519 rsa_pss_rsae_sha256 "
-                    "rsa_pss_rsae_sha384 rsa_pss_rsae_sha512 ecdsa_secp521r1_sha512 ed448")
+# Signature schemes the tcpls server lists in its CertificateRequest (its
+# default signature_schemes, in order), for the "-s" option of the
+# certificate-request/-verify scripts.
+sys.path.insert(0, str(REPO / "src"))
+from tcpls.tls.config import DEFAULT_SIGNATURE_SCHEMES  # noqa: E402
+
+TCPLS_CR_SIGALGS = " ".join(s.name for s in DEFAULT_SIGNATURE_SCHEMES)
+# Both servers list the CA of --cafile/-CAfile in CertificateRequest
+# (certificate_authorities, 47: RFC 9846 §4.2.4); the scripts are told so.
+CR_CA_NAMES = "47:CR"
 # (first = the group the server picks for HelloRetryRequest: both prefer x25519)
 TCPLS_GROUPS = "x25519,secp256r1,secp384r1,x448,secp521r1,ffdhe2048,ffdhe3072,ffdhe4096,ffdhe6144,ffdhe8192"
 # Every TLS 1.3 cipher suite (RFC 9846 appendix B.4), for both servers.
@@ -190,12 +196,14 @@ JOBS: list[Job] = [
     Job("ecdhe-brainpool-curves", declined="brainpool groups (RFC 8734) are not implemented"),
     # ---- client certificates
     Job("certificate-request", mode="client-cert",
-        tcpls=CLIENT + ["-E", "key_share:SH supported_versions:SH", "-s", TCPLS_CR_SIGALGS],
-        openssl=CLIENT + ["-E", "key_share:SH supported_versions:SH"],
-        note="-s = the server's own CertificateRequest list; compress_certificate:CR dropped"),
+        tcpls=CLIENT + ["-E", f"key_share:SH supported_versions:SH {CR_CA_NAMES}", "-s", TCPLS_CR_SIGALGS],
+        openssl=CLIENT + ["-E", f"key_share:SH supported_versions:SH {CR_CA_NAMES}"],
+        note="-s = the server's own CertificateRequest list; compress_certificate:CR dropped; "
+             "47:CR = certificate_authorities (the --cafile/-CAfile CA) in CertificateRequest"),
     Job("certificate-request", mode="client-cert", label="status_request",
-        tcpls=CLIENT + ["-E", "status_request:CH:CT key_share:SH supported_versions:SH", "-s", TCPLS_CR_SIGALGS],
-        openssl=CLIENT + ["-E", "status_request:CH:CT key_share:SH supported_versions:SH"],
+        tcpls=CLIENT + ["-E", f"status_request:CH:CT key_share:SH supported_versions:SH {CR_CA_NAMES}",
+                        "-s", TCPLS_CR_SIGALGS],
+        openssl=CLIENT + ["-E", f"status_request:CH:CT key_share:SH supported_versions:SH {CR_CA_NAMES}"],
         note="as above, plus status_request"),
     Job("certificate-verify", mode="client-cert", label="RSA client",
         tcpls=CLIENT + ["-s", TCPLS_CR_SIGALGS], openssl=list(CLIENT)),
@@ -212,8 +220,10 @@ JOBS: list[Job] = [
         tcpls=["-k", "{clientkeys}/client-ed448.key", "-c", "{clientkeys}/client-ed448.crt", "-s", TCPLS_CR_SIGALGS],
         openssl=["-k", "{clientkeys}/client-ed448.key", "-c", "{clientkeys}/client-ed448.crt"]),
     Job("client-certificate-compression", mode="client-cert-compression",
-        base=CLIENT + ["--skip-bombs", "--random-fuzz-size", "0", "--algorithms", "zlib"],
-        note="tcpls with --cert-compression zlib; s_server 3.0 has no certificate compression (3.2+)"),
+        base=CLIENT + ["--skip-bombs", "--random-fuzz-size", "0", "--algorithms", "zlib",
+                       "-E", f"key_share:SH supported_versions:SH {CR_CA_NAMES}"],
+        note="tcpls with --cert-compression zlib; s_server 3.0 has no certificate compression (3.2+); "
+             "47:CR as for certificate-request"),
     Job("post-handshake-auth", mode="pha-request", base=list(CLIENT),
         skip_openssl="s_server cannot send a CertificateRequest right after the handshake on its own"),
     Job("post-handshake-auth", mode="pha-require", label="cert required",
