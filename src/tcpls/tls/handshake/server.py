@@ -494,9 +494,11 @@ class ServerHandshake:
         for g, _ in shares:
             if _is_obsolete_group(g):
                 raise IllegalParameter(f"key share for obsolete group {g:#06x}")
-        if self.config.reject_obsolete_groups and not any(0x0300 <= v < TLS_1_3 for v in versions):
+        if self.config.reject_obsolete_groups:
             for g in client_groups:
                 if _is_obsolete_group(g):
+                    if any(0x0300 <= v < TLS_1_3 for v in versions):
+                        return  # listed for TLS 1.2
                     raise IllegalParameter(f"obsolete group {g:#06x} offered in supported_groups")
 
     def _check_key_shares(self, shares: list[tuple[int, bytes]], client_groups: list[int]) -> None:
