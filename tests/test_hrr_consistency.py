@@ -19,6 +19,7 @@ from tcpls.tls import messages as M
 from tcpls.tls.connection import TLSConnection
 from tcpls.tls.enums import AlertDescription, CipherSuite, ContentType, ExtensionType as E, HandshakeType as H, NamedGroup
 from tcpls.tls.handshake.retry import check_second_client_hello
+from conftest import needs_openssl, run_s_client, wait_until
 from tlspair import configs
 
 HRR_KW = dict(
@@ -255,3 +256,21 @@ def test_client_refuses_server_hello_with_another_group_than_the_retry():
     client.data_to_send()
     sh = _server_hello(client, retry=False, group=NamedGroup.x25519)
     assert _client_alert(client, sh) == AlertDescription.illegal_parameter
+
+
+# ------------------------------------------------ real peers
+@needs_openssl
+def test_s_client_resumption_through_hello_retry_request(tcpls_cli_server, pki, tmp_path):
+    """openssl's second ClientHello with a recomputed pre_shared_key passes the
+    check: a resumed handshake with HelloRetryRequest (P-256 share, server wants x25519)."""
+    leaf = pki.leaf("ec256")
+    srv = tcpls_cli_server("--cert", leaf.cert_file, "--key", leaf.key_file, "--echo", "-v", "--groups", "x25519")
+    sess = str(tmp_path / "sess.pem")
+    base = ["-tls1_3", "-CAfile", pki.ca_file, "-servername", "localhost", "-verify_return_error", "-groups", "P-256:X25519"]
+    r1 = run_s_client(srv.port, [*base, "-sess_out", sess], b"one\n", expect_text=b"\none\n", close_stdin=False)
+    assert b"\none\n" in r1.stdout, r1.stderr[-2000:]
+    r2 = run_s_client(srv.port, [*base, "-sess_in", sess], b"two\n", expect_text=b"\ntwo\n", close_stdin=False)
+    assert b"\ntwo\n" in r2.stdout and "Reused, TLSv1.3" in r2.text, r2.text[-2000:]
+    wait_until(lambda: srv.stderr.count("connected:") >= 2, what="two 'connected' log lines")
+    lines = [line for line in srv.stderr.splitlines() if "connected:" in line]
+    assert all("hello_retry=yes" in line and "group=x25519" in line for line in lines), lines
