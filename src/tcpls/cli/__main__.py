@@ -72,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=4433, help="0 picks a free port")
     mode = server.add_mutually_exclusive_group()
     mode.add_argument("--echo", action="store_true", help="echo each connection's bytes (default)")
-    mode.add_argument("--www", action="store_true", help="answer HTTP requests with a status page")
+    mode.add_argument(
+        "--www",
+        action="store_true",
+        help="answer HTTP requests with a status page (GET /keyupdate: after a KeyUpdate with update_requested)",
+    )
     mode.add_argument("--serve-file", metavar="PATH", help="send PATH to each client (sendfile), then close")
     server.add_argument("--ktls", choices=["off", "auto", "required"], default="off",
                         help="hand the record layer to the kernel (kTLS) after the handshake")

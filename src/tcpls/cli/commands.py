@@ -286,6 +286,10 @@ async def _www(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> Non
         request = await reader.readuntil(b"\r\n\r\n")
         first = request.split(b"\r\n", 1)[0].decode("latin-1")
         log.info("%s: %s", peer, first)
+        if first.split(" ")[1:2] == ["/keyupdate"]:
+            # A test resource: KeyUpdate(update_requested) before the answer (RFC 9846 §4.6.3).
+            writer.key_update(True)
+            log.info("%s: KeyUpdate sent", peer)
         rows = "".join(
             f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>\n"
             for k, v in negotiated(_writer_info(writer))
