@@ -73,7 +73,7 @@ class Mode:
     client_auth: bool = False                      # ask for an (optional) client certificate, as CI's --reqcert
     pha: Optional[str] = None                      # request | require (post-handshake auth)
     psk_hash: Optional[str] = None                 # sha256 | sha384: external PSK "aa"/"test", no cert
-    key_update: bool = False                       # server sends KeyUpdate(update_requested) after the handshake
+    key_update: bool = False                       # server sends KeyUpdate(update_requested) for GET /keyupdate
     cert_compression: bool = False                 # RFC 8879 with zlib
     # the probe that checks that the server still answers: (script, args)
     sanity: tuple = ("conversation", ("sanity",))
@@ -157,8 +157,8 @@ JOBS: list[Job] = [
     Job("keyshare-omitted"),
     Job("keyupdate", note="run without CI's -e list (that works around a tlslite-ng server bug)"),
     Job("keyupdate-from-server", mode="key-update",
-        note="expects a KeyUpdate(update_requested) before the answer to `GET /keyupdate`: tcpls runs with "
-             "--key-update; s_server has no such mode"),
+        note="expects a KeyUpdate(update_requested) before the answer to `GET /keyupdate`, which tcpls "
+             "--www does; s_server has no such mode"),
     Job("large-number-of-extensions", base=["--exc", "27"],
         note="--exc 27 only (CI excludes more, for tlslite-ng): an empty compress_certificate is malformed "
              "(RFC 8879: algorithms<2..2^8-2>), decode_error is right"),
@@ -354,10 +354,7 @@ class ServerSpec:
                     return None, ("tcpls CLI cannot require the certificate in post-handshake auth only "
                                   "(--require-client-cert also asks during the handshake)")
                 cmd += [flag, "--cafile", str(self.clientkeys / "ca.pem")]
-            if mode.key_update:
-                if "--key-update" not in self.tcpls_flags:
-                    return None, "tcpls server has no --key-update"
-                cmd += ["--key-update"]
+            # key_update: `--www` answers GET /keyupdate after a KeyUpdate(update_requested)
             if mode.cert_compression:
                 if "--cert-compression" not in self.tcpls_flags:
                     return None, "tcpls server has no --cert-compression"
