@@ -144,8 +144,10 @@ def test_suites() -> None:
     c = suite_info(CipherSuite.TLS_CHACHA20_POLY1305_SHA256)
     assert (c.hash_name, c.key_len) == ("sha256", 32)
     assert c.record_limit >= 2**64 and s.record_limit == int(2**24.5)
+    ccm8 = suite_info(0x1305)
+    assert (ccm8.hash_name, ccm8.key_len, ccm8.tag_len) == ("sha256", 16, 8)
     with pytest.raises(KeyError):
-        suite_info(0x1305)
+        suite_info(0x1306)
     with pytest.raises(KeyError):
         suite_info(0xC02F)
 

@@ -267,7 +267,7 @@ def _raw_record(suite, secret: bytes, seq: int, inner: bytes) -> tuple[bytes, by
     key, iv = traffic_key_iv(suite, secret)
     header = b"\x17\x03\x03" + (len(inner) + suite.tag_len).to_bytes(2, "big")
     nonce = (int.from_bytes(iv, "big") ^ seq).to_bytes(12, "big")
-    return header, suite.aead(key).encrypt(nonce, inner, header)
+    return header, suite.new_aead(key).encrypt(nonce, inner, header)
 
 
 @ALL_SUITES

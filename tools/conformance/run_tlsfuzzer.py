@@ -45,12 +45,21 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Signature schemes each server lists in its CertificateRequest, for the
-# "-s" option of the certificate-request/-verify scripts.
-TCPLS_CR_SIGALGS = ("ecdsa_secp256r1_sha256 ecdsa_secp384r1_sha384 ed25519 rsa_pss_rsae_sha256 "
-                    "rsa_pss_rsae_sha384 rsa_pss_rsae_sha512 ecdsa_secp521r1_sha512 ed448")
+# Signature schemes the tcpls server lists in its CertificateRequest (its
+# default signature_schemes, in order), for the "-s" option of the
+# certificate-request/-verify scripts.
+sys.path.insert(0, str(REPO / "src"))
+from tcpls.tls.config import DEFAULT_SIGNATURE_SCHEMES  # noqa: E402
+
+TCPLS_CR_SIGALGS = " ".join(s.name for s in DEFAULT_SIGNATURE_SCHEMES)
+# Both servers list the CA of --cafile/-CAfile in CertificateRequest
+# (certificate_authorities, 47: RFC 9846 §4.2.4); the scripts are told so.
+CR_CA_NAMES = "47:CR"
 # (first = the group the server picks for HelloRetryRequest: both prefer x25519)
-TCPLS_GROUPS = "x25519,secp256r1,secp384r1,x448,secp521r1"
+TCPLS_GROUPS = "x25519,secp256r1,secp384r1,x448,secp521r1,ffdhe2048,ffdhe3072,ffdhe4096,ffdhe6144,ffdhe8192"
+# Every TLS 1.3 cipher suite (RFC 9846 appendix B.4), for both servers.
+ALL_SUITES = ("TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:"
+              "TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256")
 OPENSSL_GROUPS = "x25519,secp256r1,x448,secp521r1,secp384r1,ffdhe2048,ffdhe3072,ffdhe4096,ffdhe6144,ffdhe8192"
 
 
@@ -64,7 +73,7 @@ class Mode:
     client_auth: bool = False                      # ask for an (optional) client certificate, as CI's --reqcert
     pha: Optional[str] = None                      # request | require (post-handshake auth)
     psk_hash: Optional[str] = None                 # sha256 | sha384: external PSK "aa"/"test", no cert
-    key_update: bool = False                       # server sends KeyUpdate(update_requested) after the handshake
+    key_update: bool = False                       # server sends KeyUpdate(update_requested) for GET /keyupdate
     cert_compression: bool = False                 # RFC 8879 with zlib
     # the probe that checks that the server still answers: (script, args)
     sanity: tuple = ("conversation", ("sanity",))
@@ -148,8 +157,8 @@ JOBS: list[Job] = [
     Job("keyshare-omitted"),
     Job("keyupdate", note="run without CI's -e list (that works around a tlslite-ng server bug)"),
     Job("keyupdate-from-server", mode="key-update",
-        note="expects a KeyUpdate(update_requested) before the answer to `GET /keyupdate`: tcpls runs with "
-             "--key-update; s_server has no such mode"),
+        note="expects a KeyUpdate(update_requested) before the answer to `GET /keyupdate`, which tcpls "
+             "--www does; s_server has no such mode"),
     Job("large-number-of-extensions", base=["--exc", "27"],
         note="--exc 27 only (CI excludes more, for tlslite-ng): an empty compress_certificate is malformed "
              "(RFC 8879: algorithms<2..2^8-2>), decode_error is right"),
@@ -187,12 +196,14 @@ JOBS: list[Job] = [
     Job("ecdhe-brainpool-curves", declined="brainpool groups (RFC 8734) are not implemented"),
     # ---- client certificates
     Job("certificate-request", mode="client-cert",
-        tcpls=CLIENT + ["-E", "key_share:SH supported_versions:SH", "-s", TCPLS_CR_SIGALGS],
-        openssl=CLIENT + ["-E", "key_share:SH supported_versions:SH"],
-        note="-s = the server's own CertificateRequest list; compress_certificate:CR dropped"),
+        tcpls=CLIENT + ["-E", f"key_share:SH supported_versions:SH {CR_CA_NAMES}", "-s", TCPLS_CR_SIGALGS],
+        openssl=CLIENT + ["-E", f"key_share:SH supported_versions:SH {CR_CA_NAMES}"],
+        note="-s = the server's own CertificateRequest list; compress_certificate:CR dropped; "
+             "47:CR = certificate_authorities (the --cafile/-CAfile CA) in CertificateRequest"),
     Job("certificate-request", mode="client-cert", label="status_request",
-        tcpls=CLIENT + ["-E", "status_request:CH:CT key_share:SH supported_versions:SH", "-s", TCPLS_CR_SIGALGS],
-        openssl=CLIENT + ["-E", "status_request:CH:CT key_share:SH supported_versions:SH"],
+        tcpls=CLIENT + ["-E", f"status_request:CH:CT key_share:SH supported_versions:SH {CR_CA_NAMES}",
+                        "-s", TCPLS_CR_SIGALGS],
+        openssl=CLIENT + ["-E", f"status_request:CH:CT key_share:SH supported_versions:SH {CR_CA_NAMES}"],
         note="as above, plus status_request"),
     Job("certificate-verify", mode="client-cert", label="RSA client",
         tcpls=CLIENT + ["-s", TCPLS_CR_SIGALGS], openssl=list(CLIENT)),
@@ -209,8 +220,10 @@ JOBS: list[Job] = [
         tcpls=["-k", "{clientkeys}/client-ed448.key", "-c", "{clientkeys}/client-ed448.crt", "-s", TCPLS_CR_SIGALGS],
         openssl=["-k", "{clientkeys}/client-ed448.key", "-c", "{clientkeys}/client-ed448.crt"]),
     Job("client-certificate-compression", mode="client-cert-compression",
-        base=CLIENT + ["--skip-bombs", "--random-fuzz-size", "0", "--algorithms", "zlib"],
-        note="tcpls with --cert-compression zlib; s_server 3.0 has no certificate compression (3.2+)"),
+        base=CLIENT + ["--skip-bombs", "--random-fuzz-size", "0", "--algorithms", "zlib",
+                       "-E", f"key_share:SH supported_versions:SH {CR_CA_NAMES}"],
+        note="tcpls with --cert-compression zlib; s_server 3.0 has no certificate compression (3.2+); "
+             "47:CR as for certificate-request"),
     Job("post-handshake-auth", mode="pha-request", base=list(CLIENT),
         skip_openssl="s_server cannot send a CertificateRequest right after the handshake on its own"),
     Job("post-handshake-auth", mode="pha-require", label="cert required",
@@ -312,6 +325,9 @@ class ServerSpec:
         c = self.certs
         if self.kind == "tcpls":
             cmd = self.tcpls_base() + ["--host", "127.0.0.1", "--port", str(port), "--" + mode.app]
+            if "--ciphersuites" in self.tcpls_flags:
+                # the same five suites as s_server below (CCM ones are not offered by default)
+                cmd += ["--ciphersuites", ALL_SUITES]
             if cookie and self.cookie_ok():
                 cmd += ["--hrr-cookie"]
             if mode.cert:
@@ -320,6 +336,9 @@ class ServerSpec:
                 if "--psk" not in self.tcpls_flags:
                     return None, "tcpls server has no --psk"
                 cmd += ["--psk", "aa", "--psk-identity", "test", "--psk-hash", mode.psk_hash]
+                if "--psk-modes" in self.tcpls_flags:
+                    # psk_ke accepted too, (EC)DHE preferred: s_server's -allow_no_dhe_kex
+                    cmd += ["--psk-modes", "psk_dhe_ke,psk_ke"]
             if mode.client_auth:
                 flag = next((f for f in ("--request-client-cert", "--verify-client", "--client-auth")
                              if f in self.tcpls_flags), None)
@@ -335,10 +354,7 @@ class ServerSpec:
                     return None, ("tcpls CLI cannot require the certificate in post-handshake auth only "
                                   "(--require-client-cert also asks during the handshake)")
                 cmd += [flag, "--cafile", str(self.clientkeys / "ca.pem")]
-            if mode.key_update:
-                if "--key-update" not in self.tcpls_flags:
-                    return None, "tcpls server has no --key-update"
-                cmd += ["--key-update"]
+            # key_update: `--www` answers GET /keyupdate after a KeyUpdate(update_requested)
             if mode.cert_compression:
                 if "--cert-compression" not in self.tcpls_flags:
                     return None, "tcpls server has no --cert-compression"
@@ -348,8 +364,7 @@ class ServerSpec:
         cmd = [self.opts.openssl, "s_server", "-accept", f"127.0.0.1:{port}", "-quiet",
                "-www" if mode.app == "www" else "-rev",
                # every TLS 1.3 suite, as tlsfuzzer's CI server (s_server leaves out CCM by default)
-               "-ciphersuites", "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:"
-               "TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256"]
+               "-ciphersuites", ALL_SUITES]
         if mode.psk_hash:
             if mode.psk_hash != "sha256":
                 return None, "s_server's -psk is SHA-256 only in TLS 1.3"

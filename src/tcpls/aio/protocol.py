@@ -34,7 +34,8 @@ Invariants:
 
 4. Failure is one path, :meth:`_fail`: remember the first error, write the
    queued alert, fail the handshake waiter and the reader, close the
-   transport. After it, writes are dropped and ``drain()`` raises.
+   transport. After it, writes are dropped and ``drain()`` raises. The close
+   lingers (see :meth:`_close_after_failure`) so that the alert is not lost.
 5. The adapter's own state is only: the handshake future, the closed future
    (set by ``connection_lost``), the first error, and the write-pause mirror.
    Everything else (handshake done? half-closed?) is asked of the engine.
@@ -58,6 +59,10 @@ from ..tls.connection import TLSConnection
 __all__ = ["TLSStreamProtocol", "TLSStreamWriter", "ClientConnectedCallback", "logger"]
 
 logger = logging.getLogger("tcpls.aio")
+
+# Seconds a failed connection keeps draining the peer's input after the
+# alert and FIN before it is closed (see TLSStreamProtocol._close_after_failure).
+_FAILURE_LINGER = 2.0
 
 ClientConnectedCallback = Callable[[asyncio.StreamReader, "TLSStreamWriter"], Optional[Awaitable[None]]]
 
@@ -244,7 +249,28 @@ class TLSStreamProtocol(asyncio.Protocol):
         self._reader.set_exception(exc)  # type: ignore[arg-type]
         self._wake_drain_waiters()
         if self._transport is not None:
-            self._transport.close()
+            self._close_after_failure(self._transport)
+
+    def _close_after_failure(self, transport: asyncio.Transport) -> None:
+        """Close after a fatal error without destroying the alert.
+
+        Closing a socket whose peer is still sending (a large record or
+        flight cut short by the alert) makes the kernel answer with a TCP
+        reset, and the peer may lose the alert it has not read yet. So send
+        FIN after the alert, keep reading and dropping input (``data_received``
+        ignores it once failed) until the peer closes, and close anyway after
+        ``_FAILURE_LINGER`` seconds.
+        """
+        if self._ktls is not None or transport.is_closing() or not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+            transport.resume_reading()  # the reader may have paused it; input is dropped now
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        self._loop.call_later(_FAILURE_LINGER, transport.close)
 
     def _wake_drain_waiters(self) -> None:
         while self._drain_waiters:

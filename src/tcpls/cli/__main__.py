@@ -16,13 +16,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--alpn", metavar="LIST", help="ALPN protocols, comma separated")
-        p.add_argument("--ciphers", metavar="LIST", help="TLS 1.3 cipher suites (IANA names, ',' or ':' separated)")
+        p.add_argument(
+            "--ciphers",
+            "--ciphersuites",
+            dest="ciphers",
+            metavar="LIST",
+            help="TLS 1.3 cipher suites (IANA names, ',' or ':' separated); TLS_AES_128_CCM_SHA256 and "
+            "TLS_AES_128_CCM_8_SHA256 are used only when listed",
+        )
         p.add_argument("--groups", metavar="LIST", help="key exchange groups (IANA names, ',' or ':' separated)")
         p.add_argument("--keylog", metavar="FILE", help="append SSLKEYLOGFILE lines to FILE")
         p.add_argument("-v", "--verbose", action="store_true", help="print negotiated parameters / log connections")
         p.add_argument("--psk", metavar="HEX", help="external PSK (hex); with --psk-identity")
         p.add_argument("--psk-identity", metavar="ID", help="identity of the external PSK")
         p.add_argument("--psk-hash", choices=["sha256", "sha384"], default="sha256", help="hash of the external PSK")
+        p.add_argument(
+            "--psk-modes",
+            metavar="LIST",
+            help="PSK key exchange modes, preferred first: psk_dhe_ke, psk_ke (default psk_dhe_ke; psk_ke, PSK "
+            "without (EC)DHE, has no forward secrecy). Server: the modes accepted; client: the modes offered",
+        )
         p.add_argument("--key-update", action="store_true", help="send a KeyUpdate (update_requested) right after the handshake")
         p.add_argument("--record-size-limit", type=int, metavar="N", help="offer/accept records of at most N bytes (RFC 8449)")
         p.add_argument(
@@ -59,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=4433, help="0 picks a free port")
     mode = server.add_mutually_exclusive_group()
     mode.add_argument("--echo", action="store_true", help="echo each connection's bytes (default)")
-    mode.add_argument("--www", action="store_true", help="answer HTTP requests with a status page")
+    mode.add_argument(
+        "--www",
+        action="store_true",
+        help="answer HTTP requests with a status page (GET /keyupdate: after a KeyUpdate with update_requested)",
+    )
     mode.add_argument("--serve-file", metavar="PATH", help="send PATH to each client (sendfile), then close")
     server.add_argument("--ktls", choices=["off", "auto", "required"], default="off",
                         help="hand the record layer to the kernel (kTLS) after the handshake")

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from .. import aio, sync
 from . import tcpls_mode
 from ..errors import LocalProtocolError, ProtocolError, RemoteAlert, TLSError
-from ..tls.config import TLSConfig, parse_cipher_suites, parse_groups
+from ..tls.config import TLSConfig, parse_cipher_suites, parse_groups, parse_psk_modes
 from ..tls.enums import AlertDescription, CertificateCompressionAlgorithm, CipherSuite, NamedGroup, enum_name
 from ..tls.session import AntiReplay, ExternalPSK, Session
 
@@ -89,6 +89,8 @@ def build_config(args: argparse.Namespace, *, server: bool) -> TLSConfig:
             config.cipher_suites = parse_cipher_suites(args.ciphers)
         if getattr(args, "groups", None):
             config.groups = parse_groups(args.groups)
+        if getattr(args, "psk_modes", None):
+            config.psk_key_exchange_modes = parse_psk_modes(args.psk_modes)
     except ValueError as exc:
         raise UsageFailure(str(exc)) from None
     if getattr(args, "alpn", None):
@@ -284,6 +286,10 @@ async def _www(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> Non
         request = await reader.readuntil(b"\r\n\r\n")
         first = request.split(b"\r\n", 1)[0].decode("latin-1")
         log.info("%s: %s", peer, first)
+        if first.split(" ")[1:2] == ["/keyupdate"]:
+            # A test resource: KeyUpdate(update_requested) before the answer (RFC 9846 §4.6.3).
+            writer.key_update(True)
+            log.info("%s: KeyUpdate sent", peer)
         rows = "".join(
             f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>\n"
             for k, v in negotiated(_writer_info(writer))

@@ -470,9 +470,11 @@ def aead_limits(suite: CipherSuiteInfo) -> AEADLimits:
     AES-GCM: 2^24.5 records protected (RFC 9846 §5.5), 2^36 forgeries.
     ChaCha20-Poly1305: bounded by the sequence space, 2^36 forgeries.
     AES-CCM (16-byte tag): 2^23 protected, 2^23.5 forgeries.
+    AES-CCM-8: 2^23 protected, 2^7 forgeries (the appendix on CCM_8: the
+    suite must not be used in DTLS without a forgery limit; this is it).
     """
     if suite.aead is AESCCM:
-        return AEADLimits(2**23, int(2**23.5))
+        return AEADLimits(2**23, 2**7 if suite.tag_len == 8 else int(2**23.5))
     if _is_chacha(suite):
         return AEADLimits(SEQ_LIMIT, 2**36)
     return AEADLimits(int(2**24.5), 2**36)
@@ -538,7 +540,7 @@ class _Epoch:
         self.epoch = epoch
         self.suite = suite
         self.limits = aead_limits(suite)
-        self._aead = suite.aead(keys.key)
+        self._aead = suite.new_aead(keys.key)
         self._iv = int.from_bytes(keys.iv, "big")
         self._mask = _mask_function(suite, keys.sn_key)
         self._tag_len = suite.tag_len

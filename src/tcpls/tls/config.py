@@ -62,9 +62,13 @@ DEFAULT_CERT_SIGNATURE_SCHEMES: tuple[SignatureScheme, ...] = DEFAULT_SIGNATURE_
     SignatureScheme.rsa_pkcs1_sha512,
 )
 
-# Names accepted in configuration: the defaults plus AES-128-CCM, which is
-# implemented but not offered unless asked for.
-_SUITES_BY_NAME = {s.name: s for s in (*DEFAULT_CIPHER_SUITES, CipherSuite.TLS_AES_128_CCM_SHA256)}
+# Names accepted in configuration: the defaults plus AES-128-CCM and
+# AES-128-CCM-8 (RFC 9846 §9.1, appendix B.4), implemented but not offered
+# unless asked for.
+_SUITES_BY_NAME = {
+    s.name: s
+    for s in (*DEFAULT_CIPHER_SUITES, CipherSuite.TLS_AES_128_CCM_SHA256, CipherSuite.TLS_AES_128_CCM_8_SHA256)
+}
 _GROUPS_BY_NAME = {g.name: g for g in NamedGroup if g != NamedGroup.X25519MLKEM768}
 _GROUP_ALIASES = {"P-256": "secp256r1", "P-384": "secp384r1", "prime256v1": "secp256r1", "X25519": "x25519", "X448": "x448"}
 
@@ -96,6 +100,19 @@ def parse_groups(text: str | Sequence[str]) -> list[NamedGroup]:
         if n not in _GROUPS_BY_NAME or _GROUPS_BY_NAME[n] not in DEFAULT_GROUPS:
             raise ValueError(f"unknown or unsupported group {n!r} (known: {', '.join(g.name for g in DEFAULT_GROUPS)})")
         out.append(_GROUPS_BY_NAME[n])
+    return out
+
+
+def parse_psk_modes(text: str | Sequence[str]) -> list[PskKeyExchangeMode]:
+    """``psk_dhe_ke``/``psk_ke`` (RFC 9846 §4.2.9), in preference order."""
+    out = []
+    for n in _split(text):
+        if n not in PskKeyExchangeMode.__members__:
+            raise ValueError(f"unknown PSK key exchange mode {n!r} (known: psk_dhe_ke, psk_ke)")
+        if PskKeyExchangeMode[n] not in out:
+            out.append(PskKeyExchangeMode[n])
+    if not out:
+        raise ValueError("no PSK key exchange mode given")
     return out
 
 
@@ -181,7 +198,11 @@ class ExtensionHook:
     encrypted_extension_types: frozenset[int] = frozenset()
 
     def client_hello_extensions(self) -> list[tuple[int, bytes]]:
-        """Client: ``(type, body)`` pairs to add to the ClientHello."""
+        """Client: ``(type, body)`` pairs to add to the ClientHello.
+
+        Called again for the second ClientHello after a HelloRetryRequest,
+        which must carry the same extensions (RFC 9846 §4.1.2).
+        """
         return []
 
     def on_encrypted_extensions(self, extensions: list[tuple[int, bytes]]) -> None:
@@ -288,7 +309,7 @@ class TLSConfig:
     require_client_certificate: bool = False
     middlebox_compat: bool = True
     hello_retry_cookie: bool = False
-    reject_obsolete_groups: bool = True  # server: refuse TLS 1.2-only curves in supported_groups
+    reject_obsolete_groups: bool = True  # server: refuse TLS 1.2-only curves listed by TLS 1.3-only clients
     keylog_file: Optional[str] = None
     keylog_callback: Optional[Callable[[str], None]] = None
     max_handshake_message_size: int = 1 << 17

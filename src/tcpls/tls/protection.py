@@ -52,7 +52,7 @@ class _Direction:
     def _install(self, secret: bytes) -> None:
         key, iv = traffic_key_iv(self.suite, secret)
         self.secret = secret
-        self._aead = self.suite.aead(key)
+        self._aead = self.suite.new_aead(key)
         self._iv = int.from_bytes(iv, "big")
         self.seq = 0
         #: Records protected/unprotected under the current key (§5.5 limits).

@@ -36,8 +36,8 @@ class CipherSuiteInfo:
         hash_len: output length of that hash in bytes.
         key_len: AEAD key length in bytes.
         iv_len: per-record nonce length in bytes (12 for every TLS 1.3 suite).
-        aead: the ``cryptography`` AEAD class (constructed with the key).
-        tag_len: AEAD expansion in bytes (16 for every suite supported here).
+        aead: the ``cryptography`` AEAD class; :meth:`new_aead` builds one.
+        tag_len: AEAD expansion in bytes (16, or 8 for AES-128-CCM-8).
         record_limit: number of records one key may protect before a key
             update is required (RFC 9846 §5.5).
     """
@@ -50,6 +50,12 @@ class CipherSuiteInfo:
     aead: type
     tag_len: int = 16
     record_limit: int = _NO_RECORD_LIMIT
+
+    def new_aead(self, key: bytes) -> object:
+        """The AEAD object keyed with ``key`` (AES-CCM with this suite's tag length)."""
+        if self.aead is AESCCM:
+            return AESCCM(key, tag_length=self.tag_len)
+        return self.aead(key)
 
     def hash_algorithm(self) -> hashes.HashAlgorithm:
         """A ``cryptography`` hash object for this suite's hash."""
@@ -68,6 +74,12 @@ SUITES: dict[int, CipherSuiteInfo] = {
     ),
     CipherSuite.TLS_AES_128_CCM_SHA256: CipherSuiteInfo(
         CipherSuite.TLS_AES_128_CCM_SHA256, "sha256", 32, 16, 12, AESCCM, 16, _GCM_RECORD_LIMIT
+    ),
+    # AEAD_AES_128_CCM_8 (RFC 6655): the same cipher with an 8-byte tag. Its
+    # confidentiality limit is AES-CCM's (RFC 9147 appendix B.3); never
+    # offered by default (RFC 9846 §9.1 makes CCM optional).
+    CipherSuite.TLS_AES_128_CCM_8_SHA256: CipherSuiteInfo(
+        CipherSuite.TLS_AES_128_CCM_8_SHA256, "sha256", 32, 16, 12, AESCCM, 8, _GCM_RECORD_LIMIT
     ),
 }
 

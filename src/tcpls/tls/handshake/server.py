@@ -75,6 +75,7 @@ from .common import (
     offered_compression,
     unexpected,
 )
+from .retry import check_second_client_hello
 
 
 def _is_obsolete_group(group: int) -> bool:
@@ -148,6 +149,7 @@ class ServerHandshake:
         self.server_name: Optional[str] = None
         self.hello_retry = False
         self.hrr_cookie: Optional[bytes] = None
+        self._first_hello: Optional[M.ClientHello] = None  # kept only when we sent HelloRetryRequest
         self.ccs_sent = False
         self.peer_certificates: list[x509.Certificate] = []
         self.client_signature_schemes: list[int] = []
@@ -232,8 +234,10 @@ class ServerHandshake:
             raise ProtocolVersionError("ClientHello legacy_version too low")
         if ch.legacy_compression_methods != b"\x00":
             raise IllegalParameter("legacy_compression_methods must be exactly [null]")
-        if second and (ch.random != self.client_random or ch.legacy_session_id != self.session_id):
-            raise IllegalParameter("second ClientHello changed random or legacy_session_id")
+        if second:
+            # §4.1.2: the same ClientHello but for the changes HelloRetryRequest allows.
+            assert self._first_hello is not None
+            check_second_client_hello(self._first_hello, ch)
         self.client_random = ch.random
         self.session_id = ch.legacy_session_id
 
@@ -271,7 +275,7 @@ class ServerHandshake:
             self._check_key_shares(shares, client_groups)
         elif E.supported_groups in exts:
             client_groups = X.decode_supported_groups(exts[E.supported_groups])
-        self._check_obsolete_groups(client_groups, shares)
+        self._check_obsolete_groups(client_groups, shares, versions)
         if E.signature_algorithms in exts:
             self.client_signature_schemes = X.decode_signature_algorithms(exts[E.signature_algorithms])
         if E.server_name in exts:
@@ -339,6 +343,7 @@ class ServerHandshake:
             if retry_group is None:
                 raise HandshakeFailure("no key exchange group in common")
             # §4.1.4: HelloRetryRequest; 0-RTT records that follow are skipped.
+            self._first_hello = ch
             self.suite = suite_info(suite)
             self.transcript.set_hash(self.suite.hash_name)
             self.transcript.update(data)
@@ -479,17 +484,21 @@ class ServerHandshake:
                 return False
         return True
 
-    def _check_obsolete_groups(self, client_groups: list[int], shares: list[tuple[int, bytes]]) -> None:
+    def _check_obsolete_groups(self, client_groups: list[int], shares: list[tuple[int, bytes]], versions: list[int]) -> None:
         """RFC 8446 §4.2.7: codepoints of the obsolete_RESERVED ranges (the
         TLS 1.2 curves) "MUST NOT be offered" in TLS 1.3. A key share for one
-        is always refused; in supported_groups only when
-        ``config.reject_obsolete_groups`` (the default)."""
+        is always refused (key shares exist only in TLS 1.3). In
+        supported_groups only when ``config.reject_obsolete_groups`` (the
+        default) and the client offers TLS 1.3 alone: a client that also
+        offers TLS 1.2 may list them for TLS 1.2, and they are ignored."""
         for g, _ in shares:
             if _is_obsolete_group(g):
                 raise IllegalParameter(f"key share for obsolete group {g:#06x}")
         if self.config.reject_obsolete_groups:
             for g in client_groups:
                 if _is_obsolete_group(g):
+                    if any(0x0300 <= v < TLS_1_3 for v in versions):
+                        return  # listed for TLS 1.2
                     raise IllegalParameter(f"obsolete group {g:#06x} offered in supported_groups")
 
     def _check_key_shares(self, shares: list[tuple[int, bytes]], client_groups: list[int]) -> None:
