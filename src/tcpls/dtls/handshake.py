@@ -103,6 +103,7 @@ _TLS_HEADER_LEN = 4
 _MAX_UINT24 = (1 << 24) - 1
 MESSAGE_SEQ_LIMIT = 1 << 16
 _RECORD_NUMBER_LEN = 16
+_FIRST_APPLICATION_EPOCH = 3
 
 
 # --------------------------------------------------------------------------
@@ -909,7 +910,12 @@ class HandshakeTransport:
     def _on_ack(self, rec: ReceivedRecord, now: float) -> None:
         if not self.acks_enabled and rec.number.epoch == 0:
             return  # §7: ignored until DTLS 1.3 is known to be negotiated
-        numbers = decode_ack(rec.data, rec.number.epoch)
+        # §7.2 forbids entries above the ACK's own epoch. That holds during
+        # the handshake; afterwards the two directions' epochs move
+        # independently with KeyUpdate (§8), and the peer must acknowledge
+        # our epoch-N KeyUpdate from its own, possibly lower, epoch.
+        epoch = rec.number.epoch
+        numbers = decode_ack(rec.data, epoch if epoch < _FIRST_APPLICATION_EPOCH else None)
         for flight in list(self._flights):
             progress = False
             newest = -1

@@ -1,0 +1,585 @@
+"""DTLSConnection: client and server engines over a simulated network with a fake clock."""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pytest
+
+from tcpls.dtls.connection import DTLSConnection, cookie_is_valid, stateless_hello_retry
+from tcpls.dtls.cookie import CookieSecret
+from tcpls.dtls.record import CT_APPLICATION_DATA, DropReason, parse_datagram
+from tcpls.errors import IllegalParameter, LocalProtocolError, RemoteAlert, UsageError
+from tcpls.tls import events as ev
+from tcpls.tls.enums import DTLS_1_3, AlertDescription, NamedGroup
+from tcpls.tls.session import ExternalPSK
+
+from tlspair import configs
+
+ADDR = ("192.0.2.1", 4433)
+
+
+# --------------------------------------------------------------------------
+# A simulated network and a fake clock
+# --------------------------------------------------------------------------
+@dataclass
+class Net:
+    """Datagrams between a client and a server: loss, duplication, delay with jitter (reordering)."""
+
+    client: DTLSConnection
+    server: DTLSConnection
+    seed: int = 0
+    loss: float = 0.0
+    duplicate: float = 0.0
+    delay: float = 0.02
+    jitter: float = 0.0
+    now: float = 0.0
+    rng: random.Random = field(init=False)
+    queue: list = field(default_factory=list)
+    count: int = 0
+    sent: dict = field(default_factory=lambda: {"client": [], "server": []})
+    events: dict = field(default_factory=lambda: {"client": [], "server": []})
+    drop_filter: Optional[object] = None  # callable(side, datagram) -> bool (True: drop)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def _collect(self) -> None:
+        for side, conn, peer in (("client", self.client, "server"), ("server", self.server, "client")):
+            for d in conn.datagrams_to_send(self.now):
+                self.sent[side].append((self.now, d))
+                if self.drop_filter is not None and self.drop_filter(side, d):
+                    continue
+                if self.rng.random() < self.loss:
+                    continue
+                copies = 2 if self.rng.random() < self.duplicate else 1
+                for _ in range(copies):
+                    at = self.now + self.delay + self.rng.random() * self.jitter
+                    self.count += 1
+                    heapq.heappush(self.queue, (at, self.count, peer, d))
+
+    def _drain_events(self) -> None:
+        for side, conn in (("client", self.client), ("server", self.server)):
+            while (e := conn.next_event()) is not None:
+                self.events[side].append(e)
+
+    def run(self, until: float = 600.0, stop=None) -> None:
+        """Deliver datagrams and fire timers in time order until nothing is
+        left to do, ``stop()`` is true, or ``until``."""
+        for _ in range(100000):
+            self._collect()
+            self._drain_events()
+            if stop is not None and stop():
+                return
+            times = [t for t in (self.client.get_timer(), self.server.get_timer()) if t is not None]
+            if self.queue:
+                times.append(self.queue[0][0])
+            if not times:
+                return
+            t = min(times)
+            if t > until:
+                return
+            self.now = max(self.now, t)
+            if self.queue and self.queue[0][0] <= self.now:
+                _, _, dst, d = heapq.heappop(self.queue)
+                (self.client if dst == "client" else self.server).receive_datagram(d, self.now)
+                continue
+            for conn in (self.client, self.server):
+                timer = conn.get_timer()
+                if timer is not None and timer <= self.now:
+                    conn.handle_timer(self.now)
+        raise AssertionError("simulation did not settle")
+
+    def of(self, side: str, kind: type) -> list:
+        return [e for e in self.events[side] if isinstance(e, kind)]
+
+
+def make_pair(key_type: str = "ec256", *, client_kw=None, server_kw=None, **cfg_kw) -> tuple[DTLSConnection, DTLSConnection]:
+    c_cfg, s_cfg = configs(key_type, **cfg_kw)
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost", **(client_kw or {}))
+    server = DTLSConnection(s_cfg, is_client=False, client_address=ADDR, **(server_kw or {}))
+    return client, server
+
+
+def handshake(client: DTLSConnection, server: DTLSConnection, **net_kw) -> Net:
+    net = Net(client, server, **net_kw)
+    client.start_handshake(net.now)
+    net.run(stop=lambda: client.handshake_complete and server.handshake_complete and not net.queue)
+    assert client.handshake_complete and server.handshake_complete
+    return net
+
+
+# --------------------------------------------------------------------------
+# Handshakes
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("key_type", ["ec256", "rsa2048"])
+def test_handshake_and_data(key_type: str) -> None:
+    client, server = make_pair(key_type)
+    net = handshake(client, server)
+    net.run()
+    (hc,) = net.of("client", ev.HandshakeComplete)
+    assert hc.version == DTLS_1_3 and hc.peer_certificate_subject == "CN=localhost"
+    assert net.of("server", ev.HandshakeComplete)[0].version == DTLS_1_3
+    assert client.cipher_suite == server.cipher_suite is not None
+    assert client.peer_certificates[0].subject.rfc4514_string() == "CN=localhost"
+    # Cookie exchange by default (§5.1): one stateless HelloRetryRequest.
+    assert client.hello_retry and server.hello_retries_sent == 1
+    assert client.write_epoch == server.write_epoch == 3
+    # Both flights acknowledged: no timer left (client Finished ACKed by the
+    # server, NewSessionTickets ACKed by the client).
+    assert client.get_timer() is None and server.get_timer() is None
+    assert len(net.of("client", ev.SessionTicketReceived)) == 2
+    client.send_data(b"ping")
+    server.send_data(b"pong")
+    net.run()
+    assert [e.data for e in net.of("server", ev.DataReceived)] == [b"ping"]
+    assert [e.data for e in net.of("client", ev.DataReceived)] == [b"pong"]
+    assert client.export_keying_material("EXPORTER-test") == server.export_keying_material("EXPORTER-test")
+
+
+def test_wire_format_is_dtls() -> None:
+    """ClientHello: legacy_version 0xfefd, empty legacy_session_id and
+    legacy_cookie, supported_versions 0xfefc; no ChangeCipherSpec anywhere."""
+    client, server = make_pair()
+    net = handshake(client, server)
+    first = net.sent["client"][0][1]
+    assert first[0] == 22 and first[1:3] == b"\xfe\xfd"  # DTLSPlaintext handshake
+    body = first[13 + 12 :]
+    assert body[0:2] == b"\xfe\xfd"  # ClientHello.legacy_version
+    assert body[34] == 0 and body[35] == 0  # legacy_session_id, legacy_cookie: empty
+    assert b"\x00\x2b\x00\x03\x02\xfe\xfc" in body  # supported_versions = [DTLS 1.3]
+    for side in ("client", "server"):
+        for _, d in net.sent[side]:
+            records, drops = parse_datagram(d, 0)
+            assert not drops or side == "client"  # CIDs unused here
+            assert all(getattr(r, "content_type", 23) != 20 for r in records)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_lossy_network(seed: int) -> None:
+    """20 % loss, 10 % duplication, reordering: handshakes complete and
+    application data arrives at most once, intact (DTLS does not retransmit
+    it; what the network loses is lost)."""
+    client, server = make_pair()
+    net = handshake(client, server, seed=seed, loss=0.2, duplicate=0.1, jitter=0.05)
+    net.run()
+    sent_c = [f"c{seed}-{i}".encode() * (1 + i % 7) for i in range(40)]
+    sent_s = [f"s{seed}-{i}".encode() * (1 + i % 5) for i in range(40)]
+    for a, b in zip(sent_c, sent_s):
+        client.send_data(a)
+        server.send_data(b)
+        net.run(until=net.now + 0.005)
+    net.run()
+    got_s = [e.data for e in net.of("server", ev.DataReceived)]
+    got_c = [e.data for e in net.of("client", ev.DataReceived)]
+    for got, sent in ((got_s, sent_c), (got_c, sent_s)):
+        assert len(got) == len(set(got)), "a record was delivered twice"
+        assert set(got) <= set(sent)
+        assert len(got) >= len(sent) // 2  # 20 % loss: most arrive
+    # Nothing is left outstanding (all flights acknowledged eventually).
+    assert client.get_timer() is None and server.get_timer() is None
+
+
+def test_no_loss_with_reordering_and_duplication_delivers_everything_once() -> None:
+    client, server = make_pair()
+    net = handshake(client, server, seed=7, duplicate=0.5, jitter=0.2)
+    msgs = [bytes([i]) * (i + 1) for i in range(100)]
+    for m in msgs:
+        client.send_data(m)
+    net.run()
+    got = [e.data for e in net.of("server", ev.DataReceived)]
+    assert sorted(got) == sorted(msgs)
+
+
+def test_retransmission_backs_off() -> None:
+    """A ClientHello into a black hole: resent after 1, 2, 4, 8 ... s (§5.8.2)."""
+    client, server = make_pair()
+    net = Net(client, server, drop_filter=lambda side, d: True)
+    client.start_handshake(0.0)
+    net.run(until=100.0)
+    times = [t for t, _ in net.sent["client"]]
+    gaps = [round(b - a, 6) for a, b in zip(times, times[1:])]
+    assert gaps[:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    assert not server.handshake_complete
+
+
+def test_gives_up_after_max_retransmissions() -> None:
+    client, server = make_pair(client_kw={"max_retransmissions": 3})
+    net = Net(client, server, drop_filter=lambda side, d: True)
+    client.start_handshake(0.0)
+    net.run()
+    assert client.gave_up and len(net.sent["client"]) == 4 and client.get_timer() is None
+
+
+def test_lost_ack_of_client_finished_is_resent() -> None:
+    """§7.1: the server keeps epoch 2 read keys and acknowledges a
+    retransmitted client Finished whose ACK was lost."""
+    client, server = make_pair(server_kw={})
+    state = {"dropped": 0}
+
+    def drop_first_server_ack(side: str, d: bytes) -> bool:
+        # After the server completed, its first datagram is the ACK of the
+        # client's Finished (epoch 3).
+        if side == "server" and server.handshake_complete and state["dropped"] == 0:
+            state["dropped"] = 1
+            return True
+        return False
+
+    net = Net(client, server, drop_filter=drop_first_server_ack)
+    client.start_handshake(0.0)
+    net.run()
+    assert state["dropped"] == 1
+    assert client.handshake_complete and server.handshake_complete
+    assert 2 in server.read_epochs
+    assert client.get_timer() is None  # the retransmitted Finished was acknowledged
+    assert len(net.of("server", ev.HandshakeComplete)) == 1
+
+
+# --------------------------------------------------------------------------
+# Cookies and HelloRetryRequest (§5.1)
+# --------------------------------------------------------------------------
+def test_stateless_hello_retry_keeps_no_state() -> None:
+    c_cfg, s_cfg = configs()
+    secret = CookieSecret(b"k" * 32)
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost")
+    client.start_handshake(0.0)
+    (ch1,) = client.datagrams_to_send(0.0)
+    assert not cookie_is_valid(ch1, ADDR, secret, 0.0)
+    hrr = stateless_hello_retry(s_cfg, ch1, ADDR, secret, 0.0)
+    assert hrr is not None
+    # The same answer every time: nothing was remembered in between.
+    assert stateless_hello_retry(s_cfg, ch1, ADDR, secret, 0.0) == hrr
+    client.receive_datagram(hrr, 0.1)
+    (ch2,) = client.datagrams_to_send(0.1)
+    assert stateless_hello_retry(s_cfg, ch2, ADDR, secret, 0.1) is None
+    assert cookie_is_valid(ch2, ADDR, secret, 0.1)
+    # The cookie is bound to the client's address and expires with the key rotation.
+    assert not cookie_is_valid(ch2, ("192.0.2.2", 4433), secret, 0.1)
+    assert not cookie_is_valid(ch2, ADDR, CookieSecret(b"x" * 32), 0.1)
+    assert cookie_is_valid(ch2, ADDR, secret, secret.rotation * 1.5)
+    assert not cookie_is_valid(ch2, ADDR, secret, secret.rotation * 2.5)
+    # Only now is a connection created, from the cookie.
+    server = DTLSConnection(s_cfg, is_client=False, client_address=ADDR, cookie_secret=secret)
+    server.receive_datagram(ch2, 0.2)
+    net = Net(client, server, now=0.2)
+    net.run()
+    assert client.handshake_complete and server.handshake_complete
+    assert server.hello_retry and server.hello_retries_sent == 0
+
+
+def test_server_connection_before_cookie_keeps_no_state() -> None:
+    c_cfg, s_cfg = configs()
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost")
+    server = DTLSConnection(s_cfg, is_client=False, client_address=ADDR)
+    client.start_handshake(0.0)
+    (ch1,) = client.datagrams_to_send(0.0)
+    for _ in range(3):
+        server.receive_datagram(ch1, 0.0)
+    hrrs = server.datagrams_to_send(0.0)
+    assert len(hrrs) == 3 and len(set(hrrs)) == 1
+    assert server.get_timer() is None  # the HelloRetryRequest is never retransmitted
+    assert server._hs.state.name == "START" and server._transport.reassembler.next_seq == 0
+    assert server.read_epochs == [] and server.write_epoch == 0
+
+
+def test_cookie_from_another_address_is_refused() -> None:
+    c_cfg, s_cfg = configs()
+    secret = CookieSecret()
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost")
+    client.start_handshake(0.0)
+    (ch1,) = client.datagrams_to_send(0.0)
+    client.receive_datagram(stateless_hello_retry(s_cfg, ch1, ADDR, secret, 0.0), 0.0)
+    (ch2,) = client.datagrams_to_send(0.0)
+    other = DTLSConnection(s_cfg, is_client=False, client_address=("198.51.100.7", 9), cookie_secret=secret)
+    with pytest.raises(IllegalParameter):
+        other.receive_datagram(ch2, 0.0)
+    (alert,) = other.datagrams_to_send(0.0)
+    assert alert[0] == 21 and alert[-1] == AlertDescription.illegal_parameter
+    assert other.terminated
+
+
+def test_hello_retry_for_an_unsupported_key_share() -> None:
+    """The client's only key share is for a group the server does not
+    accept: the stateless HRR asks for a supported one."""
+    client, server = make_pair(
+        c_groups=[NamedGroup.secp256r1, NamedGroup.x25519],
+        c_key_share_groups=[NamedGroup.secp256r1],
+        s_groups=[NamedGroup.x25519],
+    )
+    net = handshake(client, server)
+    assert client.group == server.group == NamedGroup.x25519
+    assert client.hello_retry and server.hello_retry
+    net.run()
+
+
+def test_without_cookie_exchange() -> None:
+    client, server = make_pair(server_kw={"require_cookie": False})
+    handshake(client, server)
+    assert not client.hello_retry and server.hello_retries_sent == 0
+
+
+# --------------------------------------------------------------------------
+# PSK, resumption
+# --------------------------------------------------------------------------
+def test_external_psk() -> None:
+    key = bytes(range(32))
+    client, server = make_pair(
+        c_psk=ExternalPSK(b"client-1", key), s_psk_lookup=lambda identity: key if identity == b"client-1" else None
+    )
+    net = handshake(client, server)
+    assert client.session_resumed and server.session_resumed
+    assert client.peer_certificates == []
+    client.send_data(b"over psk")
+    net.run()
+    assert net.of("server", ev.DataReceived)[0].data == b"over psk"
+
+
+def test_external_psk_mismatch_fails_with_decrypt_error() -> None:
+    client, server = make_pair(
+        c_psk=ExternalPSK(b"client-1", b"a" * 32), s_psk_lookup=lambda identity: b"b" * 32
+    )
+    client.start_handshake(0.0)
+    net = Net(client, server)
+    with pytest.raises(LocalProtocolError) as info:
+        net.run()
+    assert info.value.alert == AlertDescription.decrypt_error
+
+
+def test_resumption() -> None:
+    c_cfg, s_cfg = configs()
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost")
+    server = DTLSConnection(s_cfg, is_client=False, client_address=ADDR)
+    net = handshake(client, server)
+    net.run()
+    session = client.session
+    assert session is not None
+    client2 = DTLSConnection(c_cfg, is_client=True, server_name="localhost", session=session)
+    server2 = DTLSConnection(s_cfg, is_client=False, client_address=ADDR)
+    net2 = handshake(client2, server2, now=net.now + 10)
+    assert client2.session_resumed and server2.session_resumed
+    assert net2.of("client", ev.HandshakeComplete)[0].session_resumed
+    assert client2.peer_certificates == []  # authenticated by the PSK (RFC 9846 §2.2)
+    client2.send_data(b"resumed")
+    net2.run()
+    assert net2.of("server", ev.DataReceived)[0].data == b"resumed"
+
+
+def test_tls_ticket_key_schedule_differs_from_dtls() -> None:
+    """A session is bound to the dtls13 labels: the PSK from a DTLS ticket
+    differs from the one a TLS connection would compute (§5.9)."""
+    from tcpls.tls.key_schedule import DTLS13_LABEL_PREFIX, TLS13_LABEL_PREFIX, resumption_psk
+
+    secret = b"s" * 32
+    assert resumption_psk("sha256", secret, b"n", DTLS13_LABEL_PREFIX) != resumption_psk(
+        "sha256", secret, b"n", TLS13_LABEL_PREFIX
+    )
+
+
+# --------------------------------------------------------------------------
+# Connection IDs (RFC 9146 as used by RFC 9147 §9)
+# --------------------------------------------------------------------------
+def test_connection_ids() -> None:
+    client, server = make_pair(client_kw={"connection_id": b"\x01\x02\x03"}, server_kw={"connection_id": b"\xaa\xbb"})
+    net = handshake(client, server)
+    assert client.receive_cid == server.send_cid == b"\x01\x02\x03"
+    assert client.send_cid == server.receive_cid == b"\xaa\xbb"
+    client.send_data(b"with cid")
+    (d,) = client.datagrams_to_send(net.now)
+    assert d[0] & 0x10 and d[1:3] == b"\xaa\xbb"  # C bit, the server's CID
+    server.receive_datagram(d, net.now)
+    assert server.next_event() == ev.DataReceived(b"with cid")
+    # A record carrying another CID is dropped.
+    client._records.send_cid = b"\xaa\xbc"
+    client.send_data(b"wrong cid")
+    (d,) = client.datagrams_to_send(net.now)
+    server.receive_datagram(d, net.now)
+    assert server.next_event() is None and server.drops.get(DropReason.WRONG_CID) == 1
+
+
+def test_connection_id_only_when_both_offer() -> None:
+    client, server = make_pair(client_kw={"connection_id": b"\x01"})
+    handshake(client, server)
+    assert client.send_cid is None and server.receive_cid is None
+
+
+def test_empty_connection_id_accepts_the_peers() -> None:
+    client, server = make_pair(client_kw={"connection_id": b""}, server_kw={"connection_id": b"\x09" * 8})
+    net = handshake(client, server)
+    assert client.send_cid == b"\x09" * 8 and server.send_cid == b""
+    server.send_data(b"x")
+    client.send_data(b"y")
+    net.run()
+    assert net.of("client", ev.DataReceived)[0].data == b"x"
+    assert net.of("server", ev.DataReceived)[0].data == b"y"
+
+
+# --------------------------------------------------------------------------
+# KeyUpdate (§8)
+# --------------------------------------------------------------------------
+def test_key_update_waits_for_ack_both_directions() -> None:
+    client, server = make_pair()
+    net = handshake(client, server)
+    net.run()
+    hold = {"on": True}
+    held: list[bytes] = []
+
+    def hold_server_output(side: str, d: bytes) -> bool:
+        if side == "server" and hold["on"]:
+            held.append(d)
+            return True
+        return False
+
+    net.drop_filter = hold_server_output
+    client.key_update(request_peer_update=True)
+    with pytest.raises(UsageError):
+        client.key_update()  # the first one is not acknowledged yet
+    net.run(until=net.now + 0.5)
+    # The server got it: new read epoch, ACK sent (held back), own update sent.
+    assert 4 in server.read_epochs
+    assert client.write_epoch == 3  # no ACK yet: still epoch 3
+    client.send_data(b"still epoch 3")
+    net.run(until=net.now + 0.5)
+    assert net.of("server", ev.DataReceived)[-1].data == b"still epoch 3"
+    hold["on"] = False
+    net.run()
+    assert client.write_epoch == 4 and server.write_epoch == 4
+    assert 4 in client.read_epochs
+    client.send_data(b"epoch 4 up")
+    server.send_data(b"epoch 4 down")
+    net.run()
+    assert net.of("server", ev.DataReceived)[-1].data == b"epoch 4 up"
+    assert net.of("client", ev.DataReceived)[-1].data == b"epoch 4 down"
+    assert [e.direction for e in net.of("client", ev.KeyUpdated)] == ["receive", "send"] or sorted(
+        e.direction for e in net.of("client", ev.KeyUpdated)
+    ) == ["receive", "send"]
+    assert client.get_timer() is None and server.get_timer() is None
+
+
+def test_key_update_over_lossy_network() -> None:
+    for seed in range(5):
+        client, server = make_pair()
+        net = handshake(client, server, seed=seed, loss=0.2, jitter=0.05)
+        net.run()
+        for _ in range(3):
+            server.key_update(request_peer_update=False)
+            net.run()
+        assert server.write_epoch == 6 and max(client.read_epochs) == 6 and client.write_epoch == 3
+        server.send_data(b"after three updates")
+        net.loss = 0.0
+        net.run()
+        assert net.of("client", ev.DataReceived)[-1].data == b"after three updates"
+
+
+def test_automatic_key_update() -> None:
+    client, server = make_pair(client_kw={"key_update_after": 5})
+    net = handshake(client, server)
+    for i in range(12):
+        client.send_data(b"%d" % i)
+        net.run()
+    assert client.write_epoch >= 5
+    assert [e.data for e in net.of("server", ev.DataReceived)] == [b"%d" % i for i in range(12)]
+
+
+# --------------------------------------------------------------------------
+# Alerts, close, usage
+# --------------------------------------------------------------------------
+def test_close_notify_and_data_after_it_ignored() -> None:
+    client, server = make_pair()
+    net = handshake(client, server)
+    net.run()
+    client.send_data(b"before")
+    client.close()
+    net.run()
+    assert net.of("server", ev.CloseNotifyReceived)
+    assert [e.data for e in net.of("server", ev.DataReceived)] == [b"before"]
+    with pytest.raises(Exception):
+        client.send_data(b"after close")
+    # A record sent after the close_notify (here forged by reusing the
+    # client's keys) is ignored (§5.10).
+    _, rec = client._records.seal(CT_APPLICATION_DATA, b"late")
+    server.receive_datagram(rec, net.now)
+    assert server.next_event() is None
+
+
+def test_certificate_failure_alerts_the_server() -> None:
+    c_cfg, s_cfg = configs()
+    c_cfg.trust_anchors = []  # the client trusts nothing
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost")
+    server = DTLSConnection(s_cfg, is_client=False, client_address=ADDR)
+    net = Net(client, server)
+    client.start_handshake(0.0)
+    with pytest.raises(LocalProtocolError):
+        net.run()
+    assert client.terminated
+    with pytest.raises(RemoteAlert):
+        net.run()
+    net._drain_events()
+    assert server.terminated and net.of("server", ev.AlertReceived)
+
+
+def test_send_data_too_large() -> None:
+    client, server = make_pair()
+    handshake(client, server)
+    client.send_data(b"x" * client.max_data_size)
+    with pytest.raises(UsageError):
+        client.send_data(b"x" * (client.max_data_size + 1))
+
+
+def test_data_queued_before_the_handshake() -> None:
+    client, server = make_pair()
+    client.send_data(b"early bird")
+    net = handshake(client, server)
+    net.run()
+    assert net.of("server", ev.DataReceived)[0].data == b"early bird"
+
+
+# --------------------------------------------------------------------------
+# Robustness: invalid input is dropped, never raised
+# --------------------------------------------------------------------------
+def test_garbage_datagrams_never_raise() -> None:
+    rng = random.Random(1)
+    client, server = make_pair()
+    client.start_handshake(0.0)
+    net = Net(client, server)
+
+    def fuzz(conn: DTLSConnection) -> None:
+        for _ in range(200):
+            n = rng.randrange(0, 80)
+            first = rng.choice([0x20 | rng.randrange(32), rng.randrange(256), 25, 23])
+            conn.receive_datagram(bytes([first]) + rng.randbytes(n), net.now)
+
+    fuzz(server)  # before the cookie
+    fuzz(client)
+    net.run()
+    assert client.handshake_complete and server.handshake_complete
+    fuzz(client)
+    fuzz(server)
+    # Bit flips in genuine protected records: dropped by authentication.
+    for _ in range(50):
+        client.send_data(b"payload")
+    for d in client.datagrams_to_send(net.now):
+        flipped = bytearray(d)
+        i = rng.randrange(5, len(flipped))
+        flipped[i] ^= 1 << rng.randrange(8)
+        server.receive_datagram(bytes(flipped), net.now)
+    assert not any(isinstance(e, ev.DataReceived) for e in iter(server.next_event, None))
+    assert server.drops.get(DropReason.AUTHENTICATION_FAILED, 0) >= 45
+    assert not client.terminated and not server.terminated
+
+
+def test_epoch_rule_violations_are_dropped() -> None:
+    client, server = make_pair()
+    net = handshake(client, server)
+    net.run()
+    # Application data in the handshake epoch (2): not allowed (§6.1).
+    _, rec = client._records.seal(CT_APPLICATION_DATA, b"in epoch 2", 2)
+    server.receive_datagram(rec, net.now)
+    assert server.next_event() is None
+    assert server.drops.get(DropReason.CONTENT_TYPE_NOT_ALLOWED) == 1
+    # Unprotected application data (epoch 0): not a valid plaintext type.
+    server.receive_datagram(b"\x17\xfe\xfd\x00\x00" + bytes(6) + b"\x00\x04data", net.now)
+    assert server.next_event() is None
+    assert not server.terminated
