@@ -154,7 +154,7 @@ def test_wire_format_is_dtls() -> None:
     for side in ("client", "server"):
         for _, d in net.sent[side]:
             records, drops = parse_datagram(d, 0)
-            assert not drops or side == "client"  # CIDs unused here
+            assert not drops
             assert all(getattr(r, "content_type", 23) != 20 for r in records)
 
 
@@ -367,15 +367,44 @@ def test_resumption() -> None:
     assert net2.of("server", ev.DataReceived)[0].data == b"resumed"
 
 
-def test_tls_ticket_key_schedule_differs_from_dtls() -> None:
-    """A session is bound to the dtls13 labels: the PSK from a DTLS ticket
-    differs from the one a TLS connection would compute (§5.9)."""
-    from tcpls.tls.key_schedule import DTLS13_LABEL_PREFIX, TLS13_LABEL_PREFIX, resumption_psk
+def _resumable(**cfg_kw):
+    c_cfg, s_cfg = configs(s_max_early_data=1000, **cfg_kw)
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost")
+    server = DTLSConnection(s_cfg, is_client=False, client_address=ADDR)
+    net = handshake(client, server)
+    net.run()
+    assert client.session is not None and client.session.max_early_data == 1000
+    return c_cfg, s_cfg, client.session, net.now + 5
 
-    secret = b"s" * 32
-    assert resumption_psk("sha256", secret, b"n", DTLS13_LABEL_PREFIX) != resumption_psk(
-        "sha256", secret, b"n", TLS13_LABEL_PREFIX
-    )
+
+def test_early_data_accepted_without_cookie_exchange() -> None:
+    """0-RTT in epoch 1 (§6.1); no EndOfEarlyData (§5.6). A server may skip
+    the cookie exchange for resumption (§5.1)."""
+    c_cfg, s_cfg, session, now = _resumable()
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost", session=session)
+    server = DTLSConnection(s_cfg, is_client=False, client_address=ADDR, require_cookie=False)
+    client.send_early_data(b"zero rtt")
+    net = handshake(client, server, now=now)
+    net.run()
+    assert client.early_data_accepted and server.early_data_accepted
+    assert [e.data for e in net.of("server", ev.EarlyDataReceived)] == [b"zero rtt"]
+    assert net.of("client", ev.EarlyDataAccepted)
+    assert 1 not in server.read_epochs  # dropped once the client finished
+    client.send_data(b"one rtt")
+    net.run()
+    assert net.of("server", ev.DataReceived)[-1].data == b"one rtt"
+
+
+def test_early_data_rejected_by_the_cookie_exchange() -> None:
+    c_cfg, s_cfg, session, now = _resumable()
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost", session=session)
+    server = DTLSConnection(s_cfg, is_client=False, client_address=ADDR)
+    client.send_early_data(b"zero rtt")
+    net = handshake(client, server, now=now)
+    net.run()
+    assert client.early_data_accepted is False and client.session_resumed
+    assert [e.data for e in net.of("client", ev.EarlyDataRejected)] == [b"zero rtt"]
+    assert not net.of("server", ev.EarlyDataReceived)
 
 
 # --------------------------------------------------------------------------
@@ -452,9 +481,8 @@ def test_key_update_waits_for_ack_both_directions() -> None:
     net.run()
     assert net.of("server", ev.DataReceived)[-1].data == b"epoch 4 up"
     assert net.of("client", ev.DataReceived)[-1].data == b"epoch 4 down"
-    assert [e.direction for e in net.of("client", ev.KeyUpdated)] == ["receive", "send"] or sorted(
-        e.direction for e in net.of("client", ev.KeyUpdated)
-    ) == ["receive", "send"]
+    assert sorted(e.direction for e in net.of("client", ev.KeyUpdated)) == ["receive", "send"]
+    assert sorted(e.direction for e in net.of("server", ev.KeyUpdated)) == ["receive", "send"]
     assert client.get_timer() is None and server.get_timer() is None
 
 
