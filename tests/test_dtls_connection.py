@@ -17,7 +17,7 @@ from tcpls.tls import events as ev
 from tcpls.tls.enums import DTLS_1_3, AlertDescription, NamedGroup
 from tcpls.tls.session import ExternalPSK
 
-from tlspair import configs
+from tlspair import client_cert, configs
 
 ADDR = ("192.0.2.1", 4433)
 
@@ -611,3 +611,30 @@ def test_epoch_rule_violations_are_dropped() -> None:
     server.receive_datagram(b"\x17\xfe\xfd\x00\x00" + bytes(6) + b"\x00\x04data", net.now)
     assert server.next_event() is None
     assert not server.terminated
+
+
+def test_post_handshake_client_authentication() -> None:
+    cert, key = client_cert()
+    client, server = make_pair(c_certificate_chain=[cert], c_private_key=key)
+    net = handshake(client, server, seed=3, loss=0.2, jitter=0.05)
+    net.run()
+    context = server.request_client_certificate(required=True)
+    net.run()
+    (done,) = net.of("server", ev.PostHandshakeAuthCompleted)
+    assert done.context == context and done.peer_certificate_subject == "CN=client.example"
+    assert net.of("client", ev.PostHandshakeAuthAnswered)[0].certificate_sent
+    assert client.get_timer() is None and server.get_timer() is None
+
+
+def test_client_hello_codec_has_legacy_cookie() -> None:
+    """RFC 9147 §5.3: legacy_cookie follows legacy_session_id in DTLS only."""
+    from tcpls.tls import messages as M
+
+    hello = M.ClientHello(bytes(32), b"", [0x1301], [(43, b"\x02\xfe\xfc")], legacy_version=0xFEFD, legacy_cookie=b"")
+    data = M.encode_handshake(hello)
+    tls_form = M.encode_handshake(M.ClientHello(bytes(32), b"", [0x1301], [(43, b"\x02\xfe\xfc")]))
+    assert len(data) == len(tls_form) + 1 and data[4 + 2 + 32 + 1] == 0
+    back = M.decode_handshake(1, data[4:], dtls=True)
+    assert back == hello
+    with pytest.raises(LocalProtocolError):
+        M.decode_handshake(1, data[4:])  # TLS syntax does not fit

@@ -515,6 +515,22 @@ class DTLSConnection:
             raise UsageError("the previous KeyUpdate is not acknowledged yet")
         self._send_key_update(request_peer_update)
 
+    def request_client_certificate(self, required: bool = False) -> bytes:
+        """Server: post-handshake client authentication (RFC 9846 §4.6.2).
+
+        Returns the certificate_request_context; the outcome arrives as
+        ``PostHandshakeAuthCompleted``.
+        """
+        hs = self._hs
+        if not isinstance(hs, ServerHandshake):
+            raise UsageError("only a server requests client certificates")
+        if self.local_closed or self.terminated:
+            raise ConnectionClosedError("connection is closed")
+        context = hs.request_client_certificate(required)
+        # The client's Certificate .. Finished answers (and acknowledges) it.
+        self._end_flight(self._now, expect_response=True, responds=False)
+        return context
+
     def close(self) -> None:
         """Send close_notify (§5.10). Alerts are not retransmitted."""
         if self.local_closed or self.terminated:
