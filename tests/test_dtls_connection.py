@@ -11,7 +11,7 @@ import pytest
 
 from tcpls.dtls.connection import DTLSConnection, cookie_is_valid, stateless_hello_retry
 from tcpls.dtls.cookie import CookieSecret
-from tcpls.dtls.record import CT_APPLICATION_DATA, DropReason, parse_datagram
+from tcpls.dtls.record import CT_APPLICATION_DATA, DropReason, encode_plaintext, parse_datagram
 from tcpls.errors import IllegalParameter, LocalProtocolError, RemoteAlert, UsageError
 from tcpls.tls import events as ev
 from tcpls.tls.enums import DTLS_1_3, AlertDescription, NamedGroup
@@ -578,6 +578,12 @@ def test_garbage_datagrams_never_raise() -> None:
             n = rng.randrange(0, 80)
             first = rng.choice([0x20 | rng.randrange(32), rng.randrange(256), 25, 23])
             conn.receive_datagram(bytes([first]) + rng.randbytes(n), net.now)
+        # Well-framed plaintext records (epoch 0 is unauthenticated: anyone
+        # can forge them) with malformed handshake fragments or ACKs.
+        for _ in range(100):
+            ctype = rng.choice([22, 26, 21])
+            n = rng.randrange(3, 60)  # (a 2-byte plaintext alert is a genuine alert before the keys exist)
+            conn.receive_datagram(encode_plaintext(ctype, rng.randrange(1 << 20), rng.randbytes(n)), net.now)
 
     fuzz(server)  # before the cookie
     fuzz(client)
@@ -585,6 +591,9 @@ def test_garbage_datagrams_never_raise() -> None:
     assert client.handshake_complete and server.handshake_complete
     fuzz(client)
     fuzz(server)
+    # Once records are protected, a plaintext alert is a forgery: ignored.
+    client.receive_datagram(encode_plaintext(21, 99, bytes((2, AlertDescription.handshake_failure))), net.now)
+    assert not client.terminated
     # Bit flips in genuine protected records: dropped by authentication.
     for _ in range(50):
         client.send_data(b"payload")

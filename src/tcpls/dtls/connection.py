@@ -692,6 +692,11 @@ class DTLSConnection:
 
     def _receive_alert(self, rec: ReceivedRecord) -> None:
         payload = rec.data
+        if not rec.protected and (len(payload) != 2 or self._records.read_epochs):
+            # Unauthenticated: malformed ones, and any once the peer
+            # protects its records, are invalid records (§4.5.2).
+            self._transport.drops["plaintext alert ignored"] += 1
+            return
         if len(payload) != 2:
             raise DecodeError("alert record must be 2 bytes")
         level, desc = payload[0], payload[1]

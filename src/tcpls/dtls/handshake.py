@@ -68,7 +68,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from .._buffer import Buffer
-from ..errors import DecodeError, IllegalParameter, InternalError, UnexpectedMessage
+from ..errors import DecodeError, IllegalParameter, InternalError, LocalProtocolError, UnexpectedMessage
 from .record import (
     CT_ACK,
     CT_HANDSHAKE,
@@ -808,9 +808,10 @@ class HandshakeTransport:
         Invalid records are dropped (and counted in :attr:`drops`).
 
         Raises:
-            LocalProtocolError: a record that was accepted by the record
-                layer carries an invalid handshake fragment or ACK
-                (``decode_error``, ``illegal_parameter``, ...).
+            LocalProtocolError: a protected record carries an invalid
+                handshake fragment or ACK (``decode_error``,
+                ``illegal_parameter``, ...). Invalid plaintext (epoch 0)
+                ones are dropped instead: they are unauthenticated.
         """
         parsed, drops = parse_datagram(data, len(self.records.receive_cid))
         self.drops.update(drops)
@@ -839,17 +840,29 @@ class HandshakeTransport:
                     # was lost): an ACK, even an empty one, speeds up
                     # retransmission.
                     self._ack_at = now + self.ack_delay_factor * self.timeout
-            elif result.content_type == CT_HANDSHAKE:
-                a, r = self._on_handshake_record(result, now)
-                self._ack_now |= a
-                self._retransmit_now |= r
-            elif result.content_type == CT_ACK:
-                self._on_ack(result, now)
+            elif not result.protected and result.content_type in (CT_HANDSHAKE, CT_ACK):
+                # Epoch 0 is unauthenticated: anyone can inject it. A
+                # malformed one is an invalid record, dropped (§4.5.2), so
+                # that a forged datagram cannot tear the association down.
+                try:
+                    self._on_record(result, now)
+                except LocalProtocolError:
+                    self.drops["malformed plaintext record"] += 1
             else:
-                self._records_in.append(result)
+                self._on_record(result, now)
         if self._datagram_open:
             self._datagram_open = False
             self._end_of_datagram(now)
+
+    def _on_record(self, result: ReceivedRecord, now: float) -> None:
+        if result.content_type == CT_HANDSHAKE:
+            a, r = self._on_handshake_record(result, now)
+            self._ack_now |= a
+            self._retransmit_now |= r
+        elif result.content_type == CT_ACK:
+            self._on_ack(result, now)
+        else:
+            self._records_in.append(result)
 
     def _end_of_datagram(self, now: float) -> None:
         ack_now, retransmit = self._ack_now, self._retransmit_now
