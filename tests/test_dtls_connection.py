@@ -158,12 +158,15 @@ def test_wire_format_is_dtls() -> None:
             assert all(getattr(r, "content_type", 23) != 20 for r in records)
 
 
-@pytest.mark.parametrize("seed", range(30))
-def test_lossy_network(seed: int) -> None:
+@pytest.mark.parametrize(
+    "seed, key_type, cookie", [(s, "ec256", True) for s in range(30)] + [(s, "rsa2048", False) for s in range(10)]
+)
+def test_lossy_network(seed: int, key_type: str, cookie: bool) -> None:
     """20 % loss, 10 % duplication, reordering: handshakes complete and
     application data arrives at most once, intact (DTLS does not retransmit
-    it; what the network loses is lost)."""
-    client, server = make_pair()
+    it; what the network loses is lost). RSA (larger flights) without the
+    cookie exchange also exercises the amplification limit."""
+    client, server = make_pair(key_type, server_kw={"require_cookie": cookie})
     net = handshake(client, server, seed=seed, loss=0.2, duplicate=0.1, jitter=0.05)
     net.run()
     sent_c = [f"c{seed}-{i}".encode() * (1 + i % 7) for i in range(40)]
@@ -301,23 +304,40 @@ def test_cookie_from_another_address_is_refused() -> None:
     assert other.terminated
 
 
-def test_hello_retry_for_an_unsupported_key_share() -> None:
+@pytest.mark.parametrize("stateless", [True, False])
+def test_hello_retry_for_an_unsupported_key_share(stateless: bool) -> None:
     """The client's only key share is for a group the server does not
-    accept: the stateless HRR asks for a supported one."""
+    accept: the HRR (stateless with a cookie, or the state machine's own)
+    asks for a supported one."""
     client, server = make_pair(
         c_groups=[NamedGroup.secp256r1, NamedGroup.x25519],
         c_key_share_groups=[NamedGroup.secp256r1],
         s_groups=[NamedGroup.x25519],
+        server_kw={"require_cookie": stateless},
     )
-    net = handshake(client, server)
+    net = handshake(client, server, seed=5, loss=0.2, jitter=0.05)
     assert client.group == server.group == NamedGroup.x25519
     assert client.hello_retry and server.hello_retry
     net.run()
 
 
-def test_without_cookie_exchange() -> None:
-    client, server = make_pair(server_kw={"require_cookie": False})
-    handshake(client, server)
+def test_without_cookie_exchange_amplification_is_limited() -> None:
+    """§5.1: without a cookie exchange, at most 3x the received bytes go to
+    an unvalidated address; the rest follows once the client proves it got
+    the ServerHello (its first protected record)."""
+    client, server = make_pair("rsa2048", server_kw={"require_cookie": False})
+    client.start_handshake(0.0)
+    (ch,) = client.datagrams_to_send(0.0)
+    server.receive_datagram(ch, 0.0)
+    first = server.datagrams_to_send(0.0)
+    assert 0 < sum(map(len, first)) <= 3 * len(ch)
+    assert server.datagrams_to_send(0.0) == []  # held back, not dropped
+    net = Net(client, server)
+    for d in first:
+        client.receive_datagram(d, 0.01)
+    net.now = 0.01
+    net.run()
+    assert client.handshake_complete and server.handshake_complete
     assert not client.hello_retry and server.hello_retries_sent == 0
 
 

@@ -288,6 +288,9 @@ class DTLSConnection:
         self._require_cookie = require_cookie and not is_client
         self._local_cid = connection_id
         self._key_update_after = key_update_after
+        self._max_datagram_size = max_datagram_size
+        self._probe_at: Optional[float] = None
+        self._probe_interval = initial_timeout
         self._records = RecordLayer()
         self._transport = HandshakeTransport(
             self._records,
@@ -307,6 +310,11 @@ class DTLSConnection:
         self._key_update_requested = False
         self._close_number: Optional[RecordNumber] = None
         self._hello_accepted = not self._require_cookie
+        # Anti-amplification before address validation (§5.1).
+        self._address_validated = self._require_cookie
+        self._bytes_received = 0
+        self._bytes_sent = 0
+        self._held: list[bytes] = []
         self._early_limit: Optional[int] = None
         self._early_read = 0
         self._early_sent: list[bytes] = []
@@ -405,7 +413,7 @@ class DTLSConnection:
             overhead = self._records.overhead(epoch)
         else:  # the application suite is not known yet: the largest overhead
             overhead = 1 + len(self.send_cid or b"") + 2 + 2 + 1 + 16
-        return self._transport.max_datagram_size - overhead
+        return self._max_datagram_size - overhead
 
     def export_keying_material(self, label: str | bytes, context: bytes = b"", length: int = 32) -> bytes:
         """TLS-Exporter (RFC 9846 §7.5) with the DTLS label prefix (§5.9)."""
@@ -542,14 +550,38 @@ class DTLSConnection:
             self._send_alert(AlertDescription.close_notify, AlertLevel.WARNING)
 
     def datagrams_to_send(self, now: float = 0.0) -> list[bytes]:
-        """Datagrams to write to the socket, one ``bytes`` each (drains)."""
-        return self._transport.datagrams_to_send()
+        """Datagrams to write to the socket, one ``bytes`` each (drains).
+
+        A server that has not validated the client's address (no cookie
+        exchange, no authenticated record from the client yet) sends at most
+        three times what it received (§5.1); the rest waits.
+        """
+        out = self._transport.datagrams_to_send()
+        if self._address_validated or self.is_client:
+            return out
+        if any(epoch.records_deprotected for epoch in self._records.read_epochs.values()):
+            # The client derived the handshake keys: it got our ServerHello.
+            self._address_validated = True
+            self._transport.max_datagram_size = self._max_datagram_size
+            held, self._held = self._held, []
+            return held + out
+        if out:
+            # Newer output supersedes what is still held: the transport
+            # retransmits anything unacknowledged on its own timer.
+            self._held = out
+        allowed: list[bytes] = []
+        while self._held and self._bytes_sent + len(self._held[0]) <= 3 * self._bytes_received:
+            d = self._held.pop(0)
+            self._bytes_sent += len(d)
+            allowed.append(d)
+        return allowed
 
     def get_timer(self) -> Optional[float]:
         """When :meth:`handle_timer` should be called next (None: no timer)."""
         if self.terminated:
             return None
-        return self._transport.get_timer()
+        times = [t for t in (self._transport.get_timer(), self._probe_at) if t is not None]
+        return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
         """Retransmit flights and send delayed ACKs that are due."""
@@ -557,6 +589,29 @@ class DTLSConnection:
             return
         self._now = now
         self._transport.handle_timer(now)
+        if self._probe_at is not None and self._probe_at <= now:
+            # Still waiting for the rest of the server's flight: acknowledge
+            # what we have (possibly nothing), which makes the server resend
+            # the rest (§7.1) and, being protected, validates our address.
+            self._probe_interval = min(self._probe_interval * 2, self._transport.max_timeout)
+            self._probe_at = None
+            self._transport.send_ack(now)
+        self._arm_probe(now)
+
+    def _arm_probe(self, now: float) -> None:
+        """Client between the ServerHello and the server's Finished: nothing
+        of ours is outstanding, so without this timer a lost ACK could leave
+        both sides waiting (the server limited by §5.1 amplification)."""
+        waiting = (
+            self.is_client
+            and not self.handshake_complete
+            and self._transport.acks_enabled
+            and self._transport.state.name == "FINISHED"
+        )
+        if not waiting:
+            self._probe_at = None
+        elif self._probe_at is None:
+            self._probe_at = now + self._probe_interval
 
     def next_event(self) -> Optional[ev.Event]:
         return self._events.popleft() if self._events else None
@@ -574,6 +629,11 @@ class DTLSConnection:
             return
         self._started = True
         self._now = now
+        self._bytes_received += len(data)
+        if not self._address_validated and not self.is_client:
+            # Cut what we send into datagrams that fit the budget (§5.1).
+            budget = 3 * self._bytes_received - self._bytes_sent
+            self._transport.max_datagram_size = max(min(self._max_datagram_size, budget), 256)
         if not self._hello_accepted:
             self._guard(lambda: self._receive_first_hello(bytes(data), now))
             return
@@ -592,6 +652,7 @@ class DTLSConnection:
                 break
             self._handle_record(rec)
         self._check_key_update_acked()
+        self._arm_probe(now)
 
     def _receive_first_hello(self, data: bytes, now: float) -> None:
         """Server before a valid cookie (§5.1): stateless until it comes."""
