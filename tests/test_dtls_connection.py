@@ -667,3 +667,23 @@ def test_client_hello_codec_has_legacy_cookie() -> None:
     assert back == hello
     with pytest.raises(LocalProtocolError):
         M.decode_handshake(1, data[4:])  # TLS syntax does not fit
+
+
+def test_integrity_limit_closes_the_association() -> None:
+    """§4.5.3: more forgeries under one key than the AEAD allows: close."""
+    from tcpls.dtls.record import AEADLimits
+
+    client, server = make_pair()
+    net = handshake(client, server)
+    net.run()
+    epoch3 = server._records.read_epochs[3]
+    epoch3.limits = AEADLimits(epoch3.limits.confidentiality, 3)
+    client.send_data(b"genuine")
+    (genuine,) = client.datagrams_to_send(net.now)
+    forged = genuine[:-1] + bytes([genuine[-1] ^ 1])
+    for _ in range(3):
+        server.receive_datagram(forged, net.now)
+    assert not server.terminated
+    with pytest.raises(LocalProtocolError) as info:
+        server.receive_datagram(forged, net.now)
+    assert info.value.alert == AlertDescription.bad_record_mac and server.terminated

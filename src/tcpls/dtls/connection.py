@@ -66,6 +66,7 @@ from typing import Optional, Union
 from cryptography import x509
 
 from ..errors import (
+    BadRecordMac,
     ConnectionClosedError,
     DecodeError,
     IllegalParameter,
@@ -84,13 +85,13 @@ from ..tls.enums import DTLS_1_3, AlertDescription, AlertLevel, ExtensionType as
 from ..tls.enums import KeyUpdateRequest
 from ..tls.handshake.client import ClientHandshake, ClientState
 from ..tls.handshake.common import DTLS13
-from ..tls.handshake.server import ServerHandshake, ServerState, encode_hello_retry_request
+from ..tls.handshake.server import ServerHandshake, encode_hello_retry_request
 from ..tls.kex import SUPPORTED_GROUPS
 from ..tls.key_schedule import DTLS13_LABEL_PREFIX, export_keying_material, next_traffic_secret
 from ..tls.session import Session
 from ..tls.suites import SUITES, CipherSuiteInfo, suite_info
 from .cookie import CookieContents, CookieSecret, client_hello_hash
-from .handshake import HandshakeTransport, parse_fragments, tls_message
+from .handshake import FlightState, HandshakeTransport, parse_fragments, tls_message
 from .record import (
     CT_ALERT,
     CT_APPLICATION_DATA,
@@ -606,7 +607,7 @@ class DTLSConnection:
             self.is_client
             and not self.handshake_complete
             and self._transport.acks_enabled
-            and self._transport.state.name == "FINISHED"
+            and self._transport.state is FlightState.FINISHED
         )
         if not waiting:
             self._probe_at = None
@@ -651,6 +652,9 @@ class DTLSConnection:
             if rec is None:
                 break
             self._handle_record(rec)
+        if any(e.forgery_limit_reached for e in self._records.read_epochs.values()):
+            # §4.5.3: too many forgeries under one key: close the association.
+            raise BadRecordMac("AEAD integrity limit reached")
         self._check_key_update_acked()
         self._arm_probe(now)
 
@@ -712,7 +716,7 @@ class DTLSConnection:
                 transport.send_ack(now)
                 self._on_handshake_complete()
                 self._end_flight(now, expect_response=False, responds=False)  # NewSessionTickets
-            elif was_complete or hs.state in (ServerState.PHA_WAIT_CV, ServerState.PHA_WAIT_FINISHED):
+            elif was_complete:  # KeyUpdate, post-handshake authentication
                 transport.send_ack(now)
                 self._end_flight(now, expect_response=False, responds=False)
         if self._key_update_requested:
@@ -722,7 +726,7 @@ class DTLSConnection:
                 self._send_key_update(False)
 
     def _end_flight(self, now: float, *, expect_response: bool, responds: bool) -> Optional[object]:
-        if self._transport.state.name != "PREPARING":
+        if self._transport.state is not FlightState.PREPARING:
             return None
         return self._transport.end_flight(now, expect_response=expect_response, responds=responds)
 
