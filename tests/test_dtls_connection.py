@@ -387,6 +387,60 @@ def test_resumption() -> None:
     assert net2.of("server", ev.DataReceived)[0].data == b"resumed"
 
 
+def _tls_handshake(c_cfg, s_cfg, session, now: float):
+    """A TLS (not DTLS) handshake at time ``now``; returns (client, server)."""
+    from tcpls.tls.connection import TLSConnection
+
+    client = TLSConnection(c_cfg, server_side=False, server_name="localhost", session=session)
+    server = TLSConnection(s_cfg, server_side=True)
+    client.start_handshake(now)
+    for _ in range(10):
+        for a, b in ((client, server), (server, client)):
+            d = a.data_to_send()
+            if d:
+                b.receive_data(d, now)
+    assert client.handshake_complete and server.handshake_complete
+    while client.next_event() is not None:
+        pass
+    return client, server
+
+
+@pytest.mark.parametrize("stateful", [False, True])
+def test_tickets_are_bound_to_their_protocol(stateful: bool) -> None:
+    """A ticket is bound to the protocol that issued it, even under a ticket
+    key (or ticket store) shared by a TLS and a DTLS server: offered to the
+    other protocol it is not selected (RFC 9846 §4.2.11) and a full
+    handshake follows. (Stateful tickets are single-use: the control
+    resumptions use the first of the two tickets, the cross checks the
+    second.)"""
+    from tcpls.tls.session import MemoryStore
+
+    c_cfg, s_cfg = configs(**({"s_ticket_store": MemoryStore()} if stateful else {}))
+    tls_client, _ = _tls_handshake(c_cfg, s_cfg, None, 0.0)
+    assert len(tls_client.sessions) == 2
+    control, tls_session = tls_client.sessions
+    # Control: a TLS ticket resumes TLS.
+    assert _tls_handshake(c_cfg, s_cfg, control, 5.0)[0].session_resumed
+    # The TLS ticket offered to a DTLS server: full handshake.
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost", session=tls_session)
+    server = DTLSConnection(s_cfg, is_client=False, client_address=ADDR)
+    net = handshake(client, server, now=10.0)
+    net.run()
+    assert not client.session_resumed and not server.session_resumed
+    assert client.peer_certificates  # authenticated by the certificate
+    assert len(client.sessions) == 2
+    control, dtls_session = client.sessions
+    # Control: a DTLS ticket resumes DTLS.
+    client2 = DTLSConnection(c_cfg, is_client=True, server_name="localhost", session=control)
+    server2 = DTLSConnection(s_cfg, is_client=False, client_address=ADDR)
+    handshake(client2, server2, now=20.0)
+    assert client2.session_resumed and server2.session_resumed
+    # The DTLS ticket offered to a TLS server: full handshake.
+    back, back_server = _tls_handshake(c_cfg, s_cfg, dtls_session, 30.0)
+    assert not back.session_resumed and not back_server.session_resumed
+    assert back.peer_certificates
+
+
 def _resumable(**cfg_kw):
     c_cfg, s_cfg = configs(s_max_early_data=1000, **cfg_kw)
     client = DTLSConnection(c_cfg, is_client=True, server_name="localhost")

@@ -460,7 +460,11 @@ class ServerHandshake:
         resolved: Optional[_ResolvedPsk] = None
         raw = cfg.ticket_store.pop(identity, now) if cfg.ticket_store is not None else cfg.ticket_keys.open(identity)
         state = TicketState.decode(raw) if raw is not None else None
-        if state is not None and state.cipher_suite in SUITES:
+        if state is not None and state.protocol_version != self.variant.version:
+            # A ticket from a TLS connection never resumes a DTLS one, nor the
+            # reverse: not selected (§4.2.11), a full handshake follows.
+            pass
+        elif state is not None and state.cipher_suite in SUITES:
             age = now - state.created_at
             client_age = ((obfuscated_age - state.ticket_age_add) & 0xFFFFFFFF) / 1000
             # §4.6.1: not past its lifetime, by our clock or the client's.
@@ -795,6 +799,7 @@ class ServerHandshake:
             max_early_data=cfg.max_early_data,
             alpn_protocol=self.alpn_protocol,
             server_name=self.server_name,
+            protocol_version=self.variant.version,
         )
         if cfg.ticket_store is not None:
             ticket = os.urandom(32)
