@@ -304,6 +304,148 @@ def test_cookie_from_another_address_is_refused() -> None:
     assert other.terminated
 
 
+def _refragment(datagram: bytes, size: int, order=None) -> list[bytes]:
+    """The handshake message of a one-record plaintext datagram, cut into
+    fragments of ``size`` bytes, one record each (``order``: permutation)."""
+    from tcpls.dtls.handshake import fragment_message, parse_fragments
+
+    (rec,), _ = parse_datagram(datagram, 0)
+    (frag,) = parse_fragments(rec.fragment)
+    frags = fragment_message(frag.msg_type, frag.body, frag.message_seq, size)
+    records = [encode_plaintext(22, rec.seq + i, f.encode()) for i, f in enumerate(frags)]
+    return [records[i] for i in (order or range(len(records)))]
+
+
+def test_client_hello_fragments_in_one_datagram_answered_statelessly() -> None:
+    """§5.5: a ClientHello in several records of one datagram (any order,
+    overlapping or duplicated fragments) gets the same HelloRetryRequest as
+    the whole one; nothing is kept."""
+    c_cfg, s_cfg = configs()
+    secret = CookieSecret(b"k" * 32)
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost")
+    client.start_handshake(0.0)
+    (ch1,) = client.datagrams_to_send(0.0)
+    expected = stateless_hello_retry(s_cfg, ch1, ADDR, secret, 0.0)
+    assert expected is not None
+    pieces = _refragment(ch1, 50)
+    assert len(pieces) > 4
+    reordered = b"".join(reversed(pieces)) + pieces[2]
+    hrr = stateless_hello_retry(s_cfg, reordered, ADDR, secret, 0.0)
+    assert hrr is not None and hrr[13:] == expected[13:]  # same HRR (record seq aside)
+    # Missing a fragment: no answer.
+    assert stateless_hello_retry(s_cfg, b"".join(pieces[:-1]), ADDR, secret, 0.0) is None
+    # A fragment contradicting another: no answer (epoch 0 is unauthenticated).
+    bad = bytearray(pieces[1])
+    bad[-1] ^= 1
+    assert stateless_hello_retry(s_cfg, b"".join(pieces) + bytes(bad), ADDR, secret, 0.0) is None
+    client.receive_datagram(hrr, 0.1)
+    net = Net(client, DTLSConnection(s_cfg, is_client=False, client_address=ADDR, cookie_secret=secret), now=0.1)
+    net.run()
+    assert client.handshake_complete and net.server.handshake_complete
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_client_hello_over_several_datagrams_with_cookie(seed: int) -> None:
+    """A ClientHello bigger than a datagram (large key shares, a 256-byte
+    datagram limit) is fragmented over several datagrams; the server connection waiting for
+    its cookie reassembles it (bounded buffer) and answers with the
+    stateless HelloRetryRequest; the cookied ClientHello2, also fragmented,
+    completes the handshake. With loss, reordering and duplication."""
+    big_shares = [NamedGroup.x25519, NamedGroup.secp521r1, NamedGroup.ffdhe2048]  # like a hybrid PQ share
+    client, server = make_pair(client_kw={"max_datagram_size": 256}, c_key_share_groups=big_shares)
+    net = handshake(client, server, seed=seed, loss=0.15 if seed else 0.0, duplicate=0.1, jitter=0.03)
+    first = [d for t, d in net.sent["client"] if t == 0.0]
+    assert len(first) >= 3  # the ClientHello did not fit one datagram
+    assert client.hello_retry and server.hello_retries_sent >= 1
+    client.send_data(b"after a fragmented hello")
+    net.loss = 0.0
+    net.run()
+    assert net.of("server", ev.DataReceived)[-1].data == b"after a fragmented hello"
+
+
+def test_endpoint_reassembler_with_stateless_functions() -> None:
+    """The endpoint's view: one ClientHelloReassembler for all addresses in
+    front of stateless_hello_retry / cookie_is_valid; the connection is
+    created only for the complete cookied ClientHello2."""
+    from tcpls.dtls.connection import ClientHelloReassembler
+
+    c_cfg, s_cfg = configs()
+    secret = CookieSecret(b"e" * 32)
+    reasm = ClientHelloReassembler()
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost", max_datagram_size=200)
+    client.start_handshake(0.0)
+    ch1 = client.datagrams_to_send(0.0)
+    assert len(ch1) >= 2
+    outs = [reasm.add(ADDR, d, 0.0) for d in reversed(ch1)]
+    assert outs[:-1] == [None] * (len(ch1) - 1) and outs[-1] is not None
+    assert len(reasm) == 0 and reasm.buffered_bytes == 0  # forgotten once complete
+    hrr = stateless_hello_retry(s_cfg, outs[-1], ADDR, secret, 0.0)
+    assert hrr is not None
+    client.receive_datagram(hrr, 0.1)
+    ch2 = client.datagrams_to_send(0.1)
+    assert len(ch2) >= 2
+    whole = None
+    for d in ch2:
+        assert not cookie_is_valid(d, ADDR, secret, 0.1)  # a fragment alone is not enough
+        whole = reasm.add(ADDR, d, 0.1) or whole
+    assert whole is not None and cookie_is_valid(whole, ADDR, secret, 0.1)
+    server = DTLSConnection(s_cfg, is_client=False, client_address=ADDR, cookie_secret=secret)
+    server.receive_datagram(whole, 0.1)
+    net = Net(client, server, now=0.1)
+    net.run()
+    assert client.handshake_complete and server.handshake_complete
+
+
+def test_client_hello_reassembler_bounds() -> None:
+    from tcpls.dtls.connection import ClientHelloReassembler
+
+    c_cfg, _ = configs()
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost")
+    client.start_handshake(0.0)
+    (ch1,) = client.datagrams_to_send(0.0)
+    pieces = _refragment(ch1, 100)
+    n = len(ch1) - 13 - 12  # the ClientHello body length
+    # A whole ClientHello passes through untouched, nothing buffered.
+    reasm = ClientHelloReassembler(max_entries=2, max_bytes=3 * n, timeout=5.0)
+    assert reasm.add("a", ch1, 0.0) == ch1 and len(reasm) == 0
+    # Not a ClientHello fragment: ignored.
+    assert reasm.add("a", b"\x17garbage", 0.0) is None and len(reasm) == 0
+    # Entry limit: a third address evicts the oldest.
+    for addr in ("a", "b", "c"):
+        assert reasm.add(addr, pieces[0], 0.0) is None
+    assert len(reasm) == 2 and reasm.evicted == 1 and reasm.buffered_bytes == 2 * n
+    assert all(reasm.add("a", p, 0.0) is None for p in pieces[1:])  # "a" starts over...
+    assert reasm.add("a", pieces[0], 0.0) is not None  # ...and completes
+    # Timeout: an incomplete entry is forgotten.
+    reasm = ClientHelloReassembler(timeout=5.0)
+    reasm.add("a", pieces[0], 0.0)
+    assert reasm.get_timer() == 5.0
+    reasm.expire(5.0)
+    assert len(reasm) == 0 and reasm.get_timer() is None
+    for p in pieces[1:]:
+        assert reasm.add("a", p, 6.0) is None  # pieces[0] was forgotten
+    # Byte limit and message size limit.
+    reasm = ClientHelloReassembler(max_bytes=n + 10)
+    reasm.add("a", pieces[0], 0.0)
+    reasm.add("b", pieces[0], 0.0)
+    assert len(reasm) == 1 and reasm.buffered_bytes == n
+    small = ClientHelloReassembler(max_message_size=n - 1)
+    assert small.add("a", pieces[0], 0.0) is None and len(small) == 0
+    # A fragment contradicting buffered bytes resets the entry; another
+    # message (new message_seq / length) replaces it.
+    reasm = ClientHelloReassembler()
+    reasm.add("a", pieces[0], 0.0)
+    bad = bytearray(pieces[0])
+    bad[-1] ^= 1
+    assert reasm.add("a", bytes(bad), 0.0) is None and len(reasm) == 0
+    # Random garbage never raises.
+    rng = random.Random(3)
+    for _ in range(300):
+        reasm.add(rng.randrange(5), bytes([22]) + rng.randbytes(rng.randrange(40)), 0.0)
+        reasm.add(rng.randrange(5), pieces[0][:13] + rng.randbytes(rng.randrange(40)), 0.0)
+    assert reasm.buffered_bytes <= reasm.max_bytes
+
+
 @pytest.mark.parametrize("stateless", [True, False])
 def test_hello_retry_for_an_unsupported_key_share(stateless: bool) -> None:
     """The client's only key share is for a group the server does not

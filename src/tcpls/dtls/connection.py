@@ -91,7 +91,8 @@ from ..tls.key_schedule import DTLS13_LABEL_PREFIX, export_keying_material, next
 from ..tls.session import Session
 from ..tls.suites import SUITES, CipherSuiteInfo, suite_info
 from .cookie import CookieContents, CookieSecret, client_hello_hash
-from .handshake import FlightState, HandshakeTransport, parse_fragments, tls_message
+from .handshake import FlightState, HandshakeTransport, tls_message
+from .hello import ClientHelloReassembler, collect_client_hello
 from .record import (
     CT_ALERT,
     CT_APPLICATION_DATA,
@@ -99,15 +100,13 @@ from .record import (
     EPOCH_APPLICATION,
     EPOCH_EARLY_DATA,
     EPOCH_HANDSHAKE,
-    PlaintextRecord,
     ReceivedRecord,
     RecordLayer,
     RecordNumber,
     encode_plaintext,
-    parse_datagram,
 )
 
-__all__ = ["DTLSConnection", "stateless_hello_retry", "cookie_is_valid"]
+__all__ = ["DTLSConnection", "stateless_hello_retry", "cookie_is_valid", "ClientHelloReassembler"]
 
 _PREFIX = DTLS13_LABEL_PREFIX
 
@@ -125,15 +124,14 @@ class _Hello:
 
 
 def _read_client_hello(datagram: bytes | bytearray | memoryview) -> Optional[_Hello]:
-    """The ClientHello opening ``datagram``, if it is one complete DTLS 1.3
-    ClientHello in a plaintext record; None for anything else."""
+    """The DTLS 1.3 ClientHello that ``datagram`` carries whole, in one or
+    several fragments and records (§5.5; see :class:`ClientHelloReassembler`
+    for one spread over several datagrams); None for anything else."""
     try:
-        records, _ = parse_datagram(datagram, 0)
-        if not records or not isinstance(records[0], PlaintextRecord) or records[0].content_type != CT_HANDSHAKE:
+        found = collect_client_hello(datagram)
+        if found is None:
             return None
-        frag = parse_fragments(records[0].fragment)[0]
-        if frag.msg_type != H.client_hello or frag.fragment_offset != 0 or frag.fragment_length != frag.length:
-            return None
+        record_seq, frag = found
         hello = M.decode_handshake(H.client_hello, frag.body, dtls=True)
         assert isinstance(hello, M.ClientHello)
         exts = dict(hello.extensions)
@@ -141,7 +139,7 @@ def _read_client_hello(datagram: bytes | bytearray | memoryview) -> Optional[_He
             return None
     except (ProtocolError, ValueError, IndexError):
         return None
-    return _Hello(records[0].seq, frag.message_seq, tls_message(frag.msg_type, frag.body), hello, exts)
+    return _Hello(record_seq, frag.message_seq, tls_message(frag.msg_type, frag.body), hello, exts)
 
 
 def _retry_parameters(config: TLSConfig, hello: _Hello) -> Optional[tuple[int, Optional[int]]]:
@@ -212,7 +210,10 @@ def stateless_hello_retry(
 
     Returns the HelloRetryRequest datagram (with a cookie bound to
     ``client_address``) to send back, or None: the datagram is not a
-    complete DTLS 1.3 ClientHello, it shares nothing with ``config``, or it
+    complete DTLS 1.3 ClientHello (fragments in one datagram are reassembled;
+    for fragments over several datagrams, pass each through a
+    :class:`ClientHelloReassembler` first and call this with what it
+    returns), it shares nothing with ``config``, or it
     already carries a cookie (check it with :func:`cookie_is_valid`, then
     create the connection with ``DTLSConnection(config, is_client=False,
     client_address=..., cookie_secret=secret)`` and feed it the datagram).
@@ -311,6 +312,10 @@ class DTLSConnection:
         self._key_update_requested = False
         self._close_number: Optional[RecordNumber] = None
         self._hello_accepted = not self._require_cookie
+        # A ClientHello fragmented over datagrams, before the cookie (§5.5).
+        self._hello_reassembler = ClientHelloReassembler(
+            max_entries=1, max_message_size=min(config.max_handshake_message_size, 1 << 16), timeout=60.0
+        )
         # Anti-amplification before address validation (§5.1).
         self._address_validated = self._require_cookie
         self._bytes_received = 0
@@ -659,7 +664,14 @@ class DTLSConnection:
         self._arm_probe(now)
 
     def _receive_first_hello(self, data: bytes, now: float) -> None:
-        """Server before a valid cookie (§5.1): stateless until it comes."""
+        """Server before a valid cookie (§5.1): stateless until it comes,
+        except for a small buffer that reassembles a ClientHello fragmented
+        over several datagrams (§5.5)."""
+        whole = self._hello_reassembler.add(None, data, now)
+        if whole is None:
+            self._transport.drops["not a complete ClientHello"] += 1
+            return
+        data = whole
         hello = _read_client_hello(data)
         if hello is None:
             self._transport.drops["not a complete ClientHello"] += 1
@@ -670,6 +682,7 @@ class DTLSConnection:
             if reply is None:
                 # Nothing in common: let the state machine say why.
                 self._hello_accepted = True
+                self._hello_reassembler.discard(None)
                 self._receive(data, now)
                 return
             self.hello_retries_sent += 1
@@ -681,6 +694,7 @@ class DTLSConnection:
         hs = self._hs
         assert isinstance(hs, ServerHandshake)
         self._hello_accepted = True
+        self._hello_reassembler.discard(None)
         # Our stateless HelloRetryRequest was message 0 (§5.2).
         self._transport.resume_after_stateless_retry(hello.message_seq, 1)
         hs.restore_hello_retry(contents.suite, contents.group, contents.client_hello_hash, cookie)
