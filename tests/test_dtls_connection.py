@@ -463,6 +463,79 @@ def test_hello_retry_for_an_unsupported_key_share(stateless: bool) -> None:
     net.run()
 
 
+@pytest.mark.parametrize("endpoint", [False, True])
+def test_stateless_hello_retry_honours_select_context(endpoint: bool) -> None:
+    """The stateless HelloRetryRequest picks the suite and group of the
+    configuration ``select_context`` chooses (here by ALPN), not of the
+    default one; the ClientHello2 is then served by that configuration."""
+    from dataclasses import replace
+
+    from tcpls.tls.enums import CipherSuite
+
+    c_cfg, s_cfg = configs(
+        c_alpn_protocols=["special"],
+        c_groups=[NamedGroup.x25519, NamedGroup.secp384r1],
+        c_key_share_groups=[NamedGroup.x25519],
+    )
+    special = replace(
+        s_cfg,
+        cipher_suites=[CipherSuite.TLS_AES_256_GCM_SHA384],
+        groups=[NamedGroup.secp384r1],
+        alpn_protocols=["special"],
+    )
+    asked = []
+
+    def select(name, offers):
+        asked.append((name, offers))
+        return special if "special" in offers else None
+
+    s_cfg.select_context = select
+    secret = CookieSecret(b"s" * 32)
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost")
+    client.start_handshake(0.0)
+    (ch1,) = client.datagrams_to_send(0.0)
+    if endpoint:
+        hrr = stateless_hello_retry(s_cfg, ch1, ADDR, secret, 0.0)
+        assert hrr is not None
+    else:
+        probe = DTLSConnection(s_cfg, is_client=False, client_address=ADDR, cookie_secret=secret)
+        probe.receive_datagram(ch1, 0.0)
+        (hrr,) = probe.datagrams_to_send(0.0)
+    body = hrr[13 + 12 :]
+    assert body[35:37] == CipherSuite.TLS_AES_256_GCM_SHA384.to_bytes(2, "big")
+    assert b"\x00\x33\x00\x02" + NamedGroup.secp384r1.to_bytes(2, "big") in body  # key_share asks for P-384
+    assert asked == [("localhost", ["special"])]
+    client.receive_datagram(hrr, 0.0)
+    server = DTLSConnection(s_cfg, is_client=False, client_address=ADDR, cookie_secret=secret)
+    net = Net(client, server)
+    net.run()
+    assert client.handshake_complete and server.handshake_complete
+    assert client.cipher_suite == server.cipher_suite == CipherSuite.TLS_AES_256_GCM_SHA384
+    assert client.group == server.group == NamedGroup.secp384r1
+    assert client.alpn_protocol == server.alpn_protocol == "special"
+
+
+def test_cookie_suite_not_allowed_by_the_selected_context() -> None:
+    """A cookie minted under one context does not let the ClientHello2 use
+    a suite the context selected for it forbids: handshake_failure."""
+    from dataclasses import replace
+
+    from tcpls.tls.enums import CipherSuite
+
+    c_cfg, s_cfg = configs(c_alpn_protocols=["special"])
+    secret = CookieSecret(b"t" * 32)
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost")
+    client.start_handshake(0.0)
+    (ch1,) = client.datagrams_to_send(0.0)
+    client.receive_datagram(stateless_hello_retry(s_cfg, ch1, ADDR, secret, 0.0), 0.0)  # no select_context: 0x1301
+    (ch2,) = client.datagrams_to_send(0.0)
+    s_cfg.select_context = lambda name, offers: replace(s_cfg, select_context=None, cipher_suites=[CipherSuite.TLS_AES_256_GCM_SHA384])
+    server = DTLSConnection(s_cfg, is_client=False, client_address=ADDR, cookie_secret=secret)
+    with pytest.raises(LocalProtocolError) as info:
+        server.receive_datagram(ch2, 0.0)
+    assert info.value.alert == AlertDescription.handshake_failure
+
+
 def test_without_cookie_exchange_amplification_is_limited() -> None:
     """§5.1: without a cookie exchange, at most 3x the received bytes go to
     an unvalidated address; the rest follows once the client proves it got

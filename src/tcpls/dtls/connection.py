@@ -142,11 +142,35 @@ def _read_client_hello(datagram: bytes | bytearray | memoryview) -> Optional[_He
     return _Hello(record_seq, frag.message_seq, tls_message(frag.msg_type, frag.body), hello, exts)
 
 
+def _selected_config(config: TLSConfig, hello: _Hello) -> Optional[TLSConfig]:
+    """The configuration ``config.select_context(server_name, alpn_offers)``
+    picks for ``hello`` (the state machine asks the same question again for
+    the ClientHello2); None if the callback fails."""
+    if config.select_context is None:
+        return config
+    exts = hello.extensions
+    try:
+        name = X.decode_server_name(exts[E.server_name]) if E.server_name in exts else None
+        alpn = exts.get(E.application_layer_protocol_negotiation)
+        offers = [p.decode("latin-1") for p in X.decode_alpn(alpn)] if alpn is not None else []
+        chosen = config.select_context(name, offers)
+        if chosen is not None and chosen is not config:
+            chosen.validate(server_side=True)
+    except Exception:  # noqa: BLE001 - the state machine reports it (internal_error)
+        return None
+    return chosen if chosen is not None else config
+
+
 def _retry_parameters(config: TLSConfig, hello: _Hello) -> Optional[tuple[int, Optional[int]]]:
     """``(suite, group)`` for a HelloRetryRequest to ``hello``: our preferred
     suite, and the group to ask a key share for (None when the client already
     sent a usable one, or offers no key_share at all: the HRR then only
-    carries the cookie). None when nothing is in common."""
+    carries the cookie), both under the configuration ``select_context``
+    picks (per server name / ALPN). None when nothing is in common."""
+    selected = _selected_config(config, hello)
+    if selected is None:
+        return None
+    config = selected
     offered = set(hello.hello.cipher_suites)
     suites = [s for s in config.cipher_suites if s in offered and s in SUITES]
     if not suites:

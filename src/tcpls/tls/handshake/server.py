@@ -268,7 +268,9 @@ class ServerHandshake:
         assert isinstance(ch, M.ClientHello)
         second = self.state is ServerState.WAIT_CH2
         exts = dict(ch.extensions)
-        if not second and self.config.select_context is not None:
+        if (not second or self.stateless_retry) and self.config.select_context is not None:
+            # After a stateless HelloRetryRequest (DTLS) this is the first
+            # ClientHello this machine sees: choose the context now.
             self._select_context(exts)
         cfg = self.config
         # RFC 9846 §4.2.1: TLS 1.3 only.
@@ -299,6 +301,8 @@ class ServerHandshake:
             assert self.suite is not None
             if self.suite.suite not in offered:
                 raise IllegalParameter("second ClientHello dropped the cipher suite chosen in HelloRetryRequest")
+            if self.suite.suite not in candidates:  # stateless HRR under another context
+                raise HandshakeFailure("cipher suite of the HelloRetryRequest not allowed by the selected context")
             suite = self.suite.suite
             candidates = [suite]
 
