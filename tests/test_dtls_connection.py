@@ -557,6 +557,83 @@ def test_without_cookie_exchange_amplification_is_limited() -> None:
 
 
 # --------------------------------------------------------------------------
+# Epoch 3 records before the keys to read them (§4.2.1)
+# --------------------------------------------------------------------------
+def _client_last_flight_reversed(n_records: int) -> tuple[DTLSConnection, DTLSConnection, Net, list[bytes]]:
+    """Handshake until the client completes; its Finished flight and the
+    ``n_records`` data records queued before the handshake are captured."""
+    client, server = make_pair()
+    sent = [b"queued %d" % i for i in range(n_records)]
+    for m in sent:
+        client.send_data(m)
+    captured: list[bytes] = []
+
+    def capture(side: str, d: bytes) -> bool:
+        if side == "client" and client.handshake_complete:
+            captured.append(d)
+            return True
+        return False
+
+    net = Net(client, server, drop_filter=capture)
+    client.start_handshake(0.0)
+    net.run(stop=lambda: bool(captured))
+    assert not server.handshake_complete and len(captured) == 1 + n_records  # Finished, then one datagram per record
+    net.drop_filter = None
+    return client, server, net, sent
+
+
+def test_epoch3_records_before_the_client_finished_are_kept() -> None:
+    client, server, net, sent = _client_last_flight_reversed(3)
+    finished, data = net.sent["client"][-4][1], [d for _, d in net.sent["client"][-3:]]
+    for d in data:  # the data records overtake the Finished
+        server.receive_datagram(d, net.now)
+    assert server.next_event() is None and server._transport.future_records == 3
+    server.receive_datagram(finished, net.now)
+    net.run()
+    assert server.handshake_complete
+    assert [e.data for e in net.of("server", ev.DataReceived)] == sent
+    assert server._transport.future_records == 0
+
+
+def test_epoch3_buffer_is_bounded() -> None:
+    """At most 4 records (and 8 KB) are kept; the rest is dropped as before."""
+    client, server, net, sent = _client_last_flight_reversed(7)
+    finished, data = net.sent["client"][-8][1], [d for _, d in net.sent["client"][-7:]]
+    for d in data:
+        server.receive_datagram(d, net.now)
+    assert server._transport.future_records == 4
+    assert server.drops[DropReason.UNKNOWN_EPOCH] == 3
+    server.receive_datagram(finished, net.now)
+    net.run()
+    assert [e.data for e in net.of("server", ev.DataReceived)] == sent[:4]
+
+
+def test_half_rtt_data_before_the_server_flight_is_kept() -> None:
+    """The client keeps the server's epoch 3 data that overtook the server's
+    flight (epochs 2 and 3 unknown until then)."""
+    client, server = make_pair()
+    client.start_handshake(0.0)
+    (ch1,) = client.datagrams_to_send(0.0)
+    server.receive_datagram(ch1, 0.0)
+    (hrr,) = server.datagrams_to_send(0.0)
+    client.receive_datagram(hrr, 0.0)
+    (ch2,) = client.datagrams_to_send(0.0)
+    server.receive_datagram(ch2, 0.0)
+    flight = server.datagrams_to_send(0.0)
+    server.send_data(b"half rtt")  # epoch 3, right after the server's Finished
+    (data,) = server.datagrams_to_send(0.0)
+    client.receive_datagram(data, 0.01)
+    assert client._transport.future_records == 1
+    for d in flight:
+        client.receive_datagram(d, 0.02)
+    events = list(iter(client.next_event, None))
+    assert client.handshake_complete and ev.DataReceived(b"half rtt") in events
+    net = Net(client, server, now=0.02)
+    net.run()
+    assert server.handshake_complete
+
+
+# --------------------------------------------------------------------------
 # PSK, resumption
 # --------------------------------------------------------------------------
 def test_external_psk() -> None:

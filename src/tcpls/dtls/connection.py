@@ -325,6 +325,8 @@ class DTLSConnection:
             max_retransmissions=max_retransmissions,
             max_message_size=config.max_handshake_message_size,
         )
+        # Keep a few epoch 3 records arriving before the keys to read them (§4.2.1).
+        self._transport.future_epoch_bits = EPOCH_APPLICATION & 3
         self._events: deque[ev.Event] = deque()
         self._keylog_path = config.get_keylog_file()
         self._suite: Optional[CipherSuiteInfo] = None
@@ -847,6 +849,8 @@ class DTLSConnection:
         epoch = self._epoch_of(secret)
         if epoch not in self._records.read_epochs:
             self._records.install_read_epoch(epoch, suite, secret)
+            # Epoch 3 records that overtook the Finished (§4.2.1).
+            self._transport.release_future_records()
         self._read_secrets[epoch] = secret
         if epoch == EPOCH_APPLICATION and not self.is_client:
             # §5.6: 0-RTT is over once the client's Finished arrived.
@@ -898,6 +902,8 @@ class DTLSConnection:
 
     def _on_handshake_complete(self) -> None:
         self.handshake_complete = True
+        if EPOCH_APPLICATION in self._records.read_epochs:
+            self._transport.future_epoch_bits = None  # kept ones were released
         hs = self._hs
         assert hs.suite is not None
         subject = hs.peer_certificates[0].subject.rfc4514_string() if hs.peer_certificates else None

@@ -575,6 +575,16 @@ class HandshakeTransport:
         self._retransmit_now = False
         self._datagrams: list[bytes] = []
         self._pending_records: list[bytes] = []
+        #: Low epoch bits of protected records to keep, instead of dropping,
+        #: while their keys are not installed yet (§4.2.1 permits buffering):
+        #: the connection sets 3 during the handshake, so that epoch 3 records
+        #: overtaking the Finished that makes them readable are not lost.
+        #: None: buffer nothing.
+        self.future_epoch_bits: int | None = None
+        #: Bounds of that buffer; beyond them such records are dropped.
+        self.max_future_records = 4
+        self.max_future_bytes = 8192
+        self._future: list[CiphertextRecord] = []
 
     # ------------------------------------------------------------------ state
     @property
@@ -832,9 +842,13 @@ class HandshakeTransport:
         while self._incoming:
             if self.reassembler.has_message():
                 return
-            result = self.records.open_record(self._incoming.popleft())
+            rec = self._incoming.popleft()
+            result = self.records.open_record(rec)
             if isinstance(result, DropReason):
-                self.drops[result] += 1
+                if result is DropReason.UNKNOWN_EPOCH and self._keep_for_later(rec):
+                    self.drops["kept until its epoch's keys exist"] += 1
+                else:
+                    self.drops[result] += 1
                 if result is DropReason.UNKNOWN_EPOCH and self.acks_enabled and self._ack_at is None:
                     # §7.1: records we cannot decrypt yet (e.g. the ServerHello
                     # was lost): an ACK, even an empty one, speeds up
@@ -853,6 +867,39 @@ class HandshakeTransport:
         if self._datagram_open:
             self._datagram_open = False
             self._end_of_datagram(now)
+
+    def _keep_for_later(self, rec: PlaintextRecord | CiphertextRecord) -> bool:
+        """Buffer a protected record of an epoch without keys yet (see
+        :attr:`future_epoch_bits`); False when it is not one or there is no room."""
+        if not isinstance(rec, CiphertextRecord) or rec.epoch_bits != self.future_epoch_bits:
+            return False
+        size = len(rec.header) + len(rec.encrypted_record)
+        used = sum(len(r.header) + len(r.encrypted_record) for r in self._future)
+        if len(self._future) >= self.max_future_records or used + size > self.max_future_bytes:
+            return False
+        self._future.append(rec)
+        return True
+
+    def release_future_records(self) -> None:
+        """New read keys are installed: process the kept records again
+        (after those of the current datagram). Those still unreadable are
+        kept again (bounds permitting) or dropped."""
+        if not self._future:
+            return
+        self._incoming.extend(self._future)
+        self._future = []
+        self._datagram_open = True
+
+    def discard_future_records(self) -> None:
+        """Stop keeping records for later and drop those kept."""
+        self.future_epoch_bits = None
+        self.drops[DropReason.UNKNOWN_EPOCH] += len(self._future)
+        self._future = []
+
+    @property
+    def future_records(self) -> int:
+        """Records currently kept until their epoch's keys exist."""
+        return len(self._future)
 
     def _on_record(self, result: ReceivedRecord, now: float) -> None:
         if result.content_type == CT_HANDSHAKE:
