@@ -812,6 +812,181 @@ def test_empty_connection_id_accepts_the_peers() -> None:
 
 
 # --------------------------------------------------------------------------
+# Connection ID updates (§9)
+# --------------------------------------------------------------------------
+def _cid_pair(**net_kw) -> tuple[DTLSConnection, DTLSConnection, Net]:
+    client, server = make_pair(client_kw={"connection_id": b"\x01\x02\x03"}, server_kw={"connection_id": b"\xaa\xbb"})
+    net = handshake(client, server, **net_kw)
+    net.run()
+    return client, server, net
+
+
+def _cid_on_wire(d: bytes, length: int) -> bytes:
+    assert d[0] & 0x30 == 0x30  # unified header with the C bit
+    return d[1 : 1 + length]
+
+
+def test_new_connection_ids_spare_then_used_and_retired() -> None:
+    from tcpls.dtls import events as dev
+
+    client, server, net = _cid_pair()
+    issued = server.issue_connection_ids(2)
+    assert len(issued) == 2 and all(len(c) == 2 for c in issued)
+    assert server.receive_cids == [b"\xaa\xbb", *issued]
+    with pytest.raises(UsageError):
+        server.issue_connection_ids(1)  # one NewConnectionId outstanding at most
+    net.run()
+    assert net.of("server", dev.ConnectionIdsIssued) == [dev.ConnectionIdsIssued(tuple(issued))]
+    assert net.of("client", dev.ConnectionIdsReceived) == [dev.ConnectionIdsReceived(tuple(issued), False)]
+    assert client.spare_send_cids == issued and client.send_cid == b"\xaa\xbb"  # spare: not used yet
+    assert server.get_timer() is None  # the NewConnectionId was acknowledged
+    # In the order given (§9).
+    assert client.use_next_connection_id() == issued[0]
+    client.send_data(b"on cid 1")
+    (d,) = client.datagrams_to_send(net.now)
+    assert _cid_on_wire(d, 2) == issued[0]
+    server.receive_datagram(d, net.now)
+    assert server.next_event() == ev.DataReceived(b"on cid 1")
+    assert server.receive_cids == [b"\xaa\xbb", *issued]  # the previous CID stays for reordering
+    # A record with the old CID still arrives (reordered).
+    client._records.send_cid = b"\xaa\xbb"
+    _, rec = client._records.seal(CT_APPLICATION_DATA, b"late on cid 0")
+    client._records.send_cid = issued[0]
+    server.receive_datagram(rec, net.now)
+    assert server.next_event() == ev.DataReceived(b"late on cid 0")
+    # Using the third CID retires the first (issued before the previous one).
+    assert client.use_next_connection_id() == issued[1]
+    client.send_data(b"on cid 2")
+    net.run()
+    assert net.of("server", dev.ConnectionIdsRetired) == [dev.ConnectionIdsRetired((b"\xaa\xbb",))]
+    assert server.receive_cids == issued
+    server.receive_datagram(rec, net.now)  # the retired CID: dropped
+    assert server.drops.get(DropReason.WRONG_CID) == 1
+    with pytest.raises(UsageError):
+        client.use_next_connection_id()  # no spare left
+    assert [e.data for e in net.of("server", ev.DataReceived)][-1] == b"on cid 2"
+
+
+def test_new_connection_id_immediate() -> None:
+    client, server, net = _cid_pair()
+    (new,) = server.issue_connection_ids(1, cids=[b"\x77\x77"], immediate=True)
+    net.run()
+    assert client.send_cid == new and client.spare_send_cids == []
+    client.send_data(b"x")
+    (d,) = client.datagrams_to_send(net.now)
+    assert _cid_on_wire(d, 2) == new
+    # Given CIDs must have the negotiated length and be new.
+    with pytest.raises(UsageError):
+        server.issue_connection_ids(cids=[b"\x01"])
+    with pytest.raises(UsageError):
+        server.issue_connection_ids(cids=[new])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_request_connection_ids_over_loss(seed: int) -> None:
+    from tcpls.dtls import events as dev
+
+    client, server, net = _cid_pair(seed=seed, loss=0.25, jitter=0.05)
+    client.request_connection_ids(3)
+    with pytest.raises(UsageError):
+        client.request_connection_ids(1)  # the first is unfulfilled
+    net.run()
+    (got,) = net.of("client", dev.ConnectionIdsReceived)
+    assert len(got.cids) == 3 and not got.immediate
+    assert client.spare_send_cids == list(got.cids) == server.receive_cids[1:]
+    assert client.get_timer() is None and server.get_timer() is None
+    # Asking beyond the limit (8 active) gets fewer (§9 MAY).
+    client.request_connection_ids(20)
+    net.run()
+    second = net.of("client", dev.ConnectionIdsReceived)[1]
+    assert len(second.cids) == 4 and len(server.receive_cids) == 8
+    client.request_connection_ids(1)
+    net.run()
+    assert net.of("client", dev.ConnectionIdsReceived)[2].cids == ()
+    # The spare CIDs work, over loss too.
+    net.loss = 0.0
+    for _ in range(3):
+        client.use_next_connection_id()
+        client.send_data(b"via " + client.send_cid)
+        net.run()
+    assert [e.data for e in net.of("server", ev.DataReceived)][-3:] == [b"via " + c for c in got.cids]
+
+
+def _inject(sender: DTLSConnection, msg_type: int, body: bytes) -> list[bytes]:
+    """A post-handshake handshake message the API would refuse to send."""
+    sender._transport.send_message(msg_type, body)
+    sender._transport.end_flight(sender._now, expect_response=False, responds=False)
+    return sender.datagrams_to_send(sender._now)
+
+
+@pytest.mark.parametrize(
+    "cids, msg_type, body, alert",
+    [
+        (None, 10, b"\x00\x03\x02ab\x01", AlertDescription.unexpected_message),  # no CIDs negotiated
+        (None, 9, b"\x01", AlertDescription.unexpected_message),
+        # The client receives an empty CID: it must not send NewConnectionId.
+        ((b"", b"\x01"), 10, b"\x00\x03\x02ab\x01", AlertDescription.unexpected_message),
+        # The client sends an empty CID: it must not send RequestConnectionId.
+        ((b"\x01", b""), 9, b"\x01", AlertDescription.unexpected_message),
+        ((b"\x01", b"\x02"), 10, b"\x00\x03\x02ab\x07", AlertDescription.illegal_parameter),  # unknown usage
+        ((b"\x01", b"\x02"), 10, b"\x00\x00\x00", AlertDescription.illegal_parameter),  # immediate, no CID
+        ((b"\x01", b"\x02"), 10, b"\x00\x01\x00\x01", AlertDescription.illegal_parameter),  # empty CID
+        ((b"\x01", b"\x02"), 10, b"\x00\x05\x02ab\x01", AlertDescription.decode_error),  # truncated
+        ((b"\x01", b"\x02"), 9, b"\x01\x01", AlertDescription.decode_error),
+    ],
+)
+def test_connection_id_message_violations(cids, msg_type: int, body: bytes, alert: int) -> None:
+    """§9: CID messages without negotiated (non-empty) CIDs are
+    unexpected_message; malformed ones decode_error / illegal_parameter.
+    (``cids``: the client's and the server's ``connection_id``.)"""
+    kw = ({"client_kw": {"connection_id": cids[0]}, "server_kw": {"connection_id": cids[1]}}) if cids else {}
+    client, server = make_pair(**kw)
+    net = handshake(client, server)
+    net.run()
+    datagrams = _inject(client, msg_type, body)
+    with pytest.raises(LocalProtocolError) as info:
+        for d in datagrams:
+            server.receive_datagram(d, net.now)
+    assert info.value.alert == alert and server.terminated
+
+
+def test_second_request_before_the_answer_is_too_many_cids_requested() -> None:
+    client, server, net = _cid_pair()
+    server.issue_connection_ids(1)  # outstanding: a request must wait for its ACK
+    server.datagrams_to_send(net.now)  # lost
+    for d in _inject(client, 9, b"\x02"):
+        server.receive_datagram(d, net.now)
+    assert not server.terminated
+    with pytest.raises(LocalProtocolError) as info:
+        for d in _inject(client, 9, b"\x02"):
+            server.receive_datagram(d, net.now)
+    assert info.value.alert == AlertDescription.too_many_cids_requested == 52
+
+
+def test_deferred_request_answered_after_the_ack() -> None:
+    from tcpls.dtls import events as dev
+
+    client, server, net = _cid_pair()
+    first = server.issue_connection_ids(1)
+    client.request_connection_ids(2)  # crosses the server's NewConnectionId
+    net.run()
+    received = net.of("client", dev.ConnectionIdsReceived)
+    assert [len(e.cids) for e in received] == [1, 2] and received[0].cids == tuple(first)
+    assert len(server.receive_cids) == 4
+
+
+def test_connection_id_codecs() -> None:
+    from tcpls.dtls.cid import ConnectionIdUsage, NewConnectionId, RequestConnectionId
+
+    msg = NewConnectionId((b"\x01", b"\x02\x03"), ConnectionIdUsage.cid_spare)
+    assert msg.encode() == b"\x00\x05\x01\x01\x02\x02\x03\x01"
+    assert NewConnectionId.decode(msg.encode()) == msg
+    assert RequestConnectionId.decode(b"\x05") == RequestConnectionId(5)
+    with pytest.raises(LocalProtocolError):
+        NewConnectionId.decode(msg.encode() + b"\x00")
+
+
+# --------------------------------------------------------------------------
 # KeyUpdate (§8)
 # --------------------------------------------------------------------------
 def test_key_update_waits_for_ack_both_directions() -> None:

@@ -90,6 +90,8 @@ from ..tls.kex import SUPPORTED_GROUPS
 from ..tls.key_schedule import DTLS13_LABEL_PREFIX, export_keying_material, next_traffic_secret
 from ..tls.session import Session
 from ..tls.suites import SUITES, CipherSuiteInfo, suite_info
+from . import events as dtls_events
+from .cid import NEW_CONNECTION_ID, REQUEST_CONNECTION_ID, ConnectionIds, ConnectionIdUsage, NewConnectionId, RequestConnectionId
 from .cookie import CookieContents, CookieSecret, client_hello_hash
 from .handshake import FlightState, HandshakeTransport, tls_message
 from .hello import ClientHelloReassembler, collect_client_hello
@@ -358,8 +360,12 @@ class DTLSConnection:
         #: Client: resumable sessions from NewSessionTickets, oldest first.
         self.sessions: list[Session] = []
         #: Negotiated connection IDs: ours (peer → us) and the peer's (us → peer).
+        #: ``send_cid`` follows NewConnectionId updates (§9); see also
+        #: :attr:`receive_cids`.
         self.receive_cid: Optional[bytes] = None
         self.send_cid: Optional[bytes] = None
+        self._cids: Optional[ConnectionIds] = None
+        self._cid_flight: Optional[object] = None
         self.handshake_complete = False
         self.peer_closed = False
         self.local_closed = False
@@ -426,6 +432,20 @@ class DTLSConnection:
     @property
     def read_epochs(self) -> list[int]:
         return sorted(self._records.read_epochs)
+
+    @property
+    def receive_cids(self) -> list[bytes]:
+        """CIDs of ours accepted on received records, oldest first: the
+        negotiated one and those issued by NewConnectionId, minus retired
+        ones (§9). Empty without a (non-empty) CID."""
+        if self._cids is not None:
+            return list(self._cids.receive_cids)
+        return [self.receive_cid] if self.receive_cid else []
+
+    @property
+    def spare_send_cids(self) -> list[bytes]:
+        """The peer's CIDs received by NewConnectionId and not used yet."""
+        return list(self._cids.spare_send_cids) if self._cids is not None else []
 
     @property
     def gave_up(self) -> bool:
@@ -571,6 +591,118 @@ class DTLSConnection:
         self._end_flight(self._now, expect_response=True, responds=False)
         return context
 
+    # -- connection IDs after the handshake (§9)
+    def _cid_state(self) -> ConnectionIds:
+        if not self.handshake_complete or self._cids is None:
+            raise UsageError("connection ID updates need a completed handshake")
+        if self.local_closed or self.terminated:
+            raise ConnectionClosedError("connection is closed")
+        return self._cids
+
+    def issue_connection_ids(
+        self, count: int = 1, *, cids: Optional[list[bytes]] = None, immediate: bool = False
+    ) -> list[bytes]:
+        """Send NewConnectionId with ``count`` new random CIDs of ours (or
+        ``cids``, of the negotiated CID's length); records carrying them
+        are accepted at once. ``immediate``: the peer must switch to the
+        first one (``cid_immediate``), else they are spare.
+
+        Returns the CIDs issued.
+
+        Raises:
+            UsageError: before the handshake, without a negotiated non-empty
+                CID of ours, while our previous NewConnectionId is not
+                acknowledged (one outstanding at most, §9), or beyond
+                ``max_receive_cids`` active CIDs.
+        """
+        state = self._cid_state()
+        if self._cid_flight is not None:
+            raise UsageError("the previous NewConnectionId is not acknowledged yet")
+        if not 0 < (len(cids) if cids is not None else count) <= 255:
+            raise UsageError("issue 1 to 255 connection IDs at a time")
+        issued = state.issue(count, cids)
+        usage = ConnectionIdUsage.cid_immediate if immediate else ConnectionIdUsage.cid_spare
+        self._send_new_connection_id(issued, usage, self._now)
+        return issued
+
+    def request_connection_ids(self, count: int = 1) -> None:
+        """Send RequestConnectionId for ``count`` CIDs (§9); they arrive as
+        :class:`~tcpls.dtls.events.ConnectionIdsReceived`.
+
+        Raises:
+            UsageError: before the handshake, when we send an empty CID or
+                none was negotiated, or while a request is unfulfilled.
+        """
+        state = self._cid_state()
+        if not state.can_request():
+            raise UsageError("RequestConnectionId needs a non-empty CID to the peer and no unfulfilled request")
+        if not 0 < count <= 255:
+            raise UsageError("request 1 to 255 connection IDs")
+        state.request_unfulfilled = True
+        self._transport.send_message(REQUEST_CONNECTION_ID, RequestConnectionId(count).encode())
+        self._transport.end_flight(self._now, expect_response=False, responds=False)
+
+    def use_next_connection_id(self) -> bytes:
+        """Send with the peer's oldest spare CID from now on (e.g. on a new
+        path, §9). Returns it.
+
+        Raises:
+            UsageError: no spare CID from the peer.
+        """
+        cid = self._cid_state().next_send_cid()
+        self.send_cid = self._records.send_cid = cid
+        return cid
+
+    def _send_new_connection_id(self, issued: list[bytes], usage: ConnectionIdUsage, now: float) -> None:
+        assert self._cids is not None
+        self._records.receive_cid_set = set(self._cids.receive_cids)
+        self._transport.send_message(NEW_CONNECTION_ID, NewConnectionId(tuple(issued), usage).encode())
+        self._cid_flight = self._transport.end_flight(now, expect_response=False, responds=False)
+        if issued:
+            self._emit(dtls_events.ConnectionIdsIssued(tuple(issued)))
+
+    def _handle_cid_message(self, msg_type: int, body: bytes, now: float) -> None:
+        """RequestConnectionId / NewConnectionId from the peer (§9)."""
+        state = self._cids
+        if state is None or not self.handshake_complete:
+            raise UnexpectedMessage("connection ID messages without negotiated connection IDs")
+        if msg_type == NEW_CONNECTION_ID:
+            msg = state.on_new_connection_id(body)
+            self.send_cid = self._records.send_cid = state.send_cid
+            self._emit(dtls_events.ConnectionIdsReceived(msg.cids, msg.usage == ConnectionIdUsage.cid_immediate))
+        else:
+            state.on_request_connection_id(body)
+        self._transport.send_ack(now)  # §7.1: post-handshake messages are ACKed
+        self._answer_cid_request(now)
+
+    def _answer_cid_request(self, now: float) -> None:
+        """Answer the peer's RequestConnectionId with NewConnectionId
+        (cid_spare) once none of ours is outstanding; fewer CIDs (possibly
+        none) when it asks beyond ``max_receive_cids`` (§9 MAY)."""
+        state = self._cids
+        if state is None or state.peer_request is None or self._cid_flight is not None or self.local_closed:
+            return
+        count = min(state.peer_request, state.room())
+        state.peer_request = None
+        issued = state.issue(count) if count else []
+        self._send_new_connection_id(issued, ConnectionIdUsage.cid_spare, now)
+
+    def _after_cid_datagram(self, now: float) -> None:
+        """Retire our CIDs the peer moved past; answer a deferred request."""
+        state = self._cids
+        if state is None:
+            return
+        flight = self._cid_flight
+        if flight is not None and not self._transport.outstanding(flight):
+            self._cid_flight = None
+            self._answer_cid_request(now)
+        if self._records.last_received_cid is not None:
+            state.peer_used(self._records.last_received_cid)
+            retired = state.take_retired()
+            if retired:
+                self._records.receive_cid_set = set(state.receive_cids)
+                self._emit(dtls_events.ConnectionIdsRetired(tuple(retired)))
+
     def close(self) -> None:
         """Send close_notify (§5.10). Alerts are not retransmitted."""
         if self.local_closed or self.terminated:
@@ -687,6 +819,7 @@ class DTLSConnection:
             # §4.5.3: too many forgeries under one key: close the association.
             raise BadRecordMac("AEAD integrity limit reached")
         self._check_key_update_acked()
+        self._after_cid_datagram(now)
         self._arm_probe(now)
 
     def _receive_first_hello(self, data: bytes, now: float) -> None:
@@ -727,6 +860,10 @@ class DTLSConnection:
         self._receive(data, now)
 
     def _handle_message(self, msg_type: int, data: bytes, epoch: int, now: float) -> None:
+        if msg_type in (REQUEST_CONNECTION_ID, NEW_CONNECTION_ID):
+            # Post-handshake, outside the transcript: not for the TLS machines.
+            self._handle_cid_message(msg_type, data[4:], now)
+            return
         hs = self._hs
         was_complete = hs.complete
         before = hs.state
@@ -902,6 +1039,8 @@ class DTLSConnection:
 
     def _on_handshake_complete(self) -> None:
         self.handshake_complete = True
+        if self.receive_cid is not None:
+            self._cids = ConnectionIds(self.receive_cid, self.send_cid)
         if EPOCH_APPLICATION in self._records.read_epochs:
             self._transport.future_epoch_bits = None  # kept ones were released
         hs = self._hs
