@@ -811,6 +811,75 @@ def test_empty_connection_id_accepts_the_peers() -> None:
     assert net.of("server", ev.DataReceived)[0].data == b"y"
 
 
+def _client_hello_extensions(datagram: bytes) -> dict:
+    from tcpls.tls import messages as M
+
+    body = datagram[13 + 12 :]
+    return dict(M.decode_handshake(1, body, dtls=True).extensions)
+
+
+def test_client_offers_an_empty_connection_id_by_default() -> None:
+    """§5.1: clients SHOULD offer connection_id even without wanting a CID,
+    so that a server wanting one can ask for it."""
+    client, server = make_pair(server_kw={"connection_id": b"\x42\x42"})
+    client.start_handshake(0.0)
+    (ch1,) = client.datagrams_to_send(0.0)
+    assert _client_hello_extensions(ch1)[54] == b"\x00"
+    net = Net(client, server)
+    net.run()
+    assert client.send_cid == b"\x42\x42" and server.send_cid == b""
+    client.send_data(b"x")
+    (d,) = client.datagrams_to_send(net.now)
+    assert d[0] & 0x10 and d[1:3] == b"\x42\x42"
+    # A server without connection_id= does not answer: no CIDs.
+    client, server = make_pair()
+    handshake(client, server)
+    assert client.send_cid is None and server.receive_cid is None
+    # None: not offered at all.
+    client = DTLSConnection(configs()[0], is_client=True, server_name="localhost", connection_id=None)
+    client.start_handshake(0.0)
+    (ch1,) = client.datagrams_to_send(0.0)
+    assert 54 not in _client_hello_extensions(ch1)
+
+
+def test_connection_id_in_hello_retry_request_is_illegal() -> None:
+    """RFC 9146 / TLS ExtensionType registry: connection_id is a CH, SH
+    extension; in a HelloRetryRequest it is illegal_parameter (RFC 9846 §4.2)."""
+    from tcpls.dtls.handshake import HandshakeFragment
+    from tcpls.tls import messages as M
+    from tcpls.tls.handshake.server import HELLO_RETRY_REQUEST_RANDOM
+
+    client = DTLSConnection(configs()[0], is_client=True, server_name="localhost", connection_id=b"\x01")
+    client.start_handshake(0.0)
+    client.datagrams_to_send(0.0)
+    hrr = M.ServerHello(
+        random=HELLO_RETRY_REQUEST_RANDOM,
+        legacy_session_id_echo=b"",
+        cipher_suite=0x1301,
+        extensions=[(43, b"\xfe\xfc"), (44, b"\x00\x02ab"), (54, b"\x01\x09")],
+        legacy_version=0xFEFD,
+    )
+    body = M.encode_handshake(hrr)[4:]
+    datagram = encode_plaintext(22, 0, HandshakeFragment(2, len(body), 0, 0, body).encode())
+    with pytest.raises(LocalProtocolError) as info:
+        client.receive_datagram(datagram, 0.0)
+    assert info.value.alert == AlertDescription.illegal_parameter
+
+
+def test_connection_id_in_encrypted_extensions_is_illegal() -> None:
+    from tcpls.tls.config import ExtensionHook
+
+    class CidInEE(ExtensionHook):
+        def encrypted_extensions(self):
+            return [(54, b"\x01\x09")]
+
+    client, server = make_pair(client_kw={"connection_id": b"\x01"}, s_extension_hooks=[CidInEE()])
+    client.start_handshake(0.0)
+    with pytest.raises(LocalProtocolError) as info:
+        Net(client, server).run()
+    assert info.value.alert == AlertDescription.illegal_parameter and client.terminated
+
+
 # --------------------------------------------------------------------------
 # Connection ID updates (§9)
 # --------------------------------------------------------------------------

@@ -265,6 +265,16 @@ def cookie_is_valid(
 # --------------------------------------------------------------------------
 # The connection
 # --------------------------------------------------------------------------
+class _Default:
+    """Marks an argument left to its role-dependent default."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_DEFAULT = _Default()
+
+
 class DTLSConnection:
     """One DTLS 1.3 association, client or server. See ``docs/dtls.md``.
 
@@ -281,7 +291,10 @@ class DTLSConnection:
             with a stateless HelloRetryRequest (default; §5.1 SHOULD).
         connection_id: a CID the peer should put on records it sends us
             (RFC 9146; ``b""`` to accept one without asking for one); None
-            disables the extension.
+            disables the extension. Default: a client offers ``b""`` (RFC
+            9147 §5.1: clients SHOULD offer the extension even when they do
+            not want a CID, so that a server may ask for one); a server
+            answers only when given one (``b""`` included).
         max_datagram_size: largest datagram we produce.
         initial_timeout: first retransmission timeout (§5.8.2).
         max_retransmissions: give up a flight after this many timeouts
@@ -300,13 +313,15 @@ class DTLSConnection:
         client_address: object = None,
         cookie_secret: Union[CookieSecret, bytes, None] = None,
         require_cookie: bool = True,
-        connection_id: Optional[bytes] = None,
+        connection_id: Union[bytes, None, _Default] = _DEFAULT,
         max_datagram_size: int = 1200,
         initial_timeout: float = 1.0,
         max_retransmissions: Optional[int] = None,
         key_update_after: Optional[int] = None,
     ) -> None:
         config.validate(server_side=not is_client)
+        if isinstance(connection_id, _Default):
+            connection_id = b"" if is_client else None
         if connection_id is not None and len(connection_id) > 255:
             raise ValueError("a connection ID is at most 255 bytes")
         self.config = config
