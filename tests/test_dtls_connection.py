@@ -332,8 +332,16 @@ def test_client_hello_fragments_in_one_datagram_answered_statelessly() -> None:
     reordered = b"".join(reversed(pieces)) + pieces[2]
     hrr = stateless_hello_retry(s_cfg, reordered, ADDR, secret, 0.0)
     assert hrr is not None and hrr[13:] == expected[13:]  # same HRR (record seq aside)
+    # Overlapping fragments of other sizes (§5.5), interleaved.
+    mixed = _refragment(ch1, 70)[::2] + _refragment(ch1, 45)[1::2] + _refragment(ch1, 90)
+    hrr2 = stateless_hello_retry(s_cfg, b"".join(mixed), ADDR, secret, 0.0)
+    assert hrr2 is not None and hrr2[13:] == expected[13:]
     # Missing a fragment: no answer.
     assert stateless_hello_retry(s_cfg, b"".join(pieces[:-1]), ADDR, secret, 0.0) is None
+    # Scattered into more than 32 disjoint pieces before completing: given up.
+    tiny = _refragment(ch1, 3)
+    assert len(tiny) > 66
+    assert stateless_hello_retry(s_cfg, b"".join(tiny[::2] + tiny[1::2]), ADDR, secret, 0.0) is None
     # A fragment contradicting another: no answer (epoch 0 is unauthenticated).
     bad = bytearray(pieces[1])
     bad[-1] ^= 1
