@@ -404,6 +404,46 @@ def test_endpoint_reassembler_with_stateless_functions() -> None:
     assert client.handshake_complete and server.handshake_complete
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_client_hello_reassembler_random_fragmentation(seed: int) -> None:
+    """Any fragmentation (sizes, overlaps, duplicates), any packing into
+    datagrams, any order: the reassembled ClientHello is the original."""
+    from tcpls.dtls.connection import ClientHelloReassembler
+    from tcpls.dtls.handshake import parse_fragments
+
+    rng = random.Random(seed)
+    c_cfg, _ = configs(c_key_share_groups=[NamedGroup.x25519, NamedGroup.secp384r1])
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost")
+    client.start_handshake(0.0)
+    (ch1,) = client.datagrams_to_send(0.0)
+    (rec,), _ = parse_datagram(ch1, 0)
+    (orig,) = parse_fragments(rec.fragment)
+    records = []
+    for size in (rng.randrange(20, 200) for _ in range(rng.randrange(1, 4))):
+        records += _refragment(ch1, size)
+    records = [r for r in records if rng.random() < 0.7] + _refragment(ch1, rng.randrange(30, 300))
+    records += rng.sample(records, rng.randrange(0, 3))  # duplicates
+    rng.shuffle(records)
+    reasm = ClientHelloReassembler()
+    done = []
+    i = 0
+    while i < len(records):
+        n = rng.randrange(1, 4)
+        out = reasm.add(ADDR, b"".join(records[i : i + n]), 0.0)
+        if out is not None:
+            done.append(out)
+        i += n
+    assert done, "never completed"
+    for d in done:
+        recs, _ = parse_datagram(d, 0)
+        frags = [f for r in recs for f in parse_fragments(r.fragment)]
+        got = bytearray(orig.length)
+        for f in frags:
+            got[f.fragment_offset : f.end] = f.body
+        assert bytes(got) == orig.body
+    assert len(reasm) <= 1
+
+
 def test_client_hello_reassembler_bounds() -> None:
     from tcpls.dtls.connection import ClientHelloReassembler
 
