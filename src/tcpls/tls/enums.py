@@ -45,6 +45,7 @@ class AlertDescription(IntEnum):
     access_denied = 49
     decode_error = 50
     decrypt_error = 51
+    too_many_cids_requested = 52  # RFC 9147 §9 (DTLS 1.3)
     protocol_version = 70
     insufficient_security = 71
     internal_error = 80
@@ -186,6 +187,9 @@ class CertificateCompressionAlgorithm(IntEnum):
 TLS_1_2 = 0x0303
 TLS_1_3 = 0x0304
 TLS_1_0 = 0x0301
+# RFC 9147 §5.3: DTLS 1.3 in supported_versions; legacy_version stays DTLS 1.2.
+DTLS_1_2 = 0xFEFD
+DTLS_1_3 = 0xFEFC
 
 # RFC 9846 §4.1.3: the ServerHello.random of a HelloRetryRequest.
 HELLO_RETRY_REQUEST_RANDOM = bytes.fromhex(

@@ -29,7 +29,7 @@ import hmac
 import os
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from cryptography import x509
 
@@ -51,7 +51,6 @@ from ..config import TLSConfig
 from ..enums import (
     HELLO_RETRY_REQUEST_RANDOM,
     TLS_1_2,
-    TLS_1_3,
     AlertDescription,
     ExtensionType as E,
     HandshakeType as H,
@@ -66,7 +65,10 @@ from ..suites import SUITES, CipherSuiteInfo, suite_info
 from ..transcript import Transcript
 from ..verify import parse_certificates, verify_client_chain
 from .common import (
+    DTLS13,
+    TLS13,
     RecordSink,
+    Variant,
     check_certificate_verify,
     check_finished,
     constant_time_equal,
@@ -132,11 +134,34 @@ _AGE_TOLERANCE = 10.0
 _MIN_EARLY_SKIP = 1 << 14
 
 
+def encode_hello_retry_request(
+    variant: Variant, suite: int, group: Optional[int], cookie: Optional[bytes], session_id: bytes
+) -> bytes:
+    """A HelloRetryRequest (RFC 9846 §4.1.4): key_share only with ``group``,
+    cookie (§4.2.2) only with ``cookie``."""
+    exts: list[tuple[int, bytes]] = [(E.supported_versions, X.encode_supported_versions_sh(variant.version))]
+    if group is not None:
+        exts.append((E.key_share, X.encode_key_share_hrr(group)))
+    if cookie is not None:
+        exts.append((E.cookie, X.encode_cookie(cookie)))
+    hrr = M.ServerHello(
+        random=HELLO_RETRY_REQUEST_RANDOM,
+        legacy_session_id_echo=session_id,
+        cipher_suite=suite,
+        extensions=exts,
+        legacy_version=variant.legacy_version,
+    )
+    return M.encode_handshake(hrr)
+
+
 class ServerHandshake:
     """The server side of one TLS 1.3 handshake and its post-handshake messages."""
 
-    def __init__(self, config: TLSConfig, sink: RecordSink, cookie_key: Optional[bytes] = None) -> None:
+    def __init__(
+        self, config: TLSConfig, sink: RecordSink, cookie_key: Optional[bytes] = None, *, dtls: bool = False
+    ) -> None:
         self.config = config
+        self.variant = DTLS13 if dtls else TLS13
         self.sink = sink
         self.state = ServerState.START
         self.transcript = Transcript()
@@ -150,6 +175,8 @@ class ServerHandshake:
         self.hello_retry = False
         self.hrr_cookie: Optional[bytes] = None
         self._first_hello: Optional[M.ClientHello] = None  # kept only when we sent HelloRetryRequest
+        # DTLS: the HelloRetryRequest was sent statelessly (restore_hello_retry).
+        self.stateless_retry = False
         self.ccs_sent = False
         self.peer_certificates: list[x509.Certificate] = []
         self.client_signature_schemes: list[int] = []
@@ -203,6 +230,28 @@ class ServerHandshake:
         self.on_post_handshake_auth: Callable[[bytes, list[x509.Certificate]], None] = lambda context, certs: None
         # Set by the connection: the current traffic secret of "write" or "read".
         self.traffic_secret: Callable[[str], bytes] = lambda direction: b""
+        # Set by a DTLS connection: hello extensions it handles (connection_id);
+        # on_client_hello(exts) returns the ServerHello extensions answering them.
+        self.hello_extensions: Optional[Any] = None
+        self._hello_answer: list[tuple[int, bytes]] = []
+
+    def restore_hello_retry(self, suite: int, group: Optional[int], ch1_hash: bytes, cookie: bytes) -> None:
+        """Continue after a HelloRetryRequest sent statelessly (DTLS, RFC 9147 §5.1).
+
+        The transcript is rebuilt from the ClientHello1 hash carried in the
+        validated cookie: ``message_hash`` (RFC 9846 §4.4.1) followed by the
+        HelloRetryRequest, encoded again exactly as it was sent.
+        """
+        assert self.state is ServerState.START
+        self.suite = suite_info(suite)
+        self.transcript.set_hash(self.suite.hash_name)
+        self.transcript.update(bytes((H.message_hash, 0, 0, len(ch1_hash))) + ch1_hash)
+        self.transcript.update(encode_hello_retry_request(self.variant, suite, group, cookie, b""))
+        self.hello_retry = True
+        self.stateless_retry = True
+        self.group = group
+        self.hrr_cookie = cookie
+        self.state = ServerState.WAIT_CH2
 
     def handle_message(self, msg_type: int, data: bytes, now: float = 0.0) -> None:
         self.now = now
@@ -212,7 +261,8 @@ class ServerHandshake:
         handler(data)
 
     def _decode(self, msg_type: int, data: bytes) -> object:
-        return M.decode_handshake(msg_type, memoryview(data)[4:], hash_len=self.suite.hash_len if self.suite else None)
+        hash_len = self.suite.hash_len if self.suite else None
+        return M.decode_handshake(msg_type, memoryview(data)[4:], hash_len=hash_len, dtls=self.variant.dtls)
 
     # ------------------------------------------------------------ ClientHello
     def _handle_client_hello(self, data: bytes) -> None:
@@ -220,22 +270,28 @@ class ServerHandshake:
         assert isinstance(ch, M.ClientHello)
         second = self.state is ServerState.WAIT_CH2
         exts = dict(ch.extensions)
-        if not second and self.config.select_context is not None:
+        if (not second or self.stateless_retry) and self.config.select_context is not None:
+            # After a stateless HelloRetryRequest (DTLS) this is the first
+            # ClientHello this machine sees: choose the context now.
             self._select_context(exts)
         cfg = self.config
         # RFC 9846 §4.2.1: TLS 1.3 only.
         if E.supported_versions not in exts:
             raise ProtocolVersionError("client does not offer TLS 1.3 (no supported_versions)")
         versions = X.decode_supported_versions_ch(exts[E.supported_versions])
-        if TLS_1_3 not in versions:
-            raise ProtocolVersionError("client does not offer TLS 1.3")
-        if ch.legacy_version < TLS_1_2 and ch.legacy_version != 0x0301:
+        if self.variant.version not in versions:
+            raise ProtocolVersionError(f"client does not offer {'DTLS' if self.variant.dtls else 'TLS'} 1.3")
+        if ch.legacy_cookie:
+            raise IllegalParameter("legacy_cookie must be empty in DTLS 1.3")  # RFC 9147 §5.3
+        if not self.variant.dtls and ch.legacy_version < TLS_1_2 and ch.legacy_version != 0x0301:
             # Accept any legacy_version >= TLS 1.0 as OpenSSL does; below is nonsense.
             raise ProtocolVersionError("ClientHello legacy_version too low")
         if ch.legacy_compression_methods != b"\x00":
             raise IllegalParameter("legacy_compression_methods must be exactly [null]")
-        if second:
+        if second and not self.stateless_retry:
             # §4.1.2: the same ClientHello but for the changes HelloRetryRequest allows.
+            # (After a stateless DTLS HelloRetryRequest the first one is gone:
+            # the cookie's transcript hash binds it instead.)
             assert self._first_hello is not None
             check_second_client_hello(self._first_hello, ch)
         self.client_random = ch.random
@@ -251,6 +307,8 @@ class ServerHandshake:
             assert self.suite is not None
             if self.suite.suite not in offered:
                 raise IllegalParameter("second ClientHello dropped the cipher suite chosen in HelloRetryRequest")
+            if self.suite.suite not in candidates:  # stateless HRR under another context
+                raise HandshakeFailure("cipher suite of the HelloRetryRequest not allowed by the selected context")
             suite = self.suite.suite
             candidates = [suite]
 
@@ -295,7 +353,7 @@ class ServerHandshake:
                     raise IllegalParameter("second ClientHello does not echo the HelloRetryRequest cookie")
             elif cookie is not None:
                 raise IllegalParameter("cookie in the second ClientHello although none was sent")
-            if len(shares) != 1 or shares[0][0] != self.group:
+            if (self.group is not None or not self.stateless_retry) and (len(shares) != 1 or shares[0][0] != self.group):
                 raise IllegalParameter("second ClientHello must carry one key share for the group we asked for")
         elif E.cookie in exts:
             # We never sent a cookie on this connection.
@@ -369,6 +427,8 @@ class ServerHandshake:
         if E.early_data in exts:
             self.early_data_state = "accepted" if accept_early else "rejected"
         self.group = group
+        if self.hello_extensions is not None:
+            self._hello_answer = self.hello_extensions.on_client_hello(exts)
         if group is None:
             self._send_server_flight(None, None)
         else:
@@ -411,7 +471,11 @@ class ServerHandshake:
         resolved: Optional[_ResolvedPsk] = None
         raw = cfg.ticket_store.pop(identity, now) if cfg.ticket_store is not None else cfg.ticket_keys.open(identity)
         state = TicketState.decode(raw) if raw is not None else None
-        if state is not None and state.cipher_suite in SUITES:
+        if state is not None and state.protocol_version != self.variant.version:
+            # A ticket from a TLS connection never resumes a DTLS one, nor the
+            # reverse: not selected (§4.2.11), a full handshake follows.
+            pass
+        elif state is not None and state.cipher_suite in SUITES:
             age = now - state.created_at
             client_age = ((obfuscated_age - state.ticket_age_add) & 0xFFFFFFFF) / 1000
             # §4.6.1: not past its lifetime, by our clock or the client's.
@@ -451,9 +515,10 @@ class ServerHandshake:
             th = self.transcript.digest_with(truncated)
         else:
             th = hashlib.new(r.hash_name, truncated).digest()
-        chosen.early_secret = EarlySecret(r.hash_name, r.psk)
+        prefix = self.variant.label_prefix
+        chosen.early_secret = EarlySecret(r.hash_name, r.psk, prefix=prefix)
         key = chosen.early_secret.binder_key(r.external)
-        if not constant_time_equal(finished_verify_data(r.hash_name, key, th), chosen.binder):
+        if not constant_time_equal(finished_verify_data(r.hash_name, key, th, prefix), chosen.binder):
             raise DecryptError("PSK binder does not verify")
 
     def _early_skip_limit(self, chosen: Optional[_ChosenPsk]) -> int:
@@ -527,21 +592,10 @@ class ServerHandshake:
         self.hello_retry = True
         self.group = group
         self.transcript.rewrite_for_hello_retry()
-        exts: list[tuple[int, bytes]] = [
-            (E.supported_versions, X.encode_supported_versions_sh(TLS_1_3)),
-            (E.key_share, X.encode_key_share_hrr(group)),
-        ]
         if self.config.hello_retry_cookie:
             ch1_hash = self.transcript.digest()
             self.hrr_cookie = ch1_hash + hmac.digest(self.cookie_key, ch1_hash + group.to_bytes(2, "big"), "sha256")
-            exts.append((E.cookie, X.encode_cookie(self.hrr_cookie)))
-        hrr = M.ServerHello(
-            random=HELLO_RETRY_REQUEST_RANDOM,
-            legacy_session_id_echo=self.session_id,
-            cipher_suite=self.suite.suite,
-            extensions=exts,
-        )
-        data = M.encode_handshake(hrr)
+        data = encode_hello_retry_request(self.variant, self.suite.suite, group, self.hrr_cookie, self.session_id)
         self.transcript.update(data)
         self.sink.send_handshake(data)
         self._send_ccs_once()
@@ -550,7 +604,7 @@ class ServerHandshake:
     def _send_ccs_once(self) -> None:
         # RFC 9846 appendix D.4: after our first handshake message, only when
         # the client used a non-empty legacy_session_id (compatibility mode).
-        if self.config.middlebox_compat and self.session_id and not self.ccs_sent:
+        if self.config.middlebox_compat and self.session_id and not self.ccs_sent and not self.variant.dtls:
             self.ccs_sent = True
             self.sink.send_change_cipher_spec()
 
@@ -569,16 +623,18 @@ class ServerHandshake:
             scheme = choose_scheme(
                 cfg.private_key, self.client_signature_schemes, cfg.signature_schemes, cfg.certificate_chain[0]
             )
-        sh_exts = [(E.supported_versions, X.encode_supported_versions_sh(TLS_1_3))]
+        sh_exts = [(E.supported_versions, X.encode_supported_versions_sh(self.variant.version))]
         if ours is not None:
             sh_exts.append((E.key_share, X.encode_key_share_sh((ours.group, ours.public))))
         if chosen is not None:
             sh_exts.append((E.pre_shared_key, X.encode_pre_shared_key_sh(chosen.index)))
+        sh_exts += self._hello_answer
         sh = M.ServerHello(
             random=os.urandom(32),
             legacy_session_id_echo=self.session_id,
             cipher_suite=suite.suite,
             extensions=sh_exts,
+            legacy_version=self.variant.legacy_version,
         )
         sh_bytes = M.encode_handshake(sh)
         self.transcript.update(sh_bytes)
@@ -587,7 +643,8 @@ class ServerHandshake:
 
         # RFC 9846 §7.1: handshake secrets over ClientHello..ServerHello.
         th = self.transcript.digest()
-        early = chosen.early_secret if chosen is not None and chosen.early_secret else EarlySecret(suite.hash_name, None)
+        prefix = self.variant.label_prefix
+        early = chosen.early_secret if chosen is not None and chosen.early_secret else EarlySecret(suite.hash_name, None, prefix=prefix)
         self.handshake_secret = early.handshake_secret(shared)
         self.client_hs_secret = self.handshake_secret.client_handshake_traffic_secret(th)
         self.server_hs_secret = self.handshake_secret.server_handshake_traffic_secret(th)
@@ -602,6 +659,10 @@ class ServerHandshake:
             self.sink.log_secret("CLIENT_EARLY_TRAFFIC_SECRET", self.client_random, self.client_early_secret)
             self.sink.log_secret("EARLY_EXPORTER_SECRET", self.client_random, self.early_exporter_secret)
             self.sink.accept_early_data(suite, self.client_early_secret, cfg.max_early_data)
+            if self.variant.dtls:
+                # RFC 9147 §5.6: no EndOfEarlyData; epochs tell early data and
+                # handshake records apart, so both keys are readable at once.
+                self.sink.set_read_secret(suite, self.client_hs_secret)
         else:
             self.sink.set_read_secret(suite, self.client_hs_secret)
             if self.early_data_state == "rejected" and not self.hello_retry:
@@ -627,7 +688,8 @@ class ServerHandshake:
 
         if chosen is not None:
             # §4.3.2: no CertificateRequest with a PSK; §2.2: no Certificate either.
-            next_state = ServerState.WAIT_EOED if self.early_data_state == "accepted" else ServerState.WAIT_FINISHED
+            eoed = self.early_data_state == "accepted" and not self.variant.dtls
+            next_state = ServerState.WAIT_EOED if eoed else ServerState.WAIT_FINISHED
         elif cfg.request_client_certificate or cfg.require_client_certificate:
             self._send(M.CertificateRequest(b"", self._certificate_request_extensions()))
             next_state = ServerState.WAIT_CERT
@@ -639,7 +701,7 @@ class ServerHandshake:
             self._send_raw(self._certificate_message())
             signature = sign(cfg.private_key, scheme, signed_content(SERVER_CONTEXT, self.transcript.digest()))
             self._send(M.CertificateVerify(scheme, signature))
-        verify_data = finished_verify_data(suite.hash_name, self.server_hs_secret, self.transcript.digest())
+        verify_data = finished_verify_data(suite.hash_name, self.server_hs_secret, self.transcript.digest(), prefix)
         self._send(M.Finished(verify_data))
 
         # Application secrets over ClientHello..server Finished.
@@ -715,7 +777,7 @@ class ServerHandshake:
     def _handle_finished(self, data: bytes) -> None:
         suite = self.suite
         assert suite is not None and self.master_secret is not None
-        check_finished(data, suite, self.client_hs_secret, self.transcript.digest(), "client")
+        check_finished(data, suite, self.client_hs_secret, self.transcript.digest(), "client", self.variant.label_prefix)
         self.transcript.update(data)
         self.sink.set_read_secret(suite, self.client_app_secret)
         self.resumption_secret = self.master_secret.resumption_master_secret(self.transcript.digest())
@@ -745,13 +807,14 @@ class ServerHandshake:
         age_add = int.from_bytes(os.urandom(4), "big")
         state = TicketState(
             cipher_suite=suite.suite,
-            psk=resumption_psk(suite.hash_name, self.resumption_secret, nonce),
+            psk=resumption_psk(suite.hash_name, self.resumption_secret, nonce, self.variant.label_prefix),
             ticket_age_add=age_add,
             created_at=self.now,
             lifetime=cfg.ticket_lifetime,
             max_early_data=cfg.max_early_data,
             alpn_protocol=self.alpn_protocol,
             server_name=self.server_name,
+            protocol_version=self.variant.version,
         )
         if cfg.ticket_store is not None:
             ticket = os.urandom(32)
@@ -829,7 +892,9 @@ class ServerHandshake:
         assert pha is not None and pha.certificates is not None and self.suite is not None
         fin = self._decode(H.finished, data)
         assert isinstance(fin, M.Finished)
-        expected = finished_verify_data(self.suite.hash_name, self.traffic_secret("read"), pha.transcript.digest())
+        expected = finished_verify_data(
+            self.suite.hash_name, self.traffic_secret("read"), pha.transcript.digest(), self.variant.label_prefix
+        )
         if not constant_time_equal(expected, fin.verify_data):
             raise DecryptError("client Finished (post-handshake authentication) does not verify")
         self._pha = None
