@@ -49,6 +49,7 @@ from .. import extensions as X
 from .. import messages as M
 from ..config import TLSConfig
 from ..enums import (
+    DTLS_1_2,
     HELLO_RETRY_REQUEST_RANDOM,
     TLS_1_2,
     AlertDescription,
@@ -78,6 +79,13 @@ from .common import (
     unexpected,
 )
 from .retry import check_second_client_hello
+
+
+def _is_older_version(version: int, dtls: bool) -> bool:
+    """A protocol version before (D)TLS 1.3: TLS 1.0-1.2 (SSL 3.0 too), or DTLS 1.0/1.2."""
+    if dtls:
+        return version in (0xFEFF, DTLS_1_2)
+    return 0x0300 <= version < TLS_1_2 + 1
 
 
 def _is_obsolete_group(group: int) -> bool:
@@ -562,8 +570,8 @@ class ServerHandshake:
         if self.config.reject_obsolete_groups:
             for g in client_groups:
                 if _is_obsolete_group(g):
-                    if any(0x0300 <= v < TLS_1_3 for v in versions):
-                        return  # listed for TLS 1.2
+                    if any(_is_older_version(v, self.variant.dtls) for v in versions):
+                        return  # listed for (D)TLS 1.2
                     raise IllegalParameter(f"obsolete group {g:#06x} offered in supported_groups")
 
     def _check_key_shares(self, shares: list[tuple[int, bytes]], client_groups: list[int]) -> None:
