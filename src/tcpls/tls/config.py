@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from .enums import CipherSuite, NamedGroup, PskKeyExchangeMode, SignatureScheme
+from .kex import SUPPORTED_GROUPS
 from .session import AntiReplay, ExternalPSK, KeyValueStore, Session, TicketKeys
 
 DEFAULT_CIPHER_SUITES: tuple[CipherSuite, ...] = (
@@ -69,7 +70,12 @@ _SUITES_BY_NAME = {
     s.name: s
     for s in (*DEFAULT_CIPHER_SUITES, CipherSuite.TLS_AES_128_CCM_SHA256, CipherSuite.TLS_AES_128_CCM_8_SHA256)
 }
-_GROUPS_BY_NAME = {g.name: g for g in NamedGroup if g != NamedGroup.X25519MLKEM768}
+_GROUPS_BY_NAME = {g.name: g for g in NamedGroup}
+# Groups that may be configured but are not offered unless asked for:
+# X25519MLKEM768 (post-quantum hybrid) makes every ClientHello 1.2 KB larger
+# and is unknown to many peers, so it is opt-in (``groups=[X25519MLKEM768,
+# x25519, ...]``; a server lists it first to prefer it when offered).
+OPTIONAL_GROUPS: tuple[NamedGroup, ...] = (NamedGroup.X25519MLKEM768,)
 _GROUP_ALIASES = {"P-256": "secp256r1", "P-384": "secp384r1", "prime256v1": "secp256r1", "X25519": "x25519", "X448": "x448"}
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
@@ -97,8 +103,9 @@ def parse_groups(text: str | Sequence[str]) -> list[NamedGroup]:
     out = []
     for n in _split(text):
         n = _GROUP_ALIASES.get(n, n)
-        if n not in _GROUPS_BY_NAME or _GROUPS_BY_NAME[n] not in DEFAULT_GROUPS:
-            raise ValueError(f"unknown or unsupported group {n!r} (known: {', '.join(g.name for g in DEFAULT_GROUPS)})")
+        known = (*DEFAULT_GROUPS, *(g for g in OPTIONAL_GROUPS if g in SUPPORTED_GROUPS))
+        if n not in _GROUPS_BY_NAME or _GROUPS_BY_NAME[n] not in known:
+            raise ValueError(f"unknown or unsupported group {n!r} (known: {', '.join(g.name for g in known)})")
         out.append(_GROUPS_BY_NAME[n])
     return out
 

@@ -440,8 +440,8 @@ class ServerHandshake:
         if group is None:
             self._send_server_flight(None, None)
         else:
-            ours = KeyShare(group)
-            self._send_server_flight(ours, ours.exchange(share_by_group[group]))
+            ours, shared = KeyShare.respond(group, share_by_group[group])
+            self._send_server_flight(ours, shared)
 
     def _select_context(self, exts: dict[int, bytes]) -> None:
         """Let ``select_context(server_name, alpn_offers)`` pick the configuration."""
