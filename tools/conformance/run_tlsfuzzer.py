@@ -75,6 +75,7 @@ class Mode:
     psk_hash: Optional[str] = None                 # sha256 | sha384: external PSK "aa"/"test", no cert
     key_update: bool = False                       # server sends KeyUpdate(update_requested) for GET /keyupdate
     cert_compression: bool = False                 # RFC 8879 with zlib
+    groups: Optional[str] = None                   # tcpls --groups (e.g. with the opt-in hybrid group)
     # the probe that checks that the server still answers: (script, args)
     sanity: tuple = ("conversation", ("sanity",))
 
@@ -96,6 +97,7 @@ MODES = {
                        sanity=("keyupdate-from-server", ("post-handshake KeyUpdate msg from server",))),
     "cert-compression": Mode(cert_compression=True),
     "client-cert-compression": Mode(client_auth=True, cert_compression=True, sanity=CLIENT_SANITY),
+    "mlkem-www": Mode(groups="X25519MLKEM768,x25519,secp256r1,secp384r1,x448,secp521r1"),
     "psk-sha256": Mode(cert=None, key=None, psk_hash="sha256", sanity=("psk_dhe_ke", ("sanity",))),
     "psk-sha384": Mode(cert=None, key=None, psk_hash="sha384", sanity=("psk_dhe_ke", ("--psk-sha384", "sanity"))),
 }
@@ -164,8 +166,11 @@ JOBS: list[Job] = [
              "(RFC 8879: algorithms<2..2^8-2>), decode_error is right"),
     Job("legacy-version"),
     Job("lengths", mode="rsa-echo", extra=["-n", "100"], note="echo mode; sampled: -n 100 of 16384 lengths"),
-    Job("mlkem", declined="ML-KEM hybrid groups (post-quantum) are not implemented",
-        skip="the script needs the kyber-py module (not in tlsfuzzer's requirements)"),
+    Job("mlkem", mode="mlkem-www", cookie=True, tcpls=["--kems", "x25519mlkem768"],
+        skip_openssl="OpenSSL 3.0 has no ML-KEM",
+        note="tcpls with --groups X25519MLKEM768,... (the hybrid is opt-in); --kems x25519mlkem768: "
+             "SecP256r1MLKEM768 and SecP384r1MLKEM1024 are not implemented; the script needs kyber-py "
+             "in tlsfuzzer's environment; " + COOKIE_NOTE),
     Job("multiple-ccs-messages"),
     Job("no-unknown-groups", extra=["-n", "60"], cookie=True,
         tcpls=["--groups", TCPLS_GROUPS, "-n", "60"], openssl=["--groups", OPENSSL_GROUPS, "-n", "60"],
@@ -359,6 +364,8 @@ class ServerSpec:
                 if "--cert-compression" not in self.tcpls_flags:
                     return None, "tcpls server has no --cert-compression"
                 cmd += ["--cert-compression", "zlib"]
+            if mode.groups:
+                cmd += ["--groups", mode.groups]
             return cmd, ""
         # openssl s_server
         cmd = [self.opts.openssl, "s_server", "-accept", f"127.0.0.1:{port}", "-quiet",
@@ -520,6 +527,11 @@ class Runner:
             return res
         if not self.script_path(job).exists():
             res.update(status="skipped", reason="script not in this tlsfuzzer checkout")
+            return res
+        if job.script == "mlkem" and subprocess.run(
+            [self.opts.python, "-c", "import kyber_py"], capture_output=True
+        ).returncode != 0:
+            res.update(status="skipped", reason="the script needs the kyber-py module in tlsfuzzer's environment")
             return res
         mode = MODES[job.mode]
         srvlog = self.logs / f"{slug}.server.log"
