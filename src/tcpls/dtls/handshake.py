@@ -615,7 +615,7 @@ class HandshakeTransport:
 
     def end_flight(
         self, now: float, *, expect_response: bool = True, responds: bool = True, retransmit: bool = True
-    ) -> None:
+    ) -> object:
         """Send the prepared messages as one flight and arm its timer.
 
         Args:
@@ -632,6 +632,9 @@ class HandshakeTransport:
                 ClientHello); duplicates are then acknowledged instead.
             retransmit: False for a stateless HelloRetryRequest (§3.1): sent
                 once, never retransmitted.
+
+        Returns:
+            an opaque handle for :meth:`outstanding`.
         """
         if not self._preparing:
             raise ValueError("no messages to send")
@@ -646,6 +649,31 @@ class HandshakeTransport:
         if retransmit:
             flight.timer = now + self.timeout
             self._flights.append(flight)
+        return flight
+
+    def outstanding(self, flight: object) -> bool:
+        """Whether the flight returned by :meth:`end_flight` still waits for
+        an acknowledgement (explicit or implicit) and is being retransmitted."""
+        return flight in self._flights
+
+    def queue_datagram(self, datagram: bytes) -> None:
+        """Send ``datagram`` (e.g. application data or an alert sealed by the
+        caller) after what is already queued, keeping the order."""
+        self._flush()
+        self._datagrams.append(datagram)
+
+    def resume_after_stateless_retry(self, receive_seq: int, send_seq: int) -> None:
+        """Start a fresh transport as if it had exchanged the first messages.
+
+        A server that answered ClientHello1 with a stateless HelloRetryRequest
+        (message_seq 0) keeps no state; when the second ClientHello arrives
+        (message_seq ``receive_seq``), its own next message is ``send_seq``
+        (§5.1, §5.2: message_seq is never reset within an association).
+        """
+        if self._next_send_seq or self.reassembler.next_seq or self._flights:
+            raise InternalError("the transport has already been used")
+        self.reassembler.next_seq = receive_seq
+        self._next_send_seq = send_seq
 
     def send_ack(self, now: float) -> None:
         """Acknowledge now the handshake records received in the current flight.

@@ -186,6 +186,9 @@ class CertificateCompressionAlgorithm(IntEnum):
 TLS_1_2 = 0x0303
 TLS_1_3 = 0x0304
 TLS_1_0 = 0x0301
+# RFC 9147 §5.3: DTLS 1.3 in supported_versions; legacy_version stays DTLS 1.2.
+DTLS_1_2 = 0xFEFD
+DTLS_1_3 = 0xFEFC
 
 # RFC 9846 §4.1.3: the ServerHello.random of a HelloRetryRequest.
 HELLO_RETRY_REQUEST_RANDOM = bytes.fromhex(

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 from .._buffer import Buffer
 from ..errors import DecodeError, IllegalParameter, UnexpectedMessage
@@ -90,6 +90,9 @@ class ClientHello:
     extensions: Extensions  # <7..2^16-1> in TLS 1.3 (see _pull_client_hello)
     legacy_compression_methods: bytes = b"\x00"  # <1..2^8-1>
     legacy_version: int = 0x0303
+    #: DTLS only (RFC 9147 §5.3): ``opaque legacy_cookie<0..2^8-1>`` after
+    #: legacy_session_id. ``None`` for TLS (the field is absent).
+    legacy_cookie: Optional[bytes] = None
 
 
 @dataclass(slots=True)
@@ -259,11 +262,12 @@ def _push_u16_vector(buf: Buffer, values: list[int]) -> None:
 # --------------------------------------------------------------------------
 # Per-message body decoders / encoders
 # --------------------------------------------------------------------------
-def _pull_client_hello(buf: Buffer) -> ClientHello:
-    # §4.1.2
+def _pull_client_hello(buf: Buffer, dtls: bool = False) -> ClientHello:
+    # §4.1.2; DTLS adds legacy_cookie (RFC 9147 §5.3)
     legacy_version = buf.pull_uint16()
     random = buf.pull_bytes(32)
     legacy_session_id = buf.pull_opaque(1, 0, 32)
+    legacy_cookie = buf.pull_opaque(1) if dtls else None
     cipher_suites = _pull_u16_vector(buf, 2, 0xFFFE)
     compression = buf.pull_opaque(1, 1, 0xFF)
     if buf.eof():
@@ -287,6 +291,7 @@ def _pull_client_hello(buf: Buffer) -> ClientHello:
         extensions=extensions,
         legacy_compression_methods=compression,
         legacy_version=legacy_version,
+        legacy_cookie=legacy_cookie,
     )
 
 
@@ -295,6 +300,8 @@ def _push_client_hello(buf: Buffer, m: ClientHello) -> None:
     _check_len(m.random, 32, "ClientHello.random")
     buf.push_bytes(m.random)
     buf.push_opaque(1, m.legacy_session_id)
+    if m.legacy_cookie is not None:
+        buf.push_opaque(1, m.legacy_cookie)
     _push_u16_vector(buf, m.cipher_suites)
     buf.push_opaque(1, m.legacy_compression_methods)
     if m.extensions:
@@ -478,7 +485,7 @@ _PUSHERS: dict[type, tuple[int, Callable[[Buffer, object], None]]] = {
 # Public codec entry points
 # --------------------------------------------------------------------------
 def decode_handshake(
-    msg_type: int, body: bytes | bytearray | memoryview, *, hash_len: int | None = None
+    msg_type: int, body: bytes | bytearray | memoryview, *, hash_len: int | None = None, dtls: bool = False
 ) -> HandshakeMessage:
     """Parse the body (without the 4-byte header) of one handshake message.
 
@@ -488,6 +495,8 @@ def decode_handshake(
         hash_len: for Finished, the negotiated hash length; ``verify_data``
             must be exactly that long (RFC 9846 §4.4.4). With ``None`` any
             non-empty length is accepted.
+        dtls: DTLS 1.3 syntax (RFC 9147 §5.3: the ClientHello has a
+            ``legacy_cookie`` field).
 
     Returns:
         The message dataclass.
@@ -508,7 +517,7 @@ def decode_handshake(
     if puller is None:
         raise UnexpectedMessage(f"unknown handshake message type {msg_type}")
     buf = Buffer(body)
-    msg = puller(buf)
+    msg = _pull_client_hello(buf, True) if dtls and msg_type == HandshakeType.client_hello else puller(buf)
     buf.expect_end("handshake message")
     return msg
 

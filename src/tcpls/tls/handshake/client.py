@@ -33,7 +33,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from cryptography import x509
 
@@ -54,8 +54,6 @@ from ..config import DEFAULT_CERT_SIGNATURE_SCHEMES, TLSConfig
 from ..enums import (
     DOWNGRADE_TLS11,
     DOWNGRADE_TLS12,
-    TLS_1_2,
-    TLS_1_3,
     AlertDescription,
     ExtensionType as E,
     HandshakeType as H,
@@ -64,7 +62,14 @@ from ..enums import (
     PskKeyExchangeMode,
 )
 from ..kex import KeyShare
-from ..key_schedule import EarlySecret, HandshakeSecret, MasterSecret, finished_verify_data, resumption_psk
+from ..key_schedule import (
+    TLS13_LABEL_PREFIX,
+    EarlySecret,
+    HandshakeSecret,
+    MasterSecret,
+    finished_verify_data,
+    resumption_psk,
+)
 from ..session import MAX_TICKET_LIFETIME, Session
 from ..signatures import CLIENT_CONTEXT, SERVER_CONTEXT, choose_scheme, sign, signed_content
 from ..suites import CipherSuiteInfo, suite_info
@@ -75,6 +80,8 @@ from .common import (
     ALLOWED_IN_ENCRYPTED_EXTENSIONS,
     ALLOWED_IN_HRR,
     ALLOWED_IN_SERVER_HELLO,
+    DTLS13,
+    TLS13,
     RecordSink,
     check_certificate_verify,
     check_finished,
@@ -108,10 +115,11 @@ class PskOffer:
     obfuscated_age: int
     session: Optional[Session] = None
     early_secret: Optional[EarlySecret] = None  # computed once, for the binder
+    prefix: bytes = TLS13_LABEL_PREFIX  # "dtls13" for DTLS (RFC 9147 §5.9)
 
     def early(self) -> EarlySecret:
         if self.early_secret is None:
-            self.early_secret = EarlySecret(self.hash_name, self.psk)
+            self.early_secret = EarlySecret(self.hash_name, self.psk, prefix=self.prefix)
         return self.early_secret
 
 
@@ -127,9 +135,16 @@ class ClientHandshake:
     """The client side of one TLS 1.3 handshake and its post-handshake messages."""
 
     def __init__(
-        self, config: TLSConfig, sink: RecordSink, server_name: Optional[str], session: Optional[Session] = None
+        self,
+        config: TLSConfig,
+        sink: RecordSink,
+        server_name: Optional[str],
+        session: Optional[Session] = None,
+        *,
+        dtls: bool = False,
     ) -> None:
         self.config = config
+        self.variant = DTLS13 if dtls else TLS13
         self.session = session if session is not None else config.session
         self.now = 0.0
         self.psk_offers: list[PskOffer] = []
@@ -145,7 +160,8 @@ class ClientHandshake:
         self.state = ClientState.START
         self.transcript = Transcript()
         self.random = os.urandom(32)
-        self.session_id = os.urandom(32) if config.middlebox_compat else b""
+        # RFC 9147 §5.3: no compatibility mode, an empty legacy_session_id in DTLS.
+        self.session_id = os.urandom(32) if config.middlebox_compat and not dtls else b""
         self.key_shares: dict[int, KeyShare] = {}
         self.offered: set[int] = set()
         self.hello_retry = False
@@ -195,6 +211,8 @@ class ClientHandshake:
         self.on_post_handshake_auth: Callable[[bytes, bool], None] = lambda context, sent: None
         # Set by the connection: the current traffic secret of "write" or "read".
         self.traffic_secret: Callable[[str], bytes] = lambda direction: b""
+        # Set by a DTLS connection: hello extensions it handles (connection_id).
+        self.hello_extensions: Optional[Any] = None
 
     # ------------------------------------------------------------------ input
     def handle_message(self, msg_type: int, data: bytes, now: float = 0.0) -> None:
@@ -206,7 +224,8 @@ class ClientHandshake:
         handler(data)
 
     def _decode(self, msg_type: int, data: bytes) -> object:
-        return M.decode_handshake(msg_type, memoryview(data)[4:], hash_len=self.suite.hash_len if self.suite else None)
+        hash_len = self.suite.hash_len if self.suite else None
+        return M.decode_handshake(msg_type, memoryview(data)[4:], hash_len=hash_len, dtls=self.variant.dtls)
 
     # ------------------------------------------------------------ ClientHello
     def can_send_early_data(self, check_age: bool = True) -> int:
@@ -235,10 +254,12 @@ class ClientHandshake:
         s = self.session
         if s is not None and self._session_usable(s):
             offers.append(PskOffer(s.ticket, s.psk, s.hash_name, False, s.obfuscated_age(self.now), s))
+            offers[-1].prefix = self.variant.label_prefix
         if cfg.psk is not None:
             # §4.2.11: external PSKs use an obfuscated_ticket_age of 0.
             if any(suite_info(c).hash_name == cfg.psk.hash_name for c in cfg.cipher_suites):
                 offers.append(PskOffer(cfg.psk.identity, cfg.psk.key, cfg.psk.hash_name, True, 0))
+                offers[-1].prefix = self.variant.label_prefix
         self.psk_offers = offers
 
     def start(self, now: float = 0.0, early_data: bool = False) -> None:
@@ -272,6 +293,8 @@ class ClientHandshake:
             exts.append((E.cookie, X.encode_cookie(cookie)))
         for hook in cfg.extension_hooks:
             exts += hook.client_hello_extensions()
+        if self.hello_extensions is not None:
+            exts += self.hello_extensions.client_hello_extensions()
         exts += self._optional_extensions()
         # §4.2.9: always sent, so the server may issue tickets we can use.
         exts.append((E.psk_key_exchange_modes, X.encode_psk_key_exchange_modes([int(m) for m in cfg.psk_key_exchange_modes])))
@@ -293,6 +316,8 @@ class ClientHandshake:
             legacy_session_id=self.session_id,
             cipher_suites=[int(s) for s in cfg.cipher_suites],
             extensions=exts,
+            legacy_version=self.variant.legacy_version,
+            legacy_cookie=b"" if self.variant.dtls else None,  # RFC 9147 §5.3
         )
         data = M.encode_handshake(hello)
         if offers:
@@ -312,7 +337,7 @@ class ClientHandshake:
             else:
                 th = self.transcript.digest_with(truncated)  # CH1 (as message_hash), HRR, Truncate(CH2)
             key = o.early().binder_key(o.external)
-            binders.append(finished_verify_data(o.hash_name, key, th))
+            binders.append(finished_verify_data(o.hash_name, key, th, o.prefix))
         return truncated + X.encode_psk_binders(binders)
 
     def _start_early_data(self, client_hello: bytes) -> None:
@@ -338,11 +363,12 @@ class ClientHandshake:
     def _static_extensions(self) -> list[tuple[int, bytes]]:
         """Extensions that depend only on the configuration (encoded once)."""
         cfg = self.config
-        key = ("client-static", tuple(cfg.groups), tuple(cfg.signature_schemes))
+        version = self.variant.version
+        key = ("client-static", tuple(cfg.groups), tuple(cfg.signature_schemes), version)
 
         def build() -> list[tuple[int, bytes]]:
             return [
-                (E.supported_versions, X.encode_supported_versions_ch([TLS_1_3])),
+                (E.supported_versions, X.encode_supported_versions_ch([version])),
                 (E.supported_groups, X.encode_supported_groups([int(g) for g in cfg.groups])),
                 (E.signature_algorithms, X.encode_signature_algorithms([int(s) for s in cfg.signature_schemes])),
                 (
@@ -385,10 +411,10 @@ class ClientHandshake:
         if E.supported_versions not in exts:
             raise ProtocolVersionError("server did not negotiate TLS 1.3")
         version = X.decode_supported_versions_sh(exts[E.supported_versions])
-        if version != TLS_1_3:
+        if version != self.variant.version:
             raise IllegalParameter(f"server selected version {version:#06x} which was not offered")
-        if sh.legacy_version != TLS_1_2:
-            raise ProtocolVersionError("ServerHello legacy_version must be 0x0303")
+        if sh.legacy_version != self.variant.legacy_version:
+            raise ProtocolVersionError(f"ServerHello legacy_version must be {self.variant.legacy_version:#06x}")
         if sh.random[-8:] in (DOWNGRADE_TLS12, DOWNGRADE_TLS11) and not sh.is_hello_retry_request:
             raise IllegalParameter("downgrade sentinel in ServerHello.random")
         if sh.legacy_session_id_echo != self.session_id:
@@ -400,7 +426,10 @@ class ClientHandshake:
         if sh.is_hello_retry_request:
             self._handle_hello_retry_request(sh, data, exts)
             return
-        check_server_extensions("ServerHello", sh.extensions, ALLOWED_IN_SERVER_HELLO, self.offered)
+        extra = self.hello_extensions.types if self.hello_extensions is not None else frozenset()
+        check_server_extensions("ServerHello", sh.extensions, ALLOWED_IN_SERVER_HELLO | extra, self.offered)
+        if self.hello_extensions is not None:
+            self.hello_extensions.on_server_hello(exts)
         if self.suite is not None and sh.cipher_suite != self.suite.suite:
             raise IllegalParameter("ServerHello cipher suite differs from the HelloRetryRequest's")
         if self.suite is None:
@@ -468,7 +497,7 @@ class ClientHandshake:
         self._send_client_hello(cookie)
 
     def _send_ccs_once(self) -> None:
-        if self.config.middlebox_compat and not self.ccs_sent:
+        if self.config.middlebox_compat and not self.ccs_sent and not self.variant.dtls:
             self.ccs_sent = True
             self.sink.send_change_cipher_spec()
 
@@ -478,7 +507,7 @@ class ClientHandshake:
         assert suite is not None
         th = self.transcript.digest()
         if early is None:
-            early = EarlySecret(suite.hash_name, None)
+            early = EarlySecret(suite.hash_name, None, prefix=self.variant.label_prefix)
         self.handshake_secret = early.handshake_secret(shared)
         self.client_hs_secret = self.handshake_secret.client_handshake_traffic_secret(th)
         self.server_hs_secret = self.handshake_secret.server_handshake_traffic_secret(th)
@@ -601,7 +630,8 @@ class ClientHandshake:
     def _handle_finished(self, data: bytes) -> None:
         suite = self.suite
         assert suite is not None and self.handshake_secret is not None
-        check_finished(data, suite, self.server_hs_secret, self.transcript.digest(), "server")
+        prefix = self.variant.label_prefix
+        check_finished(data, suite, self.server_hs_secret, self.transcript.digest(), "server", prefix)
         self.transcript.update(data)
         # RFC 9846 §7.1: application secrets over ClientHello..server Finished.
         th = self.transcript.digest()
@@ -615,15 +645,17 @@ class ClientHandshake:
         self.sink.set_read_secret(suite, self.server_app_secret)
         if self.early_data_state == "accepted":
             # §4.5: EndOfEarlyData under the early key, then the handshake key.
-            eoed = M.encode_handshake(M.EndOfEarlyData())
-            self.transcript.update(eoed)
-            self.sink.send_handshake(eoed)
+            # DTLS omits it from the wire and the transcript (RFC 9147 §5.6).
+            if not self.variant.dtls:
+                eoed = M.encode_handshake(M.EndOfEarlyData())
+                self.transcript.update(eoed)
+                self.sink.send_handshake(eoed)
             self.sink.set_write_secret(suite, self.client_hs_secret)
         # Our second flight, under the client handshake traffic key.
         self._send_ccs_once()
         if self.certificate_request is not None:
             self._send_client_certificate(self.certificate_request, self.transcript)
-        verify_data = finished_verify_data(suite.hash_name, self.client_hs_secret, self.transcript.digest())
+        verify_data = finished_verify_data(suite.hash_name, self.client_hs_secret, self.transcript.digest(), prefix)
         fin_bytes = M.encode_handshake(M.Finished(verify_data))
         self.transcript.update(fin_bytes)
         self.sink.send_handshake(fin_bytes)
@@ -699,7 +731,7 @@ class ClientHandshake:
             max_early = X.decode_early_data_nst(exts[E.early_data]) if E.early_data in exts else 0
             session = Session(
                 cipher_suite=suite.suite,
-                psk=resumption_psk(suite.hash_name, self.resumption_secret, nst.ticket_nonce),
+                psk=resumption_psk(suite.hash_name, self.resumption_secret, nst.ticket_nonce, self.variant.label_prefix),
                 ticket=nst.ticket,
                 ticket_age_add=nst.ticket_age_add,
                 lifetime=min(nst.ticket_lifetime, MAX_TICKET_LIFETIME),
@@ -732,7 +764,9 @@ class ClientHandshake:
         transcript = self.transcript.copy()  # ends with our Finished
         transcript.update(data)
         sent = self._send_client_certificate(cr, transcript)
-        verify_data = finished_verify_data(suite.hash_name, self.traffic_secret("write"), transcript.digest())
+        verify_data = finished_verify_data(
+            suite.hash_name, self.traffic_secret("write"), transcript.digest(), self.variant.label_prefix
+        )
         self.sink.send_handshake(M.encode_handshake(M.Finished(verify_data)))
         self.on_post_handshake_auth(bytes(cr.certificate_request_context), sent)
 

@@ -9,6 +9,7 @@ implements it; DTLS can implement it differently and reuse the handlers.
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 from typing import Optional, Sequence
@@ -21,13 +22,36 @@ from .. import certcompress
 from .. import extensions as X
 from .. import messages as M
 from ..enums import ExtensionType as E
-from ..enums import HandshakeType, enum_name
-from ..key_schedule import finished_verify_data
+from ..enums import DTLS_1_2, DTLS_1_3, TLS_1_2, TLS_1_3, HandshakeType, enum_name
+from ..key_schedule import DTLS13_LABEL_PREFIX, TLS13_LABEL_PREFIX, finished_verify_data
 from ..signatures import signed_content, verify_certificate_verify
 from ..suites import CipherSuiteInfo
 
 if TYPE_CHECKING:
     from ..config import TLSConfig
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """What the handshake state machines do differently for DTLS 1.3 (RFC 9147 §5).
+
+    Everything else (messages, transcript, key schedule stages) is shared.
+    """
+
+    dtls: bool
+    #: The supported_versions value (RFC 9147 §5.3: 0xfefc for DTLS 1.3).
+    version: int
+    #: ClientHello/ServerHello legacy_version (DTLS: 0xfefd, RFC 9147 §5.3, §5.4).
+    legacy_version: int
+    #: HKDF-Expand-Label prefix (RFC 9147 §5.9: "dtls13").
+    label_prefix: bytes
+
+
+TLS13 = Variant(False, TLS_1_3, TLS_1_2, TLS13_LABEL_PREFIX)
+# DTLS 1.3 also drops the compatibility-mode ChangeCipherSpec and
+# legacy_session_id (§5, §5.3) and EndOfEarlyData (§5.6); the ClientHello
+# carries an empty legacy_cookie (§5.3).
+DTLS13 = Variant(True, DTLS_1_3, DTLS_1_2, DTLS13_LABEL_PREFIX)
+
 
 # RFC 9846 §4.2: the messages in which each extension may appear.
 ALLOWED_IN_SERVER_HELLO = frozenset({E.key_share, E.pre_shared_key, E.supported_versions})
@@ -173,10 +197,17 @@ def check_certificate_verify(
     verify_certificate_verify(certificate, cv.algorithm, cv.signature, signed_content(context, transcript_hash))
 
 
-def check_finished(data: bytes, suite: CipherSuiteInfo, base_key: bytes, transcript_hash: bytes, peer: str) -> None:
+def check_finished(
+    data: bytes,
+    suite: CipherSuiteInfo,
+    base_key: bytes,
+    transcript_hash: bytes,
+    peer: str,
+    prefix: bytes = TLS13_LABEL_PREFIX,
+) -> None:
     """RFC 9846 §4.4.4: the peer's Finished; a wrong verify_data is decrypt_error."""
     fin = M.decode_handshake(HandshakeType.finished, memoryview(data)[4:], hash_len=suite.hash_len)
     assert isinstance(fin, M.Finished)
-    expected = finished_verify_data(suite.hash_name, base_key, transcript_hash)
+    expected = finished_verify_data(suite.hash_name, base_key, transcript_hash, prefix)
     if not constant_time_equal(expected, fin.verify_data):
         raise DecryptError(f"{peer} Finished does not verify")

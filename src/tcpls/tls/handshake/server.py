@@ -29,7 +29,7 @@ import hmac
 import os
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from cryptography import x509
 
@@ -51,7 +51,6 @@ from ..config import TLSConfig
 from ..enums import (
     HELLO_RETRY_REQUEST_RANDOM,
     TLS_1_2,
-    TLS_1_3,
     AlertDescription,
     ExtensionType as E,
     HandshakeType as H,
@@ -66,7 +65,10 @@ from ..suites import SUITES, CipherSuiteInfo, suite_info
 from ..transcript import Transcript
 from ..verify import parse_certificates, verify_client_chain
 from .common import (
+    DTLS13,
+    TLS13,
     RecordSink,
+    Variant,
     check_certificate_verify,
     check_finished,
     constant_time_equal,
@@ -131,11 +133,34 @@ _AGE_TOLERANCE = 10.0
 _MIN_EARLY_SKIP = 1 << 14
 
 
+def encode_hello_retry_request(
+    variant: Variant, suite: int, group: Optional[int], cookie: Optional[bytes], session_id: bytes
+) -> bytes:
+    """A HelloRetryRequest (RFC 9846 §4.1.4): key_share only with ``group``,
+    cookie (§4.2.2) only with ``cookie``."""
+    exts: list[tuple[int, bytes]] = [(E.supported_versions, X.encode_supported_versions_sh(variant.version))]
+    if group is not None:
+        exts.append((E.key_share, X.encode_key_share_hrr(group)))
+    if cookie is not None:
+        exts.append((E.cookie, X.encode_cookie(cookie)))
+    hrr = M.ServerHello(
+        random=HELLO_RETRY_REQUEST_RANDOM,
+        legacy_session_id_echo=session_id,
+        cipher_suite=suite,
+        extensions=exts,
+        legacy_version=variant.legacy_version,
+    )
+    return M.encode_handshake(hrr)
+
+
 class ServerHandshake:
     """The server side of one TLS 1.3 handshake and its post-handshake messages."""
 
-    def __init__(self, config: TLSConfig, sink: RecordSink, cookie_key: Optional[bytes] = None) -> None:
+    def __init__(
+        self, config: TLSConfig, sink: RecordSink, cookie_key: Optional[bytes] = None, *, dtls: bool = False
+    ) -> None:
         self.config = config
+        self.variant = DTLS13 if dtls else TLS13
         self.sink = sink
         self.state = ServerState.START
         self.transcript = Transcript()
@@ -148,6 +173,8 @@ class ServerHandshake:
         self.server_name: Optional[str] = None
         self.hello_retry = False
         self.hrr_cookie: Optional[bytes] = None
+        # DTLS: the HelloRetryRequest was sent statelessly (restore_hello_retry).
+        self.stateless_retry = False
         self.ccs_sent = False
         self.peer_certificates: list[x509.Certificate] = []
         self.client_signature_schemes: list[int] = []
@@ -201,6 +228,28 @@ class ServerHandshake:
         self.on_post_handshake_auth: Callable[[bytes, list[x509.Certificate]], None] = lambda context, certs: None
         # Set by the connection: the current traffic secret of "write" or "read".
         self.traffic_secret: Callable[[str], bytes] = lambda direction: b""
+        # Set by a DTLS connection: hello extensions it handles (connection_id);
+        # on_client_hello(exts) returns the ServerHello extensions answering them.
+        self.hello_extensions: Optional[Any] = None
+        self._hello_answer: list[tuple[int, bytes]] = []
+
+    def restore_hello_retry(self, suite: int, group: Optional[int], ch1_hash: bytes, cookie: bytes) -> None:
+        """Continue after a HelloRetryRequest sent statelessly (DTLS, RFC 9147 §5.1).
+
+        The transcript is rebuilt from the ClientHello1 hash carried in the
+        validated cookie: ``message_hash`` (RFC 9846 §4.4.1) followed by the
+        HelloRetryRequest, encoded again exactly as it was sent.
+        """
+        assert self.state is ServerState.START
+        self.suite = suite_info(suite)
+        self.transcript.set_hash(self.suite.hash_name)
+        self.transcript.update(bytes((H.message_hash, 0, 0, len(ch1_hash))) + ch1_hash)
+        self.transcript.update(encode_hello_retry_request(self.variant, suite, group, cookie, b""))
+        self.hello_retry = True
+        self.stateless_retry = True
+        self.group = group
+        self.hrr_cookie = cookie
+        self.state = ServerState.WAIT_CH2
 
     def handle_message(self, msg_type: int, data: bytes, now: float = 0.0) -> None:
         self.now = now
@@ -210,7 +259,8 @@ class ServerHandshake:
         handler(data)
 
     def _decode(self, msg_type: int, data: bytes) -> object:
-        return M.decode_handshake(msg_type, memoryview(data)[4:], hash_len=self.suite.hash_len if self.suite else None)
+        hash_len = self.suite.hash_len if self.suite else None
+        return M.decode_handshake(msg_type, memoryview(data)[4:], hash_len=hash_len, dtls=self.variant.dtls)
 
     # ------------------------------------------------------------ ClientHello
     def _handle_client_hello(self, data: bytes) -> None:
@@ -225,14 +275,16 @@ class ServerHandshake:
         if E.supported_versions not in exts:
             raise ProtocolVersionError("client does not offer TLS 1.3 (no supported_versions)")
         versions = X.decode_supported_versions_ch(exts[E.supported_versions])
-        if TLS_1_3 not in versions:
-            raise ProtocolVersionError("client does not offer TLS 1.3")
-        if ch.legacy_version < TLS_1_2 and ch.legacy_version != 0x0301:
+        if self.variant.version not in versions:
+            raise ProtocolVersionError(f"client does not offer {'DTLS' if self.variant.dtls else 'TLS'} 1.3")
+        if ch.legacy_cookie:
+            raise IllegalParameter("legacy_cookie must be empty in DTLS 1.3")  # RFC 9147 §5.3
+        if not self.variant.dtls and ch.legacy_version < TLS_1_2 and ch.legacy_version != 0x0301:
             # Accept any legacy_version >= TLS 1.0 as OpenSSL does; below is nonsense.
             raise ProtocolVersionError("ClientHello legacy_version too low")
         if ch.legacy_compression_methods != b"\x00":
             raise IllegalParameter("legacy_compression_methods must be exactly [null]")
-        if second and (ch.random != self.client_random or ch.legacy_session_id != self.session_id):
+        if second and not self.stateless_retry and (ch.random != self.client_random or ch.legacy_session_id != self.session_id):
             raise IllegalParameter("second ClientHello changed random or legacy_session_id")
         self.client_random = ch.random
         self.session_id = ch.legacy_session_id
@@ -291,7 +343,7 @@ class ServerHandshake:
                     raise IllegalParameter("second ClientHello does not echo the HelloRetryRequest cookie")
             elif cookie is not None:
                 raise IllegalParameter("cookie in the second ClientHello although none was sent")
-            if len(shares) != 1 or shares[0][0] != self.group:
+            if (self.group is not None or not self.stateless_retry) and (len(shares) != 1 or shares[0][0] != self.group):
                 raise IllegalParameter("second ClientHello must carry one key share for the group we asked for")
         elif E.cookie in exts:
             # We never sent a cookie on this connection.
@@ -364,6 +416,8 @@ class ServerHandshake:
         if E.early_data in exts:
             self.early_data_state = "accepted" if accept_early else "rejected"
         self.group = group
+        if self.hello_extensions is not None:
+            self._hello_answer = self.hello_extensions.on_client_hello(exts)
         if group is None:
             self._send_server_flight(None, None)
         else:
@@ -446,9 +500,10 @@ class ServerHandshake:
             th = self.transcript.digest_with(truncated)
         else:
             th = hashlib.new(r.hash_name, truncated).digest()
-        chosen.early_secret = EarlySecret(r.hash_name, r.psk)
+        prefix = self.variant.label_prefix
+        chosen.early_secret = EarlySecret(r.hash_name, r.psk, prefix=prefix)
         key = chosen.early_secret.binder_key(r.external)
-        if not constant_time_equal(finished_verify_data(r.hash_name, key, th), chosen.binder):
+        if not constant_time_equal(finished_verify_data(r.hash_name, key, th, prefix), chosen.binder):
             raise DecryptError("PSK binder does not verify")
 
     def _early_skip_limit(self, chosen: Optional[_ChosenPsk]) -> int:
@@ -518,21 +573,10 @@ class ServerHandshake:
         self.hello_retry = True
         self.group = group
         self.transcript.rewrite_for_hello_retry()
-        exts: list[tuple[int, bytes]] = [
-            (E.supported_versions, X.encode_supported_versions_sh(TLS_1_3)),
-            (E.key_share, X.encode_key_share_hrr(group)),
-        ]
         if self.config.hello_retry_cookie:
             ch1_hash = self.transcript.digest()
             self.hrr_cookie = ch1_hash + hmac.digest(self.cookie_key, ch1_hash + group.to_bytes(2, "big"), "sha256")
-            exts.append((E.cookie, X.encode_cookie(self.hrr_cookie)))
-        hrr = M.ServerHello(
-            random=HELLO_RETRY_REQUEST_RANDOM,
-            legacy_session_id_echo=self.session_id,
-            cipher_suite=self.suite.suite,
-            extensions=exts,
-        )
-        data = M.encode_handshake(hrr)
+        data = encode_hello_retry_request(self.variant, self.suite.suite, group, self.hrr_cookie, self.session_id)
         self.transcript.update(data)
         self.sink.send_handshake(data)
         self._send_ccs_once()
@@ -541,7 +585,7 @@ class ServerHandshake:
     def _send_ccs_once(self) -> None:
         # RFC 9846 appendix D.4: after our first handshake message, only when
         # the client used a non-empty legacy_session_id (compatibility mode).
-        if self.config.middlebox_compat and self.session_id and not self.ccs_sent:
+        if self.config.middlebox_compat and self.session_id and not self.ccs_sent and not self.variant.dtls:
             self.ccs_sent = True
             self.sink.send_change_cipher_spec()
 
@@ -560,16 +604,18 @@ class ServerHandshake:
             scheme = choose_scheme(
                 cfg.private_key, self.client_signature_schemes, cfg.signature_schemes, cfg.certificate_chain[0]
             )
-        sh_exts = [(E.supported_versions, X.encode_supported_versions_sh(TLS_1_3))]
+        sh_exts = [(E.supported_versions, X.encode_supported_versions_sh(self.variant.version))]
         if ours is not None:
             sh_exts.append((E.key_share, X.encode_key_share_sh((ours.group, ours.public))))
         if chosen is not None:
             sh_exts.append((E.pre_shared_key, X.encode_pre_shared_key_sh(chosen.index)))
+        sh_exts += self._hello_answer
         sh = M.ServerHello(
             random=os.urandom(32),
             legacy_session_id_echo=self.session_id,
             cipher_suite=suite.suite,
             extensions=sh_exts,
+            legacy_version=self.variant.legacy_version,
         )
         sh_bytes = M.encode_handshake(sh)
         self.transcript.update(sh_bytes)
@@ -578,7 +624,8 @@ class ServerHandshake:
 
         # RFC 9846 §7.1: handshake secrets over ClientHello..ServerHello.
         th = self.transcript.digest()
-        early = chosen.early_secret if chosen is not None and chosen.early_secret else EarlySecret(suite.hash_name, None)
+        prefix = self.variant.label_prefix
+        early = chosen.early_secret if chosen is not None and chosen.early_secret else EarlySecret(suite.hash_name, None, prefix=prefix)
         self.handshake_secret = early.handshake_secret(shared)
         self.client_hs_secret = self.handshake_secret.client_handshake_traffic_secret(th)
         self.server_hs_secret = self.handshake_secret.server_handshake_traffic_secret(th)
@@ -593,6 +640,10 @@ class ServerHandshake:
             self.sink.log_secret("CLIENT_EARLY_TRAFFIC_SECRET", self.client_random, self.client_early_secret)
             self.sink.log_secret("EARLY_EXPORTER_SECRET", self.client_random, self.early_exporter_secret)
             self.sink.accept_early_data(suite, self.client_early_secret, cfg.max_early_data)
+            if self.variant.dtls:
+                # RFC 9147 §5.6: no EndOfEarlyData; epochs tell early data and
+                # handshake records apart, so both keys are readable at once.
+                self.sink.set_read_secret(suite, self.client_hs_secret)
         else:
             self.sink.set_read_secret(suite, self.client_hs_secret)
             if self.early_data_state == "rejected" and not self.hello_retry:
@@ -618,7 +669,8 @@ class ServerHandshake:
 
         if chosen is not None:
             # §4.3.2: no CertificateRequest with a PSK; §2.2: no Certificate either.
-            next_state = ServerState.WAIT_EOED if self.early_data_state == "accepted" else ServerState.WAIT_FINISHED
+            eoed = self.early_data_state == "accepted" and not self.variant.dtls
+            next_state = ServerState.WAIT_EOED if eoed else ServerState.WAIT_FINISHED
         elif cfg.request_client_certificate or cfg.require_client_certificate:
             self._send(M.CertificateRequest(b"", self._certificate_request_extensions()))
             next_state = ServerState.WAIT_CERT
@@ -630,7 +682,7 @@ class ServerHandshake:
             self._send_raw(self._certificate_message())
             signature = sign(cfg.private_key, scheme, signed_content(SERVER_CONTEXT, self.transcript.digest()))
             self._send(M.CertificateVerify(scheme, signature))
-        verify_data = finished_verify_data(suite.hash_name, self.server_hs_secret, self.transcript.digest())
+        verify_data = finished_verify_data(suite.hash_name, self.server_hs_secret, self.transcript.digest(), prefix)
         self._send(M.Finished(verify_data))
 
         # Application secrets over ClientHello..server Finished.
@@ -706,7 +758,7 @@ class ServerHandshake:
     def _handle_finished(self, data: bytes) -> None:
         suite = self.suite
         assert suite is not None and self.master_secret is not None
-        check_finished(data, suite, self.client_hs_secret, self.transcript.digest(), "client")
+        check_finished(data, suite, self.client_hs_secret, self.transcript.digest(), "client", self.variant.label_prefix)
         self.transcript.update(data)
         self.sink.set_read_secret(suite, self.client_app_secret)
         self.resumption_secret = self.master_secret.resumption_master_secret(self.transcript.digest())
@@ -736,7 +788,7 @@ class ServerHandshake:
         age_add = int.from_bytes(os.urandom(4), "big")
         state = TicketState(
             cipher_suite=suite.suite,
-            psk=resumption_psk(suite.hash_name, self.resumption_secret, nonce),
+            psk=resumption_psk(suite.hash_name, self.resumption_secret, nonce, self.variant.label_prefix),
             ticket_age_add=age_add,
             created_at=self.now,
             lifetime=cfg.ticket_lifetime,
@@ -820,7 +872,9 @@ class ServerHandshake:
         assert pha is not None and pha.certificates is not None and self.suite is not None
         fin = self._decode(H.finished, data)
         assert isinstance(fin, M.Finished)
-        expected = finished_verify_data(self.suite.hash_name, self.traffic_secret("read"), pha.transcript.digest())
+        expected = finished_verify_data(
+            self.suite.hash_name, self.traffic_secret("read"), pha.transcript.digest(), self.variant.label_prefix
+        )
         if not constant_time_equal(expected, fin.verify_data):
             raise DecryptError("client Finished (post-handshake authentication) does not verify")
         self._pha = None
