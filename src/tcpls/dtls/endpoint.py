@@ -79,6 +79,8 @@ __all__ = [
     "AssociationState",
     "Connection",
     "ConnectionClosed",
+    "CookieResponder",
+    "dtls_connection_factory",
     "ConnectionEstablished",
     "ConnectionEvent",
     "DTLSEndpoint",
@@ -805,3 +807,60 @@ class DTLSEndpoint:
         if not assoc.busy:
             self._queue_output(assoc, assoc.conn.datagrams_to_send(now))
         self._remove(assoc, ConnectionClosed(assoc, None))
+
+
+# --------------------------------------------------------------------------
+# Glue for DTLSConnection
+# --------------------------------------------------------------------------
+class CookieResponder:
+    """:class:`StatelessResponder` backed by the stateless HelloRetryRequest
+    of :mod:`tcpls.dtls.connection` (RFC 9147 §5.1).
+
+    A ClientHello with a valid cookie is accepted (the connection created
+    for it checks the cookie again and restores the transcript from it);
+    one without a cookie is answered with a HelloRetryRequest carrying one;
+    anything else (no complete ClientHello, a forged or expired cookie) is
+    dropped without an answer.
+    """
+
+    def __init__(self, config: Any, secret: Any) -> None:
+        self.config = config
+        self.secret = secret
+
+    def check(self, data: bytes, addr: Address, now: float) -> tuple[StatelessVerdict, Optional[bytes]]:
+        from .connection import cookie_is_valid, stateless_hello_retry
+
+        reply = stateless_hello_retry(self.config, data, addr, self.secret, now)
+        if reply is not None:
+            return StatelessVerdict.REPLY, reply
+        if cookie_is_valid(data, addr, self.secret, now):
+            return StatelessVerdict.ACCEPT, None
+        return StatelessVerdict.DROP, None
+
+
+def dtls_connection_factory(
+    config: Any,
+    *,
+    cookie_secret: Any = None,
+    use_cid: bool = False,
+    **defaults: Any,
+) -> Callable[..., Any]:
+    """A ``connection_factory`` building :class:`~tcpls.dtls.connection.DTLSConnection`.
+
+    ``use_cid``: negotiate connection IDs (RFC 9146, §9), using the CID the
+    endpoint assigned (the endpoint's ``cid_length`` must be non-zero).
+    ``defaults`` (and the keyword arguments of :meth:`DTLSEndpoint.connect`)
+    go to the DTLSConnection constructor.
+    """
+    from .connection import DTLSConnection
+
+    def factory(addr: Address, cid: bytes, is_client: bool, **kwargs: Any) -> DTLSConnection:
+        options = {**defaults, **kwargs}
+        if use_cid:
+            options.setdefault("connection_id", cid)
+        if not is_client:
+            options.setdefault("client_address", addr)
+            options.setdefault("cookie_secret", cookie_secret)
+        return DTLSConnection(config, is_client=is_client, **options)
+
+    return factory
