@@ -187,6 +187,10 @@ class EndpointLimits:
         max_stateless_replies: stateless replies waiting to be sent.
         burst: datagrams one connection may send per round-robin turn.
         stateless_ratio: connection datagrams between two stateless replies.
+        compact_after: with a ``compactor``, seconds an association stays
+            established (and quiet) before its engine is replaced by the
+            compact state: long enough for the peer to be done
+            retransmitting its last handshake flight.
         max_events: undelivered endpoint events; beyond it the oldest
             connection-level events are dropped... never: the endpoint stops
             reading input for that connection instead (see ``receive``).
@@ -203,6 +207,7 @@ class EndpointLimits:
     max_stateless_replies: int = 256
     burst: int = 4
     stateless_ratio: int = 4
+    compact_after: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("max_handshakes", "max_connections", "burst", "stateless_ratio", "max_pending_datagrams"):
@@ -283,6 +288,7 @@ class Association:
         "busy",
         "timer",
         "in_ready",
+        "closing",
         "__weakref__",
     )
 
@@ -300,6 +306,7 @@ class Association:
         self.busy = False
         self.timer: Optional[float] = None
         self.in_ready = False
+        self.closing = False  # close_notify sent, waiting for the peer's
 
     @property
     def established(self) -> bool:
@@ -616,24 +623,27 @@ class DTLSEndpoint:
                 self._remove(assoc, ConnectionClosed(assoc, None))
                 return
         self._queue_output(assoc, conn.datagrams_to_send(now))
-        timer = conn.get_timer()
+        engine_timer = conn.get_timer()
+        timer = engine_timer
         if assoc.state is AssociationState.HANDSHAKING:
             deadline = assoc.started + self.limits.handshake_timeout
             timer = deadline if timer is None else min(timer, deadline)
-        elif self.limits.idle_timeout is not None:
-            idle = assoc.last_activity + self.limits.idle_timeout
-            timer = idle if timer is None else min(timer, idle)
+        elif assoc.closing:
+            timer = assoc.timer
+        else:
+            if self.limits.idle_timeout is not None:
+                idle = assoc.last_activity + self.limits.idle_timeout
+                timer = idle if timer is None else min(timer, idle)
+            if self._compactor is not None and not getattr(conn, "compact", False):
+                due = assoc.started + self.limits.compact_after
+                if now >= due and engine_timer is None and not assoc.outbox:
+                    compact = self._compactor(conn)
+                    if compact is not None:
+                        assoc.conn = compact
+                        self.stats["compacted"] += 1
+                else:
+                    timer = due if timer is None else min(timer, max(due, now))
         self._arm(assoc, timer)
-        if (
-            self._compactor is not None
-            and assoc.state is AssociationState.ESTABLISHED
-            and conn.get_timer() is None
-            and not assoc.outbox
-        ):
-            compact = self._compactor(conn)
-            if compact is not None and compact is not conn:
-                assoc.conn = compact
-                self.stats["compacted"] += 1
 
     def _establish(self, assoc: Association) -> bool:
         del self._handshakes[assoc.id]
@@ -644,6 +654,7 @@ class DTLSEndpoint:
             self._events.append(ConnectionClosed(assoc, UsageError("connection limit reached")))
             return False
         assoc.state = AssociationState.ESTABLISHED
+        assoc.started = assoc.last_activity  # from now on: when it was established
         self._established[assoc.id] = assoc
         return True
 
@@ -752,7 +763,7 @@ class DTLSEndpoint:
                 return
             self._submit(assoc, self._job_timer, assoc.conn, now)
             return
-        if limits.idle_timeout is not None and now >= assoc.last_activity + limits.idle_timeout:
+        if assoc.closing or (limits.idle_timeout is not None and now >= assoc.last_activity + limits.idle_timeout):
             self._close_conn(assoc)
             self._queue_output(assoc, assoc.conn.datagrams_to_send(now))
             self._remove(assoc, ConnectionClosed(assoc, None))
@@ -799,13 +810,23 @@ class DTLSEndpoint:
         assoc.conn.key_update()
         self._collect(assoc, now)
 
-    def close(self, assoc: Association, now: float) -> None:
-        """Send close_notify and forget the association."""
-        if assoc.state is AssociationState.CLOSED:
+    def close(self, assoc: Association, now: float, *, wait_for_peer: Optional[float] = None) -> None:
+        """Send close_notify (§5.10).
+
+        Without ``wait_for_peer`` the association is forgotten at once. With
+        it, the association keeps receiving (what the peer sent before it saw
+        our close_notify) until the peer's close_notify arrives or
+        ``wait_for_peer`` seconds pass.
+        """
+        if assoc.state is AssociationState.CLOSED or assoc.closing:
             return
         self._close_conn(assoc)
         if not assoc.busy:
             self._queue_output(assoc, assoc.conn.datagrams_to_send(now))
+        if wait_for_peer is not None and assoc.established:
+            assoc.closing = True
+            self._arm(assoc, now + wait_for_peer)
+            return
         self._remove(assoc, ConnectionClosed(assoc, None))
 
 
