@@ -109,6 +109,10 @@ async def _serve(args: argparse.Namespace, config: Any) -> int:
 
 def cmd_dtls_server(args: argparse.Namespace) -> int:
     config = build_config(args, server=True)
+    # DTLS clients on embedded stacks (wolfSSL among them) still list TLS
+    # 1.2-only curves in supported_groups; we never select them, so the
+    # offer is not worth refusing the handshake over.
+    config.reject_obsolete_groups = False
     try:
         return asyncio.run(_serve(args, config))
     except KeyboardInterrupt:
