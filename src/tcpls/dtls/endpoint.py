@@ -380,6 +380,7 @@ class DTLSEndpoint:
         self._events: deque[EndpointEvent] = deque()
         self._timers: list[tuple[float, int, Association]] = []
         self._timer_seq = itertools.count()
+        self._armed = 0  # associations with a deadline (live heap entries)
         self._finished_jobs: deque[tuple[Association, Future]] = deque()
         self._since_stateless = 0
         #: Counters for monitoring and tests.
@@ -670,9 +671,28 @@ class DTLSEndpoint:
             self._ready.append(assoc)
 
     def _arm(self, assoc: Association, when: Optional[float]) -> None:
+        if when == assoc.timer and when is not None:
+            return  # already in the heap
+        if when is None:
+            self._disarm(assoc)
+            return
+        if assoc.timer is None:
+            self._armed += 1
         assoc.timer = when
-        if when is not None:
-            heapq.heappush(self._timers, (when, next(self._timer_seq), assoc))
+        timers = self._timers
+        heapq.heappush(timers, (when, next(self._timer_seq), assoc))
+        # Entries are invalidated lazily (the association's deadline moved);
+        # rebuild once stale ones dominate, so that idle associations cost
+        # nothing here (amortised O(1) per push).
+        if len(timers) > 64 + 2 * self._armed:
+            live = [e for e in timers if e[2].timer == e[0] and e[2].state is not AssociationState.CLOSED]
+            heapq.heapify(live)
+            self._timers = live
+
+    def _disarm(self, assoc: Association) -> None:
+        if assoc.timer is not None:
+            assoc.timer = None
+            self._armed -= 1
 
     # ---------------------------------------------------------------- removal
     def _close_conn(self, assoc: Association) -> None:
@@ -687,7 +707,7 @@ class DTLSEndpoint:
         if assoc.cid and self._by_cid.get(assoc.cid) is assoc:
             del self._by_cid[assoc.cid]
         assoc.inbox = None
-        assoc.timer = None
+        self._disarm(assoc)
 
     def _remove(self, assoc: Association, event: EndpointEvent) -> None:
         if assoc.state is AssociationState.CLOSED:
@@ -747,7 +767,7 @@ class DTLSEndpoint:
             when, _, assoc = heapq.heappop(heap)
             if assoc.timer != when or assoc.state is AssociationState.CLOSED:
                 continue
-            assoc.timer = None
+            self._disarm(assoc)
             self._expire(assoc, now)
 
     def _expire(self, assoc: Association, now: float) -> None:
