@@ -813,6 +813,12 @@ class DTLSEndpoint:
         self._submit(assoc, self._job_start, assoc.conn, now)
         return assoc
 
+    @staticmethod
+    def _tell_time(conn: Any, now: float) -> None:
+        set_now = getattr(conn, "set_now", None)
+        if set_now is not None:
+            set_now(now)
+
     def _usable(self, assoc: Association) -> None:
         if assoc.state is AssociationState.CLOSED:
             raise UsageError("the association is closed")
@@ -822,11 +828,13 @@ class DTLSEndpoint:
         self._usable(assoc)
         if assoc.busy:
             raise UsageError("the handshake is still in progress")
+        self._tell_time(assoc.conn, now)
         assoc.conn.send_data(data)
         self._collect(assoc, now)
 
     def key_update(self, assoc: Association, now: float) -> None:
         self._usable(assoc)
+        self._tell_time(assoc.conn, now)
         assoc.conn.key_update()
         self._collect(assoc, now)
 

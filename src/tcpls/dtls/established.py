@@ -208,6 +208,10 @@ class EstablishedConnection:
         return exc
 
     # ------------------------------------------------------------ verbs
+    def set_now(self, now: float) -> None:
+        """The endpoint's clock before a verb (the engine never reads one)."""
+        self._now = now
+
     def send_data(self, data: bytes | bytearray | memoryview) -> None:
         if self._flags & (self._TERMINATED | self._LOCAL_CLOSED):
             raise ConnectionClosedError("the connection is closed")
@@ -438,6 +442,7 @@ def compact_connection(conn: Any) -> Optional[EstablishedConnection]:
         )
     except (AttributeError, KeyError):
         return None  # an engine this function does not know how to compact
+    state._now = getattr(conn, "_now", 0.0)
     if pending:
         state._out = list(pending)  # already datagrams: sent as they are
     return state
