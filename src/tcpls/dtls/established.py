@@ -422,6 +422,8 @@ def compact_connection(conn: Any) -> Optional[EstablishedConnection]:
             return None
         records = conn._records
         transport = conn._transport
+        if len(getattr(records, "receive_cid_set", None) or ()) > 1:
+            return None  # several CIDs issued (§9): the compact state keeps one
         write_epoch = records.write_epoch
         read_epoch = max(records.read_epochs)
         if write_epoch < EPOCH_APPLICATION or read_epoch < EPOCH_APPLICATION:
