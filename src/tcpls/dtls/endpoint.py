@@ -381,6 +381,7 @@ class DTLSEndpoint:
         self._timers: list[tuple[float, int, Association]] = []
         self._timer_seq = itertools.count()
         self._armed = 0  # associations with a deadline (live heap entries)
+        self._extra_cids = False  # some association got CIDs beyond the one assigned
         self._finished_jobs: deque[tuple[Association, Future]] = deque()
         self._since_stateless = 0
         #: Counters for monitoring and tests.
@@ -618,6 +619,16 @@ class DTLSEndpoint:
                     return
                 self._events.append(ConnectionEstablished(assoc))
             self._events.append(ConnectionEvent(assoc, event))
+            kind = type(event).__name__
+            if kind == "ConnectionIdsIssued":  # §9: more CIDs of ours route here
+                for cid in event.cids:
+                    if len(cid) == self.cid_length and cid not in self._by_cid:
+                        self._by_cid[cid] = assoc
+                        self._extra_cids = True
+            elif kind == "ConnectionIdsRetired":
+                for cid in event.cids:
+                    if cid != assoc.cid and self._by_cid.get(cid) is assoc:
+                        del self._by_cid[cid]
             if _is_terminal(event):
                 self._close_conn(assoc)
                 self._queue_output(assoc, conn.datagrams_to_send(now))
@@ -706,6 +717,9 @@ class DTLSEndpoint:
             del self._by_addr[assoc.addr]
         if assoc.cid and self._by_cid.get(assoc.cid) is assoc:
             del self._by_cid[assoc.cid]
+        extra = [cid for cid, owner in self._by_cid.items() if owner is assoc] if self._extra_cids else ()
+        for cid in extra:
+            del self._by_cid[cid]
         assoc.inbox = None
         self._disarm(assoc)
 
