@@ -316,6 +316,17 @@ class Association:
         return f"<Association {self.id} {self.addr!r} {self.state.value}>"
 
 
+def _authenticated_records(conn: Any) -> int:
+    """Records of ``conn`` that passed authentication so far."""
+    count = getattr(conn, "authenticated_records", None)
+    if count is not None:
+        return int(count)
+    records = getattr(conn, "_records", None)  # DTLSConnection's record layer
+    if records is None:
+        return 0
+    return sum(epoch.records_deprotected for epoch in records.read_epochs.values())
+
+
 def _is_terminal(event: Any) -> bool:
     # A fatal alert ends the association; so does close_notify (§5.10: DTLS
     # has no half-close worth keeping state for, we answer with ours).
@@ -441,11 +452,6 @@ class DTLSEndpoint:
         if assoc is None:
             self._receive_unknown(data, addr, now)
             return
-        if assoc.addr != addr and assoc.cid and assoc.established:
-            # A CID-routed record from a new address (§9: the address changes
-            # once a record from it deprotects; the engine drops forgeries,
-            # so we follow only after it processed the datagram below).
-            pass
         self._feed(assoc, data, addr, now)
 
     def _receive_unknown(self, data: bytes, addr: Address, now: float) -> None:
@@ -516,13 +522,17 @@ class DTLSEndpoint:
             self._submit(assoc, self._job_receive, assoc.conn, [(data, now)])
             return
         assoc.last_activity = now
+        moved = addr != assoc.addr
+        before = _authenticated_records(assoc.conn) if moved else 0
         try:
             assoc.conn.receive_datagram(data, now)
         except TLSError as exc:
             self._collect(assoc, now)
             self._remove(assoc, ConnectionClosed(assoc, exc))
             return
-        if addr != assoc.addr and assoc.cid:
+        # §9 / RFC 9146 §6: follow a new address only once a record from it
+        # passed authentication (anyone can copy a CID off the wire).
+        if moved and assoc.cid and _authenticated_records(assoc.conn) > before:
             self._move(assoc, addr)
         self._collect(assoc, now)
 

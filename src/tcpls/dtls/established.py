@@ -170,6 +170,12 @@ class EstablishedConnection:
         return ([prev.epoch] if prev is not None else []) + [self._read.epoch]
 
     @property
+    def authenticated_records(self) -> int:
+        """Records that passed authentication in the epochs still held."""
+        prev = self._read_prev
+        return self._read.records_deprotected + (prev.records_deprotected if prev is not None else 0)
+
+    @property
     def max_data_size(self) -> int:
         return self._max_datagram - self._write.overhead(cid_len=len(self._send_cid))
 
