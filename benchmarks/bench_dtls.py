@@ -103,8 +103,10 @@ def bench_throughput(seconds: float, compact: bool) -> None:
 
     c, s = cert_configs()
     limits = EndpointLimits(compact_after=0.0) if compact else None
+    secret = CookieSecret()
     endpoint = DTLSEndpoint(
-        dtls_connection_factory(s, require_cookie=False),
+        dtls_connection_factory(s, cookie_secret=secret),
+        stateless=CookieResponder(s, secret),  # address validated: no amplification limit
         limits=limits,
         compactor=compact_connection if compact else None,
     )
