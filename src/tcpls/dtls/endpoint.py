@@ -191,9 +191,6 @@ class EndpointLimits:
             established (and quiet) before its engine is replaced by the
             compact state: long enough for the peer to be done
             retransmitting its last handshake flight.
-        max_events: undelivered endpoint events; beyond it the oldest
-            connection-level events are dropped... never: the endpoint stops
-            reading input for that connection instead (see ``receive``).
     """
 
     max_handshakes: int = 1024
