@@ -439,3 +439,25 @@ def test_limits_validation():
         EndpointLimits(max_handshakes=0)
     with pytest.raises(ValueError):
         DTLSEndpoint(ScriptedConn, cid_length=21)
+
+
+def test_engine_busy_in_a_worker_is_not_touched_by_timeouts_or_close():
+    ex = ManualExecutor()
+    ep = DTLSEndpoint(ScriptedConn, executor=ex, limits=EndpointLimits(handshake_timeout=2.0))
+    ep.receive_datagram(CH, ("a", 1), 0.0)
+    (assoc,) = ep.associations()
+    ep.handle_timer(2.0)  # the deadline passes while the job is still queued
+    assert [type(e) for e in drain_events(ep)] == [HandshakeCancelled]
+    assert not assoc.conn.closed  # not called from this thread while a worker may run it
+    ex.run_all()
+    ep.poll(2.1)
+    assert ep.datagrams_to_send(2.1) == [] and ep.associations() == []
+    ep.receive_datagram(CH, ("b", 2), 3.0)
+    (b,) = ep.associations()
+    with pytest.raises(UsageError):
+        ep.key_update(b, 3.0)
+    ep.close(b, 3.0)
+    assert not b.conn.closed and ep.associations() == []
+    ex.run_all()
+    ep.poll(3.1)
+    assert ep.associations() == []

@@ -714,6 +714,8 @@ class DTLSEndpoint:
 
     # ---------------------------------------------------------------- removal
     def _close_conn(self, assoc: Association) -> None:
+        if assoc.busy:
+            return  # a worker owns the engine right now; it is dropped unclosed
         try:
             assoc.conn.close()
         except TLSError:
@@ -855,6 +857,8 @@ class DTLSEndpoint:
 
     def key_update(self, assoc: Association, now: float) -> None:
         self._usable(assoc)
+        if assoc.busy:
+            raise UsageError("the handshake is still in progress")
         self._tell_time(assoc.conn, now)
         assoc.conn.key_update()
         self._collect(assoc, now)
