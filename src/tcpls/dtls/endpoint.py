@@ -122,7 +122,10 @@ class StatelessVerdict(enum.Enum):
 class StatelessResponder(Protocol):
     """Decides, without state, what to do with a datagram from an unknown peer (§5.1)."""
 
-    def check(self, data: bytes, addr: Address, now: float) -> tuple[StatelessVerdict, Optional[bytes]]: ...
+    def check(self, data: bytes, addr: Address, now: float) -> tuple[StatelessVerdict, Optional[bytes]]:
+        """``(REPLY, datagram)``, ``(ACCEPT, None or the datagram to start
+        the association with)`` or ``(DROP, None)``."""
+        ...
 
 
 class Future(Protocol):
@@ -472,6 +475,8 @@ class DTLSEndpoint:
                     else:
                         self._stateless_out.append((reply, addr))
                 return
+            if reply is not None:
+                data = reply  # ACCEPT: the (reassembled) ClientHello to start from
         if not self._make_room(addr, now):
             return
         assoc = self._create(addr, False, now, {})
@@ -890,25 +895,36 @@ class CookieResponder:
     """:class:`StatelessResponder` backed by the stateless HelloRetryRequest
     of :mod:`tcpls.dtls.connection` (RFC 9147 §5.1).
 
-    A ClientHello with a valid cookie is accepted (the connection created
-    for it checks the cookie again and restores the transcript from it);
-    one without a cookie is answered with a HelloRetryRequest carrying one;
-    anything else (no complete ClientHello, a forged or expired cookie) is
-    dropped without an answer.
+    A ClientHello split over several datagrams (§5.5; large key shares) is
+    first put together by a bounded
+    :class:`~tcpls.dtls.hello.ClientHelloReassembler` keyed by address.
+    A whole ClientHello with a valid cookie is accepted (the verdict
+    carries the one-datagram ClientHello to feed to the new connection,
+    which checks the cookie again and restores the transcript from it); one
+    without a cookie is answered with a HelloRetryRequest carrying one;
+    anything else (a fragment, no ClientHello, a forged or expired cookie)
+    is dropped without an answer.
     """
 
-    def __init__(self, config: Any, secret: Any) -> None:
+    def __init__(self, config: Any, secret: Any, reassembler: Any = None) -> None:
+        from .hello import ClientHelloReassembler
+
         self.config = config
         self.secret = secret
+        self.reassembler = reassembler if reassembler is not None else ClientHelloReassembler()
 
     def check(self, data: bytes, addr: Address, now: float) -> tuple[StatelessVerdict, Optional[bytes]]:
         from .connection import cookie_is_valid, stateless_hello_retry
 
-        reply = stateless_hello_retry(self.config, data, addr, self.secret, now)
+        self.reassembler.expire(now)
+        hello = self.reassembler.add(addr, data, now)
+        if hello is None:
+            return StatelessVerdict.DROP, None
+        reply = stateless_hello_retry(self.config, hello, addr, self.secret, now)
         if reply is not None:
             return StatelessVerdict.REPLY, reply
-        if cookie_is_valid(data, addr, self.secret, now):
-            return StatelessVerdict.ACCEPT, None
+        if cookie_is_valid(hello, addr, self.secret, now):
+            return StatelessVerdict.ACCEPT, hello
         return StatelessVerdict.DROP, None
 
 
