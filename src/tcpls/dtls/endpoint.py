@@ -289,7 +289,6 @@ class Association:
         "timer",
         "in_ready",
         "closing",
-        "__weakref__",
     )
 
     def __init__(self, ident: int, addr: Address, cid: bytes, conn: Any, is_client: bool, now: float) -> None:
@@ -385,7 +384,8 @@ class DTLSEndpoint:
         self._by_addr: dict[Address, Association] = {}
         self._by_cid: dict[bytes, Association] = {}
         self._handshakes: dict[int, Association] = {}  # insertion order = age
-        self._established: dict[int, Association] = {}
+        # A set, not a dict by id: no int key object per association.
+        self._established: set[Association] = set()
         self._ready: deque[Association] = deque()  # round-robin order of associations with output
         self._stateless_out: deque[tuple[bytes, Address]] = deque()
         self._events: deque[EndpointEvent] = deque()
@@ -423,7 +423,7 @@ class DTLSEndpoint:
         return len(self._handshakes) * self.limits.handshake_cost
 
     def associations(self) -> list[Association]:
-        return [*self._handshakes.values(), *self._established.values()]
+        return [*self._handshakes.values(), *sorted(self._established, key=lambda a: a.id)]
 
     # ---------------------------------------------------------------- demux
     def _route(self, data: bytes, addr: Address) -> Optional[Association]:
@@ -679,7 +679,7 @@ class DTLSEndpoint:
             return False
         assoc.state = AssociationState.ESTABLISHED
         assoc.started = assoc.last_activity  # from now on: when it was established
-        self._established[assoc.id] = assoc
+        self._established.add(assoc)
         return True
 
     def _queue_output(self, assoc: Association, datagrams: Iterable[bytes]) -> None:
@@ -741,7 +741,7 @@ class DTLSEndpoint:
         if assoc.state is AssociationState.CLOSED:
             return
         self._handshakes.pop(assoc.id, None)
-        self._established.pop(assoc.id, None)
+        self._established.discard(assoc)
         assoc.state = AssociationState.CLOSED
         self._forget(assoc)
         self._events.append(event)

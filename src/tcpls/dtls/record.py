@@ -590,10 +590,35 @@ class AEADCache:
 DEFAULT_AEAD_CACHE = AEADCache(4096)
 
 
+_FACTORIES: dict[int, tuple[Callable[[bytes], Any], Callable[[bytes], Any]]] = {}
+
+
+def _factories(suite: CipherSuiteInfo) -> tuple[Callable[[bytes], Any], Callable[[bytes], Any]]:
+    """(AEAD factory, mask factory) taking an epoch's ``key || sn_key || iv``.
+
+    One pair per suite, so that the cache keys ``(factory, keys)`` of equal
+    keys match across epochs.
+    """
+    pair = _FACTORIES.get(suite.suite)
+    if pair is None:
+        aead, n = suite.aead, suite.key_len
+        mask_class = _ChaChaMask if _is_chacha(suite) else _AESMask
+
+        def make_aead(keys: bytes) -> Any:
+            return aead(keys[:n])
+
+        def make_mask(keys: bytes) -> Any:
+            return mask_class(keys[n : 2 * n])
+
+        pair = _FACTORIES[suite.suite] = (make_aead, make_mask)
+    return pair
+
+
 class _Epoch:
-    # Raw keys only (§4, §4.2.3); the AEAD and mask objects come from the
-    # shared :class:`AEADCache` at each use.
-    __slots__ = ("epoch", "suite", "limits", "_key", "_iv", "_sn_key", "_tag_len", "_cache")
+    # Raw keys only, in one bytes object ``key || sn_key || iv`` (§4,
+    # §4.2.3); the AEAD and mask objects come from the shared
+    # :class:`AEADCache` at each use.
+    __slots__ = ("epoch", "suite", "limits", "_keys", "_cache")
 
     def __init__(self, epoch: int, suite: CipherSuiteInfo, secret: bytes, cache: Optional[AEADCache] = None) -> None:
         if not 0 < epoch < SEQ_LIMIT:
@@ -602,23 +627,25 @@ class _Epoch:
         self.epoch = epoch
         self.suite = suite
         self.limits = aead_limits(suite)
-        self._key = keys.key
-        self._iv = int.from_bytes(keys.iv, "big")
-        self._sn_key = keys.sn_key
-        self._tag_len = suite.tag_len
+        self._keys = keys.key + keys.sn_key + keys.iv
         self._cache = cache if cache is not None else DEFAULT_AEAD_CACHE
 
     @property
+    def _tag_len(self) -> int:
+        return self.suite.tag_len
+
+    @property
     def _aead(self) -> Any:
-        return self._cache.get(self.suite.aead, self._key)
+        return self._cache.get(_factories(self.suite)[0], self._keys)
 
     @property
     def _mask(self) -> "_AESMask | _ChaChaMask":
-        factory = _ChaChaMask if _is_chacha(self.suite) else _AESMask
-        return self._cache.get(factory, self._sn_key)
+        return self._cache.get(_factories(self.suite)[1], self._keys)
 
     def _nonce(self, seq: int) -> bytes:
-        return (self._iv ^ seq).to_bytes(self.suite.iv_len, "big")
+        suite = self.suite
+        iv = int.from_bytes(self._keys[2 * suite.key_len :], "big")
+        return (iv ^ seq).to_bytes(suite.iv_len, "big")
 
 
 class WriteEpoch(_Epoch):
