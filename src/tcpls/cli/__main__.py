@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import commands, plot, tcpls_mode
+from . import commands, dtls_mode, plot, tcpls_mode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(client)
     tcpls_mode.add_arguments(server, client)
     client.set_defaults(func=commands.cmd_client)
+
+    dtls_mode.add_parsers(sub, common)
 
     demo = sub.add_parser("demo", help="run a local server and client with a throwaway CA")
     demo.set_defaults(func=commands.cmd_demo)

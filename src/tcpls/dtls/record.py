@@ -52,7 +52,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Union
+from collections import OrderedDict
+from typing import Any, Callable, Optional, Union
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -64,6 +65,8 @@ from ..tls.key_schedule import DTLS13_LABEL_PREFIX, hkdf_expand_label, traffic_k
 from ..tls.suites import CipherSuiteInfo
 
 __all__ = [
+    "AEADCache",
+    "DEFAULT_AEAD_CACHE",
     "CT_ALERT",
     "CT_HANDSHAKE",
     "CT_APPLICATION_DATA",
@@ -474,10 +477,17 @@ def aead_limits(suite: CipherSuiteInfo) -> AEADLimits:
     suite must not be used in DTLS without a forgery limit; this is it).
     """
     if suite.aead is AESCCM:
-        return AEADLimits(2**23, 2**7 if suite.tag_len == 8 else int(2**23.5))
+        return _CCM8_LIMITS if suite.tag_len == 8 else _CCM_LIMITS
     if _is_chacha(suite):
-        return AEADLimits(SEQ_LIMIT, 2**36)
-    return AEADLimits(int(2**24.5), 2**36)
+        return _CHACHA_LIMITS
+    return _GCM_LIMITS
+
+
+# One shared instance each: epochs refer to these instead of owning copies.
+_CCM_LIMITS = AEADLimits(2**23, int(2**23.5))
+_CCM8_LIMITS = AEADLimits(2**23, 2**7)
+_CHACHA_LIMITS = AEADLimits(SEQ_LIMIT, 2**36)
+_GCM_LIMITS = AEADLimits(int(2**24.5), 2**36)
 
 
 # --------------------------------------------------------------------------
@@ -530,23 +540,117 @@ class ReplayWindow:
 # --------------------------------------------------------------------------
 # Per-epoch protection
 # --------------------------------------------------------------------------
-class _Epoch:
-    __slots__ = ("epoch", "suite", "limits", "_aead", "_iv", "_mask", "_tag_len")
+class AEADCache:
+    """A bounded LRU cache of AEAD and record-number-mask objects, keyed by key bytes.
 
-    def __init__(self, epoch: int, suite: CipherSuiteInfo, secret: bytes) -> None:
+    An AEAD object from ``cryptography`` holds an OpenSSL context (about
+    2.5 KB with its Python wrapper). An endpoint with 100K mostly idle
+    associations cannot afford one per epoch and direction, so epochs keep
+    their raw keys and build these objects on demand through a cache shared
+    by the endpoint: active associations hit the cache, idle ones cost only
+    their key bytes. Objects are stateless between calls (nonces and
+    samples are per call), so sharing them between epochs with equal keys
+    is safe.
+
+    Args:
+        capacity: objects kept at most (each AEAD or AES-ECB mask counts one).
+    """
+
+    __slots__ = ("capacity", "_items", "hits", "misses")
+
+    def __init__(self, capacity: int = 1024) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._items: "OrderedDict[tuple[object, bytes], object]" = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, factory: "Callable[[bytes], Any]", key: bytes) -> Any:
+        """The object ``factory(key)``, built once and reused while it stays in the cache."""
+        items = self._items
+        ident = (factory, key)
+        obj = items.get(ident)
+        if obj is not None:
+            items.move_to_end(ident)
+            self.hits += 1
+            return obj
+        self.misses += 1
+        obj = factory(key)
+        items[ident] = obj
+        if len(items) > self.capacity:
+            items.popitem(last=False)
+        return obj
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+#: The cache used by epochs created without an explicit one.
+DEFAULT_AEAD_CACHE = AEADCache(4096)
+
+
+_FACTORIES: dict[int, tuple[Callable[[bytes], Any], Callable[[bytes], Any]]] = {}
+
+
+def _factories(suite: CipherSuiteInfo) -> tuple[Callable[[bytes], Any], Callable[[bytes], Any]]:
+    """(AEAD factory, mask factory) taking an epoch's ``key || sn_key || iv``.
+
+    One pair per suite, so that the cache keys ``(factory, keys)`` of equal
+    keys match across epochs.
+    """
+    pair = _FACTORIES.get(suite.suite)
+    if pair is None:
+        n = suite.key_len
+        mask_class = _ChaChaMask if _is_chacha(suite) else _AESMask
+
+        new_aead = suite.new_aead  # AES-CCM-8: the 8-byte tag length
+
+        def make_aead(keys: bytes) -> Any:
+            return new_aead(keys[:n])
+
+        def make_mask(keys: bytes) -> Any:
+            return mask_class(keys[n : 2 * n])
+
+        pair = _FACTORIES[suite.suite] = (make_aead, make_mask)
+    return pair
+
+
+class _Epoch:
+    # Raw keys only, in one bytes object ``key || sn_key || iv`` (§4,
+    # §4.2.3); the AEAD and mask objects come from the shared
+    # :class:`AEADCache` at each use.
+    __slots__ = ("epoch", "suite", "limits", "_keys", "_cache")
+
+    def __init__(self, epoch: int, suite: CipherSuiteInfo, secret: bytes, cache: Optional[AEADCache] = None) -> None:
         if not 0 < epoch < SEQ_LIMIT:
             raise ValueError("protected epochs are 1..2^64-1")
         keys = derive_epoch_keys(suite, secret)
         self.epoch = epoch
         self.suite = suite
         self.limits = aead_limits(suite)
-        self._aead = suite.new_aead(keys.key)
-        self._iv = int.from_bytes(keys.iv, "big")
-        self._mask = _mask_function(suite, keys.sn_key)
-        self._tag_len = suite.tag_len
+        self._keys = keys.key + keys.sn_key + keys.iv
+        self._cache = cache if cache is not None else DEFAULT_AEAD_CACHE
+
+    @property
+    def _tag_len(self) -> int:
+        return self.suite.tag_len
+
+    @property
+    def _aead(self) -> Any:
+        return self._cache.get(_factories(self.suite)[0], self._keys)
+
+    @property
+    def _mask(self) -> "_AESMask | _ChaChaMask":
+        return self._cache.get(_factories(self.suite)[1], self._keys)
 
     def _nonce(self, seq: int) -> bytes:
-        return (self._iv ^ seq).to_bytes(self.suite.iv_len, "big")
+        suite = self.suite
+        iv = int.from_bytes(self._keys[2 * suite.key_len :], "big")
+        return (iv ^ seq).to_bytes(suite.iv_len, "big")
 
 
 class WriteEpoch(_Epoch):
@@ -560,8 +664,8 @@ class WriteEpoch(_Epoch):
 
     __slots__ = ("next_seq", "records_protected")
 
-    def __init__(self, epoch: int, suite: CipherSuiteInfo, secret: bytes) -> None:
-        super().__init__(epoch, suite, secret)
+    def __init__(self, epoch: int, suite: CipherSuiteInfo, secret: bytes, cache: Optional[AEADCache] = None) -> None:
+        super().__init__(epoch, suite, secret, cache)
         self.next_seq = 0
         self.records_protected = 0
 
@@ -631,8 +735,15 @@ class ReadEpoch(_Epoch):
 
     __slots__ = ("window", "replay_protection", "records_deprotected", "failed_decryptions")
 
-    def __init__(self, epoch: int, suite: CipherSuiteInfo, secret: bytes, replay_window: int = 128) -> None:
-        super().__init__(epoch, suite, secret)
+    def __init__(
+        self,
+        epoch: int,
+        suite: CipherSuiteInfo,
+        secret: bytes,
+        replay_window: int = 128,
+        cache: Optional[AEADCache] = None,
+    ) -> None:
+        super().__init__(epoch, suite, secret, cache)
         self.replay_protection = replay_window > 0
         self.window = ReplayWindow(max(replay_window, 1))
         self.records_deprotected = 0
@@ -770,6 +881,9 @@ class RecordLayer:
         max_read_epochs: read epochs kept at once; installing one more drops
             the oldest protected epoch (§4.2.1: old epochs may be kept for a
             while to allow for reordering).
+        aead_cache: where epochs get their AEAD objects (default: the
+            process-wide :data:`DEFAULT_AEAD_CACHE`); an endpoint passes one
+            cache to all its associations.
 
     Epoch 0 is always readable and writable in plaintext. Epoch 0 records
     have no replay window: they are unauthenticated, and the handshake layer
@@ -784,6 +898,7 @@ class RecordLayer:
         seq_len: int = 2,
         replay_window: int = 128,
         max_read_epochs: int = 4,
+        aead_cache: Optional[AEADCache] = None,
     ) -> None:
         if seq_len not in (1, 2):
             raise ValueError("seq_len must be 1 or 2")
@@ -792,6 +907,7 @@ class RecordLayer:
         self.seq_len = seq_len
         self.replay_window = replay_window
         self.max_read_epochs = max_read_epochs
+        self.aead_cache = aead_cache
         #: All CIDs accepted on received records (RFC 9147 §9: those we
         #: issued and have not retired; all of ``len(receive_cid)`` bytes).
         #: None: ``receive_cid`` only.
@@ -807,7 +923,7 @@ class RecordLayer:
     # ------------------------------------------------------------ epochs
     def install_read_epoch(self, epoch: int, suite: CipherSuiteInfo, secret: bytes) -> None:
         """Accept records of ``epoch`` protected with the peer's ``secret``."""
-        self.read_epochs[epoch] = ReadEpoch(epoch, suite, secret, self.replay_window)
+        self.read_epochs[epoch] = ReadEpoch(epoch, suite, secret, self.replay_window, self.aead_cache)
         while len(self.read_epochs) > self.max_read_epochs:
             del self.read_epochs[min(self.read_epochs)]
 
@@ -824,7 +940,7 @@ class RecordLayer:
         """
         if epoch in self.write_epochs:
             raise ValueError(f"write epoch {epoch} is already installed")
-        self.write_epochs[epoch] = WriteEpoch(epoch, suite, secret)
+        self.write_epochs[epoch] = WriteEpoch(epoch, suite, secret, self.aead_cache)
         if activate:
             self.write_epoch = epoch
 

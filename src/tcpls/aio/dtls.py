@@ -1,0 +1,505 @@
+"""asyncio adapter: one UDP socket, one :class:`~tcpls.dtls.endpoint.DTLSEndpoint`.
+
+Theory of operation
+-------------------
+:class:`DTLSEndpointProtocol` is the only object that talks to the sans-IO
+endpoint. Every input runs the same three steps, then re-arms the single
+timer:
+
+* **network** (``datagram_received``): ``endpoint.receive_datagram`` →
+  dispatch endpoint events → transmit;
+* **timer** (one ``loop.call_at``): ``endpoint.handle_timer`` → dispatch → transmit;
+* **worker** (an executor job finished, signalled thread-safely through
+  ``loop.call_soon_threadsafe``): ``endpoint.poll`` → dispatch → transmit;
+* **application** (:class:`DTLSChannel` verbs): the endpoint verb → dispatch
+  → transmit.
+
+"Transmit" is ``transport.sendto`` for each ``(datagram, addr)`` the
+endpoint hands out, in its (fair) order. Time is ``time.time()``: cookies
+and tickets are wall-clock based.
+
+DTLS keeps datagram boundaries: :meth:`DTLSChannel.send` sends one record
+(at most :attr:`DTLSChannel.max_data_size` bytes) and :meth:`DTLSChannel.recv`
+returns one record's payload. Each channel buffers at most
+``max_queued`` unread records; more are dropped (and counted), as the
+network would drop them, so a peer that floods a slow reader costs bounded
+memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections import deque
+from typing import Any, Awaitable, Callable, Optional, Union
+
+from ..dtls.endpoint import (
+    Association,
+    ConnectionClosed,
+    ConnectionEstablished,
+    ConnectionEvent,
+    CookieResponder,
+    DTLSEndpoint,
+    EndpointLimits,
+    HandshakeCancelled,
+    HandshakeRefused,
+    dtls_connection_factory,
+)
+from ..errors import ConnectionClosedError, TLSError
+from ..tls import events as _ev
+from ..tls.config import TLSConfig
+
+__all__ = ["DTLSChannel", "DTLSEndpointProtocol", "connect", "create_endpoint", "serve", "logger"]
+
+logger = logging.getLogger("tcpls.aio.dtls")
+
+ChannelHandler = Callable[["DTLSChannel"], Union[Awaitable[None], None]]
+
+
+class DTLSChannel:
+    """One DTLS association as the application sees it."""
+
+    def __init__(self, protocol: "DTLSEndpointProtocol", assoc: Association, max_queued: int) -> None:
+        self._protocol = protocol
+        self.association = assoc
+        self._queue: deque[bytes] = deque()
+        self._max_queued = max_queued
+        self._waiter: Optional[asyncio.Future[None]] = None
+        self._established: asyncio.Future[Any] = protocol.loop.create_future()
+        self._closed = False
+        self._eof = False
+        self.error: Optional[BaseException] = None
+        #: The HandshakeComplete event once the handshake finished.
+        self.handshake: Optional[_ev.HandshakeComplete] = None
+        #: Engine events other than data (KeyUpdated, SessionTicketReceived, ...).
+        self.events: list[Any] = []
+        self.dropped = 0
+
+    # ------------------------------------------------------------ queries
+    @property
+    def peer_address(self) -> Any:
+        return self.association.addr
+
+    @property
+    def connection(self) -> Any:
+        """The engine (DTLSConnection, or its compact established state)."""
+        return self.association.conn
+
+    @property
+    def max_data_size(self) -> int:
+        return int(getattr(self.association.conn, "max_data_size", 1100))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------ verbs
+    async def wait_established(self) -> _ev.HandshakeComplete:
+        return await self._established
+
+    async def wait_confirmed(self, timeout: float) -> bool:
+        """Wait until nothing of ours is unacknowledged (for a client: the
+        server has processed our Finished, §7), at most ``timeout``.
+
+        A client's first records right after its Finished may reach a server
+        that has not processed the Finished yet, and DTLS servers may drop
+        them (application data is not retransmitted). Callers that need
+        their first records delivered wait for this first. Returns whether
+        the state was reached.
+        """
+        protocol = self._protocol
+        deadline = protocol.loop.time() + timeout
+        while not self._closed and self.association.conn.get_timer() is not None:
+            remaining = deadline - protocol.loop.time()
+            if remaining <= 0:
+                return False
+            waiter = protocol.loop.create_future()
+            protocol._progress_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                return False
+        return not self._closed
+
+    async def recv(self) -> bytes:
+        """The next record's payload; ``b""`` once the peer closed.
+
+        Raises:
+            TLSError: the association failed (the error the engine raised).
+        """
+        while not self._queue:
+            if self._eof:
+                if self.error is not None:
+                    raise self.error
+                return b""
+            self._waiter = self._protocol.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._queue.popleft()
+
+    def send(self, data: bytes) -> None:
+        """Send ``data`` as one record (raises UsageError if it does not fit)."""
+        if self._closed:
+            raise ConnectionClosedError("the association is closed")
+        self._protocol._call(lambda now: self._protocol.endpoint.send_data(self.association, bytes(data), now))
+
+    def key_update(self) -> None:
+        self._protocol._call(lambda now: self._protocol.endpoint.key_update(self.association, now))
+
+    def close(self, *, wait_for_peer: Optional[float] = None) -> None:
+        """Send close_notify; with ``wait_for_peer``, keep receiving until the
+        peer's close_notify (or that many seconds)."""
+        if self._closed:
+            return
+        self._protocol._call(
+            lambda now: self._protocol.endpoint.close(self.association, now, wait_for_peer=wait_for_peer)
+        )
+
+    # ------------------------------------------------------------ from the protocol
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _data(self, data: bytes) -> None:
+        if len(self._queue) >= self._max_queued:
+            self.dropped += 1
+            return
+        self._queue.append(data)
+        self._wake()
+
+    def _finish(self, error: Optional[BaseException]) -> None:
+        self._closed = True
+        self._eof = True
+        self.error = error
+        if not self._established.done():
+            self._established.set_exception(error or ConnectionClosedError("closed before the handshake completed"))
+            self._established.exception()  # retrieved: no "never retrieved" warning
+        self._wake()
+
+
+class DTLSEndpointProtocol(asyncio.DatagramProtocol):
+    """Drives a :class:`DTLSEndpoint` from one asyncio datagram transport.
+
+    Args:
+        endpoint_factory: ``factory(wakeup)`` → the endpoint (``wakeup`` must
+            be passed to it: executor jobs signal completion through it).
+        on_connection: server: called with each new established
+            :class:`DTLSChannel` (a coroutine function runs as a task).
+        max_queued: unread records buffered per channel.
+    """
+
+    def __init__(
+        self,
+        endpoint_factory: Callable[[Callable[[], None]], DTLSEndpoint],
+        on_connection: Optional[ChannelHandler] = None,
+        *,
+        max_queued: int = 1024,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.endpoint = endpoint_factory(self._wakeup)
+        self._on_connection = on_connection
+        self._max_queued = max_queued
+        self._channels: dict[int, DTLSChannel] = {}
+        self.transport: Optional[asyncio.DatagramTransport] = None
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._timer_at: Optional[float] = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed: asyncio.Future[None] = self.loop.create_future()
+        self._progress_waiters: list[asyncio.Future[None]] = []
+        self.sent = 0
+
+    # ------------------------------------------------------------ asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        now = time.time()
+        self.endpoint.receive_datagram(data, addr, now)
+        self._after(now)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable...) are advisory for UDP: the
+        # retransmission timers and handshake timeouts deal with dead peers.
+        logger.debug("socket error: %s", exc)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for channel in list(self._channels.values()):
+            channel._finish(ConnectionClosedError("the endpoint was closed"))
+        self._channels.clear()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    # ------------------------------------------------------------ driving
+    def _wakeup(self) -> None:
+        # Called from executor threads.
+        try:
+            self.loop.call_soon_threadsafe(self._poll)
+        except RuntimeError:  # loop closed
+            pass
+
+    def _poll(self) -> None:
+        now = time.time()
+        self.endpoint.poll(now)
+        self._after(now)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = time.time()
+        self.endpoint.handle_timer(now)
+        self._after(now)
+
+    def _call(self, action: Callable[[float], None]) -> None:
+        now = time.time()
+        action(now)
+        self._after(now)
+
+    def _after(self, now: float) -> None:
+        self._dispatch()
+        self._transmit(now)
+        self._dispatch()  # events from closing (none expected, cheap)
+        self._rearm()
+        if self._progress_waiters:
+            waiters, self._progress_waiters = self._progress_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _transmit(self, now: float) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self.endpoint.datagrams_to_send(now)
+            return
+        for data, addr in self.endpoint.datagrams_to_send(now):
+            transport.sendto(data, addr)
+            self.sent += 1
+
+    def _rearm(self) -> None:
+        when = self.endpoint.get_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            self._timer = self.loop.call_later(max(0.0, when - time.time()), self._on_timer)
+
+    def _channel(self, assoc: Association) -> DTLSChannel:
+        channel = self._channels.get(assoc.id)
+        if channel is None:
+            channel = DTLSChannel(self, assoc, self._max_queued)
+            self._channels[assoc.id] = channel
+        return channel
+
+    def _dispatch(self) -> None:
+        endpoint = self.endpoint
+        while (event := endpoint.next_event()) is not None:
+            if isinstance(event, ConnectionEvent):
+                channel = self._channels.get(event.association.id)
+                if channel is None:
+                    continue
+                inner = event.event
+                if isinstance(inner, _ev.DataReceived):
+                    channel._data(inner.data)
+                elif isinstance(inner, _ev.HandshakeComplete):
+                    channel.handshake = inner
+                    if not channel._established.done():
+                        channel._established.set_result(inner)
+                else:
+                    channel.events.append(inner)
+                    del channel.events[:-64]
+            elif isinstance(event, ConnectionEstablished):
+                assoc = event.association
+                channel = self._channel(assoc)
+                if not assoc.is_client and self._on_connection is not None:
+                    self._start_handler(channel)
+            elif isinstance(event, (ConnectionClosed, HandshakeCancelled)):
+                channel = self._channels.pop(event.association.id, None)
+                if channel is not None:
+                    error = event.error if isinstance(event, ConnectionClosed) else TimeoutError(f"handshake {event.reason}")
+                    channel._finish(error)
+            elif isinstance(event, HandshakeRefused):
+                logger.info("refused a handshake from %s: %s", event.addr, event.reason)
+
+    def _start_handler(self, channel: DTLSChannel) -> None:
+        assert self._on_connection is not None
+        result = self._on_connection(channel)
+        if inspect.isawaitable(result):
+            task = self.loop.create_task(result)  # type: ignore[arg-type]
+            self._tasks.add(task)
+            task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: "asyncio.Task[None]") -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("connection handler failed: %r", task.exception())
+
+    # ------------------------------------------------------------ API
+    def connect(self, addr: Any, **kwargs: Any) -> DTLSChannel:
+        """Start a client handshake (``kwargs`` go to the connection factory)."""
+        now = time.time()
+        assoc = self.endpoint.connect(addr, now, **kwargs)
+        channel = self._channel(assoc)
+        self._after(now)
+        return channel
+
+    @property
+    def local_address(self) -> Any:
+        assert self.transport is not None
+        return self.transport.get_extra_info("sockname")
+
+    def close(self) -> None:
+        """Close every association (close_notify) and the socket."""
+        now = time.time()
+        for assoc in self.endpoint.associations():
+            self.endpoint.close(assoc, now)
+        self._after(now)
+        for task in list(self._tasks):
+            task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    async def wait_closed(self) -> None:
+        await self._closed
+
+    async def __aenter__(self) -> "DTLSEndpointProtocol":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def create_endpoint(
+    config: TLSConfig,
+    *,
+    local_addr: Any = ("127.0.0.1", 0),
+    server: bool = True,
+    on_connection: Optional[ChannelHandler] = None,
+    cid: bool = False,
+    cookie_secret: Any = None,
+    stateless_cookies: bool = True,
+    limits: Optional[EndpointLimits] = None,
+    executor: Any = None,
+    compact: bool = False,
+    connection_options: Optional[dict[str, Any]] = None,
+    max_queued: int = 1024,
+) -> DTLSEndpointProtocol:
+    """Bind a UDP socket and run a DTLS endpoint on it.
+
+    Args:
+        config: TLS configuration of every association.
+        server: accept handshakes from new peers.
+        on_connection: server: handler for each established :class:`DTLSChannel`.
+        cid: negotiate connection IDs (RFC 9146 / RFC 9147 §9), 8 bytes.
+        cookie_secret: server: :class:`~tcpls.dtls.cookie.CookieSecret`
+            (random if None).
+        stateless_cookies: server: answer cookieless ClientHellos with a
+            stateless HelloRetryRequest (§5.1).
+        limits: :class:`EndpointLimits`.
+        executor: where handshake work runs (e.g. a ThreadPoolExecutor).
+        compact: replace idle established connections by their compact
+            state (:mod:`tcpls.dtls.established`).
+        connection_options: extra DTLSConnection keyword arguments.
+    """
+    from ..dtls.cookie import CookieSecret
+
+    secret = cookie_secret if cookie_secret is not None else CookieSecret()
+    options = dict(connection_options or {})
+    if server and not stateless_cookies:
+        options.setdefault("require_cookie", False)
+    factory = dtls_connection_factory(config, cookie_secret=secret, use_cid=cid, **options)
+    compactor = None
+    if compact:
+        from ..dtls.established import compact_connection
+
+        compactor = compact_connection
+
+    def make(wakeup: Callable[[], None]) -> DTLSEndpoint:
+        return DTLSEndpoint(
+            factory,
+            server=server,
+            limits=limits,
+            stateless=CookieResponder(config, secret) if server and stateless_cookies else None,
+            executor=executor,
+            cid_length=8 if cid else 0,
+            compactor=compactor,
+            wakeup=wakeup,
+        )
+
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_datagram_endpoint(
+        lambda: DTLSEndpointProtocol(make, on_connection, max_queued=max_queued), local_addr=local_addr
+    )
+    return protocol
+
+
+async def serve(
+    config: TLSConfig, host: str, port: int, on_connection: ChannelHandler, **kwargs: Any
+) -> DTLSEndpointProtocol:
+    """A DTLS server on ``host:port`` (``kwargs``: see :func:`create_endpoint`)."""
+    return await create_endpoint(config, local_addr=(host, port), server=True, on_connection=on_connection, **kwargs)
+
+
+async def connect(
+    config: TLSConfig,
+    host: str,
+    port: int,
+    *,
+    server_name: Optional[str] = None,
+    session: Any = None,
+    timeout: float = 30.0,
+    cid: bool = False,
+    **kwargs: Any,
+) -> DTLSChannel:
+    """Handshake with a DTLS server; returns the established channel.
+
+    The channel's endpoint (``channel._protocol``) owns the socket; closing
+    the channel with :func:`close_client` closes both.
+    """
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=2)  # SOCK_DGRAM
+    family, _, _, _, addr = infos[0]
+    local = ("::", 0) if family == 10 else ("0.0.0.0", 0)
+    protocol = await create_endpoint(config, local_addr=local, server=False, cid=cid, **kwargs)
+    options: dict[str, Any] = {"server_name": server_name}
+    if session is not None:
+        options["session"] = session
+    try:
+        channel = protocol.connect(addr[:2], **options)
+        await asyncio.wait_for(channel.wait_established(), timeout)
+    except BaseException:
+        protocol.close()
+        raise
+    return channel
+
+
+async def close_client(channel: DTLSChannel, *, wait_for_peer: Optional[float] = 1.0) -> None:
+    """Close a channel from :func:`connect` and its socket."""
+    channel.close(wait_for_peer=wait_for_peer)
+    if wait_for_peer:
+        try:
+            await asyncio.wait_for(_until_closed(channel), wait_for_peer + 0.5)
+        except asyncio.TimeoutError:
+            pass
+    channel._protocol.close()
+    await channel._protocol.wait_closed()
+
+
+async def _until_closed(channel: DTLSChannel) -> None:
+    try:
+        while await channel.recv():
+            pass
+    except TLSError:
+        pass
+
+
+__all__ += ["close_client"]
+
