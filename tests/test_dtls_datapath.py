@@ -1,0 +1,192 @@
+"""The DTLS 1.3 data path of established connections (record protection fast
+paths in ``WriteEpoch.protect`` / ``ReadEpoch.open`` and
+``DTLSConnection.send_data``): what users rely on, checked against real
+engines and against the record layer's general path. No timing here;
+``benchmarks/bench_dtls.py`` measures speed.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tcpls.dtls.connection import DTLSConnection
+from tcpls.dtls.record import (
+    CT_ALERT,
+    CT_APPLICATION_DATA,
+    CT_HANDSHAKE,
+    AEADCache,
+    DropReason,
+    ReadEpoch,
+    ReceivedRecord,
+    RecordNumber,
+    WriteEpoch,
+    parse_datagram,
+)
+from tcpls.errors import UsageError
+from tcpls.tls import events as ev
+from tcpls.tls.config import TLSConfig
+from tcpls.tls.enums import CipherSuite, PskKeyExchangeMode
+from tcpls.tls.session import ExternalPSK
+from tcpls.tls.suites import suite_info
+
+SUITES = [
+    CipherSuite.TLS_AES_128_GCM_SHA256,
+    CipherSuite.TLS_AES_256_GCM_SHA384,
+    CipherSuite.TLS_CHACHA20_POLY1305_SHA256,
+]
+
+
+def pair(suite=CipherSuite.TLS_AES_128_GCM_SHA256, **kw):
+    psk = ExternalPSK(b"datapath", bytes(range(32)), "sha256" if suite != CipherSuite.TLS_AES_256_GCM_SHA384 else "sha384")
+    modes = [PskKeyExchangeMode.psk_dhe_ke]
+    ccfg = TLSConfig(psk=psk, psk_key_exchange_modes=modes, verify_peer=False, cipher_suites=[suite])
+    scfg = TLSConfig(psk_lookup=lambda i: psk if i == psk.identity else None, psk_key_exchange_modes=modes, cipher_suites=[suite])
+    client = DTLSConnection(ccfg, is_client=True, server_name="localhost", **kw)
+    server = DTLSConnection(scfg, is_client=False, client_address=("192.0.2.7", 9), **kw)
+    client.start_handshake(0.0)
+    pump(client, server)
+    assert client.handshake_complete and server.handshake_complete
+    drain(client), drain(server)
+    return client, server
+
+
+def pump(a, b, rounds: int = 12) -> None:
+    for _ in range(rounds):
+        moved = False
+        for d in a.datagrams_to_send():
+            b.receive_datagram(d, 0.0)
+            moved = True
+        for d in b.datagrams_to_send():
+            a.receive_datagram(d, 0.0)
+            moved = True
+        if not moved:
+            return
+
+
+def drain(conn) -> list:
+    events = []
+    while (e := conn.next_event()) is not None:
+        events.append(e)
+    return events
+
+
+def data_of(events) -> list[bytes]:
+    return [e.data for e in events if isinstance(e, ev.DataReceived)]
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_payloads_of_every_size_arrive_intact_both_ways(suite) -> None:
+    client, server = pair(suite)
+    size = client.max_data_size
+    assert size == 1200 - (5 + 1 + 16)  # header with 16-bit seq and length, inner type, tag
+    rng = random.Random(suite)
+    for sender, receiver in ((client, server), (server, client)):
+        sent = [rng.randbytes(n) for n in (0, 1, 2, 15, 16, 17, 100, size - 1, size)]
+        for kind, payload in zip((bytes, bytearray, memoryview) * 3, sent):
+            sender.send_data(kind(payload))
+        datagrams = sender.datagrams_to_send()
+        assert len(datagrams) == len(sent)
+        assert max(len(d) for d in datagrams) == 1200
+        for d in datagrams:
+            receiver.receive_datagram(d, 0.0)
+        assert data_of(drain(receiver)) == sent
+
+
+def test_oversized_payload_is_refused_and_nothing_is_sent() -> None:
+    client, server = pair()
+    with pytest.raises(UsageError):
+        client.send_data(bytes(client.max_data_size + 1))
+    assert client.datagrams_to_send() == []
+    client.send_data(b"still fine")
+    for d in client.datagrams_to_send():
+        server.receive_datagram(d, 0.0)
+    assert data_of(drain(server)) == [b"still fine"]
+
+
+def test_duplicates_are_dropped_and_reordering_within_the_window_is_delivered() -> None:
+    client, server = pair()
+    for i in range(50):
+        client.send_data(b"msg %d" % i)
+    datagrams = client.datagrams_to_send()
+    shuffled = datagrams[:]
+    random.Random(5).shuffle(shuffled)
+    for d in shuffled + datagrams[:10]:  # every record once, then ten replays
+        server.receive_datagram(d, 0.0)
+    got = data_of(drain(server))
+    assert sorted(got) == sorted(b"msg %d" % i for i in range(50))
+    assert server.drops.get(DropReason.REPLAY, 0) == 10
+
+
+def test_automatic_key_update_keeps_data_flowing() -> None:
+    client, server = pair(key_update_after=20)
+    received = []
+    for i in range(30):
+        client.send_data(b"r%d" % i)
+        pump(client, server)
+        received += data_of(drain(server))
+    assert received == [b"r%d" % i for i in range(30)]
+    assert client.write_epoch == 4  # 3 -> 4 after 20 records, switched once ACKed (§8)
+    assert server.read_epochs[-1] == 4
+
+
+def test_tampered_records_are_dropped_not_delivered() -> None:
+    client, server = pair()
+    client.send_data(b"genuine")
+    (d,) = client.datagrams_to_send()
+    for pos in (0, 2, 5, len(d) // 2, len(d) - 1):
+        bad = bytearray(d)
+        bad[pos] ^= 0x40
+        server.receive_datagram(bytes(bad), 0.0)
+    assert data_of(drain(server)) == []
+    server.receive_datagram(d, 0.0)
+    assert data_of(drain(server)) == [b"genuine"]
+
+
+# --------------------------------------------------------------------------
+# Record layer: the fast paths against the general one
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize("seq_len", [1, 2])
+@pytest.mark.parametrize("include_length", [True, False])
+@pytest.mark.parametrize("cid", [b"", b"\x01\x02\x03\x04"])
+def test_protect_equals_seal_and_opens(suite, seq_len, include_length, cid) -> None:
+    info = suite_info(suite)
+    secret = bytes(range(info.hash_len))
+    a = WriteEpoch(7, info, secret, AEADCache(4))
+    b = WriteEpoch(7, info, secret, AEADCache(4))
+    r = ReadEpoch(7, info, secret, 64, AEADCache(2))  # evictions on the way
+    for i in range(300):  # across the 8-bit wrap
+        content = bytes([i & 0xFF]) * (i % 40)
+        ct = (CT_APPLICATION_DATA, CT_HANDSHAKE, CT_ALERT)[i % 3]
+        number, sealed = a.seal(ct, content, seq_len=seq_len, include_length=include_length, cid=cid, padding=i % 3)
+        protected = b.protect(ct, content, seq_len=seq_len, include_length=include_length, cid=cid, padding=i % 3)
+        assert number == RecordNumber(7, i) and protected == sealed
+        (rec,), drops = parse_datagram(sealed, len(cid))
+        assert drops == []
+        result = r.open(rec)
+        assert isinstance(result, ReceivedRecord)
+        assert (result.number, result.content_type, result.data) == (RecordNumber(7, i), ct, content)
+    assert b.next_seq == a.next_seq == 300 and b.records_protected == 300
+
+
+def test_open_rejects_inner_plaintext_without_content_type() -> None:
+    info = suite_info(CipherSuite.TLS_AES_128_GCM_SHA256)
+    w = WriteEpoch(3, info, bytes(32))
+    r = ReadEpoch(3, info, bytes(32))
+    # All-zero inner plaintext: no content type at all (§4).
+    (rec,), _ = parse_datagram(w.protect(CT_APPLICATION_DATA, b"", padding=0), 0)
+    assert isinstance(r.open(rec), ReceivedRecord)
+    _, rec_bytes = w.seal(CT_APPLICATION_DATA, b"\x00" * 20)
+    (rec,), _ = parse_datagram(rec_bytes, 0)
+    result = r.open(rec)
+    assert isinstance(result, ReceivedRecord) and result.data == b"\x00" * 20
+    with pytest.raises(ValueError):
+        w.protect(99, b"x")
+    with pytest.raises(ValueError):
+        w.protect(CT_APPLICATION_DATA, b"x", seq_len=3)
+    with pytest.raises(ValueError):
+        w.protect(CT_APPLICATION_DATA, b"x", padding=-1)
+    with pytest.raises(ValueError):
+        w.protect(CT_APPLICATION_DATA, bytes(2**14 + 1))
