@@ -593,6 +593,22 @@ class AEADCache:
             items.popitem(last=False)
         return obj
 
+    def get_pair(
+        self, factory1: "Callable[[bytes], Any]", key1: bytes, factory2: "Callable[[bytes], Any]", key2: bytes
+    ) -> tuple[Any, Any]:
+        """``(get(factory1, key1), get(factory2, key2))`` in one call (once per record)."""
+        items = self._items
+        id1 = (factory1, key1)
+        id2 = (factory2, key2)
+        obj1 = items.get(id1)
+        obj2 = items.get(id2)
+        if obj1 is None or obj2 is None:
+            return self.get(factory1, key1), self.get(factory2, key2)
+        items.move_to_end(id1)
+        items.move_to_end(id2)
+        self.hits += 2
+        return obj1, obj2
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -649,10 +665,9 @@ class _Epoch:
 
     def _crypto(self) -> "tuple[Any, Callable[[bytes], bytes]]":
         """The AEAD object and the mask function, from the cache."""
-        get = self._cache.get
         suite = self.suite
         aead = suite.aead
-        return get(aead, self._key), get(_chacha_mask if aead is ChaCha20Poly1305 else _aes_mask, self._sn_key)
+        return self._cache.get_pair(aead, self._key, _chacha_mask if aead is ChaCha20Poly1305 else _aes_mask, self._sn_key)
 
 
 class WriteEpoch(_Epoch):
