@@ -28,13 +28,23 @@ in that run; the script prints ratios, never asserts on times.
     the ``DataReceived`` events). UDP does not push back, so a receiver
     slower than the sender shows up as loss, reported too.
 
+``endpoint``
+    One thread does everything, as a single-threaded server would: the
+    client engine seals a batch of 32 datagrams, ``sendto``, ``recvfrom``, the
+    server :class:`~tcpls.dtls.endpoint.DTLSEndpoint` demultiplexes and opens
+    them, the events are collected (every byte is checked to arrive).
+    Baseline: raw ``sendto`` + ``recvfrom`` of 1200-byte datagrams. The
+    server association runs as a full ``DTLSConnection`` and as the compact
+    established state.
+
 ``handshake``
     Full DTLS 1.3 handshakes per second, client and server in this process
     wired in memory (x25519, ECDSA P-256 server certificate verified by the
     client, TLS_AES_128_GCM_SHA256): with the stateless cookie exchange
     (HelloRetryRequest, the server default) and without; then through a
     :class:`~tcpls.dtls.endpoint.DTLSEndpoint` (cookies, CIDs off, one client
-    address per handshake). ``--cert rsa2048`` uses an RSA-2048 certificate
+    address per handshake); and, for reference, external-PSK handshakes
+    (psk_ke: no public-key work). ``--cert rsa2048`` uses an RSA-2048 certificate
     instead, which is what wolfSSL's ``tls_bench`` uses for TLS 1.3 suites.
     If the wolfSSL build of ``tools/wolfssl/build.sh`` exists, its
     ``tls_bench -u -g`` runs in the same run (DTLS 1.3, client and server
@@ -57,7 +67,7 @@ in that run; the script prints ratios, never asserts on times.
 
 Usage::
 
-    python benchmarks/bench_dtls.py [--only throughput|handshake|latency]
+    python benchmarks/bench_dtls.py [--only throughput|endpoint|handshake|latency]
         [-n DATAGRAMS] [--runs R] [--handshakes N] [--cert ec256|rsa2048]
         [--pings N] [--flooders K] [--workers W] [--profile]
 """
@@ -86,7 +96,8 @@ from tcpls import _testcerts  # noqa: E402
 from tcpls.dtls.connection import DTLSConnection  # noqa: E402
 from tcpls.tls import events as ev  # noqa: E402
 from tcpls.tls.config import TLSConfig  # noqa: E402
-from tcpls.tls.enums import CipherSuite, NamedGroup  # noqa: E402
+from tcpls.tls.enums import CipherSuite, NamedGroup, PskKeyExchangeMode  # noqa: E402
+from tcpls.tls.session import ExternalPSK  # noqa: E402
 
 SERVER_NAME = "localhost"
 DATAGRAM = 1200
@@ -388,19 +399,115 @@ def bench_throughput(paths: dict, n: int, runs: int, batch: int, profile: bool) 
     return out
 
 
+def bench_endpoint_throughput(paths: dict, seconds: float) -> dict:
+    """One thread: DTLS client engine -> sendto -> recvfrom -> server endpoint
+    (demultiplexing, open, events), against raw sendto/recvfrom of the same
+    datagrams; the server association as a full DTLSConnection and as the
+    compact established state."""
+    from tcpls.dtls.endpoint import (ConnectionEvent, CookieResponder, DTLSEndpoint, EndpointLimits,
+                                     dtls_connection_factory)
+    from tcpls.dtls.established import EstablishedConnection, compact_connection
+
+    client_cfg, server_cfg = configs(paths)
+    batch = 32
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    rx.bind(("127.0.0.1", 0))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind(("127.0.0.1", 0))
+    peer = rx.getsockname()
+    raw = os.urandom(DATAGRAM)
+
+    def run_raw() -> float:
+        n, t0 = 0, time.perf_counter()
+        end = t0 + seconds
+        while time.perf_counter() < end:
+            for _ in range(batch):
+                tx.sendto(raw, peer)
+            for _ in range(batch):
+                rx.recvfrom(2048)
+            n += batch
+        return n / (time.perf_counter() - t0)
+
+    rates = {"raw": run_raw()}
+    for compact in (False, True):
+        secret = os.urandom(32)
+        endpoint = DTLSEndpoint(
+            dtls_connection_factory(server_cfg, cookie_secret=secret),
+            stateless=CookieResponder(server_cfg, secret),
+            limits=EndpointLimits(compact_after=0.0) if compact else None,
+            compactor=compact_connection if compact else None,
+        )
+        client = DTLSConnection(client_cfg, is_client=True, server_name=SERVER_NAME)
+        addr = tx.getsockname()
+        client.start_handshake(0.0)
+        for _ in range(12):
+            for d in client.datagrams_to_send():
+                endpoint.receive_datagram(d, addr, 0.0)
+            for d, _ in endpoint.datagrams_to_send(0.0):
+                client.receive_datagram(d, 0.0)
+        endpoint.handle_timer(0.0)
+        (assoc,) = endpoint.associations()
+        if not client.handshake_complete or isinstance(assoc.conn, EstablishedConnection) != compact:
+            raise RuntimeError(f"endpoint throughput setup failed ({assoc}, compact={compact})")
+        while endpoint.next_event() is not None:
+            pass
+        payload = os.urandom(client.max_data_size)
+        received = 0
+        n, t0 = 0, time.perf_counter()
+        end = t0 + seconds
+        while time.perf_counter() < end:
+            for _ in range(batch):
+                client.send_data(payload)
+            for d in client.datagrams_to_send():
+                tx.sendto(d, peer)
+            for _ in range(batch):
+                data, src = rx.recvfrom(2048)
+                endpoint.receive_datagram(data, src, 0.0)
+            while (e := endpoint.next_event()) is not None:
+                if isinstance(e, ConnectionEvent) and isinstance(e.event, ev.DataReceived):
+                    received += len(e.event.data)
+            n += batch
+        rate = n / (time.perf_counter() - t0)
+        if received != n * len(payload):
+            raise RuntimeError(f"endpoint throughput: {received} of {n * len(payload)} bytes delivered")
+        rates["compact" if compact else "full"] = rate
+    tx.close()
+    rx.close()
+    print(f"\n== throughput through the server endpoint: one thread sends, receives, demultiplexes and opens, "
+          f"{seconds:g} s each ==")
+    for key, label in (("raw", "raw sendto + recvfrom"), ("full", "DTLS, server DTLSConnection"),
+                       ("compact", "DTLS, server compact state")):
+        print(f"{label:30s} {rates[key] / 1e3:8.1f} kdg/s  ratio {rates[key] / rates['raw']:.2f}")
+    return rates
+
+
 # ----------------------------------------------------------------- handshake
 def pair_handshake(client_cfg: TLSConfig, server_cfg: TLSConfig, secret: bytes, cookie: bool) -> None:
+    """One handshake between two engines wired in memory. Without the cookie
+    exchange the server's first flight is bounded by the anti-amplification
+    limit (3x what the client sent, RFC 9147 §5.1) until the client's ACK,
+    which the client sends on its ACK timer: the fake clock jumps to it."""
     client = DTLSConnection(client_cfg, is_client=True, server_name=SERVER_NAME)
     server = DTLSConnection(server_cfg, is_client=False, client_address=("192.0.2.1", 4433),
                             cookie_secret=secret, require_cookie=cookie)
-    client.start_handshake(0.0)
-    for _ in range(12):
-        for d in client.datagrams_to_send():
-            server.receive_datagram(d, 0.0)
-        for d in server.datagrams_to_send():
-            client.receive_datagram(d, 0.0)
+    now = 0.0
+    client.start_handshake(now)
+    for _ in range(24):
+        moved = False
+        for d in client.datagrams_to_send(now):
+            server.receive_datagram(d, now)
+            moved = True
+        for d in server.datagrams_to_send(now):
+            client.receive_datagram(d, now)
+            moved = True
         if client.handshake_complete and server.handshake_complete:
             break
+        if not moved:
+            timers = [t for t in (client.get_timer(), server.get_timer()) if t is not None]
+            now = max(now, min(timers))
+            client.handle_timer(now)
+            server.handle_timer(now)
     else:
         raise RuntimeError("DTLS handshake did not complete")
     while client.next_event() is not None:
@@ -496,6 +603,17 @@ def bench_handshake(tmp: str, n: int, cert: str, wolf_seconds: int) -> dict:
     c0 = time.process_time()
     wall = endpoint_handshakes(client_cfg, server_cfg, n)
     rows.append(("endpoint, cookie (HRR)", n / wall, wall / n * 1e3, (time.process_time() - c0) / n * 1e3))
+    # External PSK without (EC)DHE: no public-key work at all.
+    psk = ExternalPSK(b"bench", bytes(range(32)), "sha256")
+    modes = [PskKeyExchangeMode.psk_ke]
+    psk_client = TLSConfig(psk=psk, psk_key_exchange_modes=modes, verify_peer=False, cipher_suites=[SUITE])
+    psk_server = TLSConfig(psk_lookup=lambda i: psk if i == psk.identity else None, psk_key_exchange_modes=modes,
+                           cipher_suites=[SUITE], num_tickets=0)
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        pair_handshake(psk_client, psk_server, secret, False)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    rows.append(("pair, external PSK psk_ke", n / wall, wall / n * 1e3, cpu / n * 1e3))
     print(f"\n== handshake: full DTLS 1.3, x25519, {cert} certificate, client+server in one process, n={n} ==")
     print(f"{'setup':24s} {'hs/s':>8s} {'ms/hs':>8s} {'CPU ms/hs':>9s} {'hs/CPU-s':>8s}")
     for label, rate, ms, cpu in rows:
@@ -652,7 +770,8 @@ def bench_latency(tmp: str, pings: int, flooders: int, workers: int) -> dict:
 # ----------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", choices=["throughput", "handshake", "latency"], action="append")
+    ap.add_argument("--only", choices=["throughput", "endpoint", "handshake", "latency"], action="append")
+    ap.add_argument("--seconds", type=float, default=3.0, help="endpoint throughput: seconds per row")
     ap.add_argument("-n", type=int, default=200_000, help="datagrams per throughput phase")
     ap.add_argument("--runs", type=int, default=3, help="throughput: best of this many rounds")
     ap.add_argument("--batch", type=int, default=32, help="throughput: send_data calls per datagrams_to_send")
@@ -664,11 +783,13 @@ def main() -> None:
     ap.add_argument("--workers", default="0,2", help="latency: dtls-server --workers values to run (comma-separated)")
     ap.add_argument("--profile", action="store_true", help="throughput: cProfile the DTLS sender once (extra phase)")
     args = ap.parse_args()
-    only = args.only or ["throughput", "handshake", "latency"]
+    only = args.only or ["throughput", "endpoint", "handshake", "latency"]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         if "throughput" in only:
             bench_throughput(make_pki(tmp, "ec256"), args.n, args.runs, args.batch, args.profile)
+        if "endpoint" in only:
+            bench_endpoint_throughput(make_pki(tmp, "ec256"), args.seconds)
         if "handshake" in only:
             bench_handshake(tmp, args.handshakes, args.cert, args.wolfssl_seconds)
         if "latency" in only:

@@ -44,6 +44,8 @@ class ScriptedConn:
         self.closed = False
         self.received: list[bytes] = []
         self.threads: set[str] = set()
+        #: Records that "passed authentication": all but the forged ones.
+        self.authenticated_records = 0
 
     def start_handshake(self, now):
         self.out.append(b"CH")
@@ -54,6 +56,9 @@ class ScriptedConn:
         self.received.append(data)
         if data == b"bad":
             raise DecodeError("scripted failure")
+        if data.endswith(b"forged"):
+            return
+        self.authenticated_records += 1
         if not self.complete:
             if data == CH:
                 self.out.append(b"SH")
@@ -155,6 +160,9 @@ def test_cid_routing_follows_address_change():
     assert (b"echo:" + rec, ("10.9.9.9", 99)) in ep.datagrams_to_send(1.0)
     ep.receive_datagram(b"\x17x", ("10.0.0.2", 2), 1.0)
     assert b.conn.received[-1] == rec
+    # A record with b's CID that fails authentication does not move b.
+    ep.receive_datagram(bytes([0x3C]) + b.cid + b"forged", ("6.6.6.6", 6), 2.0)
+    assert b.addr == ("10.9.9.9", 99)
 
 
 def test_cid_collisions_are_avoided():

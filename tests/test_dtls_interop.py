@@ -220,8 +220,15 @@ async def talk_to_wolf_server(pki, wolf: Path, server_args: list[str], *, psk=Fa
         except (asyncio.TimeoutError, TimeoutError):
             ch.close()
     assert channel is not None, "no handshake with the wolfSSL server"
+    # wolfSSL drops records that arrive before it processed our Finished.
+    assert await channel.wait_confirmed(5.0)
     if key_update:
+        # Our KeyUpdate, then data in the new epoch once wolfSSL ACKed it (§8).
         channel.key_update()
+        for _ in range(500):
+            if channel.connection.write_epoch == 4:
+                break
+            await asyncio.sleep(0.01)
     channel.send(b"hello from tcpls")
     reply = await asyncio.wait_for(channel.recv(), TIMEOUT)
     rc, out = await server_task
@@ -293,9 +300,9 @@ def test_tcpls_client_hello_retry_cookie(pki, wolf):
 
 
 def test_tcpls_client_connection_id(pki, wolf):
-    ch, reply, rc, out, _ = asyncio.run(talk_to_wolf_server(pki, wolf, [*cert_args(pki), "--cid", "srvcid"], cid=True))
+    ch, reply, rc, out, _ = asyncio.run(talk_to_wolf_server(pki, wolf, [*cert_args(pki), "--cid", "abcd"], cid=True))
     check_reply(reply, rc, out)
-    assert ch.connection.send_cid == b"srvcid"
+    assert ch.connection.send_cid == b"abcd"
     assert ch.connection.receive_cid == ch.association.cid
     assert "Sending CID is" in out
 

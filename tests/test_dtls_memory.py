@@ -277,3 +277,44 @@ def test_compact_state_drops_garbage_and_fails_on_unexpected_handshake_messages(
     closed = [e for e in mesh.endpoint._events if isinstance(e, ConnectionClosed)]
     assert closed and closed[0].error.alert_name == "unexpected_message"
     assert mesh.endpoint.connection_count == 0
+
+
+def test_cids_issued_after_the_handshake_route_to_the_association():
+    mesh = Mesh(use_cid=True)
+    addr = ("10.1.1.9", 5000)
+    c = mesh.connect(addr)
+    (assoc,) = mesh.endpoint.associations()
+    (new_cid,) = assoc.conn.issue_connection_ids(1)
+    mesh.endpoint._collect(assoc, mesh.now)  # the engine's event reaches the endpoint
+    mesh.pump()
+    assert mesh.endpoint._by_cid[new_cid] is assoc
+    # The client switches to the new CID and moves to another address.
+    c.use_next_connection_id()
+    assert c.send_cid == new_cid
+    client_events(c)
+    mesh.clients[("10.9.9.9", 6000)] = mesh.clients.pop(addr)
+    c.send_data(b"from a new address")
+    mesh.pump()
+    assert mesh.server_data() == [b"from a new address"]
+    assert assoc.addr == ("10.9.9.9", 6000)  # routed by the new CID, then the address followed
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_forged_cid_from_another_address_does_not_move_the_association(compacted):
+    mesh = Mesh(use_cid=True)
+    addr = ("10.1.1.10", 5000)
+    c = mesh.connect(addr)
+    if compacted:
+        mesh.advance(6.0)
+    (assoc,) = mesh.endpoint.associations()
+    assert isinstance(assoc.conn, EstablishedConnection) == compacted
+    # A copy of the CID with garbage behind it, from an attacker's address.
+    forged = bytes([0x3F]) + assoc.cid + b"\x00\x05\x00\x20" + bytes(32)
+    mesh.endpoint.receive_datagram(forged, ("6.6.6.6", 666), mesh.now)
+    assert assoc.addr == addr and assoc.established
+    # A replayed genuine record from another address does not move it either.
+    c.send_data(b"genuine")
+    (datagram,) = c.datagrams_to_send(mesh.now)
+    mesh.endpoint.receive_datagram(datagram, addr, mesh.now)
+    mesh.endpoint.receive_datagram(datagram, ("6.6.6.6", 666), mesh.now)
+    assert assoc.addr == addr

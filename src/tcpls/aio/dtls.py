@@ -99,6 +99,30 @@ class DTLSChannel:
     async def wait_established(self) -> _ev.HandshakeComplete:
         return await self._established
 
+    async def wait_confirmed(self, timeout: float) -> bool:
+        """Wait until nothing of ours is unacknowledged (for a client: the
+        server has processed our Finished, §7), at most ``timeout``.
+
+        A client's first records right after its Finished may reach a server
+        that has not processed the Finished yet, and DTLS servers may drop
+        them (application data is not retransmitted). Callers that need
+        their first records delivered wait for this first. Returns whether
+        the state was reached.
+        """
+        protocol = self._protocol
+        deadline = protocol.loop.time() + timeout
+        while not self._closed and self.association.conn.get_timer() is not None:
+            remaining = deadline - protocol.loop.time()
+            if remaining <= 0:
+                return False
+            waiter = protocol.loop.create_future()
+            protocol._progress_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                return False
+        return not self._closed
+
     async def recv(self) -> bytes:
         """The next record's payload; ``b""`` once the peer closed.
 
@@ -185,6 +209,7 @@ class DTLSEndpointProtocol(asyncio.DatagramProtocol):
         self._timer_at: Optional[float] = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed: asyncio.Future[None] = self.loop.create_future()
+        self._progress_waiters: list[asyncio.Future[None]] = []
         self.sent = 0
 
     # ------------------------------------------------------------ asyncio callbacks
@@ -240,6 +265,11 @@ class DTLSEndpointProtocol(asyncio.DatagramProtocol):
         self._transmit(now)
         self._dispatch()  # events from closing (none expected, cheap)
         self._rearm()
+        if self._progress_waiters:
+            waiters, self._progress_waiters = self._progress_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _transmit(self, now: float) -> None:
         transport = self.transport

@@ -142,6 +142,9 @@ async def _client(args: argparse.Namespace, config: Any) -> int:
         print(f"resumed: {'yes' if conn.session_resumed else 'no'}", file=sys.stderr)
         print(f"connection_id: {conn.receive_cid.hex() if conn.receive_cid else 'none'}", file=sys.stderr)
         sys.stderr.flush()
+    # Our first records must not overtake the server's processing of our
+    # Finished (a server may drop them): wait until it is acknowledged.
+    await channel.wait_confirmed(min(args.timeout, 3.0))
     if args.key_update:
         channel.key_update()
     loop = asyncio.get_running_loop()

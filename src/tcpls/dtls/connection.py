@@ -66,6 +66,7 @@ from typing import Optional, Union
 from cryptography import x509
 
 from ..errors import (
+    BadRecordMac,
     ConnectionClosedError,
     DecodeError,
     IllegalParameter,
@@ -84,13 +85,16 @@ from ..tls.enums import DTLS_1_3, AlertDescription, AlertLevel, ExtensionType as
 from ..tls.enums import KeyUpdateRequest
 from ..tls.handshake.client import ClientHandshake, ClientState
 from ..tls.handshake.common import DTLS13
-from ..tls.handshake.server import ServerHandshake, ServerState, encode_hello_retry_request
+from ..tls.handshake.server import ServerHandshake, encode_hello_retry_request
 from ..tls.kex import SUPPORTED_GROUPS
 from ..tls.key_schedule import DTLS13_LABEL_PREFIX, export_keying_material, next_traffic_secret
 from ..tls.session import Session
 from ..tls.suites import SUITES, CipherSuiteInfo, suite_info
+from . import events as dtls_events
+from .cid import NEW_CONNECTION_ID, REQUEST_CONNECTION_ID, ConnectionIds, ConnectionIdUsage, NewConnectionId, RequestConnectionId
 from .cookie import CookieContents, CookieSecret, client_hello_hash
-from .handshake import HandshakeTransport, parse_fragments, tls_message
+from .handshake import FlightState, HandshakeTransport, tls_message
+from .hello import ClientHelloReassembler, collect_client_hello
 from .record import (
     CT_ALERT,
     CT_APPLICATION_DATA,
@@ -98,16 +102,14 @@ from .record import (
     EPOCH_APPLICATION,
     EPOCH_EARLY_DATA,
     EPOCH_HANDSHAKE,
-    PlaintextRecord,
     ReceivedRecord,
     RecordLayer,
     RecordNumber,
     WriteEpoch,
     encode_plaintext,
-    parse_datagram,
 )
 
-__all__ = ["DTLSConnection", "stateless_hello_retry", "cookie_is_valid"]
+__all__ = ["DTLSConnection", "stateless_hello_retry", "cookie_is_valid", "ClientHelloReassembler"]
 
 _PREFIX = DTLS13_LABEL_PREFIX
 
@@ -125,15 +127,14 @@ class _Hello:
 
 
 def _read_client_hello(datagram: bytes | bytearray | memoryview) -> Optional[_Hello]:
-    """The ClientHello opening ``datagram``, if it is one complete DTLS 1.3
-    ClientHello in a plaintext record; None for anything else."""
+    """The DTLS 1.3 ClientHello that ``datagram`` carries whole, in one or
+    several fragments and records (§5.5; see :class:`ClientHelloReassembler`
+    for one spread over several datagrams); None for anything else."""
     try:
-        records, _ = parse_datagram(datagram, 0)
-        if not records or not isinstance(records[0], PlaintextRecord) or records[0].content_type != CT_HANDSHAKE:
+        found = collect_client_hello(datagram)
+        if found is None:
             return None
-        frag = parse_fragments(records[0].fragment)[0]
-        if frag.msg_type != H.client_hello or frag.fragment_offset != 0 or frag.fragment_length != frag.length:
-            return None
+        record_seq, frag = found
         hello = M.decode_handshake(H.client_hello, frag.body, dtls=True)
         assert isinstance(hello, M.ClientHello)
         exts = dict(hello.extensions)
@@ -141,14 +142,38 @@ def _read_client_hello(datagram: bytes | bytearray | memoryview) -> Optional[_He
             return None
     except (ProtocolError, ValueError, IndexError):
         return None
-    return _Hello(records[0].seq, frag.message_seq, tls_message(frag.msg_type, frag.body), hello, exts)
+    return _Hello(record_seq, frag.message_seq, tls_message(frag.msg_type, frag.body), hello, exts)
+
+
+def _selected_config(config: TLSConfig, hello: _Hello) -> Optional[TLSConfig]:
+    """The configuration ``config.select_context(server_name, alpn_offers)``
+    picks for ``hello`` (the state machine asks the same question again for
+    the ClientHello2); None if the callback fails."""
+    if config.select_context is None:
+        return config
+    exts = hello.extensions
+    try:
+        name = X.decode_server_name(exts[E.server_name]) if E.server_name in exts else None
+        alpn = exts.get(E.application_layer_protocol_negotiation)
+        offers = [p.decode("latin-1") for p in X.decode_alpn(alpn)] if alpn is not None else []
+        chosen = config.select_context(name, offers)
+        if chosen is not None and chosen is not config:
+            chosen.validate(server_side=True)
+    except Exception:  # noqa: BLE001 - the state machine reports it (internal_error)
+        return None
+    return chosen if chosen is not None else config
 
 
 def _retry_parameters(config: TLSConfig, hello: _Hello) -> Optional[tuple[int, Optional[int]]]:
     """``(suite, group)`` for a HelloRetryRequest to ``hello``: our preferred
     suite, and the group to ask a key share for (None when the client already
     sent a usable one, or offers no key_share at all: the HRR then only
-    carries the cookie). None when nothing is in common."""
+    carries the cookie), both under the configuration ``select_context``
+    picks (per server name / ALPN). None when nothing is in common."""
+    selected = _selected_config(config, hello)
+    if selected is None:
+        return None
+    config = selected
     offered = set(hello.hello.cipher_suites)
     suites = [s for s in config.cipher_suites if s in offered and s in SUITES]
     if not suites:
@@ -212,7 +237,10 @@ def stateless_hello_retry(
 
     Returns the HelloRetryRequest datagram (with a cookie bound to
     ``client_address``) to send back, or None: the datagram is not a
-    complete DTLS 1.3 ClientHello, it shares nothing with ``config``, or it
+    complete DTLS 1.3 ClientHello (fragments in one datagram are reassembled;
+    for fragments over several datagrams, pass each through a
+    :class:`ClientHelloReassembler` first and call this with what it
+    returns), it shares nothing with ``config``, or it
     already carries a cookie (check it with :func:`cookie_is_valid`, then
     create the connection with ``DTLSConnection(config, is_client=False,
     client_address=..., cookie_secret=secret)`` and feed it the datagram).
@@ -238,6 +266,16 @@ def cookie_is_valid(
 # --------------------------------------------------------------------------
 # The connection
 # --------------------------------------------------------------------------
+class _Default:
+    """Marks an argument left to its role-dependent default."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_DEFAULT = _Default()
+
+
 class DTLSConnection:
     """One DTLS 1.3 association, client or server. See ``docs/dtls.md``.
 
@@ -254,7 +292,10 @@ class DTLSConnection:
             with a stateless HelloRetryRequest (default; §5.1 SHOULD).
         connection_id: a CID the peer should put on records it sends us
             (RFC 9146; ``b""`` to accept one without asking for one); None
-            disables the extension.
+            disables the extension. Default: a client offers ``b""`` (RFC
+            9147 §5.1: clients SHOULD offer the extension even when they do
+            not want a CID, so that a server may ask for one); a server
+            answers only when given one (``b""`` included).
         max_datagram_size: largest datagram we produce.
         initial_timeout: first retransmission timeout (§5.8.2).
         max_retransmissions: give up a flight after this many timeouts
@@ -273,13 +314,15 @@ class DTLSConnection:
         client_address: object = None,
         cookie_secret: Union[CookieSecret, bytes, None] = None,
         require_cookie: bool = True,
-        connection_id: Optional[bytes] = None,
+        connection_id: Union[bytes, None, _Default] = _DEFAULT,
         max_datagram_size: int = 1200,
         initial_timeout: float = 1.0,
         max_retransmissions: Optional[int] = None,
         key_update_after: Optional[int] = None,
     ) -> None:
         config.validate(server_side=not is_client)
+        if isinstance(connection_id, _Default):
+            connection_id = b"" if is_client else None
         if connection_id is not None and len(connection_id) > 255:
             raise ValueError("a connection ID is at most 255 bytes")
         self.config = config
@@ -289,6 +332,9 @@ class DTLSConnection:
         self._require_cookie = require_cookie and not is_client
         self._local_cid = connection_id
         self._key_update_after = key_update_after
+        self._max_datagram_size = max_datagram_size
+        self._probe_at: Optional[float] = None
+        self._probe_interval = initial_timeout
         self._records = RecordLayer()
         self._transport = HandshakeTransport(
             self._records,
@@ -297,6 +343,8 @@ class DTLSConnection:
             max_retransmissions=max_retransmissions,
             max_message_size=config.max_handshake_message_size,
         )
+        # Keep a few epoch 3 records arriving before the keys to read them (§4.2.1).
+        self._transport.future_epoch_bits = EPOCH_APPLICATION & 3
         self._events: deque[ev.Event] = deque()
         self._keylog_path = config.get_keylog_file()
         self._suite: Optional[CipherSuiteInfo] = None
@@ -308,6 +356,15 @@ class DTLSConnection:
         self._key_update_requested = False
         self._close_number: Optional[RecordNumber] = None
         self._hello_accepted = not self._require_cookie
+        # A ClientHello fragmented over datagrams, before the cookie (§5.5).
+        self._hello_reassembler = ClientHelloReassembler(
+            max_entries=1, max_message_size=min(config.max_handshake_message_size, 1 << 16), timeout=60.0
+        )
+        # Anti-amplification before address validation (§5.1).
+        self._address_validated = self._require_cookie
+        self._bytes_received = 0
+        self._bytes_sent = 0
+        self._held: list[bytes] = []
         self._early_limit: Optional[int] = None
         self._early_read = 0
         self._early_sent: list[bytes] = []
@@ -323,8 +380,12 @@ class DTLSConnection:
         #: Client: resumable sessions from NewSessionTickets, oldest first.
         self.sessions: list[Session] = []
         #: Negotiated connection IDs: ours (peer → us) and the peer's (us → peer).
+        #: ``send_cid`` follows NewConnectionId updates (§9); see also
+        #: :attr:`receive_cids`.
         self.receive_cid: Optional[bytes] = None
         self.send_cid: Optional[bytes] = None
+        self._cids: Optional[ConnectionIds] = None
+        self._cid_flight: Optional[object] = None
         self.handshake_complete = False
         self.peer_closed = False
         self.local_closed = False
@@ -393,6 +454,20 @@ class DTLSConnection:
         return sorted(self._records.read_epochs)
 
     @property
+    def receive_cids(self) -> list[bytes]:
+        """CIDs of ours accepted on received records, oldest first: the
+        negotiated one and those issued by NewConnectionId, minus retired
+        ones (§9). Empty without a (non-empty) CID."""
+        if self._cids is not None:
+            return list(self._cids.receive_cids)
+        return [self.receive_cid] if self.receive_cid else []
+
+    @property
+    def spare_send_cids(self) -> list[bytes]:
+        """The peer's CIDs received by NewConnectionId and not used yet."""
+        return list(self._cids.spare_send_cids) if self._cids is not None else []
+
+    @property
     def gave_up(self) -> bool:
         """A flight was retransmitted ``max_retransmissions`` times in vain."""
         return self._transport.gave_up
@@ -410,7 +485,7 @@ class DTLSConnection:
             overhead = self._records.overhead(epoch)
         else:  # the application suite is not known yet: the largest overhead
             overhead = 1 + len(self.send_cid or b"") + 2 + 2 + 1 + 16
-        return self._transport.max_datagram_size - overhead
+        return self._max_datagram_size - overhead
 
     def export_keying_material(self, label: str | bytes, context: bytes = b"", length: int = 32) -> bytes:
         """TLS-Exporter (RFC 9846 §7.5) with the DTLS label prefix (§5.9)."""
@@ -544,6 +619,134 @@ class DTLSConnection:
             raise UsageError("the previous KeyUpdate is not acknowledged yet")
         self._send_key_update(request_peer_update)
 
+    def request_client_certificate(self, required: bool = False) -> bytes:
+        """Server: post-handshake client authentication (RFC 9846 §4.6.2).
+
+        Returns the certificate_request_context; the outcome arrives as
+        ``PostHandshakeAuthCompleted``.
+        """
+        hs = self._hs
+        if not isinstance(hs, ServerHandshake):
+            raise UsageError("only a server requests client certificates")
+        if self.local_closed or self.terminated:
+            raise ConnectionClosedError("connection is closed")
+        context = hs.request_client_certificate(required)
+        # The client's Certificate .. Finished answers (and acknowledges) it.
+        self._end_flight(self._now, expect_response=True, responds=False)
+        return context
+
+    # -- connection IDs after the handshake (§9)
+    def _cid_state(self) -> ConnectionIds:
+        if not self.handshake_complete or self._cids is None:
+            raise UsageError("connection ID updates need a completed handshake")
+        if self.local_closed or self.terminated:
+            raise ConnectionClosedError("connection is closed")
+        return self._cids
+
+    def issue_connection_ids(
+        self, count: int = 1, *, cids: Optional[list[bytes]] = None, immediate: bool = False
+    ) -> list[bytes]:
+        """Send NewConnectionId with ``count`` new random CIDs of ours (or
+        ``cids``, of the negotiated CID's length); records carrying them
+        are accepted at once. ``immediate``: the peer must switch to the
+        first one (``cid_immediate``), else they are spare.
+
+        Returns the CIDs issued.
+
+        Raises:
+            UsageError: before the handshake, without a negotiated non-empty
+                CID of ours, while our previous NewConnectionId is not
+                acknowledged (one outstanding at most, §9), or beyond
+                ``max_receive_cids`` active CIDs.
+        """
+        state = self._cid_state()
+        if self._cid_flight is not None:
+            raise UsageError("the previous NewConnectionId is not acknowledged yet")
+        if not 0 < (len(cids) if cids is not None else count) <= 255:
+            raise UsageError("issue 1 to 255 connection IDs at a time")
+        issued = state.issue(count, cids)
+        usage = ConnectionIdUsage.cid_immediate if immediate else ConnectionIdUsage.cid_spare
+        self._send_new_connection_id(issued, usage, self._now)
+        return issued
+
+    def request_connection_ids(self, count: int = 1) -> None:
+        """Send RequestConnectionId for ``count`` CIDs (§9); they arrive as
+        :class:`~tcpls.dtls.events.ConnectionIdsReceived`.
+
+        Raises:
+            UsageError: before the handshake, when we send an empty CID or
+                none was negotiated, or while a request is unfulfilled.
+        """
+        state = self._cid_state()
+        if not state.can_request():
+            raise UsageError("RequestConnectionId needs a non-empty CID to the peer and no unfulfilled request")
+        if not 0 < count <= 255:
+            raise UsageError("request 1 to 255 connection IDs")
+        state.request_unfulfilled = True
+        self._transport.send_message(REQUEST_CONNECTION_ID, RequestConnectionId(count).encode())
+        self._transport.end_flight(self._now, expect_response=False, responds=False)
+
+    def use_next_connection_id(self) -> bytes:
+        """Send with the peer's oldest spare CID from now on (e.g. on a new
+        path, §9). Returns it.
+
+        Raises:
+            UsageError: no spare CID from the peer.
+        """
+        cid = self._cid_state().next_send_cid()
+        self.send_cid = self._records.send_cid = cid
+        return cid
+
+    def _send_new_connection_id(self, issued: list[bytes], usage: ConnectionIdUsage, now: float) -> None:
+        assert self._cids is not None
+        self._records.receive_cid_set = set(self._cids.receive_cids)
+        self._transport.send_message(NEW_CONNECTION_ID, NewConnectionId(tuple(issued), usage).encode())
+        self._cid_flight = self._transport.end_flight(now, expect_response=False, responds=False)
+        if issued:
+            self._emit(dtls_events.ConnectionIdsIssued(tuple(issued)))
+
+    def _handle_cid_message(self, msg_type: int, body: bytes, now: float) -> None:
+        """RequestConnectionId / NewConnectionId from the peer (§9)."""
+        state = self._cids
+        if state is None or not self.handshake_complete:
+            raise UnexpectedMessage("connection ID messages without negotiated connection IDs")
+        if msg_type == NEW_CONNECTION_ID:
+            msg = state.on_new_connection_id(body)
+            self.send_cid = self._records.send_cid = state.send_cid
+            self._emit(dtls_events.ConnectionIdsReceived(msg.cids, msg.usage == ConnectionIdUsage.cid_immediate))
+        else:
+            state.on_request_connection_id(body)
+        self._transport.send_ack(now)  # §7.1: post-handshake messages are ACKed
+        self._answer_cid_request(now)
+
+    def _answer_cid_request(self, now: float) -> None:
+        """Answer the peer's RequestConnectionId with NewConnectionId
+        (cid_spare) once none of ours is outstanding; fewer CIDs (possibly
+        none) when it asks beyond ``max_receive_cids`` (§9 MAY)."""
+        state = self._cids
+        if state is None or state.peer_request is None or self._cid_flight is not None or self.local_closed:
+            return
+        count = min(state.peer_request, state.room())
+        state.peer_request = None
+        issued = state.issue(count) if count else []
+        self._send_new_connection_id(issued, ConnectionIdUsage.cid_spare, now)
+
+    def _after_cid_datagram(self, now: float) -> None:
+        """Retire our CIDs the peer moved past; answer a deferred request."""
+        state = self._cids
+        if state is None:
+            return
+        flight = self._cid_flight
+        if flight is not None and not self._transport.outstanding(flight):
+            self._cid_flight = None
+            self._answer_cid_request(now)
+        if self._records.last_received_cid is not None:
+            state.peer_used(self._records.last_received_cid)
+            retired = state.take_retired()
+            if retired:
+                self._records.receive_cid_set = set(state.receive_cids)
+                self._emit(dtls_events.ConnectionIdsRetired(tuple(retired)))
+
     def close(self) -> None:
         """Send close_notify (§5.10). Alerts are not retransmitted."""
         if self.local_closed or self.terminated:
@@ -555,14 +758,38 @@ class DTLSConnection:
             self._send_alert(AlertDescription.close_notify, AlertLevel.WARNING)
 
     def datagrams_to_send(self, now: float = 0.0) -> list[bytes]:
-        """Datagrams to write to the socket, one ``bytes`` each (drains)."""
-        return self._transport.datagrams_to_send()
+        """Datagrams to write to the socket, one ``bytes`` each (drains).
+
+        A server that has not validated the client's address (no cookie
+        exchange, no authenticated record from the client yet) sends at most
+        three times what it received (§5.1); the rest waits.
+        """
+        out = self._transport.datagrams_to_send()
+        if self._address_validated or self.is_client:
+            return out
+        if any(epoch.records_deprotected for epoch in self._records.read_epochs.values()):
+            # The client derived the handshake keys: it got our ServerHello.
+            self._address_validated = True
+            self._transport.max_datagram_size = self._max_datagram_size
+            held, self._held = self._held, []
+            return held + out
+        if out:
+            # Newer output supersedes what is still held: the transport
+            # retransmits anything unacknowledged on its own timer.
+            self._held = out
+        allowed: list[bytes] = []
+        while self._held and self._bytes_sent + len(self._held[0]) <= 3 * self._bytes_received:
+            d = self._held.pop(0)
+            self._bytes_sent += len(d)
+            allowed.append(d)
+        return allowed
 
     def get_timer(self) -> Optional[float]:
         """When :meth:`handle_timer` should be called next (None: no timer)."""
         if self.terminated:
             return None
-        return self._transport.get_timer()
+        times = [t for t in (self._transport.get_timer(), self._probe_at) if t is not None]
+        return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
         """Retransmit flights and send delayed ACKs that are due."""
@@ -570,6 +797,29 @@ class DTLSConnection:
             return
         self._now = now
         self._transport.handle_timer(now)
+        if self._probe_at is not None and self._probe_at <= now:
+            # Still waiting for the rest of the server's flight: acknowledge
+            # what we have (possibly nothing), which makes the server resend
+            # the rest (§7.1) and, being protected, validates our address.
+            self._probe_interval = min(self._probe_interval * 2, self._transport.max_timeout)
+            self._probe_at = None
+            self._transport.send_ack(now)
+        self._arm_probe(now)
+
+    def _arm_probe(self, now: float) -> None:
+        """Client between the ServerHello and the server's Finished: nothing
+        of ours is outstanding, so without this timer a lost ACK could leave
+        both sides waiting (the server limited by §5.1 amplification)."""
+        waiting = (
+            self.is_client
+            and not self.handshake_complete
+            and self._transport.acks_enabled
+            and self._transport.state is FlightState.FINISHED
+        )
+        if not waiting:
+            self._probe_at = None
+        elif self._probe_at is None:
+            self._probe_at = now + self._probe_interval
 
     def next_event(self) -> Optional[ev.Event]:
         return self._events.popleft() if self._events else None
@@ -587,6 +837,11 @@ class DTLSConnection:
             return
         self._started = True
         self._now = now
+        self._bytes_received += len(data)
+        if not self._address_validated and not self.is_client:
+            # Cut what we send into datagrams that fit the budget (§5.1).
+            budget = 3 * self._bytes_received - self._bytes_sent
+            self._transport.max_datagram_size = max(min(self._max_datagram_size, budget), 256)
         if not self._hello_accepted:
             self._guard(lambda: self._receive_first_hello(bytes(data), now))
             return
@@ -604,10 +859,22 @@ class DTLSConnection:
             if rec is None:
                 break
             self._handle_record(rec)
+        if any(e.forgery_limit_reached for e in self._records.read_epochs.values()):
+            # §4.5.3: too many forgeries under one key: close the association.
+            raise BadRecordMac("AEAD integrity limit reached")
         self._check_key_update_acked()
+        self._after_cid_datagram(now)
+        self._arm_probe(now)
 
     def _receive_first_hello(self, data: bytes, now: float) -> None:
-        """Server before a valid cookie (§5.1): stateless until it comes."""
+        """Server before a valid cookie (§5.1): stateless until it comes,
+        except for a small buffer that reassembles a ClientHello fragmented
+        over several datagrams (§5.5)."""
+        whole = self._hello_reassembler.add(None, data, now)
+        if whole is None:
+            self._transport.drops["not a complete ClientHello"] += 1
+            return
+        data = whole
         hello = _read_client_hello(data)
         if hello is None:
             self._transport.drops["not a complete ClientHello"] += 1
@@ -618,6 +885,7 @@ class DTLSConnection:
             if reply is None:
                 # Nothing in common: let the state machine say why.
                 self._hello_accepted = True
+                self._hello_reassembler.discard(None)
                 self._receive(data, now)
                 return
             self.hello_retries_sent += 1
@@ -629,12 +897,17 @@ class DTLSConnection:
         hs = self._hs
         assert isinstance(hs, ServerHandshake)
         self._hello_accepted = True
+        self._hello_reassembler.discard(None)
         # Our stateless HelloRetryRequest was message 0 (§5.2).
         self._transport.resume_after_stateless_retry(hello.message_seq, 1)
         hs.restore_hello_retry(contents.suite, contents.group, contents.client_hello_hash, cookie)
         self._receive(data, now)
 
     def _handle_message(self, msg_type: int, data: bytes, epoch: int, now: float) -> None:
+        if msg_type in (REQUEST_CONNECTION_ID, NEW_CONNECTION_ID):
+            # Post-handshake, outside the transcript: not for the TLS machines.
+            self._handle_cid_message(msg_type, data[4:], now)
+            return
         hs = self._hs
         was_complete = hs.complete
         before = hs.state
@@ -664,7 +937,7 @@ class DTLSConnection:
                 transport.send_ack(now)
                 self._on_handshake_complete()
                 self._end_flight(now, expect_response=False, responds=False)  # NewSessionTickets
-            elif was_complete or hs.state in (ServerState.PHA_WAIT_CV, ServerState.PHA_WAIT_FINISHED):
+            elif was_complete:  # KeyUpdate, post-handshake authentication
                 transport.send_ack(now)
                 self._end_flight(now, expect_response=False, responds=False)
         if self._key_update_requested:
@@ -674,7 +947,7 @@ class DTLSConnection:
                 self._send_key_update(False)
 
     def _end_flight(self, now: float, *, expect_response: bool, responds: bool) -> Optional[object]:
-        if self._transport.state.name != "PREPARING":
+        if self._transport.state is not FlightState.PREPARING:
             return None
         return self._transport.end_flight(now, expect_response=expect_response, responds=responds)
 
@@ -705,6 +978,11 @@ class DTLSConnection:
 
     def _receive_alert(self, rec: ReceivedRecord) -> None:
         payload = rec.data
+        if not rec.protected and (len(payload) != 2 or self._records.read_epochs):
+            # Unauthenticated: malformed ones, and any once the peer
+            # protects its records, are invalid records (§4.5.2).
+            self._transport.drops["plaintext alert ignored"] += 1
+            return
         if len(payload) != 2:
             raise DecodeError("alert record must be 2 bytes")
         level, desc = payload[0], payload[1]
@@ -752,6 +1030,8 @@ class DTLSConnection:
         epoch = self._epoch_of(secret)
         if epoch not in self._records.read_epochs:
             self._records.install_read_epoch(epoch, suite, secret)
+            # Epoch 3 records that overtook the Finished (§4.2.1).
+            self._transport.release_future_records()
         self._read_secrets[epoch] = secret
         if epoch == EPOCH_APPLICATION and not self.is_client:
             # §5.6: 0-RTT is over once the client's Finished arrived.
@@ -803,6 +1083,10 @@ class DTLSConnection:
 
     def _on_handshake_complete(self) -> None:
         self.handshake_complete = True
+        if self.receive_cid is not None:
+            self._cids = ConnectionIds(self.receive_cid, self.send_cid)
+        if EPOCH_APPLICATION in self._records.read_epochs:
+            self._transport.future_epoch_bits = None  # kept ones were released
         hs = self._hs
         assert hs.suite is not None
         subject = hs.peer_certificates[0].subject.rfc4514_string() if hs.peer_certificates else None

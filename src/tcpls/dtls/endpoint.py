@@ -316,6 +316,17 @@ class Association:
         return f"<Association {self.id} {self.addr!r} {self.state.value}>"
 
 
+def _authenticated_records(conn: Any) -> int:
+    """Records of ``conn`` that passed authentication so far."""
+    count = getattr(conn, "authenticated_records", None)
+    if count is not None:
+        return int(count)
+    records = getattr(conn, "_records", None)  # DTLSConnection's record layer
+    if records is None:
+        return 0
+    return sum(epoch.records_deprotected for epoch in records.read_epochs.values())
+
+
 def _is_terminal(event: Any) -> bool:
     # A fatal alert ends the association; so does close_notify (§5.10: DTLS
     # has no half-close worth keeping state for, we answer with ours).
@@ -381,6 +392,7 @@ class DTLSEndpoint:
         self._timers: list[tuple[float, int, Association]] = []
         self._timer_seq = itertools.count()
         self._armed = 0  # associations with a deadline (live heap entries)
+        self._extra_cids = False  # some association got CIDs beyond the one assigned
         self._finished_jobs: deque[tuple[Association, Future]] = deque()
         self._since_stateless = 0
         #: Counters for monitoring and tests.
@@ -440,11 +452,6 @@ class DTLSEndpoint:
         if assoc is None:
             self._receive_unknown(data, addr, now)
             return
-        if assoc.addr != addr and assoc.cid and assoc.established:
-            # A CID-routed record from a new address (§9: the address changes
-            # once a record from it deprotects; the engine drops forgeries,
-            # so we follow only after it processed the datagram below).
-            pass
         self._feed(assoc, data, addr, now)
 
     def _receive_unknown(self, data: bytes, addr: Address, now: float) -> None:
@@ -515,13 +522,17 @@ class DTLSEndpoint:
             self._submit(assoc, self._job_receive, assoc.conn, [(data, now)])
             return
         assoc.last_activity = now
+        moved = addr != assoc.addr
+        before = _authenticated_records(assoc.conn) if moved else 0
         try:
             assoc.conn.receive_datagram(data, now)
         except TLSError as exc:
             self._collect(assoc, now)
             self._remove(assoc, ConnectionClosed(assoc, exc))
             return
-        if addr != assoc.addr and assoc.cid:
+        # §9 / RFC 9146 §6: follow a new address only once a record from it
+        # passed authentication (anyone can copy a CID off the wire).
+        if moved and assoc.cid and _authenticated_records(assoc.conn) > before:
             self._move(assoc, addr)
         self._collect(assoc, now)
 
@@ -618,6 +629,16 @@ class DTLSEndpoint:
                     return
                 self._events.append(ConnectionEstablished(assoc))
             self._events.append(ConnectionEvent(assoc, event))
+            kind = type(event).__name__
+            if kind == "ConnectionIdsIssued":  # §9: more CIDs of ours route here
+                for cid in event.cids:
+                    if len(cid) == self.cid_length and cid not in self._by_cid:
+                        self._by_cid[cid] = assoc
+                        self._extra_cids = True
+            elif kind == "ConnectionIdsRetired":
+                for cid in event.cids:
+                    if cid != assoc.cid and self._by_cid.get(cid) is assoc:
+                        del self._by_cid[cid]
             if _is_terminal(event):
                 self._close_conn(assoc)
                 self._queue_output(assoc, conn.datagrams_to_send(now))
@@ -706,6 +727,9 @@ class DTLSEndpoint:
             del self._by_addr[assoc.addr]
         if assoc.cid and self._by_cid.get(assoc.cid) is assoc:
             del self._by_cid[assoc.cid]
+        extra = [cid for cid, owner in self._by_cid.items() if owner is assoc] if self._extra_cids else ()
+        for cid in extra:
+            del self._by_cid[cid]
         assoc.inbox = None
         self._disarm(assoc)
 

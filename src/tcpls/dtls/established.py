@@ -170,6 +170,12 @@ class EstablishedConnection:
         return ([prev.epoch] if prev is not None else []) + [self._read.epoch]
 
     @property
+    def authenticated_records(self) -> int:
+        """Records that passed authentication in the epochs still held."""
+        prev = self._read_prev
+        return self._read.records_deprotected + (prev.records_deprotected if prev is not None else 0)
+
+    @property
     def max_data_size(self) -> int:
         return self._max_datagram - self._write.overhead(cid_len=len(self._send_cid))
 
@@ -422,6 +428,8 @@ def compact_connection(conn: Any) -> Optional[EstablishedConnection]:
             return None
         records = conn._records
         transport = conn._transport
+        if len(getattr(records, "receive_cid_set", None) or ()) > 1:
+            return None  # several CIDs issued (§9): the compact state keeps one
         write_epoch = records.write_epoch
         read_epoch = max(records.read_epochs)
         if write_epoch < EPOCH_APPLICATION or read_epoch < EPOCH_APPLICATION:

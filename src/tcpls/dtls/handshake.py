@@ -68,7 +68,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from .._buffer import Buffer
-from ..errors import DecodeError, IllegalParameter, InternalError, UnexpectedMessage
+from ..errors import DecodeError, IllegalParameter, InternalError, LocalProtocolError, UnexpectedMessage
 from .record import (
     CT_ACK,
     CT_HANDSHAKE,
@@ -103,6 +103,7 @@ _TLS_HEADER_LEN = 4
 _MAX_UINT24 = (1 << 24) - 1
 MESSAGE_SEQ_LIMIT = 1 << 16
 _RECORD_NUMBER_LEN = 16
+_FIRST_APPLICATION_EPOCH = 3
 
 
 # --------------------------------------------------------------------------
@@ -574,6 +575,16 @@ class HandshakeTransport:
         self._retransmit_now = False
         self._datagrams: list[bytes] = []
         self._pending_records: list[bytes] = []
+        #: Low epoch bits of protected records to keep, instead of dropping,
+        #: while their keys are not installed yet (§4.2.1 permits buffering):
+        #: the connection sets 3 during the handshake, so that epoch 3 records
+        #: overtaking the Finished that makes them readable are not lost.
+        #: None: buffer nothing.
+        self.future_epoch_bits: int | None = None
+        #: Bounds of that buffer; beyond them such records are dropped.
+        self.max_future_records = 4
+        self.max_future_bytes = 8192
+        self._future: list[CiphertextRecord] = []
 
     # ------------------------------------------------------------------ state
     @property
@@ -807,9 +818,10 @@ class HandshakeTransport:
         Invalid records are dropped (and counted in :attr:`drops`).
 
         Raises:
-            LocalProtocolError: a record that was accepted by the record
-                layer carries an invalid handshake fragment or ACK
-                (``decode_error``, ``illegal_parameter``, ...).
+            LocalProtocolError: a protected record carries an invalid
+                handshake fragment or ACK (``decode_error``,
+                ``illegal_parameter``, ...). Invalid plaintext (epoch 0)
+                ones are dropped instead: they are unauthenticated.
         """
         parsed, drops = parse_datagram(data, len(self.records.receive_cid))
         if drops:
@@ -831,25 +843,74 @@ class HandshakeTransport:
         while self._incoming:
             if self.reassembler.has_message():
                 return
-            result = self.records.open_record(self._incoming.popleft())
+            rec = self._incoming.popleft()
+            result = self.records.open_record(rec)
             if isinstance(result, DropReason):
-                self.drops[result] += 1
+                if result is DropReason.UNKNOWN_EPOCH and self._keep_for_later(rec):
+                    self.drops["kept until its epoch's keys exist"] += 1
+                else:
+                    self.drops[result] += 1
                 if result is DropReason.UNKNOWN_EPOCH and self.acks_enabled and self._ack_at is None:
                     # §7.1: records we cannot decrypt yet (e.g. the ServerHello
                     # was lost): an ACK, even an empty one, speeds up
                     # retransmission.
                     self._ack_at = now + self.ack_delay_factor * self.timeout
-            elif result.content_type == CT_HANDSHAKE:
-                a, r = self._on_handshake_record(result, now)
-                self._ack_now |= a
-                self._retransmit_now |= r
-            elif result.content_type == CT_ACK:
-                self._on_ack(result, now)
+            elif not result.protected and result.content_type in (CT_HANDSHAKE, CT_ACK):
+                # Epoch 0 is unauthenticated: anyone can inject it. A
+                # malformed one is an invalid record, dropped (§4.5.2), so
+                # that a forged datagram cannot tear the association down.
+                try:
+                    self._on_record(result, now)
+                except LocalProtocolError:
+                    self.drops["malformed plaintext record"] += 1
             else:
-                self._records_in.append(result)
+                self._on_record(result, now)
         if self._datagram_open:
             self._datagram_open = False
             self._end_of_datagram(now)
+
+    def _keep_for_later(self, rec: PlaintextRecord | CiphertextRecord) -> bool:
+        """Buffer a protected record of an epoch without keys yet (see
+        :attr:`future_epoch_bits`); False when it is not one or there is no room."""
+        if not isinstance(rec, CiphertextRecord) or rec.epoch_bits != self.future_epoch_bits:
+            return False
+        size = len(rec.header) + len(rec.encrypted_record)
+        used = sum(len(r.header) + len(r.encrypted_record) for r in self._future)
+        if len(self._future) >= self.max_future_records or used + size > self.max_future_bytes:
+            return False
+        self._future.append(rec)
+        return True
+
+    def release_future_records(self) -> None:
+        """New read keys are installed: process the kept records again
+        (after those of the current datagram). Those still unreadable are
+        kept again (bounds permitting) or dropped."""
+        if not self._future:
+            return
+        self._incoming.extend(self._future)
+        self._future = []
+        self._datagram_open = True
+
+    def discard_future_records(self) -> None:
+        """Stop keeping records for later and drop those kept."""
+        self.future_epoch_bits = None
+        self.drops[DropReason.UNKNOWN_EPOCH] += len(self._future)
+        self._future = []
+
+    @property
+    def future_records(self) -> int:
+        """Records currently kept until their epoch's keys exist."""
+        return len(self._future)
+
+    def _on_record(self, result: ReceivedRecord, now: float) -> None:
+        if result.content_type == CT_HANDSHAKE:
+            a, r = self._on_handshake_record(result, now)
+            self._ack_now |= a
+            self._retransmit_now |= r
+        elif result.content_type == CT_ACK:
+            self._on_ack(result, now)
+        else:
+            self._records_in.append(result)
 
     def _end_of_datagram(self, now: float) -> None:
         ack_now, retransmit = self._ack_now, self._retransmit_now
@@ -910,7 +971,12 @@ class HandshakeTransport:
     def _on_ack(self, rec: ReceivedRecord, now: float) -> None:
         if not self.acks_enabled and rec.number.epoch == 0:
             return  # §7: ignored until DTLS 1.3 is known to be negotiated
-        numbers = decode_ack(rec.data, rec.number.epoch)
+        # §7.2 forbids entries above the ACK's own epoch. That holds during
+        # the handshake; afterwards the two directions' epochs move
+        # independently with KeyUpdate (§8), and the peer must acknowledge
+        # our epoch-N KeyUpdate from its own, possibly lower, epoch.
+        epoch = rec.number.epoch
+        numbers = decode_ack(rec.data, epoch if epoch < _FIRST_APPLICATION_EPOCH else None)
         for flight in list(self._flights):
             progress = False
             newest = -1

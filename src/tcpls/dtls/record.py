@@ -990,6 +990,12 @@ class RecordLayer:
         self.replay_window = replay_window
         self.max_read_epochs = max_read_epochs
         self.aead_cache = aead_cache
+        #: All CIDs accepted on received records (RFC 9147 §9: those we
+        #: issued and have not retired; all of ``len(receive_cid)`` bytes).
+        #: None: ``receive_cid`` only.
+        self.receive_cid_set: set[bytes] | None = None
+        #: The CID of the last record that passed authentication.
+        self.last_received_cid: bytes | None = None
         self.read_epochs: dict[int, ReadEpoch] = {}
         self.write_epochs: dict[int, WriteEpoch] = {}
         #: The epoch new records are sent in.
@@ -1085,12 +1091,15 @@ class RecordLayer:
             if not content_type_allowed(0, rec.content_type):
                 return DropReason.CONTENT_TYPE_NOT_ALLOWED
             return ReceivedRecord(RecordNumber(0, rec.seq), rec.content_type, rec.fragment, False)
-        if rec.cid != self.receive_cid:
+        accepted = self.receive_cid_set
+        if (rec.cid not in accepted) if accepted is not None else (rec.cid != self.receive_cid):
             return DropReason.WRONG_CID
         epoch = reconstruct_epoch(rec.epoch_bits, self.read_epochs)
         if epoch is None:
             return DropReason.UNKNOWN_EPOCH
         result = self.read_epochs[epoch].open(rec)
-        if isinstance(result, ReceivedRecord) and not content_type_allowed(epoch, result.content_type):
-            return DropReason.CONTENT_TYPE_NOT_ALLOWED
+        if isinstance(result, ReceivedRecord):
+            if not content_type_allowed(epoch, result.content_type):
+                return DropReason.CONTENT_TYPE_NOT_ALLOWED
+            self.last_received_cid = rec.cid
         return result

@@ -59,7 +59,10 @@ __all__ = [
 MAX_TICKET_LIFETIME = 604800
 
 _SESSION_MAGIC = b"TCPLS-S1"
-_STATE_VERSION = 1
+# 2: the protocol version (TLS 1.3 / DTLS 1.3) is part of the state; older
+# states carry none and are not usable (a full handshake follows).
+_STATE_VERSION = 2
+_TLS_1_3 = 0x0304
 
 
 def _push_str(buf: Buffer, s: Optional[str]) -> None:
@@ -190,10 +193,15 @@ class TicketState:
     max_early_data: int = 0
     alpn_protocol: Optional[str] = None
     server_name: Optional[str] = None
+    #: The protocol of the connection that issued the ticket (supported_versions
+    #: value: 0x0304 TLS 1.3, 0xfefc DTLS 1.3). A ticket resumes only a
+    #: connection of the same protocol.
+    protocol_version: int = _TLS_1_3
 
     def encode(self) -> bytes:
         buf = Buffer()
         buf.push_uint8(_STATE_VERSION)
+        buf.push_uint16(self.protocol_version)
         buf.push_uint16(self.cipher_suite)
         buf.push_opaque(1, self.psk)
         buf.push_uint32(self.ticket_age_add)
@@ -210,7 +218,9 @@ class TicketState:
             buf = Buffer(data)
             if buf.pull_uint8() != _STATE_VERSION:
                 return None
+            protocol_version = buf.pull_uint16()
             st = cls(
+                protocol_version=protocol_version,
                 cipher_suite=buf.pull_uint16(),
                 psk=buf.pull_opaque(1),
                 ticket_age_add=buf.pull_uint32(),

@@ -268,7 +268,9 @@ class ServerHandshake:
         assert isinstance(ch, M.ClientHello)
         second = self.state is ServerState.WAIT_CH2
         exts = dict(ch.extensions)
-        if not second and self.config.select_context is not None:
+        if (not second or self.stateless_retry) and self.config.select_context is not None:
+            # After a stateless HelloRetryRequest (DTLS) this is the first
+            # ClientHello this machine sees: choose the context now.
             self._select_context(exts)
         cfg = self.config
         # RFC 9846 §4.2.1: TLS 1.3 only.
@@ -299,6 +301,8 @@ class ServerHandshake:
             assert self.suite is not None
             if self.suite.suite not in offered:
                 raise IllegalParameter("second ClientHello dropped the cipher suite chosen in HelloRetryRequest")
+            if self.suite.suite not in candidates:  # stateless HRR under another context
+                raise HandshakeFailure("cipher suite of the HelloRetryRequest not allowed by the selected context")
             suite = self.suite.suite
             candidates = [suite]
 
@@ -460,7 +464,11 @@ class ServerHandshake:
         resolved: Optional[_ResolvedPsk] = None
         raw = cfg.ticket_store.pop(identity, now) if cfg.ticket_store is not None else cfg.ticket_keys.open(identity)
         state = TicketState.decode(raw) if raw is not None else None
-        if state is not None and state.cipher_suite in SUITES:
+        if state is not None and state.protocol_version != self.variant.version:
+            # A ticket from a TLS connection never resumes a DTLS one, nor the
+            # reverse: not selected (§4.2.11), a full handshake follows.
+            pass
+        elif state is not None and state.cipher_suite in SUITES:
             age = now - state.created_at
             client_age = ((obfuscated_age - state.ticket_age_add) & 0xFFFFFFFF) / 1000
             # §4.6.1: not past its lifetime, by our clock or the client's.
@@ -795,6 +803,7 @@ class ServerHandshake:
             max_early_data=cfg.max_early_data,
             alpn_protocol=self.alpn_protocol,
             server_name=self.server_name,
+            protocol_version=self.variant.version,
         )
         if cfg.ticket_store is not None:
             ticket = os.urandom(32)
