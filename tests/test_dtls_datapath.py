@@ -190,3 +190,61 @@ def test_open_rejects_inner_plaintext_without_content_type() -> None:
         w.protect(CT_APPLICATION_DATA, b"x", padding=-1)
     with pytest.raises(ValueError):
         w.protect(CT_APPLICATION_DATA, bytes(2**14 + 1))
+
+
+# --------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize("seq_len", [1, 2])
+@pytest.mark.parametrize("cid", [b"", b"\x09" * 6])
+def test_protect_batch_produces_the_records_protect_would(suite, seq_len, cid) -> None:
+    info = suite_info(suite)
+    secret = bytes(range(1, info.hash_len + 1))
+    one = WriteEpoch(4, info, secret)
+    many = WriteEpoch(4, info, secret)
+    contents = [bytes([i]) * n for i, n in enumerate((0, 1, 5, 14, 15, 16, 17, 300, 1178, 2**14))] * 30
+    expected = [one.protect(CT_APPLICATION_DATA, c, seq_len=seq_len, cid=cid) for c in contents]
+    got = many.protect_batch(CT_APPLICATION_DATA, contents[:7], seq_len=seq_len, cid=cid)
+    got += many.protect_batch(CT_APPLICATION_DATA, contents[7:], seq_len=seq_len, cid=cid)
+    assert got == expected
+    assert (many.next_seq, many.records_protected) == (one.next_seq, one.records_protected) == (300, 300)
+    with pytest.raises(ValueError):
+        many.protect_batch(CT_APPLICATION_DATA, [b"ok", bytes(2**14 + 1)])
+    assert many.next_seq == 300  # nothing protected
+
+
+def test_send_data_batch_matches_send_data_including_key_updates() -> None:
+    c1, s1 = pair(key_update_after=10)
+    c2, s2 = pair(key_update_after=10)
+    chunks = [b"chunk %d" % i for i in range(25)]
+    for c in chunks:
+        c1.send_data(c)
+    c2.send_data_batch([bytearray(c) for c in chunks])
+    d1, d2 = c1.datagrams_to_send(), c2.datagrams_to_send()
+    assert [len(d) for d in d1] == [len(d) for d in d2]  # 25 records and one KeyUpdate after the 10th
+    assert len(d1) == 26
+    for d in d2:
+        s2.receive_datagram(d, 0.0)
+    assert data_of(drain(s2)) == chunks
+    with pytest.raises(UsageError):
+        c2.send_data_batch([b"fine", bytes(c2.max_data_size + 1)])
+    assert c2.datagrams_to_send() == []
+
+
+def test_send_data_batch_before_the_handshake_waits_like_send_data() -> None:
+    psk = ExternalPSK(b"datapath", bytes(range(32)), "sha256")
+    ccfg = TLSConfig(psk=psk, psk_key_exchange_modes=[PskKeyExchangeMode.psk_dhe_ke], verify_peer=False)
+    client = DTLSConnection(ccfg, is_client=True, server_name="localhost")
+    client.send_data_batch([b"early", b"bird"])
+    client.start_handshake(0.0)
+    scfg = TLSConfig(psk_lookup=lambda i: psk, psk_key_exchange_modes=[PskKeyExchangeMode.psk_dhe_ke])
+    server = DTLSConnection(scfg, is_client=False, client_address=("192.0.2.7", 9))
+    got = []
+    for _ in range(12):
+        for d in client.datagrams_to_send():
+            server.receive_datagram(d, 0.0)
+        for d in server.datagrams_to_send():
+            client.receive_datagram(d, 0.0)
+        got += data_of(drain(server))
+    assert got == [b"early", b"bird"]

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from cryptography import x509
 
@@ -582,6 +582,41 @@ class DTLSConnection:
             self._pending_app.append(data)
             return
         self._seal_app(data)
+
+    def send_data_batch(self, chunks: "Sequence[bytes | bytearray | memoryview]") -> None:
+        """:meth:`send_data` for each chunk (one record, one datagram each), in
+        order, with the per-record work shared across the batch.
+
+        Raises:
+            UsageError: a chunk does not fit one datagram (nothing is sent).
+            ConnectionClosedError: after :meth:`close` or a failure.
+        """
+        if self.terminated:
+            raise ConnectionClosedError("the connection has failed")
+        if self.local_closed:
+            raise ConnectionClosedError("cannot send after close()")
+        records = self._records
+        if not (self.handshake_complete and records.write_epoch >= EPOCH_APPLICATION):
+            for chunk in chunks:
+                self.send_data(chunk)
+            return
+        epoch = records.write_epochs[records.write_epoch]
+        limit = self._transport.max_datagram_size - epoch.overhead(seq_len=records.seq_len, cid_len=len(records.send_cid))
+        data = [c if type(c) is bytes else bytes(c) for c in chunks]
+        for chunk in data:
+            if len(chunk) > limit:
+                raise UsageError(f"{len(chunk)} bytes do not fit one datagram (at most {limit})")
+        queue = self._transport.queue_datagram
+        while data:
+            # Up to the KeyUpdate threshold, as send_data would (§4.5.3).
+            room = self._key_update_at(epoch) - epoch.records_protected
+            if room <= 0:
+                room = len(data)  # past it: the KeyUpdate is under way (or we are closing)
+            part, data = data[:room], data[room:]
+            for record in epoch.protect_batch(CT_APPLICATION_DATA, part, seq_len=records.seq_len, cid=records.send_cid):
+                queue(record)
+            if epoch.records_protected >= self._key_update_at(epoch):
+                self._maybe_key_update(epoch)
 
     def _check_size(self, data: bytes) -> None:
         if len(data) > self.max_data_size:
