@@ -248,3 +248,18 @@ def test_send_data_batch_before_the_handshake_waits_like_send_data() -> None:
             client.receive_datagram(d, 0.0)
         got += data_of(drain(server))
     assert got == [b"early", b"bird"]
+
+
+def test_compact_state_send_data_batch() -> None:
+    from tcpls.dtls.established import compact_connection
+
+    client, server = pair()
+    compact = compact_connection(server)
+    assert compact is not None
+    with pytest.raises(UsageError):
+        compact.send_data_batch([b"a", bytes(compact.max_data_size + 1)])
+    assert compact.datagrams_to_send() == []
+    compact.send_data_batch([b"one", memoryview(b"two"), bytearray(b"three")])
+    for d in compact.datagrams_to_send():
+        client.receive_datagram(d, 0.0)
+    assert data_of(drain(client)) == [b"one", b"two", b"three"]
