@@ -263,3 +263,18 @@ def test_compact_state_send_data_batch() -> None:
     for d in compact.datagrams_to_send():
         client.receive_datagram(d, 0.0)
     assert data_of(drain(client)) == [b"one", b"two", b"three"]
+
+
+@pytest.mark.parametrize("size", [600, 1200, 1400])
+def test_size_limit_follows_max_datagram_size(size) -> None:
+    client, server = pair(max_datagram_size=size)
+    for conn in (client, server):
+        limit = conn.max_data_size
+        assert limit == size - 22
+        with pytest.raises(UsageError):
+            conn.send_data(bytes(limit + 1))
+        with pytest.raises(UsageError):
+            conn.send_data_batch([bytes(limit + 1)])
+        conn.send_data(bytes(limit))
+        conn.send_data_batch([bytes(limit)])
+        assert [len(d) for d in conn.datagrams_to_send()] == [size, size]

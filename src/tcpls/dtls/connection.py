@@ -371,7 +371,7 @@ class DTLSConnection:
         self._early_pending: list[bytes] = []
         self._started = False
         self._now = 0.0
-        # The data path's cached size limit, valid for this write epoch and CID length.
+        # The data path's cached max_data_size, valid for this write epoch and CID length.
         self._app_epoch: Optional[WriteEpoch] = None
         self._app_cid_len = 0
         self._app_max = 0
@@ -570,7 +570,7 @@ class DTLSConnection:
             if epoch is not self._app_epoch or len(cid) != self._app_cid_len:
                 self._app_epoch = epoch
                 self._app_cid_len = len(cid)
-                self._app_max = self._transport.max_datagram_size - epoch.overhead(seq_len=records.seq_len, cid_len=len(cid))
+                self._app_max = self._max_datagram_size - epoch.overhead(seq_len=records.seq_len, cid_len=len(cid))
             if len(data) > self._app_max:
                 raise UsageError(f"{len(data)} bytes do not fit one datagram (at most {self._app_max})")
             self._transport.queue_datagram(epoch.protect(CT_APPLICATION_DATA, data, seq_len=records.seq_len, cid=cid))
@@ -601,7 +601,7 @@ class DTLSConnection:
                 self.send_data(chunk)
             return
         epoch = records.write_epochs[records.write_epoch]
-        limit = self._transport.max_datagram_size - epoch.overhead(seq_len=records.seq_len, cid_len=len(records.send_cid))
+        limit = self._max_datagram_size - epoch.overhead(seq_len=records.seq_len, cid_len=len(records.send_cid))
         data = [c if type(c) is bytes else bytes(c) for c in chunks]
         for chunk in data:
             if len(chunk) > limit:
