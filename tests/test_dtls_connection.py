@@ -332,8 +332,16 @@ def test_client_hello_fragments_in_one_datagram_answered_statelessly() -> None:
     reordered = b"".join(reversed(pieces)) + pieces[2]
     hrr = stateless_hello_retry(s_cfg, reordered, ADDR, secret, 0.0)
     assert hrr is not None and hrr[13:] == expected[13:]  # same HRR (record seq aside)
+    # Overlapping fragments of other sizes (§5.5), interleaved.
+    mixed = _refragment(ch1, 70)[::2] + _refragment(ch1, 45)[1::2] + _refragment(ch1, 90)
+    hrr2 = stateless_hello_retry(s_cfg, b"".join(mixed), ADDR, secret, 0.0)
+    assert hrr2 is not None and hrr2[13:] == expected[13:]
     # Missing a fragment: no answer.
     assert stateless_hello_retry(s_cfg, b"".join(pieces[:-1]), ADDR, secret, 0.0) is None
+    # Scattered into more than 32 disjoint pieces before completing: given up.
+    tiny = _refragment(ch1, 3)
+    assert len(tiny) > 66
+    assert stateless_hello_retry(s_cfg, b"".join(tiny[::2] + tiny[1::2]), ADDR, secret, 0.0) is None
     # A fragment contradicting another: no answer (epoch 0 is unauthenticated).
     bad = bytearray(pieces[1])
     bad[-1] ^= 1
@@ -394,6 +402,46 @@ def test_endpoint_reassembler_with_stateless_functions() -> None:
     net = Net(client, server, now=0.1)
     net.run()
     assert client.handshake_complete and server.handshake_complete
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_client_hello_reassembler_random_fragmentation(seed: int) -> None:
+    """Any fragmentation (sizes, overlaps, duplicates), any packing into
+    datagrams, any order: the reassembled ClientHello is the original."""
+    from tcpls.dtls.connection import ClientHelloReassembler
+    from tcpls.dtls.handshake import parse_fragments
+
+    rng = random.Random(seed)
+    c_cfg, _ = configs(c_key_share_groups=[NamedGroup.x25519, NamedGroup.secp384r1])
+    client = DTLSConnection(c_cfg, is_client=True, server_name="localhost")
+    client.start_handshake(0.0)
+    (ch1,) = client.datagrams_to_send(0.0)
+    (rec,), _ = parse_datagram(ch1, 0)
+    (orig,) = parse_fragments(rec.fragment)
+    records = []
+    for size in (rng.randrange(20, 200) for _ in range(rng.randrange(1, 4))):
+        records += _refragment(ch1, size)
+    records = [r for r in records if rng.random() < 0.7] + _refragment(ch1, rng.randrange(30, 300))
+    records += rng.sample(records, rng.randrange(0, 3))  # duplicates
+    rng.shuffle(records)
+    reasm = ClientHelloReassembler()
+    done = []
+    i = 0
+    while i < len(records):
+        n = rng.randrange(1, 4)
+        out = reasm.add(ADDR, b"".join(records[i : i + n]), 0.0)
+        if out is not None:
+            done.append(out)
+        i += n
+    assert done, "never completed"
+    for d in done:
+        recs, _ = parse_datagram(d, 0)
+        frags = [f for r in recs for f in parse_fragments(r.fragment)]
+        got = bytearray(orig.length)
+        for f in frags:
+            got[f.fragment_offset : f.end] = f.body
+        assert bytes(got) == orig.body
+    assert len(reasm) <= 1
 
 
 def test_client_hello_reassembler_bounds() -> None:

@@ -439,3 +439,66 @@ def test_limits_validation():
         EndpointLimits(max_handshakes=0)
     with pytest.raises(ValueError):
         DTLSEndpoint(ScriptedConn, cid_length=21)
+
+
+def test_engine_busy_in_a_worker_is_not_touched_by_timeouts_or_close():
+    ex = ManualExecutor()
+    ep = DTLSEndpoint(ScriptedConn, executor=ex, limits=EndpointLimits(handshake_timeout=2.0))
+    ep.receive_datagram(CH, ("a", 1), 0.0)
+    (assoc,) = ep.associations()
+    ep.handle_timer(2.0)  # the deadline passes while the job is still queued
+    assert [type(e) for e in drain_events(ep)] == [HandshakeCancelled]
+    assert not assoc.conn.closed  # not called from this thread while a worker may run it
+    ex.run_all()
+    ep.poll(2.1)
+    assert ep.datagrams_to_send(2.1) == [] and ep.associations() == []
+    ep.receive_datagram(CH, ("b", 2), 3.0)
+    (b,) = ep.associations()
+    with pytest.raises(UsageError):
+        ep.key_update(b, 3.0)
+    ep.close(b, 3.0)
+    assert not b.conn.closed and ep.associations() == []
+    ex.run_all()
+    ep.poll(3.1)
+    assert ep.associations() == []
+
+
+# --------------------------------------------------------------------------
+# With real engines and the stateless cookie responder
+# --------------------------------------------------------------------------
+def _pump_real(ep, client, addr, now):
+    for _ in range(30):
+        moved = False
+        for d in client.datagrams_to_send(now):
+            ep.receive_datagram(d, addr, now)
+            moved = True
+        for d, _ in ep.datagrams_to_send(now):
+            client.receive_datagram(d, now)
+            moved = True
+        if not moved:
+            return
+
+
+@pytest.mark.parametrize("datagram_size", [1200, 100])
+def test_cookie_exchange_with_real_engines_and_fragmented_client_hello(datagram_size):
+    from tcpls.dtls.connection import DTLSConnection
+    from tcpls.dtls.cookie import CookieSecret
+    from tcpls.dtls.endpoint import CookieResponder, dtls_connection_factory
+
+    from tlspair import configs
+
+    c, s = configs()
+    secret = CookieSecret()
+    ep = DTLSEndpoint(dtls_connection_factory(s, cookie_secret=secret), stateless=CookieResponder(s, secret))
+    client = DTLSConnection(c, is_client=True, server_name="localhost", max_datagram_size=datagram_size)
+    client.start_handshake(0.0)
+    first = client.datagrams_to_send(0.0)
+    assert (len(first) > 1) == (datagram_size < 1200)  # the ClientHello is fragmented over datagrams
+    for d in first:
+        ep.receive_datagram(d, ("10.0.0.1", 1), 0.0)
+    assert ep.associations() == []  # stateless so far
+    (hrr,) = [d for d, _ in ep.datagrams_to_send(0.0)]
+    client.receive_datagram(hrr, 0.0)
+    _pump_real(ep, client, ("10.0.0.1", 1), 0.0)
+    assert client.handshake_complete
+    assert ep.connection_count == 1 and ep.stats["stateless_replies"] == 1

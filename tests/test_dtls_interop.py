@@ -95,6 +95,40 @@ async def run_proc(argv: list[str], cwd: Path, timeout: float = TIMEOUT) -> tupl
 
 
 # --------------------------------------------------------------------------
+# The build itself: wolfSSL's example client and server talk DTLS 1.3
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "server_args, client_args, expect",
+    [
+        ([], [], "I hear you fa shizzle!"),
+        (["-s"], ["-s"], "I hear you fa shizzle!"),  # PSK
+        (["--cid", "srv1"], ["--cid", "cli1"], "Sending CID is"),
+        ([], ["-I"], "I hear you fa shizzle!"),  # KeyUpdate
+        (["-J"], [], "I hear you fa shizzle!"),  # HelloRetryRequest with cookie
+        (["-r"], ["-r"], "reused session id"),  # resumption
+    ],
+    ids=["certificate", "psk", "cid", "key-update", "hrr-cookie", "resume"],
+)
+def test_wolfssl_build_talks_dtls13_to_itself(wolf, server_args, client_args, expect):
+    async def main():
+        port = _free_udp_port()
+        server = asyncio.create_task(
+            run_proc([str(wolf / "examples/server/server"), "-u", "-v", "4", "-p", str(port), *server_args], wolf)
+        )
+        await wait_udp_bound(port)
+        rc, out = await run_proc(
+            [str(wolf / "examples/client/client"), "-u", "-v", "4", "-p", str(port), *client_args], wolf
+        )
+        src, sout = await server
+        return rc, out, src, sout
+
+    rc, out, src, sout = asyncio.run(main())
+    assert rc == 0 and src == 0, out + sout
+    assert "SSL version is DTLSv1.3" in out
+    assert expect in out
+
+
+# --------------------------------------------------------------------------
 # wolfSSL client → tcpls server
 # --------------------------------------------------------------------------
 async def serve_one(pki, wolf: Path, client_args: list[str], *, psk: bool = False, cid: bool = False):

@@ -122,7 +122,10 @@ class StatelessVerdict(enum.Enum):
 class StatelessResponder(Protocol):
     """Decides, without state, what to do with a datagram from an unknown peer (§5.1)."""
 
-    def check(self, data: bytes, addr: Address, now: float) -> tuple[StatelessVerdict, Optional[bytes]]: ...
+    def check(self, data: bytes, addr: Address, now: float) -> tuple[StatelessVerdict, Optional[bytes]]:
+        """``(REPLY, datagram)``, ``(ACCEPT, None or the datagram to start
+        the association with)`` or ``(DROP, None)``."""
+        ...
 
 
 class Future(Protocol):
@@ -191,9 +194,6 @@ class EndpointLimits:
             established (and quiet) before its engine is replaced by the
             compact state: long enough for the peer to be done
             retransmitting its last handshake flight.
-        max_events: undelivered endpoint events; beyond it the oldest
-            connection-level events are dropped... never: the endpoint stops
-            reading input for that connection instead (see ``receive``).
     """
 
     max_handshakes: int = 1024
@@ -289,7 +289,6 @@ class Association:
         "timer",
         "in_ready",
         "closing",
-        "__weakref__",
     )
 
     def __init__(self, ident: int, addr: Address, cid: bytes, conn: Any, is_client: bool, now: float) -> None:
@@ -385,7 +384,8 @@ class DTLSEndpoint:
         self._by_addr: dict[Address, Association] = {}
         self._by_cid: dict[bytes, Association] = {}
         self._handshakes: dict[int, Association] = {}  # insertion order = age
-        self._established: dict[int, Association] = {}
+        # A set, not a dict by id: no int key object per association.
+        self._established: set[Association] = set()
         self._ready: deque[Association] = deque()  # round-robin order of associations with output
         self._stateless_out: deque[tuple[bytes, Address]] = deque()
         self._events: deque[EndpointEvent] = deque()
@@ -423,7 +423,7 @@ class DTLSEndpoint:
         return len(self._handshakes) * self.limits.handshake_cost
 
     def associations(self) -> list[Association]:
-        return [*self._handshakes.values(), *self._established.values()]
+        return [*self._handshakes.values(), *sorted(self._established, key=lambda a: a.id)]
 
     # ---------------------------------------------------------------- demux
     def _route(self, data: bytes, addr: Address) -> Optional[Association]:
@@ -475,6 +475,8 @@ class DTLSEndpoint:
                     else:
                         self._stateless_out.append((reply, addr))
                 return
+            if reply is not None:
+                data = reply  # ACCEPT: the (reassembled) ClientHello to start from
         if not self._make_room(addr, now):
             return
         assoc = self._create(addr, False, now, {})
@@ -677,7 +679,7 @@ class DTLSEndpoint:
             return False
         assoc.state = AssociationState.ESTABLISHED
         assoc.started = assoc.last_activity  # from now on: when it was established
-        self._established[assoc.id] = assoc
+        self._established.add(assoc)
         return True
 
     def _queue_output(self, assoc: Association, datagrams: Iterable[bytes]) -> None:
@@ -717,6 +719,8 @@ class DTLSEndpoint:
 
     # ---------------------------------------------------------------- removal
     def _close_conn(self, assoc: Association) -> None:
+        if assoc.busy:
+            return  # a worker owns the engine right now; it is dropped unclosed
         try:
             assoc.conn.close()
         except TLSError:
@@ -737,7 +741,7 @@ class DTLSEndpoint:
         if assoc.state is AssociationState.CLOSED:
             return
         self._handshakes.pop(assoc.id, None)
-        self._established.pop(assoc.id, None)
+        self._established.discard(assoc)
         assoc.state = AssociationState.CLOSED
         self._forget(assoc)
         self._events.append(event)
@@ -858,6 +862,8 @@ class DTLSEndpoint:
 
     def key_update(self, assoc: Association, now: float) -> None:
         self._usable(assoc)
+        if assoc.busy:
+            raise UsageError("the handshake is still in progress")
         self._tell_time(assoc.conn, now)
         assoc.conn.key_update()
         self._collect(assoc, now)
@@ -889,25 +895,36 @@ class CookieResponder:
     """:class:`StatelessResponder` backed by the stateless HelloRetryRequest
     of :mod:`tcpls.dtls.connection` (RFC 9147 §5.1).
 
-    A ClientHello with a valid cookie is accepted (the connection created
-    for it checks the cookie again and restores the transcript from it);
-    one without a cookie is answered with a HelloRetryRequest carrying one;
-    anything else (no complete ClientHello, a forged or expired cookie) is
-    dropped without an answer.
+    A ClientHello split over several datagrams (§5.5; large key shares) is
+    first put together by a bounded
+    :class:`~tcpls.dtls.hello.ClientHelloReassembler` keyed by address.
+    A whole ClientHello with a valid cookie is accepted (the verdict
+    carries the one-datagram ClientHello to feed to the new connection,
+    which checks the cookie again and restores the transcript from it); one
+    without a cookie is answered with a HelloRetryRequest carrying one;
+    anything else (a fragment, no ClientHello, a forged or expired cookie)
+    is dropped without an answer.
     """
 
-    def __init__(self, config: Any, secret: Any) -> None:
+    def __init__(self, config: Any, secret: Any, reassembler: Any = None) -> None:
+        from .hello import ClientHelloReassembler
+
         self.config = config
         self.secret = secret
+        self.reassembler = reassembler if reassembler is not None else ClientHelloReassembler()
 
     def check(self, data: bytes, addr: Address, now: float) -> tuple[StatelessVerdict, Optional[bytes]]:
         from .connection import cookie_is_valid, stateless_hello_retry
 
-        reply = stateless_hello_retry(self.config, data, addr, self.secret, now)
+        self.reassembler.expire(now)
+        hello = self.reassembler.add(addr, data, now)
+        if hello is None:
+            return StatelessVerdict.DROP, None
+        reply = stateless_hello_retry(self.config, hello, addr, self.secret, now)
         if reply is not None:
             return StatelessVerdict.REPLY, reply
-        if cookie_is_valid(data, addr, self.secret, now):
-            return StatelessVerdict.ACCEPT, None
+        if cookie_is_valid(hello, addr, self.secret, now):
+            return StatelessVerdict.ACCEPT, hello
         return StatelessVerdict.DROP, None
 
 

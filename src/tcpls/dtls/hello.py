@@ -38,6 +38,11 @@ from .record import CT_HANDSHAKE, PlaintextRecord, encode_plaintext, parse_datag
 __all__ = ["ClientHelloReassembler", "collect_client_hello", "client_hello_fragments"]
 
 
+#: More disjoint received ranges than this in one ClientHello: given up
+#: (a peer sending tiny scattered fragments only wastes our time).
+_MAX_RANGES = 32
+
+
 @dataclass
 class _Partial:
     """One ClientHello being reassembled (a message_seq and a length)."""
@@ -47,29 +52,39 @@ class _Partial:
     record_seq: int
     started: float
     body: bytearray = field(init=False)
-    have: bytearray = field(init=False)  # one flag per byte
+    ranges: list[tuple[int, int]] = field(init=False)  # received [start, end), sorted, disjoint
     missing: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.body = bytearray(self.length)
-        self.have = bytearray(self.length)
+        self.ranges = []
         self.missing = self.length
 
     def matches(self, frag: HandshakeFragment) -> bool:
         return frag.message_seq == self.message_seq and frag.length == self.length
 
     def add(self, frag: HandshakeFragment) -> bool:
-        """Copy ``frag`` in; False if it contradicts bytes already received (§5.5)."""
+        """Copy ``frag`` in; False if it contradicts bytes already received
+        (§5.5) or scatters the message into too many pieces."""
         start, end = frag.fragment_offset, frag.end
         body = frag.body
-        for i in range(start, end):
-            if self.have[i] and self.body[i] != body[i - start]:
+        if start == end:
+            return True
+        for s, e in self.ranges:
+            lo, hi = max(s, start), min(e, end)
+            if lo < hi and self.body[lo:hi] != body[lo - start : hi - start]:
                 return False
-        for i in range(start, end):
-            if not self.have[i]:
-                self.have[i] = 1
-                self.missing -= 1
         self.body[start:end] = body
+        merged: list[tuple[int, int]] = []
+        for s, e in sorted(self.ranges + [(start, end)]):
+            if merged and s <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+            else:
+                merged.append((s, e))
+        if len(merged) > _MAX_RANGES:
+            return False
+        self.ranges = merged
+        self.missing = self.length - sum(e - s for s, e in merged)
         return True
 
     def datagram(self) -> bytes:
@@ -106,7 +121,10 @@ def collect_client_hello(
     ``fragment`` the complete message (record_seq: that of the record which
     carried its first bytes). None when the datagram holds no complete
     ClientHello (the fragments of the first message_seq seen are used)."""
-    frags = client_hello_fragments(datagram)
+    return _collect(client_hello_fragments(datagram), max_message_size)
+
+
+def _collect(frags: list[tuple[int, HandshakeFragment]], max_message_size: int) -> Optional[tuple[int, HandshakeFragment]]:
     if not frags:
         return None
     seq0, first = frags[0]
@@ -180,12 +198,12 @@ class ClientHelloReassembler:
             (fragment buffered, or no ClientHello fragment at all).
         """
         self.expire(now)
-        if collect_client_hello(datagram, self.max_message_size) is not None:
-            self._forget(address)
-            return bytes(datagram)
         frags = client_hello_fragments(datagram)
         if not frags:
             return None
+        if _collect(frags, self.max_message_size) is not None:
+            self._forget(address)
+            return bytes(datagram)
         result: Optional[bytes] = None
         for rec_seq, frag in frags:
             if frag.length > self.max_message_size or frag.length == 0:

@@ -643,10 +643,35 @@ def _make_mask(suite: CipherSuiteInfo, sn_key: bytes) -> Callable[[bytes], bytes
     return _chacha_mask(sn_key) if _is_chacha(suite) else _aes_mask(sn_key)
 
 
+_FACTORIES: dict[int, tuple[Callable[[bytes], Any], Callable[[bytes], Any]]] = {}
+
+
+def _factories(suite: CipherSuiteInfo) -> tuple[Callable[[bytes], Any], Callable[[bytes], Any]]:
+    """(AEAD factory, mask factory) taking an epoch's ``key || sn_key || iv``.
+
+    One pair per suite, so that the cache keys ``(factory, keys)`` of equal
+    keys match across epochs.
+    """
+    pair = _FACTORIES.get(suite.suite)
+    if pair is None:
+        aead, n = suite.aead, suite.key_len
+        mask_of_key = _chacha_mask if _is_chacha(suite) else _aes_mask
+
+        def make_aead(keys: bytes) -> Any:
+            return aead(keys[:n])
+
+        def make_mask(keys: bytes) -> Any:
+            return mask_of_key(keys[n : 2 * n])
+
+        pair = _FACTORIES[suite.suite] = (make_aead, make_mask)
+    return pair
+
+
 class _Epoch:
-    # Raw keys only (§4, §4.2.3); the AEAD and mask objects come from the
-    # shared :class:`AEADCache` at each use (two dictionary lookups a record).
-    __slots__ = ("epoch", "suite", "limits", "_key", "_iv", "_sn_key", "_tag_len", "_cache")
+    # Raw keys only, in one bytes object ``key || sn_key || iv`` (§4,
+    # §4.2.3); the AEAD and mask objects come from the shared
+    # :class:`AEADCache` at each use (one cache call a record).
+    __slots__ = ("epoch", "suite", "limits", "_keys", "_cache")
 
     def __init__(self, epoch: int, suite: CipherSuiteInfo, secret: bytes, cache: Optional[AEADCache] = None) -> None:
         if not 0 < epoch < SEQ_LIMIT:
@@ -655,19 +680,24 @@ class _Epoch:
         self.epoch = epoch
         self.suite = suite
         self.limits = aead_limits(suite)
-        self._key = keys.key
-        self._iv = int.from_bytes(keys.iv, "big")
         if suite.iv_len != _IV_LEN:
             raise ValueError("TLS 1.3 AEADs take 12-byte nonces")
-        self._sn_key = keys.sn_key
-        self._tag_len = suite.tag_len
+        self._keys = keys.key + keys.sn_key + keys.iv
         self._cache = cache if cache is not None else DEFAULT_AEAD_CACHE
+
+    @property
+    def _tag_len(self) -> int:
+        return self.suite.tag_len
+
+    @property
+    def _iv(self) -> int:
+        return int.from_bytes(self._keys[-_IV_LEN:], "big")
 
     def _crypto(self) -> "tuple[Any, Callable[[bytes], bytes]]":
         """The AEAD object and the mask function, from the cache."""
-        suite = self.suite
-        aead = suite.aead
-        return self._cache.get_pair(aead, self._key, _chacha_mask if aead is ChaCha20Poly1305 else _aes_mask, self._sn_key)
+        make_aead, make_mask = _factories(self.suite)
+        keys = self._keys
+        return self._cache.get_pair(make_aead, keys, make_mask, keys)
 
 
 class WriteEpoch(_Epoch):
