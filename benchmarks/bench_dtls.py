@@ -21,7 +21,12 @@ in that run; the script prints ratios, never asserts on times.
       payloads (same records, per-record constants shared), then ``sendto``;
     * ``dtls-2thr``: batches sealed in one thread, ``sendto`` in another
       (``sendto`` releases the GIL, so the kernel's send work overlaps the
-      next batch's sealing; needs a second CPU).
+      next batch's sealing; needs a second CPU);
+    * ``raw-gso`` / ``dtls-gso`` (when the kernel has UDP GSO): the same
+      datagrams, ``--batch`` of them per ``sendmsg`` with a ``UDP_SEGMENT``
+      control message (the kernel splits them into 1200-byte datagrams);
+      the ratio of the two is printed as well, since GSO makes the raw
+      baseline cheaper too.
 
     For each: sender wall time and CPU time (``time.process_time``) per
     datagram, and the receiver's goodput. Receivers: ``count`` (``recv_into``
@@ -82,6 +87,7 @@ import os
 import queue
 import re
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -103,6 +109,20 @@ from tcpls.tls.session import ExternalPSK  # noqa: E402
 
 SERVER_NAME = "localhost"
 DATAGRAM = 1200
+SOL_UDP = 17
+UDP_SEGMENT = 103  # linux/udp.h
+
+
+def gso_available() -> bool:
+    """Whether this kernel accepts UDP_SEGMENT (UDP generic segmentation offload)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(SOL_UDP, UDP_SEGMENT, DATAGRAM)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 SUITE = CipherSuite.TLS_AES_128_GCM_SHA256
 
 
@@ -294,6 +314,29 @@ def sender_main(paths: dict, ctl, port: int, batch: int, profile: bool) -> None:
             for d in out():
                 sendto(d, peer)
 
+    # UDP GSO (Linux >= 4.18): one sendmsg carries up to 64 equal-sized
+    # datagrams, which the kernel splits (UDP_SEGMENT control message).
+    gso = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", DATAGRAM))]
+
+    def run_raw_gso(n: int) -> None:
+        sendmsg = sock.sendmsg
+        buf = [raw * batch]
+        full, rest = divmod(n, batch)
+        for _ in range(full):
+            sendmsg(buf, gso, 0, peer)
+        if rest:
+            sendmsg([raw * rest], gso, 0, peer)
+
+    def run_dtls_gso(n: int) -> None:
+        sendmsg = sock.sendmsg
+        send_batch = conn.send_data_batch
+        out = conn.datagrams_to_send
+        chunk = [payload] * batch
+        full, rest = divmod(n, batch)
+        for k in [batch] * full + ([rest] if rest else []):
+            send_batch(chunk if k == batch else chunk[:k])
+            sendmsg([b"".join(out())], gso, 0, peer)
+
     def run_dtls_threads(n: int) -> None:
         q: "queue.SimpleQueue[Optional[list]]" = queue.SimpleQueue()
 
@@ -318,6 +361,8 @@ def sender_main(paths: dict, ctl, port: int, batch: int, profile: bool) -> None:
 
     runners = {"raw": run_raw, "dtls": run_dtls, "dtls-batch": run_dtls_batch, "dtls-2thr": run_dtls_threads}
     runners["dtls-decrypt"] = run_dtls
+    runners["raw-gso"] = run_raw_gso
+    runners["dtls-gso"] = run_dtls_gso
     while True:
         cmd = ctl.recv()
         if cmd == "quit":
@@ -374,6 +419,10 @@ def bench_throughput(paths: dict, n: int, runs: int, batch: int, profile: bool) 
         return {"kind": kind, "mode": mode, "send": s, "recv": r}
 
     plan = [("raw", "count"), ("dtls", "count"), ("dtls-batch", "count"), ("dtls-2thr", "count"), ("dtls", "decrypt")]
+    if gso_available():
+        plan += [("raw-gso", "count"), ("dtls-gso", "count")]
+    else:
+        print("UDP GSO (UDP_SEGMENT) not available: the -gso rows are skipped")
     best: dict[tuple[str, str], dict] = {}
     for _ in range(runs):
         for kind, mode in plan:
@@ -406,6 +455,8 @@ def bench_throughput(paths: dict, n: int, runs: int, batch: int, profile: bool) 
         print(f"{kind:10s} {mode:9s} {rate / 1e3:10.1f} {ratio:6.2f} {s['cpu'] / n * 1e6:9.2f} "
               f"{recv_rate / 1e3:10.1f} {goodput:14.1f} {loss:6.1%} {rcpu:14.2f}")
         out[f"{kind}/{mode}"] = {"ratio": ratio, "rate": rate, "goodput_mbps": goodput, "loss": loss}
+    if "raw-gso/count" in out:
+        print(f"dtls-gso / raw-gso (both with UDP GSO): {out['dtls-gso/count']['rate'] / out['raw-gso/count']['rate']:.2f}")
     print("ratio = sender datagrams/s relative to raw sendto in this run (>= 0.9 is the issue 5 target);")
     print("goodput counts datagram bytes for 'count' receivers and decrypted application bytes for 'decrypt'.")
     return out
