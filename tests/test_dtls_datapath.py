@@ -171,17 +171,16 @@ def test_protect_equals_seal_and_opens(suite, seq_len, include_length, cid) -> N
     assert b.next_seq == a.next_seq == 300 and b.records_protected == 300
 
 
-def test_open_rejects_inner_plaintext_without_content_type() -> None:
+def test_trailing_zeros_of_content_survive_padding_removal_and_bad_arguments_raise() -> None:
+    # Invalid inner plaintexts (all zeros, unknown type) are covered with an
+    # independent sealer in test_dtls_record.py.
     info = suite_info(CipherSuite.TLS_AES_128_GCM_SHA256)
     w = WriteEpoch(3, info, bytes(32))
     r = ReadEpoch(3, info, bytes(32))
-    # All-zero inner plaintext: no content type at all (§4).
-    (rec,), _ = parse_datagram(w.protect(CT_APPLICATION_DATA, b"", padding=0), 0)
-    assert isinstance(r.open(rec), ReceivedRecord)
-    _, rec_bytes = w.seal(CT_APPLICATION_DATA, b"\x00" * 20)
-    (rec,), _ = parse_datagram(rec_bytes, 0)
-    result = r.open(rec)
-    assert isinstance(result, ReceivedRecord) and result.data == b"\x00" * 20
+    for content, padding in ((b"", 0), (b"\x00" * 20, 0), (b"x\x00", 7), (b"\x00", 0)):
+        (rec,), _ = parse_datagram(w.protect(CT_APPLICATION_DATA, content, padding=padding), 0)
+        result = r.open(rec)
+        assert isinstance(result, ReceivedRecord) and result.data == content
     with pytest.raises(ValueError):
         w.protect(99, b"x")
     with pytest.raises(ValueError):
