@@ -61,7 +61,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from cryptography import x509
 
@@ -105,6 +105,7 @@ from .record import (
     ReceivedRecord,
     RecordLayer,
     RecordNumber,
+    WriteEpoch,
     encode_plaintext,
 )
 
@@ -370,6 +371,10 @@ class DTLSConnection:
         self._early_pending: list[bytes] = []
         self._started = False
         self._now = 0.0
+        # The data path's cached max_data_size, valid for this write epoch and CID length.
+        self._app_epoch: Optional[WriteEpoch] = None
+        self._app_cid_len = 0
+        self._app_max = 0
         #: Stateless HelloRetryRequests this server connection sent (§5.1).
         self.hello_retries_sent = 0
         #: Client: resumable sessions from NewSessionTickets, oldest first.
@@ -555,25 +560,84 @@ class DTLSConnection:
             raise ConnectionClosedError("the connection has failed")
         if self.local_closed:
             raise ConnectionClosedError("cannot send after close()")
-        data = bytes(data)
+        if type(data) is not bytes:
+            data = bytes(data)
+        records = self._records
+        if self.handshake_complete and records.write_epoch >= EPOCH_APPLICATION:
+            # The data path: one record, one datagram.
+            epoch = records.write_epochs[records.write_epoch]
+            cid = records.send_cid
+            if epoch is not self._app_epoch or len(cid) != self._app_cid_len:
+                self._app_epoch = epoch
+                self._app_cid_len = len(cid)
+                self._app_max = self._max_datagram_size - epoch.overhead(seq_len=records.seq_len, cid_len=len(cid))
+            if len(data) > self._app_max:
+                raise UsageError(f"{len(data)} bytes do not fit one datagram (at most {self._app_max})")
+            self._transport.queue_datagram(epoch.protect(CT_APPLICATION_DATA, data, seq_len=records.seq_len, cid=cid))
+            if epoch.records_protected >= self._key_update_at(epoch):
+                self._maybe_key_update(epoch)
+            return
         self._check_size(data)
-        if not self.handshake_complete and not (not self.is_client and self._records.write_epoch >= EPOCH_APPLICATION):
+        if not self.handshake_complete and not (not self.is_client and records.write_epoch >= EPOCH_APPLICATION):
             self._pending_app.append(data)
             return
         self._seal_app(data)
+
+    def send_data_batch(self, chunks: "Sequence[bytes | bytearray | memoryview]") -> None:
+        """:meth:`send_data` for each chunk (one record, one datagram each), in
+        order, with the per-record work shared across the batch.
+
+        Raises:
+            UsageError: a chunk does not fit one datagram (nothing is sent).
+            ConnectionClosedError: after :meth:`close` or a failure.
+        """
+        if self.terminated:
+            raise ConnectionClosedError("the connection has failed")
+        if self.local_closed:
+            raise ConnectionClosedError("cannot send after close()")
+        records = self._records
+        if not (self.handshake_complete and records.write_epoch >= EPOCH_APPLICATION):
+            for chunk in chunks:
+                self.send_data(chunk)
+            return
+        epoch = records.write_epochs[records.write_epoch]
+        limit = self._max_datagram_size - epoch.overhead(seq_len=records.seq_len, cid_len=len(records.send_cid))
+        data = [c if type(c) is bytes else bytes(c) for c in chunks]
+        for chunk in data:
+            if len(chunk) > limit:
+                raise UsageError(f"{len(chunk)} bytes do not fit one datagram (at most {limit})")
+        queue = self._transport.queue_datagram
+        while data:
+            # Up to the KeyUpdate threshold, as send_data would (§4.5.3).
+            room = self._key_update_at(epoch) - epoch.records_protected
+            if room <= 0:
+                room = len(data)  # past it: the KeyUpdate is under way (or we are closing)
+            part, data = data[:room], data[room:]
+            for record in epoch.protect_batch(CT_APPLICATION_DATA, part, seq_len=records.seq_len, cid=records.send_cid):
+                queue(record)
+            if epoch.records_protected >= self._key_update_at(epoch):
+                self._maybe_key_update(epoch)
 
     def _check_size(self, data: bytes) -> None:
         if len(data) > self.max_data_size:
             raise UsageError(f"{len(data)} bytes do not fit one datagram (at most {self.max_data_size})")
 
+    def _key_update_at(self, epoch: WriteEpoch) -> int:
+        """Records after which ``epoch`` needs a KeyUpdate (§4.5.3, ``key_update_after``)."""
+        limit = epoch.limits.confidentiality
+        if self._key_update_after is not None:
+            limit = min(limit, self._key_update_after)
+        return limit
+
     def _seal_app(self, data: bytes) -> None:
         records = self._records
-        _, record = records.seal(CT_APPLICATION_DATA, data)
-        self._transport.queue_datagram(record)
+        self._transport.queue_datagram(records.protect(CT_APPLICATION_DATA, data))
         epoch = records.write_epochs[records.write_epoch]
-        limit = self._key_update_after
-        due = epoch.key_usage_exhausted or (limit is not None and epoch.records_protected >= limit)
-        if due and self._key_update_flight is None and not self.local_closed:
+        if epoch.records_protected >= self._key_update_at(epoch):
+            self._maybe_key_update(epoch)
+
+    def _maybe_key_update(self, epoch: WriteEpoch) -> None:
+        if self._key_update_flight is None and not self.local_closed:
             self._send_key_update(False)
 
     def key_update(self, request_peer_update: bool = True) -> None:

@@ -228,6 +228,14 @@ class EstablishedConnection:
         if self._write.key_usage_exhausted and self._ku is None:
             self._start_key_update(False)  # §4.5.3
 
+    def send_data_batch(self, chunks: Any) -> None:
+        """Same interface as ``DTLSConnection.send_data_batch``."""
+        data = [bytes(c) for c in chunks]
+        if any(len(c) > self.max_data_size for c in data):
+            raise UsageError(f"a chunk does not fit one datagram (at most {self.max_data_size})")
+        for chunk in data:
+            self.send_data(chunk)
+
     def key_update(self, request_peer_update: bool = True) -> None:
         if self._flags & (self._TERMINATED | self._LOCAL_CLOSED):
             raise ConnectionClosedError("connection is closed")

@@ -824,7 +824,8 @@ class HandshakeTransport:
                 ones are dropped instead: they are unauthenticated.
         """
         parsed, drops = parse_datagram(data, len(self.records.receive_cid))
-        self.drops.update(drops)
+        if drops:
+            self.drops.update(drops)
         self._incoming.extend(parsed)
         self._incoming_now = now
         self._datagram_open = True

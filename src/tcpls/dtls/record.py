@@ -122,6 +122,12 @@ _PLAINTEXT_HEADER_LEN = 13  # type(1) version(2) epoch(2) seq(6) length(2)
 _PLAINTEXT_TYPES = frozenset((CT_ALERT, CT_HANDSHAKE, CT_ACK))
 _INNER_TYPES = frozenset((CT_ALERT, CT_HANDSHAKE, CT_APPLICATION_DATA, CT_ACK))
 
+# Single-byte ``bytes`` objects, indexed by value (no allocation per record).
+_BYTE = tuple(bytes((i,)) for i in range(256))
+_ZEROS = bytes(SAMPLE_LEN)
+#: Per-record nonce length of every TLS 1.3 AEAD (RFC 9846 §5.3).
+_IV_LEN = 12
+
 _FIXED_MASK = 0xE0
 _FIXED_BITS = 0x20
 _C_BIT = 0x10
@@ -197,6 +203,44 @@ class ReceivedRecord:
     content_type: int
     data: bytes
     protected: bool
+
+
+# The data path builds these per record. A frozen dataclass's generated
+# __init__ goes through object.__setattr__ for every field (frozen check);
+# these build the same immutable objects by setting the slots directly,
+# several times faster. Positional, no validation: for this module's hot paths.
+_new = object.__new__
+_RN_SET = (RecordNumber.epoch.__set__, RecordNumber.seq.__set__)  # type: ignore[attr-defined]
+_CT_SET = tuple(getattr(CiphertextRecord, n).__set__ for n in ("header", "epoch_bits", "seq_len", "cid", "encrypted_record"))
+_RR_SET = tuple(getattr(ReceivedRecord, n).__set__ for n in ("number", "content_type", "data", "protected"))
+
+
+def _record_number(epoch: int, seq: int) -> RecordNumber:
+    rn = _new(RecordNumber)
+    _RN_SET[0](rn, epoch)
+    _RN_SET[1](rn, seq)
+    return rn
+
+
+def _ciphertext_record(header: bytes, epoch_bits: int, seq_len: int, cid: bytes, encrypted: bytes) -> CiphertextRecord:
+    rec = _new(CiphertextRecord)
+    s = _CT_SET
+    s[0](rec, header)
+    s[1](rec, epoch_bits)
+    s[2](rec, seq_len)
+    s[3](rec, cid)
+    s[4](rec, encrypted)
+    return rec
+
+
+def _received_record(number: RecordNumber, content_type: int, data: bytes, protected: bool) -> ReceivedRecord:
+    rec = _new(ReceivedRecord)
+    s = _RR_SET
+    s[0](rec, number)
+    s[1](rec, content_type)
+    s[2](rec, data)
+    s[3](rec, protected)
+    return rec
 
 
 # --------------------------------------------------------------------------
@@ -294,7 +338,7 @@ def parse_datagram(
             # failed deprotection".
             drops.append(DropReason.CIPHERTEXT_TOO_SHORT)
         else:
-            records.append(CiphertextRecord(header, first & _EPOCH_BITS, seq_len, cid, data[start:end]))
+            records.append(_ciphertext_record(header, first & _EPOCH_BITS, seq_len, cid, data[start:end]))
     return records, drops
 
 
@@ -413,36 +457,6 @@ def _is_chacha(suite: CipherSuiteInfo) -> bool:
     return suite.aead is ChaCha20Poly1305
 
 
-class _AESMask:
-    __slots__ = ("_encryptor",)
-
-    def __init__(self, sn_key: bytes) -> None:
-        # ECB is stateless between blocks: one encryptor serves every record.
-        self._encryptor = Cipher(algorithms.AES(sn_key), modes.ECB()).encryptor()
-
-    def __call__(self, sample: bytes) -> bytes:
-        return self._encryptor.update(sample)
-
-
-class _ChaChaMask:
-    __slots__ = ("_key",)
-
-    def __init__(self, sn_key: bytes) -> None:
-        self._key = sn_key
-
-    def __call__(self, sample: bytes) -> bytes:
-        # cryptography's 16-byte ChaCha20 "nonce" is the 32-bit block counter
-        # (little-endian, RFC 8439 §2.3) followed by the 96-bit nonce: exactly
-        # ciphertext[0..3] || ciphertext[4..15]. Encrypting zeros yields the
-        # block function output.
-        encryptor = Cipher(algorithms.ChaCha20(self._key, sample), mode=None).encryptor()
-        return encryptor.update(bytes(SAMPLE_LEN))
-
-
-def _mask_function(suite: CipherSuiteInfo, sn_key: bytes) -> "_AESMask | _ChaChaMask":
-    return _ChaChaMask(sn_key) if _is_chacha(suite) else _AESMask(sn_key)
-
-
 def record_number_mask(suite: CipherSuiteInfo, sn_key: bytes, ciphertext: bytes) -> bytes:
     """The 16-byte record number mask for ``ciphertext`` (§4.2.3).
 
@@ -451,7 +465,7 @@ def record_number_mask(suite: CipherSuiteInfo, sn_key: bytes, ciphertext: bytes)
     """
     if len(ciphertext) < SAMPLE_LEN:
         raise ValueError("record number encryption needs at least 16 bytes of ciphertext")
-    return _mask_function(suite, sn_key)(bytes(ciphertext[:SAMPLE_LEN]))
+    return _make_mask(suite, sn_key)(bytes(ciphertext[:SAMPLE_LEN]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,6 +596,22 @@ class AEADCache:
             items.popitem(last=False)
         return obj
 
+    def get_pair(
+        self, factory1: "Callable[[bytes], Any]", key1: bytes, factory2: "Callable[[bytes], Any]", key2: bytes
+    ) -> tuple[Any, Any]:
+        """``(get(factory1, key1), get(factory2, key2))`` in one call (once per record)."""
+        items = self._items
+        id1 = (factory1, key1)
+        id2 = (factory2, key2)
+        obj1 = items.get(id1)
+        obj2 = items.get(id2)
+        if obj1 is None or obj2 is None:
+            return self.get(factory1, key1), self.get(factory2, key2)
+        items.move_to_end(id1)
+        items.move_to_end(id2)
+        self.hits += 2
+        return obj1, obj2
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -591,6 +621,29 @@ class AEADCache:
 
 #: The cache used by epochs created without an explicit one.
 DEFAULT_AEAD_CACHE = AEADCache(4096)
+
+
+def _aes_mask(sn_key: bytes) -> Callable[[bytes], bytes]:
+    # AES-ECB is stateless between blocks: one encryptor context serves
+    # every record of the epoch, fed one 16-byte block per record.
+    return Cipher(algorithms.AES(sn_key), modes.ECB()).encryptor().update
+
+
+def _chacha_mask(sn_key: bytes) -> Callable[[bytes], bytes]:
+    def mask(sample: bytes) -> bytes:
+        # cryptography's 16-byte ChaCha20 "nonce" is the 32-bit block counter
+        # (little-endian, RFC 8439 §2.3) followed by the 96-bit nonce: exactly
+        # ciphertext[0..3] || ciphertext[4..15]. It changes with every record,
+        # so does the cipher object. Encrypting zeros yields the block
+        # function output.
+        return Cipher(algorithms.ChaCha20(sn_key, sample), mode=None).encryptor().update(_ZEROS)
+
+    return mask
+
+
+def _make_mask(suite: CipherSuiteInfo, sn_key: bytes) -> Callable[[bytes], bytes]:
+    """The §4.2.3 mask function of ``sn_key``: 16-byte sample → 16-byte mask."""
+    return _chacha_mask(sn_key) if _is_chacha(suite) else _aes_mask(sn_key)
 
 
 _FACTORIES: dict[int, tuple[Callable[[bytes], Any], Callable[[bytes], Any]]] = {}
@@ -605,7 +658,7 @@ def _factories(suite: CipherSuiteInfo) -> tuple[Callable[[bytes], Any], Callable
     pair = _FACTORIES.get(suite.suite)
     if pair is None:
         n = suite.key_len
-        mask_class = _ChaChaMask if _is_chacha(suite) else _AESMask
+        mask_of_key = _chacha_mask if _is_chacha(suite) else _aes_mask
 
         new_aead = suite.new_aead  # AES-CCM-8: the 8-byte tag length
 
@@ -613,7 +666,7 @@ def _factories(suite: CipherSuiteInfo) -> tuple[Callable[[bytes], Any], Callable
             return new_aead(keys[:n])
 
         def make_mask(keys: bytes) -> Any:
-            return mask_class(keys[n : 2 * n])
+            return mask_of_key(keys[n : 2 * n])
 
         pair = _FACTORIES[suite.suite] = (make_aead, make_mask)
     return pair
@@ -622,7 +675,7 @@ def _factories(suite: CipherSuiteInfo) -> tuple[Callable[[bytes], Any], Callable
 class _Epoch:
     # Raw keys only, in one bytes object ``key || sn_key || iv`` (§4,
     # §4.2.3); the AEAD and mask objects come from the shared
-    # :class:`AEADCache` at each use.
+    # :class:`AEADCache` at each use (one cache call a record).
     __slots__ = ("epoch", "suite", "limits", "_keys", "_cache")
 
     def __init__(self, epoch: int, suite: CipherSuiteInfo, secret: bytes, cache: Optional[AEADCache] = None) -> None:
@@ -632,6 +685,8 @@ class _Epoch:
         self.epoch = epoch
         self.suite = suite
         self.limits = aead_limits(suite)
+        if suite.iv_len != _IV_LEN:
+            raise ValueError("TLS 1.3 AEADs take 12-byte nonces")
         self._keys = keys.key + keys.sn_key + keys.iv
         self._cache = cache if cache is not None else DEFAULT_AEAD_CACHE
 
@@ -640,17 +695,14 @@ class _Epoch:
         return self.suite.tag_len
 
     @property
-    def _aead(self) -> Any:
-        return self._cache.get(_factories(self.suite)[0], self._keys)
+    def _iv(self) -> int:
+        return int.from_bytes(self._keys[-_IV_LEN:], "big")
 
-    @property
-    def _mask(self) -> "_AESMask | _ChaChaMask":
-        return self._cache.get(_factories(self.suite)[1], self._keys)
-
-    def _nonce(self, seq: int) -> bytes:
-        suite = self.suite
-        iv = int.from_bytes(self._keys[2 * suite.key_len :], "big")
-        return (iv ^ seq).to_bytes(suite.iv_len, "big")
+    def _crypto(self) -> "tuple[Any, Callable[[bytes], bytes]]":
+        """The AEAD object and the mask function, from the cache."""
+        make_aead, make_mask = _factories(self.suite)
+        keys = self._keys
+        return self._cache.get_pair(make_aead, keys, make_mask, keys)
 
 
 class WriteEpoch(_Epoch):
@@ -697,29 +749,133 @@ class WriteEpoch(_Epoch):
             ValueError: bad content type, oversized content, negative padding.
             InternalError: the sequence number space is exhausted.
         """
+        seq = self.next_seq
+        record = self.protect(content_type, content, seq_len=seq_len, include_length=include_length, cid=cid, padding=padding)
+        return _record_number(self.epoch, seq), record
+
+    def protect(
+        self,
+        content_type: int,
+        content: bytes | bytearray | memoryview,
+        *,
+        seq_len: int = 2,
+        include_length: bool = True,
+        cid: bytes = b"",
+        padding: int = 0,
+    ) -> bytes:
+        """:meth:`seal` without building the record number (the data path).
+
+        The record number of the returned record is ``next_seq - 1``.
+        """
         if content_type not in _INNER_TYPES:
             raise ValueError(f"content type {content_type} cannot be sent in DTLS 1.3")
-        if padding < 0:
-            raise ValueError("negative padding")
+        if seq_len != 2 and seq_len != 1:
+            raise ValueError("seq_len must be 1 or 2")
         seq = self.next_seq
         if seq >= SEQ_LIMIT:
             raise InternalError("record sequence numbers of this epoch are exhausted")
-        padding = max(padding, SAMPLE_LEN - self._tag_len - len(content) - 1)
-        inner_len = len(content) + 1 + padding
+        tag_len = self._tag_len
+        # DTLSInnerPlaintext (§4): content, type, zeros; long enough for the
+        # 16-byte record number sample (§4.2.3).
+        size = len(content)
+        if padding or size + 1 + tag_len < SAMPLE_LEN:
+            if padding < 0:
+                raise ValueError("negative padding")
+            padding = max(padding, SAMPLE_LEN - tag_len - size - 1)
+            inner = b"".join((content, _BYTE[content_type], bytes(padding)))
+        else:
+            inner = bytes(content) + _BYTE[content_type]
+        inner_len = len(inner)
         if inner_len > MAX_PLAINTEXT + 1:
             raise ValueError("record content (with padding) exceeds 2^14 bytes")
-        inner = b"".join((content, bytes((content_type,)), bytes(padding)))
-        length = inner_len + self._tag_len if include_length else None
-        header = encode_unified_header(self.epoch, seq, seq_len=seq_len, length=length, cid=cid)
-        ciphertext = self._aead.encrypt(self._nonce(seq), inner, header)
-        mask = self._mask(ciphertext[:SAMPLE_LEN])
-        sn_at = 1 + len(cid)
-        protected = bytearray(header)
-        for i in range(seq_len):
-            protected[sn_at + i] ^= mask[i]
+        # Unified header (§4): 001CSLEE, CID, sequence number bits, length.
+        first = _FIXED_BITS | (self.epoch & _EPOCH_BITS)
+        if cid:
+            first |= _C_BIT
+        if seq_len == 2:
+            first |= _S_BIT
+            bits = seq & 0xFFFF
+        else:
+            bits = seq & 0xFF
+        if include_length:
+            first |= _L_BIT
+            shift = 16
+            bits = (bits << 16) | (inner_len + tag_len)
+            tail_len = seq_len + 2
+        else:
+            shift = 0
+            tail_len = seq_len
+        prefix = _BYTE[first] + cid if cid else _BYTE[first]
+        aead, mask_of = self._crypto()
+        # AEAD (§4.1): nonce = iv XOR 64-bit seq; additional data = the header
+        # with the sequence number bits before record number encryption.
+        ciphertext = aead.encrypt(
+            (self._iv ^ seq).to_bytes(_IV_LEN, "big"), inner, prefix + bits.to_bytes(tail_len, "big")
+        )
+        # Record number encryption (§4.2.3): XOR the mask into the bits.
+        mask = mask_of(ciphertext[:SAMPLE_LEN])
+        m = (mask[0] << 8 | mask[1]) if seq_len == 2 else mask[0]
         self.next_seq = seq + 1
         self.records_protected += 1
-        return RecordNumber(self.epoch, seq), bytes(protected) + ciphertext
+        return b"".join((prefix, (bits ^ (m << shift)).to_bytes(tail_len, "big"), ciphertext))
+
+
+    def protect_batch(
+        self, content_type: int, contents: "list[bytes]", *, seq_len: int = 2, cid: bytes = b""
+    ) -> list[bytes]:
+        """:meth:`protect` for each of ``contents`` (length field on, no extra
+        padding): the same records, with the per-record constants and the
+        cache lookup done once for the batch.
+
+        Raises:
+            ValueError: bad content type or ``seq_len``, a content over 2^14
+                bytes (nothing is protected then).
+            InternalError: the sequence number space would be exhausted.
+        """
+        if content_type not in _INNER_TYPES:
+            raise ValueError(f"content type {content_type} cannot be sent in DTLS 1.3")
+        if seq_len != 2 and seq_len != 1:
+            raise ValueError("seq_len must be 1 or 2")
+        count = len(contents)
+        seq = self.next_seq
+        if seq + count > SEQ_LIMIT:
+            raise InternalError("record sequence numbers of this epoch are exhausted")
+        if any(len(c) > MAX_PLAINTEXT for c in contents):
+            raise ValueError("record content exceeds 2^14 bytes")
+        tag_len = self._tag_len
+        short = SAMPLE_LEN - tag_len - 1  # contents below this are padded (§4.2.3)
+        first = _FIXED_BITS | _L_BIT | (self.epoch & _EPOCH_BITS)
+        if cid:
+            first |= _C_BIT
+        if seq_len == 2:
+            first |= _S_BIT
+            sn_mask = 0xFFFF
+        else:
+            sn_mask = 0xFF
+        prefix = _BYTE[first] + cid if cid else _BYTE[first]
+        tail_len = seq_len + 2
+        type_byte = _BYTE[content_type]
+        aead, mask_of = self._crypto()
+        encrypt = aead.encrypt
+        iv = self._iv
+        join = b"".join
+        out = []
+        append = out.append
+        for content in contents:
+            size = len(content)
+            if size < short:
+                inner = bytes(content) + type_byte + bytes(short - size)
+            else:
+                inner = bytes(content) + type_byte
+            bits = ((seq & sn_mask) << 16) | (len(inner) + tag_len)
+            ciphertext = encrypt((iv ^ seq).to_bytes(_IV_LEN, "big"), inner, prefix + bits.to_bytes(tail_len, "big"))
+            mask = mask_of(ciphertext[:SAMPLE_LEN])
+            m = (mask[0] << 8 | mask[1]) if seq_len == 2 else mask[0]
+            append(join((prefix, (bits ^ (m << 16)).to_bytes(tail_len, "big"), ciphertext)))
+            seq += 1
+        self.next_seq = seq
+        self.records_protected += count
+        return out
 
 
 class ReadEpoch(_Epoch):
@@ -768,33 +924,52 @@ class ReadEpoch(_Epoch):
         ciphertext = record.encrypted_record
         if len(ciphertext) < SAMPLE_LEN:
             return DropReason.CIPHERTEXT_TOO_SHORT
-        seq_len = record.seq_len
-        sn_at = len(record.header) - seq_len - (2 if record.header[0] & _L_BIT else 0)
-        mask = self._mask(ciphertext[:SAMPLE_LEN])
-        aad = bytearray(record.header)
-        for i in range(seq_len):
-            aad[sn_at + i] ^= mask[i]
-        low_bits = int.from_bytes(aad[sn_at : sn_at + seq_len], "big")
-        seq = reconstruct_seq(self.window.next_expected, low_bits, 8 * seq_len)
+        header = record.header
+        aead, mask_of = self._crypto()
+        # §4.2.3: remove the record number encryption; the AEAD additional
+        # data is the header with the plain sequence number bits (§4.1).
+        mask = mask_of(ciphertext[:SAMPLE_LEN])
+        if record.seq_len == 2:
+            sn_at = len(header) - (4 if header[0] & _L_BIT else 2)
+            low_bits = ((header[sn_at] << 8) | header[sn_at + 1]) ^ ((mask[0] << 8) | mask[1])
+            aad = b"".join((header[:sn_at], low_bits.to_bytes(2, "big"), header[sn_at + 2 :]))
+            nbits = 16
+        else:
+            sn_at = len(header) - (3 if header[0] & _L_BIT else 1)
+            low_bits = header[sn_at] ^ mask[0]
+            aad = b"".join((header[:sn_at], _BYTE[low_bits], header[sn_at + 1 :]))
+            nbits = 8
+        window = self.window
+        seq = reconstruct_seq(window.highest + 1, low_bits, nbits)
         if seq >= SEQ_LIMIT:
             return DropReason.SEQUENCE_EXHAUSTED
         try:
-            inner = self._aead.decrypt(self._nonce(seq), ciphertext, bytes(aad))
+            inner = aead.decrypt((self._iv ^ seq).to_bytes(_IV_LEN, "big"), ciphertext, aad)
         except InvalidTag:
             self.failed_decryptions += 1
             return DropReason.AUTHENTICATION_FAILED
         # §4.5.1: the replay check happens after deprotection, and the window
         # is only updated once the record is known to be genuine.
-        if self.replay_protection and self.window.is_replay(seq):
+        if seq <= window.highest and self.replay_protection and window.is_replay(seq):
             return DropReason.REPLAY
-        content = inner.rstrip(b"\x00")
-        if not content or content[-1] not in _INNER_TYPES:
+        # DTLSInnerPlaintext: strip the zero padding; the last non-zero byte
+        # is the content type (§4).
+        content_type = inner[-1] if inner else 0
+        if content_type:
+            data = inner[:-1]
+        else:
+            stripped = inner.rstrip(b"\x00")
+            if not stripped:
+                return DropReason.BAD_INNER_CONTENT_TYPE
+            content_type = stripped[-1]
+            data = stripped[:-1]
+        if content_type not in _INNER_TYPES:
             return DropReason.BAD_INNER_CONTENT_TYPE
-        if len(content) - 1 > MAX_PLAINTEXT:
+        if len(data) > MAX_PLAINTEXT:
             return DropReason.RECORD_TOO_LONG
-        self.window.mark(seq)
+        window.mark(seq)
         self.records_deprotected += 1
-        return ReceivedRecord(RecordNumber(self.epoch, seq), content[-1], content[:-1], True)
+        return _received_record(_record_number(self.epoch, seq), content_type, data, True)
 
 
 # --------------------------------------------------------------------------
@@ -972,6 +1147,13 @@ class RecordLayer:
             self._plaintext_seq = seq + 1
             return RecordNumber(0, seq), record
         return self._write(epoch).seal(content_type, data, seq_len=self.seq_len, cid=self.send_cid)
+
+    def protect(self, content_type: int, data: bytes, epoch: int | None = None) -> bytes:
+        """:meth:`seal` returning only the record's bytes (the data path)."""
+        epoch = self.write_epoch if epoch is None else epoch
+        if epoch == 0:
+            return self.seal(content_type, data, 0)[1]
+        return self._write(epoch).protect(content_type, data, seq_len=self.seq_len, cid=self.send_cid)
 
     # ------------------------------------------------------------ receiving
     def receive_datagram(self, data: bytes | bytearray | memoryview) -> tuple[list[ReceivedRecord], list[DropReason]]:
