@@ -270,6 +270,7 @@ class SessionDriver:
         self._limit = limit
         self._conns: dict[int, _ConnProtocol] = {}
         self._streams: dict[int, tuple[asyncio.StreamReader, TCPLSStreamWriter, _ReadGate]] = {}
+        self._ending: set[int] = set()  # streams with one direction over: freed once the engine forgets them
         self._incoming: asyncio.Queue[tuple[asyncio.StreamReader, TCPLSStreamWriter]] = asyncio.Queue()
         self._on_stream = on_stream
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
@@ -329,6 +330,22 @@ class SessionDriver:
         reader, writer = self._new_stream(sid)
         self._after()
         return reader, writer
+
+    async def wait_open_stream(self, timeout: Optional[float] = None) -> tuple[asyncio.StreamReader, TCPLSStreamWriter]:
+        """:meth:`open_stream`, waiting while ``max_streams`` streams of ours
+        are unfinished (until the peer acknowledged the end of one); raises
+        :class:`asyncio.TimeoutError` after ``timeout`` seconds."""
+        s = self.session
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while not s.can_open_stream():
+            # another waiter may take the slot between the wake-up and here: check again
+            left = None if deadline is None else max(0.0, deadline - self._loop.time())
+            await asyncio.wait_for(self._wait(s.can_open_stream), left)
+        return self.open_stream()
+
+    def stream_count(self) -> int:
+        """Streams the adapter still tracks (bounded: see :meth:`_release_streams`)."""
+        return len(self._streams)
 
     async def accept_stream(self) -> tuple[asyncio.StreamReader, TCPLSStreamWriter]:
         """The next stream the peer opened."""
@@ -416,12 +433,28 @@ class SessionDriver:
     def _send(self, sid: int, data: bytes, fin: bool) -> None:
         self._check()
         self.session.send_stream_data(sid, data, fin)
+        if fin:
+            self._ending.add(sid)
         self._after()
 
     def _reset(self, sid: int, code: int) -> None:
         self._check()
         self.session.reset_stream(sid, code)
+        self._ending.add(sid)
         self._after()
+
+    def _release_streams(self) -> None:
+        """Free the entries of streams the engine forgot (both directions
+        over: our FIN or reset acknowledged, the peer's FIN delivered or its
+        reset received). Every byte was fed to the reader before, and the
+        application keeps its reader and writer objects (buffered bytes
+        stay readable, a paused reader still resumes the session on read),
+        so the table only holds streams still in use."""
+        s = self.session
+        done = [sid for sid in self._ending if s.stream_forgotten(sid)]
+        for sid in done:
+            self._ending.discard(sid)
+            self._streams.pop(sid, None)
 
     def _writable(self, sid: int) -> bool:
         s = self.session
@@ -561,6 +594,8 @@ class SessionDriver:
         if self._error is not None:
             return
         self._dispatch()
+        if self._ending:
+            self._release_streams()
         self._transmit()
         self._fill()
         t = self.session.get_timer()
@@ -619,8 +654,10 @@ class SessionDriver:
                 st = self._streams.get(e.stream_id)  # type: ignore[attr-defined]
                 if st is not None:
                     st[0].feed_eof()
+                self._ending.add(e.stream_id)  # type: ignore[attr-defined]
             elif t is ev.StreamReset:
                 st = self._streams.get(e.stream_id)  # type: ignore[attr-defined]
+                self._ending.add(e.stream_id)  # type: ignore[attr-defined]
                 if st is not None:
                     st[0].set_exception(ConnectionResetError(f"stream reset by peer (error {e.error_code})"))  # type: ignore[attr-defined]
             elif t is ev.HandshakeCompleted:

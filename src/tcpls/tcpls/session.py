@@ -164,6 +164,11 @@ class TCPLSSession:
             return None
         return self._stream(stream_id).conn_id
 
+    def stream_forgotten(self, stream_id: int) -> bool:
+        """``stream_id`` was opened and is over in both directions: the
+        session freed it (an adapter may free its own state for it)."""
+        return self._forgotten(stream_id)
+
     def can_open_stream(self) -> bool:
         """False while ``max_streams`` streams of ours are not finished on
         our side (data and FIN, or reset, acknowledged): :meth:`open_stream`

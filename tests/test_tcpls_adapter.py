@@ -1,0 +1,102 @@
+"""The asyncio TCPLS adapter's stream table and stream limit, over real
+loopback sockets: finished streams are freed, ``wait_open_stream`` waits
+for a free slot."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from tcpls.aio import tcpls_session as tio
+from tcpls.errors import UsageError
+
+from test_tcpls_aio import _configs, _echo, _server, run
+
+
+def test_thousands_of_short_streams_keep_the_adapter_bounded():
+    """2000 request/response streams, 16 at a time, with max_streams 8: the
+    senders wait for a slot (never UsageError), every echo is exact, and
+    neither adapter's stream table grows beyond the streams in use."""
+    max_streams = 8
+    ccfg, scfg = _configs({"max_streams": max_streams}, {"max_streams": max_streams})
+    n_streams, workers = 2000, 16
+
+    async def main():
+        srv = await _server(scfg, ["127.0.0.1"], on_stream=_echo)
+        async with srv:
+            client = await tio.connect("127.0.0.1", srv.addresses[0][1], config=ccfg, server_name="localhost")
+            (server_session,) = srv.sessions
+            todo = list(range(n_streams))
+            peak = {"client": 0, "server": 0, "waited": 0}
+
+            async def worker():
+                while todo:
+                    i = todo.pop()
+                    if not client.session.can_open_stream():
+                        peak["waited"] += 1
+                    reader, writer = await client.wait_open_stream(timeout=10)
+                    payload = i.to_bytes(4, "big") + os.urandom(i % 300)
+                    writer.write(payload)
+                    writer.write_eof()
+                    assert await reader.read() == payload
+                    peak["client"] = max(peak["client"], client.stream_count())
+                    peak["server"] = max(peak["server"], server_session.stream_count())
+
+            await asyncio.gather(*(worker() for _ in range(workers)))
+            # the last ACKs of FINs travel with the next records; a close flushes them
+            await client.wait_acked(timeout=10)
+            for _ in range(100):
+                if client.stream_count() == 0 and server_session.stream_count() == 0:
+                    break
+                await asyncio.sleep(0.02)
+            final = client.stream_count(), server_session.stream_count()
+            engine = len(client.session.stream_ids()), len(server_session.session.stream_ids())
+            await client.close()
+            return peak, final, engine
+
+    peak, final, engine = run(main(), timeout=120)
+    assert peak["waited"] > 0  # the limit was reached and waited on
+    # a stream stays in the table until both ends are over: at most the
+    # streams of ours still open plus those whose last ACK is in flight
+    assert peak["client"] <= workers + max_streams, peak
+    assert peak["server"] <= workers + max_streams, peak
+    assert final == (0, 0), (final, engine)
+
+
+def test_wait_open_stream_waits_for_a_slot_and_times_out():
+    ccfg, scfg = _configs({"max_streams": 2}, {"max_streams": 2})
+
+    async def main():
+        got = []
+
+        async def sink(reader, writer):
+            got.append(await reader.read())
+            writer.write_eof()
+
+        srv = await _server(scfg, ["127.0.0.1"], on_stream=sink)
+        async with srv:
+            client = await tio.connect("127.0.0.1", srv.addresses[0][1], config=ccfg, server_name="localhost")
+            r0, w0 = client.open_stream()
+            r1, w1 = await client.wait_open_stream(timeout=1)
+            w0.write(b"zero")
+            w1.write(b"one")
+            with pytest.raises(UsageError):
+                client.open_stream()  # the non-waiting variant keeps its contract
+            with pytest.raises(asyncio.TimeoutError):
+                await client.wait_open_stream(timeout=0.3)
+            waiter = asyncio.ensure_future(client.wait_open_stream(timeout=10))
+            await asyncio.sleep(0.2)
+            assert not waiter.done()  # still no slot: both streams are open
+            w0.write_eof()  # the slot frees once the server acknowledged the FIN
+            r2, w2 = await waiter
+            assert w2.stream_id == 4
+            w1.write_eof()
+            w2.write(b"two")
+            w2.write_eof()
+            assert await r0.read() == b"" and await r2.read() == b""
+            await client.close()
+        assert sorted(got) == [b"one", b"two", b"zero"]
+
+    run(main())
