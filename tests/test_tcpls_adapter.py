@@ -100,3 +100,83 @@ def test_wait_open_stream_waits_for_a_slot_and_times_out():
         assert sorted(got) == [b"one", b"two", b"zero"]
 
     run(main())
+
+
+def _run_server_thread(scfg, **kw):
+    """An asyncio TCPLS server on its own thread (for the blocking client)."""
+    import threading
+
+    ready = threading.Event()
+    stop = threading.Event()
+    box = {}
+
+    def server_thread():
+        async def main():
+            srv = await _server(scfg, ["127.0.0.1"], **kw)
+            box["port"] = srv.addresses[0][1]
+            box["server"] = srv
+            ready.set()
+            async with srv:
+                while not stop.is_set():
+                    await asyncio.sleep(0.02)
+
+        asyncio.run(main())
+
+    t = threading.Thread(target=server_thread, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    return box, stop, t
+
+
+def test_blocking_client_alert_reaches_a_server_still_sending():
+    """The blocking client fails (a corrupted record from the server) while
+    the server is still sending a large stream: the client's alert and FIN
+    reach the server, which fails with that alert (not a TCP reset), and
+    the client's close() returns within the linger bound."""
+    import time
+
+    from tcpls.errors import LocalProtocolError, RemoteAlert
+    from tcpls.sync import tcpls_session as tsync
+    from tcpls.tls.enums import AlertDescription
+
+    ccfg, scfg = _configs()
+    result = {}
+
+    async def on_session(sess):
+        _r, w = sess.open_stream()
+        chunk = os.urandom(65536)
+        sent = 0
+        try:
+            while True:
+                w.write(chunk)
+                await w.drain()
+                sent += len(chunk)
+                if sent == 1 << 21:
+                    # a record no key protects, at a record boundary on connection 0
+                    sess._conns[0].transport.write(b"\x17\x03\x03\x00\x40" + os.urandom(64))
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            result["sent"] = sent
+            result["error"] = sess.error or exc
+
+    box, stop, t = _run_server_thread(scfg, on_session=on_session)
+    try:
+        client = tsync.connect("127.0.0.1", box["port"], config=ccfg, server_name="localhost")
+        s = client.accept_stream(timeout=10)
+        with pytest.raises(LocalProtocolError) as info:
+            while s.recv(65536, timeout=10):
+                pass
+        assert info.value.alert == AlertDescription.bad_record_mac
+        t0 = time.monotonic()
+        client.close()
+        closing = time.monotonic() - t0
+        for _ in range(100):
+            if "error" in result:
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(10)
+    assert result["sent"] > 1 << 21  # the server went on writing after the bad record
+    assert isinstance(result["error"], RemoteAlert), result
+    assert result["error"].alert == AlertDescription.bad_record_mac
+    assert closing < tio.FAILURE_LINGER + 1.0

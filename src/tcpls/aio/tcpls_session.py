@@ -51,7 +51,8 @@ Invariants:
 4. Failure of one TCP connection is never the session's failure: the
    engine moves its data elsewhere. A protocol error or peer alert is
    session-fatal: :meth:`_fail` writes the queued alerts, fails every
-   reader and waiter and closes every transport.
+   reader and waiter and closes every transport after a FIN and a bounded
+   drain of its input (so the peer reads the alert even while it sends).
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ NOTSENT_LOWAT = 1 << 17
 SEND_BURST = 1 << 16
 DEFAULT_LIMIT = 1 << 20
 EVENTS_KEPT = 4096  # SessionDriver.events keeps at most this many unread events
+#: Seconds a failed session keeps draining its connections after the alerts
+#: and FINs before it closes them (see SessionDriver._close_after_failure).
+FAILURE_LINGER = 2.0
 
 Addr = tuple[str, int]
 
@@ -279,6 +283,7 @@ class SessionDriver:
         self._paused_readers = 0
         self._reading_paused = False
         self._error: Optional[BaseException] = None
+        self._linger_until: Optional[float] = None  # set by _close_after_failure
         self._handshake: asyncio.Future[ev.HandshakeCompleted] = self._loop.create_future()
         self.peer_closed: asyncio.Future[None] = self._loop.create_future()
         # every event but stream data; the oldest are dropped past EVENTS_KEPT (nobody may read them)
@@ -396,6 +401,12 @@ class SessionDriver:
             if not self.session.terminated:
                 self.session.close()
                 self._after()
+        if self._linger_until is not None:
+            # failed: the connections drain until the peer closes them (bounded)
+            lost = [p.lost for p in self._conns.values() if not p.lost.done()]
+            left = self._linger_until - self._loop.time()
+            if lost and left > 0:
+                await asyncio.wait(lost, timeout=left)
         for p in list(self._conns.values()):
             if p.transport is not None:
                 p.transport.close()
@@ -725,12 +736,39 @@ class SessionDriver:
             self._handshake.exception()
         if not self.peer_closed.done():
             self.peer_closed.set_result(None)
-        for p in self._conns.values():
-            if p.transport is not None:
-                p.transport.close()
+        self._close_after_failure()
         for _c, fut in self._waiters:
             if not fut.done():
                 fut.set_result(None)  # the waiter re-checks and raises
+
+    def _close_after_failure(self) -> None:
+        """Close every TCP connection without destroying the alert on it.
+
+        Closing a socket whose peer is still sending makes the kernel answer
+        with a TCP reset, and the peer may lose the alert it has not read
+        yet. So send FIN after the alert, keep reading and dropping input
+        (``_data`` ignores it once failed) until the peer closes (the
+        transport then closes itself), and close anyway after
+        ``FAILURE_LINGER`` seconds. A local abort closes at once.
+        """
+        linger = not isinstance(self._error, ConnectionAbortedError)
+        pending = []
+        for p in self._conns.values():
+            t = p.transport
+            if t is None or t.is_closing():
+                continue
+            if linger and t.can_write_eof():
+                try:
+                    t.write_eof()
+                    t.resume_reading()  # reading may be paused by a full stream reader
+                    pending.append(t)
+                    continue
+                except (OSError, RuntimeError):
+                    pass
+            t.close()
+        if pending:
+            self._linger_until = self._loop.time() + FAILURE_LINGER
+            self._loop.call_later(FAILURE_LINGER, lambda: [t.close() for t in pending])
 
 
 # ==================================================================== client
