@@ -102,7 +102,7 @@ def test_wait_open_stream_waits_for_a_slot_and_times_out():
     run(main())
 
 
-def _run_server_thread(scfg, **kw):
+def _run_server_thread(scfg, hosts=("127.0.0.1",), **kw):
     """An asyncio TCPLS server on its own thread (for the blocking client)."""
     import threading
 
@@ -112,7 +112,7 @@ def _run_server_thread(scfg, **kw):
 
     def server_thread():
         async def main():
-            srv = await _server(scfg, ["127.0.0.1"], **kw)
+            srv = await _server(scfg, list(hosts), **kw)
             box["port"] = srv.addresses[0][1]
             box["server"] = srv
             ready.set()
@@ -180,3 +180,114 @@ def test_blocking_client_alert_reaches_a_server_still_sending():
     assert isinstance(result["error"], RemoteAlert), result
     assert result["error"].alert == AlertDescription.bad_record_mac
     assert closing < tio.FAILURE_LINGER + 1.0
+
+
+def test_session_events_join_stream_migration_failover():
+    """The application sees the session's life on ``events`` /
+    ``next_event()``: a new connection, a stream the peer opened, a
+    migration, a connection failure and the failover it caused."""
+    from tcpls.tcpls import events as ev
+
+    ccfg, scfg = _configs({"dead_timeout": 1.0}, {"dead_timeout": 1.0})
+    blob = os.urandom(300_000)
+
+    async def on_session(sess):
+        _r, w = sess.open_stream()
+        w.write(b"hello from the server")
+        w.write_eof()
+
+    async def main():
+        srv = await _server(scfg, on_stream=_echo, on_session=on_session)
+        async with srv:
+            client = await tio.connect("127.0.0.1", srv.addresses[0][1], config=ccfg, server_name="localhost")
+            assert isinstance(await client.next_event(timeout=5), ev.HandshakeCompleted)
+            cid = await client.join("127.0.0.2")
+            sreader, _sw = await client.accept_stream()
+            assert await sreader.read() == b"hello from the server"
+            reader, writer = client.open_stream()
+            client.migrate(writer, 0)
+            writer.write(blob[:100_000])
+            await writer.drain()
+            client.abort_connection(cid)
+            writer.write(blob[100_000:])
+            writer.write_eof()
+            assert await reader.read() == blob
+            seen = []
+            while True:
+                try:
+                    seen.append(await client.next_event(timeout=0.5))
+                except asyncio.TimeoutError:
+                    break
+            await client.close()
+            return cid, seen
+
+    cid, seen = run(main())
+    kinds = [type(e).__name__ for e in seen]
+    assert ev.ConnectionJoined(cid) in seen, kinds
+    assert ev.StreamOpened(1) in seen, kinds
+    assert tio.StreamMigrated(0, 0) in seen, kinds
+    failed = [e for e in seen if isinstance(e, ev.ConnectionFailed)]
+    assert [e.conn_id for e in failed] == [cid], kinds
+    (fo,) = [e for e in seen if isinstance(e, tio.Failover)]
+    assert fo.conn_id == cid and fo.remaining == (0,)
+    assert kinds.index("Failover") == kinds.index("ConnectionFailed") + 1
+    assert not any(isinstance(e, ev.StreamDataReceived) for e in seen)
+
+
+def test_blocking_api_stream_limit_migrate_events():
+    """The blocking client offers the asyncio operations: open_stream waits
+    at the stream limit (or times out), join, migrate, close_connection,
+    next_event, close."""
+    import threading
+
+    from tcpls.sync import tcpls_session as tsync
+    from tcpls.tcpls import events as ev
+
+    ccfg, scfg = _configs({"max_streams": 2}, {"max_streams": 2})
+    blob = os.urandom(500_000)
+    box, stop, t = _run_server_thread(scfg, ("127.0.0.1", "127.0.0.2"), on_stream=_echo)
+    try:
+        with tsync.connect("127.0.0.1", box["port"], config=ccfg, server_name="localhost") as client:
+            cid = client.join("127.0.0.2")
+            s0 = client.open_stream()
+            s1 = client.open_stream(timeout=1)
+            with pytest.raises(UsageError):
+                client.open_stream(wait=False)
+            with pytest.raises(TimeoutError):
+                client.open_stream(timeout=0.3)
+            box2 = {}
+            opener = threading.Thread(target=lambda: box2.setdefault("s", client.open_stream(timeout=10)))
+            opener.start()
+            opener.join(0.3)
+            assert opener.is_alive()  # blocked: both slots taken
+            s0.sendall(b"zero")
+            s0.shutdown_write()
+            assert s0.recv_all(timeout=10) == b"zero"
+            opener.join(10)
+            s2 = box2["s"]
+            assert s2.stream_id == 4
+            client.migrate(s2, cid)
+            got = bytearray()
+            reader = threading.Thread(target=lambda: got.extend(s2.recv_all(timeout=20)))
+            reader.start()
+            s2.sendall(blob[:200_000], timeout=10)
+            client.close_connection(0)  # the rest of the session on the joined connection
+            s2.sendall(blob[200_000:], timeout=10)
+            s2.shutdown_write()
+            reader.join(20)
+            assert bytes(got) == blob
+            s1.shutdown_write()
+            assert s1.recv_all(timeout=10) == b""
+            assert client.connection_ids() == [cid]
+            seen = []
+            while True:
+                try:
+                    seen.append(client.next_event(timeout=0.3))
+                except TimeoutError:
+                    break
+            assert ev.ConnectionJoined(cid) in seen
+            assert tio.StreamMigrated(4, cid) in seen
+            assert client.error is None
+    finally:
+        stop.set()
+        t.join(10)

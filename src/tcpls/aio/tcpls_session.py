@@ -60,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Optional, Sequence, Union
 
 from ..errors import ConnectionClosedError, ProtocolError
@@ -74,6 +75,8 @@ __all__ = [
     "ServerSession",
     "SessionDriver",
     "TCPLSStreamWriter",
+    "StreamMigrated",
+    "Failover",
     "connect",
     "serve",
     "TCP_USER_TIMEOUT",
@@ -99,6 +102,27 @@ EVENTS_KEPT = 4096  # SessionDriver.events keeps at most this many unread events
 FAILURE_LINGER = 2.0
 
 Addr = tuple[str, int]
+
+
+# Adapter events, queued on ``SessionDriver.events`` next to the engine's.
+@dataclass(frozen=True, slots=True)
+class StreamMigrated(ev.Event):
+    """Our ``stream_id`` now sends only on ``conn_id`` (None: the scheduler
+    again), by :meth:`SessionDriver.migrate` or :meth:`TCPLSClient.migrate_to`."""
+
+    stream_id: int
+    conn_id: Optional[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Failover(ev.Event):
+    """Connection ``conn_id`` died while the session lived on (it follows
+    the engine's ``ConnectionFailed``): its unacknowledged data goes out on
+    ``remaining`` (the usable connections left; empty until a rejoin)."""
+
+    conn_id: int
+    reason: str
+    remaining: tuple[int, ...]
 
 
 def set_notsent_lowat(sock: Any, n: int = NOTSENT_LOWAT) -> None:
@@ -370,6 +394,7 @@ class SessionDriver:
         self._check()
         self.session.migrate_stream(sid, conn_id)
         self.migrations += 1
+        self._put_event(StreamMigrated(sid, conn_id))
         self._after()
 
     def close_connection(self, conn_id: int) -> None:
@@ -676,14 +701,27 @@ class SessionDriver:
                     self._handshake.set_result(e)  # type: ignore[arg-type]
                 self._on_handshake()
             elif t is ev.ConnectionFailed:
+                failovers = self.failovers
                 self._on_connection_failed(e)  # type: ignore[arg-type]
+                if self.failovers != failovers:
+                    self._put_event(e)
+                    e = Failover(e.conn_id, e.reason, tuple(s.usable_connections()))  # type: ignore[attr-defined]
             elif t is ev.SessionClosed:
                 if not self.peer_closed.done():
                     self.peer_closed.set_result(None)
                 self._on_peer_closed()
-            if self.events.qsize() >= EVENTS_KEPT:
-                self.events.get_nowait()
-            self.events.put_nowait(e)
+            self._put_event(e)
+
+    def _put_event(self, e: ev.Event) -> None:
+        if self.events.qsize() >= EVENTS_KEPT:
+            self.events.get_nowait()
+        self.events.put_nowait(e)
+
+    async def next_event(self, timeout: Optional[float] = None) -> ev.Event:
+        """The next session event (engine events but stream data, plus
+        :class:`StreamMigrated` and :class:`Failover`); raises
+        :class:`asyncio.TimeoutError` after ``timeout`` seconds."""
+        return await asyncio.wait_for(self.events.get(), timeout)
 
     def _on_handshake(self) -> None:
         """Hook: the handshake of connection 0 completed."""
@@ -844,6 +882,7 @@ class TCPLSClient(SessionDriver):
         for sid in self.session.stream_ids():
             if sid % 2 == 0:
                 self.session.migrate_stream(sid, cid)
+                self._put_event(StreamMigrated(sid, cid))
         self.migrations += 1
         if close_old:
             for other in self.session.usable_connections():
