@@ -12,7 +12,28 @@ import pytest
 from tcpls.aio import tcpls_session as tio
 from tcpls.errors import UsageError
 
+from tcplspair import TCPLSPair, tcpls_configs
 from test_tcpls_aio import _configs, _echo, _server, run
+
+
+def test_engine_stream_forgotten_only_when_both_directions_are_over():
+    """The engine tells an adapter when it may free a stream: not while
+    either direction is open, only after our FIN was acknowledged and the
+    peer's FIN delivered (in memory, fake clock)."""
+    c, s = tcpls_configs()
+    p = TCPLSPair(c, s)
+    p.pump()
+    sid = p.client.open_stream()
+    assert not p.client.stream_forgotten(sid) and not p.client.stream_forgotten(sid + 2)  # open / never opened
+    p.client.send_stream_data(sid, b"ping", fin=True)
+    p.pump()
+    assert not p.client.stream_forgotten(sid)  # the peer's direction is still open
+    assert not p.server.stream_forgotten(sid)  # the server has not finished its direction
+    p.server.send_stream_data(sid, b"pong", fin=True)
+    p.pump()
+    assert p.client.stream_forgotten(sid)
+    assert p.server.stream_forgotten(sid)
+    assert p.client.stream_ids() == [] and p.server.stream_ids() == []
 
 
 def test_thousands_of_short_streams_keep_the_adapter_bounded():
