@@ -312,3 +312,28 @@ def test_blocking_api_stream_limit_migrate_events():
     finally:
         stop.set()
         t.join(10)
+
+
+def test_server_alert_survives_a_client_still_sending_a_huge_hello():
+    """A ClientHello too large for the router reaches a new session's
+    handshake, which refuses it (decode_error from its header); the client,
+    which writes 1 MiB before it reads, gets the alert and a clean EOF
+    rather than a TCP reset."""
+    import socket
+
+    huge_hello_start = b"\x16\x03\x01\x40\x00" + b"\x01" + (131104).to_bytes(3, "big")
+    decode_error_alert = b"\x15\x03\x03\x00\x02\x02\x32"
+    _ccfg, scfg = _configs()
+    box, stop, t = _run_server_thread(scfg, on_stream=_echo)
+    try:
+        with socket.create_connection(("127.0.0.1", box["port"]), timeout=10) as sock:
+            sock.sendall(huge_hello_start + bytes(0x4000 - 4))
+            for _ in range(64):
+                sock.sendall(b"\x16\x03\x03\x40\x00" + bytes(0x4000))
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+    finally:
+        stop.set()
+        t.join(10)
+    assert received == decode_error_alert

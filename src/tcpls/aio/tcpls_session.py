@@ -241,6 +241,7 @@ class _ConnProtocol(asyncio.Protocol):
         self.bytes_sent = 0
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending = bytearray()  # server: bytes before routing
+        self.refused = False  # server: refused before routing; input is dropped
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -253,6 +254,8 @@ class _ConnProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
+        if self.refused:
+            return
         if self.driver is None:
             assert self.server is not None
             self._pending += data
@@ -1011,13 +1014,14 @@ class TCPLSServer:
         try:
             routed = route_connection(self.config, data)
         except ProtocolError as exc:
-            proto.transport.write(alert_record(exc.alert))  # type: ignore[union-attr]
-            proto.transport.close()  # type: ignore[union-attr]
+            self._refuse(proto, alert_record(exc.alert))
             return
         if routed is None:
-            if len(data) > 1 << 17:
-                proto.transport.close()  # type: ignore[union-attr]
-            return
+            if len(data) <= 1 << 17:
+                return
+            # no complete ClientHello in 128 KiB: a new session's handshake
+            # refuses it with the right alert (decode_error from the header)
+            routed = (None, False)
         proto._pending = bytearray()
         loop = asyncio.get_running_loop()
         session, is_join = routed
@@ -1025,14 +1029,12 @@ class TCPLSServer:
             assert session is not None
             driver = self._drivers.get(id(session))
             if driver is None or driver.error is not None:
-                proto.transport.write(alert_record())  # type: ignore[union-attr]
-                proto.transport.close()  # type: ignore[union-attr]
+                self._refuse(proto, alert_record())
                 return
             try:
                 cid = session.accept_join(data, loop.time())
             except ProtocolError as exc:
-                proto.transport.write(alert_record(exc.alert))  # type: ignore[union-attr]
-                proto.transport.close()  # type: ignore[union-attr]
+                self._refuse(proto, alert_record(exc.alert))
                 driver._after()
                 return
             proto.driver, proto.conn_id = driver, cid
@@ -1051,6 +1053,21 @@ class TCPLSServer:
             self._forget(driver)
         else:
             asyncio.ensure_future(self._reap(driver))
+
+    def _refuse(self, proto: _ConnProtocol, alert: bytes) -> None:
+        """A connection refused before it has a session: the alert, FIN, and
+        input dropped until the client closes (at most ``FAILURE_LINGER``
+        seconds), so that a client still sending reads the alert."""
+        t = proto.transport
+        assert t is not None
+        proto.refused = True
+        proto._pending = bytearray()
+        t.write(alert)
+        if t.can_write_eof():
+            t.write_eof()
+            asyncio.get_running_loop().call_later(FAILURE_LINGER, t.close)
+        else:  # pragma: no cover - TCP transports can
+            t.close()
 
     async def _reap(self, driver: ServerSession) -> None:
         """Forget a session once every TCP connection of it is gone and no

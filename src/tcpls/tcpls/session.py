@@ -1042,7 +1042,7 @@ def route_connection(config: TCPLSConfig, data: bytes) -> Optional[tuple[Optiona
     an unknown or used token also yields ``(None, False)``: the new
     session's handshake refuses it with illegal_parameter.
     """
-    parsed = parse_client_hello(data)
+    parsed = parse_client_hello(data, config.tls.max_handshake_message_size)
     if parsed is None:
         return None
     token, _ = parsed
