@@ -447,8 +447,12 @@ class SessionDriver:
         self._cancel_timer()
 
     def abort(self) -> None:
-        """Drop every TCP connection at once (no close_notify)."""
+        """Drop every TCP connection at once (no close_notify; also ends the
+        drain of a session that already failed)."""
         self._fail(ConnectionAbortedError("session aborted locally"))
+        for p in self._conns.values():
+            if p.transport is not None and not p.transport.is_closing():
+                p.transport.close()
 
     def abort_connection(self, conn_id: int) -> None:
         """Test helper / failure injection: abort one TCP connection (RST)."""
