@@ -51,7 +51,8 @@ Invariants:
 4. Failure of one TCP connection is never the session's failure: the
    engine moves its data elsewhere. A protocol error or peer alert is
    session-fatal: :meth:`_fail` writes the queued alerts, fails every
-   reader and waiter and closes every transport.
+   reader and waiter and closes every transport after a FIN and a bounded
+   drain of its input (so the peer reads the alert even while it sends).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Optional, Sequence, Union
 
 from ..errors import ConnectionClosedError, ProtocolError
@@ -73,6 +75,8 @@ __all__ = [
     "ServerSession",
     "SessionDriver",
     "TCPLSStreamWriter",
+    "StreamMigrated",
+    "Failover",
     "connect",
     "serve",
     "TCP_USER_TIMEOUT",
@@ -93,8 +97,32 @@ NOTSENT_LOWAT = 1 << 17
 SEND_BURST = 1 << 16
 DEFAULT_LIMIT = 1 << 20
 EVENTS_KEPT = 4096  # SessionDriver.events keeps at most this many unread events
+#: Seconds a failed session keeps draining its connections after the alerts
+#: and FINs before it closes them (see SessionDriver._close_after_failure).
+FAILURE_LINGER = 2.0
 
 Addr = tuple[str, int]
+
+
+# Adapter events, queued on ``SessionDriver.events`` next to the engine's.
+@dataclass(frozen=True, slots=True)
+class StreamMigrated(ev.Event):
+    """Our ``stream_id`` now sends only on ``conn_id`` (None: the scheduler
+    again), by :meth:`SessionDriver.migrate` or :meth:`TCPLSClient.migrate_to`."""
+
+    stream_id: int
+    conn_id: Optional[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Failover(ev.Event):
+    """Connection ``conn_id`` died while the session lived on (it follows
+    the engine's ``ConnectionFailed``): its unacknowledged data goes out on
+    ``remaining`` (the usable connections left; empty until a rejoin)."""
+
+    conn_id: int
+    reason: str
+    remaining: tuple[int, ...]
 
 
 def set_notsent_lowat(sock: Any, n: int = NOTSENT_LOWAT) -> None:
@@ -213,6 +241,7 @@ class _ConnProtocol(asyncio.Protocol):
         self.bytes_sent = 0
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending = bytearray()  # server: bytes before routing
+        self.refused = False  # server: refused before routing; input is dropped
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -225,6 +254,8 @@ class _ConnProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
+        if self.refused:
+            return
         if self.driver is None:
             assert self.server is not None
             self._pending += data
@@ -270,6 +301,7 @@ class SessionDriver:
         self._limit = limit
         self._conns: dict[int, _ConnProtocol] = {}
         self._streams: dict[int, tuple[asyncio.StreamReader, TCPLSStreamWriter, _ReadGate]] = {}
+        self._ending: set[int] = set()  # streams with one direction over: freed once the engine forgets them
         self._incoming: asyncio.Queue[tuple[asyncio.StreamReader, TCPLSStreamWriter]] = asyncio.Queue()
         self._on_stream = on_stream
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
@@ -278,6 +310,7 @@ class SessionDriver:
         self._paused_readers = 0
         self._reading_paused = False
         self._error: Optional[BaseException] = None
+        self._linger_until: Optional[float] = None  # set by _close_after_failure
         self._handshake: asyncio.Future[ev.HandshakeCompleted] = self._loop.create_future()
         self.peer_closed: asyncio.Future[None] = self._loop.create_future()
         # every event but stream data; the oldest are dropped past EVENTS_KEPT (nobody may read them)
@@ -330,6 +363,22 @@ class SessionDriver:
         self._after()
         return reader, writer
 
+    async def wait_open_stream(self, timeout: Optional[float] = None) -> tuple[asyncio.StreamReader, TCPLSStreamWriter]:
+        """:meth:`open_stream`, waiting while ``max_streams`` streams of ours
+        are unfinished (until the peer acknowledged the end of one); raises
+        :class:`asyncio.TimeoutError` after ``timeout`` seconds."""
+        s = self.session
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while not s.can_open_stream():
+            # another waiter may take the slot between the wake-up and here: check again
+            left = None if deadline is None else max(0.0, deadline - self._loop.time())
+            await asyncio.wait_for(self._wait(s.can_open_stream), left)
+        return self.open_stream()
+
+    def stream_count(self) -> int:
+        """Streams the adapter still tracks (bounded: see :meth:`_release_streams`)."""
+        return len(self._streams)
+
     async def accept_stream(self) -> tuple[asyncio.StreamReader, TCPLSStreamWriter]:
         """The next stream the peer opened."""
         if self._incoming.empty():
@@ -348,6 +397,7 @@ class SessionDriver:
         self._check()
         self.session.migrate_stream(sid, conn_id)
         self.migrations += 1
+        self._put_event(StreamMigrated(sid, conn_id))
         self._after()
 
     def close_connection(self, conn_id: int) -> None:
@@ -379,6 +429,12 @@ class SessionDriver:
             if not self.session.terminated:
                 self.session.close()
                 self._after()
+        if self._linger_until is not None:
+            # failed: the connections drain until the peer closes them (bounded)
+            lost = [p.lost for p in self._conns.values() if not p.lost.done()]
+            left = self._linger_until - self._loop.time()
+            if lost and left > 0:
+                await asyncio.wait(lost, timeout=left)
         for p in list(self._conns.values()):
             if p.transport is not None:
                 p.transport.close()
@@ -391,8 +447,12 @@ class SessionDriver:
         self._cancel_timer()
 
     def abort(self) -> None:
-        """Drop every TCP connection at once (no close_notify)."""
+        """Drop every TCP connection at once (no close_notify; also ends the
+        drain of a session that already failed)."""
         self._fail(ConnectionAbortedError("session aborted locally"))
+        for p in self._conns.values():
+            if p.transport is not None and not p.transport.is_closing():
+                p.transport.close()
 
     def abort_connection(self, conn_id: int) -> None:
         """Test helper / failure injection: abort one TCP connection (RST)."""
@@ -416,12 +476,28 @@ class SessionDriver:
     def _send(self, sid: int, data: bytes, fin: bool) -> None:
         self._check()
         self.session.send_stream_data(sid, data, fin)
+        if fin:
+            self._ending.add(sid)
         self._after()
 
     def _reset(self, sid: int, code: int) -> None:
         self._check()
         self.session.reset_stream(sid, code)
+        self._ending.add(sid)
         self._after()
+
+    def _release_streams(self) -> None:
+        """Free the entries of streams the engine forgot (both directions
+        over: our FIN or reset acknowledged, the peer's FIN delivered or its
+        reset received). Every byte was fed to the reader before, and the
+        application keeps its reader and writer objects (buffered bytes
+        stay readable, a paused reader still resumes the session on read),
+        so the table only holds streams still in use."""
+        s = self.session
+        done = [sid for sid in self._ending if s.stream_forgotten(sid)]
+        for sid in done:
+            self._ending.discard(sid)
+            self._streams.pop(sid, None)
 
     def _writable(self, sid: int) -> bool:
         s = self.session
@@ -561,6 +637,8 @@ class SessionDriver:
         if self._error is not None:
             return
         self._dispatch()
+        if self._ending:
+            self._release_streams()
         self._transmit()
         self._fill()
         t = self.session.get_timer()
@@ -619,8 +697,10 @@ class SessionDriver:
                 st = self._streams.get(e.stream_id)  # type: ignore[attr-defined]
                 if st is not None:
                     st[0].feed_eof()
+                self._ending.add(e.stream_id)  # type: ignore[attr-defined]
             elif t is ev.StreamReset:
                 st = self._streams.get(e.stream_id)  # type: ignore[attr-defined]
+                self._ending.add(e.stream_id)  # type: ignore[attr-defined]
                 if st is not None:
                     st[0].set_exception(ConnectionResetError(f"stream reset by peer (error {e.error_code})"))  # type: ignore[attr-defined]
             elif t is ev.HandshakeCompleted:
@@ -628,14 +708,27 @@ class SessionDriver:
                     self._handshake.set_result(e)  # type: ignore[arg-type]
                 self._on_handshake()
             elif t is ev.ConnectionFailed:
+                failovers = self.failovers
                 self._on_connection_failed(e)  # type: ignore[arg-type]
+                if self.failovers != failovers:
+                    self._put_event(e)
+                    e = Failover(e.conn_id, e.reason, tuple(s.usable_connections()))  # type: ignore[attr-defined]
             elif t is ev.SessionClosed:
                 if not self.peer_closed.done():
                     self.peer_closed.set_result(None)
                 self._on_peer_closed()
-            if self.events.qsize() >= EVENTS_KEPT:
-                self.events.get_nowait()
-            self.events.put_nowait(e)
+            self._put_event(e)
+
+    def _put_event(self, e: ev.Event) -> None:
+        if self.events.qsize() >= EVENTS_KEPT:
+            self.events.get_nowait()
+        self.events.put_nowait(e)
+
+    async def next_event(self, timeout: Optional[float] = None) -> ev.Event:
+        """The next session event (engine events but stream data, plus
+        :class:`StreamMigrated` and :class:`Failover`); raises
+        :class:`asyncio.TimeoutError` after ``timeout`` seconds."""
+        return await asyncio.wait_for(self.events.get(), timeout)
 
     def _on_handshake(self) -> None:
         """Hook: the handshake of connection 0 completed."""
@@ -688,12 +781,39 @@ class SessionDriver:
             self._handshake.exception()
         if not self.peer_closed.done():
             self.peer_closed.set_result(None)
-        for p in self._conns.values():
-            if p.transport is not None:
-                p.transport.close()
+        self._close_after_failure()
         for _c, fut in self._waiters:
             if not fut.done():
                 fut.set_result(None)  # the waiter re-checks and raises
+
+    def _close_after_failure(self) -> None:
+        """Close every TCP connection without destroying the alert on it.
+
+        Closing a socket whose peer is still sending makes the kernel answer
+        with a TCP reset, and the peer may lose the alert it has not read
+        yet. So send FIN after the alert, keep reading and dropping input
+        (``_data`` ignores it once failed) until the peer closes (the
+        transport then closes itself), and close anyway after
+        ``FAILURE_LINGER`` seconds. A local abort closes at once.
+        """
+        linger = not isinstance(self._error, ConnectionAbortedError)
+        pending = []
+        for p in self._conns.values():
+            t = p.transport
+            if t is None or t.is_closing():
+                continue
+            if linger and t.can_write_eof():
+                try:
+                    t.write_eof()
+                    t.resume_reading()  # reading may be paused by a full stream reader
+                    pending.append(t)
+                    continue
+                except (OSError, RuntimeError):
+                    pass
+            t.close()
+        if pending:
+            self._linger_until = self._loop.time() + FAILURE_LINGER
+            self._loop.call_later(FAILURE_LINGER, lambda: [t.close() for t in pending])
 
 
 # ==================================================================== client
@@ -769,6 +889,7 @@ class TCPLSClient(SessionDriver):
         for sid in self.session.stream_ids():
             if sid % 2 == 0:
                 self.session.migrate_stream(sid, cid)
+                self._put_event(StreamMigrated(sid, cid))
         self.migrations += 1
         if close_old:
             for other in self.session.usable_connections():
@@ -897,13 +1018,14 @@ class TCPLSServer:
         try:
             routed = route_connection(self.config, data)
         except ProtocolError as exc:
-            proto.transport.write(alert_record(exc.alert))  # type: ignore[union-attr]
-            proto.transport.close()  # type: ignore[union-attr]
+            self._refuse(proto, alert_record(exc.alert))
             return
         if routed is None:
-            if len(data) > 1 << 17:
-                proto.transport.close()  # type: ignore[union-attr]
-            return
+            if len(data) <= 1 << 17:
+                return
+            # no complete ClientHello in 128 KiB: a new session's handshake
+            # refuses it with the right alert (decode_error from the header)
+            routed = (None, False)
         proto._pending = bytearray()
         loop = asyncio.get_running_loop()
         session, is_join = routed
@@ -911,14 +1033,12 @@ class TCPLSServer:
             assert session is not None
             driver = self._drivers.get(id(session))
             if driver is None or driver.error is not None:
-                proto.transport.write(alert_record())  # type: ignore[union-attr]
-                proto.transport.close()  # type: ignore[union-attr]
+                self._refuse(proto, alert_record())
                 return
             try:
                 cid = session.accept_join(data, loop.time())
             except ProtocolError as exc:
-                proto.transport.write(alert_record(exc.alert))  # type: ignore[union-attr]
-                proto.transport.close()  # type: ignore[union-attr]
+                self._refuse(proto, alert_record(exc.alert))
                 driver._after()
                 return
             proto.driver, proto.conn_id = driver, cid
@@ -937,6 +1057,21 @@ class TCPLSServer:
             self._forget(driver)
         else:
             asyncio.ensure_future(self._reap(driver))
+
+    def _refuse(self, proto: _ConnProtocol, alert: bytes) -> None:
+        """A connection refused before it has a session: the alert, FIN, and
+        input dropped until the client closes (at most ``FAILURE_LINGER``
+        seconds), so that a client still sending reads the alert."""
+        t = proto.transport
+        assert t is not None
+        proto.refused = True
+        proto._pending = bytearray()
+        t.write(alert)
+        if t.can_write_eof():
+            t.write_eof()
+            asyncio.get_running_loop().call_later(FAILURE_LINGER, t.close)
+        else:  # pragma: no cover - TCP transports can
+            t.close()
 
     async def _reap(self, driver: ServerSession) -> None:
         """Forget a session once every TCP connection of it is gone and no

@@ -28,8 +28,11 @@ Invariants (each method keeps them; read these before changing anything):
   same time in two threads (e.g. stdin pump + stdout pump). The handshake runs
   once, under ``_handshake_lock``.
 * After a :class:`~tcpls.errors.ProtocolError` the socket is *broken*: the
-  error (whose alert has been written out) is kept in ``_error`` and re-raised
-  by every later read or write.
+  error (whose alert has been written out, followed by a TCP FIN) is kept in
+  ``_error`` and re-raised by every later read or write; ``close()`` then
+  drains the peer's input for at most ``FAILURE_LINGER`` seconds before
+  closing, so that the kernel does not reset the connection (and destroy
+  the alert) under a peer that is still sending.
 
 Lock order: ``_handshake_lock`` → ``_recv_lock`` → ``_send_lock`` →
 ``_engine_lock``.
@@ -59,6 +62,9 @@ RECV_SIZE = 256 * 1024  # one socket read; large reads matter for throughput
 SEND_CHUNK = 128 * 1024
 _IOV_BATCH = 512  # buffers per sendmsg (below IOV_MAX = 1024)
 _DataReceived = _ev.DataReceived
+#: Seconds ``close()`` of a failed socket keeps reading and dropping the
+#: peer's input after the alert and FIN (see :meth:`TLSSocket._linger`).
+FAILURE_LINGER = 2.0
 
 
 def version_name(version: Optional[int]) -> Optional[str]:
@@ -195,6 +201,7 @@ class TLSSocket:
                 self._flush()  # the fatal alert the engine queued
             except OSError:
                 pass
+            self._send_fin()
             raise error
         if not data and not conn.peer_closed and not conn.terminated and not conn.handshake_complete:
             self._error = ConnectionResetError("connection closed by peer during the TLS handshake")
@@ -464,6 +471,7 @@ class TLSSocket:
                 self._ktls_flush()
             except (OSError, TLSError):
                 pass
+            self._send_fin()
             raise
         if ctype == 23 and data:
             rest = self._rbuf[self._rpos :]
@@ -496,9 +504,36 @@ class TLSSocket:
                 raise
         if error is not None:
             self._error = error
+            self._send_fin()
             raise error
 
     # ------------------------------------------------------------ closing
+    def _send_fin(self) -> None:
+        """After a fatal alert: TCP FIN, so the peer reads the alert and then EOF."""
+        try:
+            self._sock.shutdown(_socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _linger(self) -> None:
+        """Close after a fatal error without destroying the alert.
+
+        Closing a socket whose peer is still sending (a record or flight cut
+        short by our alert) makes the kernel answer with a TCP reset, and
+        the peer may lose the alert it has not read yet. So read and drop
+        input until the peer closes, for at most ``FAILURE_LINGER`` seconds
+        (the alert and FIN went out when the error was raised).
+        """
+        deadline = time.monotonic() + FAILURE_LINGER
+        sock = self._sock
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                if not sock.recv(RECV_SIZE):
+                    return
+        except OSError:  # timeout, reset, or kTLS refusing a control record
+            return
+
     def shutdown_write(self) -> None:
         """Send close_notify (half-close); the peer's data can still be read."""
         if not self._conn.handshake_complete:
@@ -539,6 +574,8 @@ class TLSSocket:
         except (OSError, TLSError):
             pass
         finally:
+            if isinstance(self._error, ProtocolError):
+                self._linger()
             self._sock.close()
 
     def detach(self) -> _socket.socket:
@@ -811,6 +848,7 @@ def connect(
     host = address[0]
     name = server_name or _default_server_name(host, config)
     sock = _socket.create_connection(address, timeout=timeout, source_address=source_address)
+    tls: Optional[TLSSocket] = None
     try:
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         tls = TLSSocket.wrap(sock, config, server_side=False, server_name=name, session=session)
@@ -820,7 +858,10 @@ def connect(
         if ktls:
             tls.enable_ktls(ktls, key_update=ktls_key_update)
     except BaseException:
-        sock.close()
+        if tls is not None and isinstance(tls._error, ProtocolError):
+            tls.close()  # lingers so that our alert reaches the server
+        else:
+            sock.close()
         raise
     return tls
 

@@ -10,11 +10,18 @@ asyncio adapter hold unchanged. Blocking calls take ``timeout`` (seconds,
 None = forever) and raise :class:`TimeoutError`.
 
     client = connect("10.0.1.2", 4433, config=TCPLSConfig(tls), server_name="example.com")
-    client.join("10.0.2.2", local_addr="10.0.2.1")
-    s = client.open_stream()
+    cid = client.join("10.0.2.2", local_addr="10.0.2.1")
+    s = client.open_stream()            # waits while max_streams streams of ours are open
     s.sendall(b"hello"); s.shutdown_write()
+    client.migrate(s, cid)              # or client.migrate_to("10.0.2.2")
     while data := s.recv(65536): ...
+    event = client.next_event(timeout=1)
     client.close()
+
+The operations are those of the asyncio session (``open_stream``,
+``accept_stream``, ``join``, ``migrate``, ``migrate_to``,
+``close_connection``, ``next_event``, ``close``); a stream's ``sendall``
+blocks on the same backpressure as ``await writer.drain()``.
 """
 
 from __future__ import annotations
@@ -86,6 +93,10 @@ class BlockingStream:
     def shutdown_write(self) -> None:
         self._lt.call(self._writer.write_eof)
 
+    def wait_acked(self, timeout: Optional[float] = None) -> None:
+        """Block until the peer acknowledged every byte written (and the FIN)."""
+        self._lt.run(self._writer.session.wait_acked([self.stream_id], timeout=timeout))
+
     def reset(self, error_code: int = 0) -> None:
         self._lt.call(self._writer.reset, error_code)
 
@@ -97,8 +108,15 @@ class BlockingTCPLSClient:
         self._lt = lt
         self.session = client  # the asyncio driver; touch it only through this class
 
-    def open_stream(self) -> BlockingStream:
-        reader, writer = self._lt.call(self.session.open_stream)
+    def open_stream(self, timeout: Optional[float] = None, *, wait: bool = True) -> BlockingStream:
+        """A new stream. At the stream limit (``max_streams`` of ours not
+        finished) it blocks until a slot frees up (:class:`TimeoutError`
+        after ``timeout`` seconds); ``wait=False`` raises
+        :class:`~tcpls.errors.UsageError` instead."""
+        if wait:
+            reader, writer = self._lt.run(self.session.wait_open_stream(timeout))
+        else:
+            reader, writer = self._lt.call(self.session.open_stream)
         return BlockingStream(self._lt, reader, writer)
 
     def accept_stream(self, timeout: Optional[float] = None) -> BlockingStream:
@@ -116,6 +134,20 @@ class BlockingTCPLSClient:
 
     def connection_ids(self) -> list[int]:
         return self._lt.call(self.session.connection_ids)
+
+    def close_connection(self, conn_id: int) -> None:
+        """Stop using ``conn_id``; its unacknowledged data moves to the others."""
+        self._lt.call(self.session.close_connection, conn_id)
+
+    def next_event(self, timeout: Optional[float] = None) -> Any:
+        """The next session event (see ``SessionDriver.next_event``);
+        :class:`TimeoutError` after ``timeout`` seconds."""
+        return self._lt.run(self.session.next_event(timeout))
+
+    @property
+    def error(self) -> Optional[BaseException]:
+        """The session-fatal error, if any."""
+        return self.session.error
 
     def close(self, timeout: float = 10.0) -> None:
         try:

@@ -153,7 +153,7 @@ class TCPLSHook(ExtensionHook):
         return exts
 
 
-def parse_client_hello(data: bytes | memoryview) -> Optional[tuple[Optional[bytes], int]]:
+def parse_client_hello(data: bytes | memoryview, max_message_size: Optional[int] = None) -> Optional[tuple[Optional[bytes], int]]:
     """Look at the first bytes of a new TCP connection (server side).
 
     Returns None while the ClientHello is incomplete, else
@@ -164,7 +164,8 @@ def parse_client_hello(data: bytes | memoryview) -> Optional[tuple[Optional[byte
     """
     reader = RecordReader()
     reader.feed(bytes(data))
-    hs = M.HandshakeReader()
+    # the handshake's own limit, so an oversized ClientHello gets its decode_error from the header
+    hs = M.HandshakeReader() if max_message_size is None else M.HandshakeReader(max_message_size)
     used = 0
     while True:
         rec = reader.next_record()

@@ -164,6 +164,11 @@ class TCPLSSession:
             return None
         return self._stream(stream_id).conn_id
 
+    def stream_forgotten(self, stream_id: int) -> bool:
+        """``stream_id`` was opened and is over in both directions: the
+        session freed it (an adapter may free its own state for it)."""
+        return self._forgotten(stream_id)
+
     def can_open_stream(self) -> bool:
         """False while ``max_streams`` streams of ours are not finished on
         our side (data and FIN, or reset, acknowledged): :meth:`open_stream`
@@ -1037,7 +1042,7 @@ def route_connection(config: TCPLSConfig, data: bytes) -> Optional[tuple[Optiona
     an unknown or used token also yields ``(None, False)``: the new
     session's handshake refuses it with illegal_parameter.
     """
-    parsed = parse_client_hello(data)
+    parsed = parse_client_hello(data, config.tls.max_handshake_message_size)
     if parsed is None:
         return None
     token, _ = parsed
