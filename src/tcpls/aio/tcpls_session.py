@@ -65,7 +65,9 @@ from ..errors import ConnectionClosedError, ProtocolError
 from ..tcpls import events as ev
 from ..tcpls.config import TCPLSConfig
 from ..tcpls.path import ConnState
+from ..tcpls.codepoints import TCPSetting
 from ..tcpls.session import TCPLSSession, alert_record, route_connection
+from . import happy_eyeballs, tcp_settings
 
 __all__ = [
     "TCPLSClient",
@@ -289,6 +291,8 @@ class SessionDriver:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._early: dict[int, bytearray] = {}  # output for connections still being connected
         self.observer: Optional[Callable[[int, int], None]] = None  # observer(conn_id, n) on every TCP read
+        self._tcp_answers: dict[int, asyncio.Future[ev.TCPSettingAnswered]] = {}
+        self._peer_tcp_settings: dict[int, object] = {}  # settings the peer set on all connections (for later ones)
 
     # ---------------------------------------------------------------- queries
     @property
@@ -321,6 +325,43 @@ class SessionDriver:
         if p is not None and p.transport is not None:
             return p.transport.get_extra_info(name, default)
         return default
+
+    # ------------------------------------------------------ peer TCP settings
+    async def request_peer_tcp_setting(self, setting: int, value: object, conn_id: Optional[int] = None,
+                                       *, timeout: Optional[float] = 10.0) -> ev.TCPSettingAnswered:
+        """Ask the peer to apply a TCP setting on its side of connection
+        ``conn_id`` (None: all, including connections joined later) and wait
+        for its answer (``.applied``, ``.status``, ``.reason``)."""
+        self._check()
+        rid = self.session.request_tcp_setting(setting, value, conn_id)
+        fut: asyncio.Future[ev.TCPSettingAnswered] = self._loop.create_future()
+        self._tcp_answers[rid] = fut
+        self._after()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        finally:
+            self._tcp_answers.pop(rid, None)
+
+    async def set_peer_user_timeout(self, ms: int, conn_id: Optional[int] = None, **kw: Any) -> ev.TCPSettingAnswered:
+        """Ask the peer for ``TCP_USER_TIMEOUT`` = ``ms`` on its sockets."""
+        return await self.request_peer_tcp_setting(TCPSetting.USER_TIMEOUT, int(ms), conn_id, **kw)
+
+    async def set_peer_congestion_control(self, name: str, conn_id: Optional[int] = None, **kw: Any) -> ev.TCPSettingAnswered:
+        """Ask the peer for congestion control ``name`` (``TCP_CONGESTION``) on its sockets."""
+        return await self.request_peer_tcp_setting(TCPSetting.CONGESTION_CONTROL, name, conn_id, **kw)
+
+    def _on_tcp_setting_requested(self, e: ev.TCPSettingRequested) -> None:
+        """Policy hook, then setsockopt, then the answer to the peer."""
+        if e.conn_id is None:
+            targets = [c for c in self.session.usable_connections() if c in self._conns]
+        else:
+            targets = [e.conn_id] if e.conn_id in self._conns else []
+        socks = [self._conns[c].transport.get_extra_info("socket") for c in targets  # type: ignore[union-attr]
+                 if self._conns[c].transport is not None]
+        status, reason = tcp_settings.handle_request(self.session.config.tcp_setting_policy, e.setting, e.value, e.conn_id, socks)
+        if status == 0 and e.conn_id is None:
+            self._peer_tcp_settings[e.setting] = e.value
+        self.session.answer_tcp_setting(e.request_id, status, reason)
 
     # ------------------------------------------------------------ streams API
     def open_stream(self) -> tuple[asyncio.StreamReader, TCPLSStreamWriter]:
@@ -488,6 +529,12 @@ class SessionDriver:
             self._set_writable(proto.conn_id, False)
         self.local_addrs[proto.conn_id] = proto.transport.get_extra_info("sockname")
         self.peer_addrs[proto.conn_id] = proto.transport.get_extra_info("peername")
+        for setting, value in self._peer_tcp_settings.items():  # the peer asked for them on every connection
+            try:
+                tcp_settings.apply_setting(proto.transport.get_extra_info("socket"), setting, value)
+            except (OSError, ValueError, AttributeError) as exc:
+                logger.warning("peer TCP setting %s not applied to connection %s: %s", setting, proto.conn_id, exc)
+        self._emit_adapter_event(ev.ConnectionEstablished(proto.conn_id, self.local_addrs[proto.conn_id], self.peer_addrs[proto.conn_id]))
         if self._reading_paused:
             proto.transport.pause_reading()
         self._after()
@@ -633,9 +680,19 @@ class SessionDriver:
                 if not self.peer_closed.done():
                     self.peer_closed.set_result(None)
                 self._on_peer_closed()
-            if self.events.qsize() >= EVENTS_KEPT:
-                self.events.get_nowait()
-            self.events.put_nowait(e)
+            elif t is ev.TCPSettingRequested:
+                self._on_tcp_setting_requested(e)  # type: ignore[arg-type]
+            elif t is ev.TCPSettingAnswered:
+                fut = self._tcp_answers.get(e.request_id)  # type: ignore[attr-defined]
+                if fut is not None and not fut.done():
+                    fut.set_result(e)  # type: ignore[arg-type]
+            self._emit_adapter_event(e)
+
+    def _emit_adapter_event(self, e: ev.Event) -> None:
+        """Put ``e`` on :attr:`events` (engine events and the adapter's own)."""
+        if self.events.qsize() >= EVENTS_KEPT:
+            self.events.get_nowait()
+        self.events.put_nowait(e)
 
     def _on_handshake(self) -> None:
         """Hook: the handshake of connection 0 completed."""
@@ -694,6 +751,10 @@ class SessionDriver:
         for _c, fut in self._waiters:
             if not fut.done():
                 fut.set_result(None)  # the waiter re-checks and raises
+        for answer in self._tcp_answers.values():
+            if not answer.done():
+                answer.set_exception(exc)
+                answer.exception()
 
 
 # ==================================================================== client
@@ -712,12 +773,16 @@ class TCPLSClient(SessionDriver):
         self.rejoins = 0
         self._rejoining = False
 
-    async def _connect(self, conn_id: int, host: str, port: int, local: Optional[str], timeout: Optional[float]) -> _ConnProtocol:
+    async def _connect(self, conn_id: int, host: str, port: int, local: Optional[str], timeout: Optional[float],
+                       sock: Optional[socket.socket] = None) -> _ConnProtocol:
         proto = _ConnProtocol(None, conn_id)
-        kw: dict[str, Any] = {}
-        if local:
-            kw["local_addr"] = (local, 0)
-        await asyncio.wait_for(self._loop.create_connection(lambda: proto, host, port, **kw), timeout)
+        if sock is not None:  # already connected (happy eyeballs)
+            await asyncio.wait_for(self._loop.create_connection(lambda: proto, sock=sock), timeout)
+        else:
+            kw: dict[str, Any] = {}
+            if local:
+                kw["local_addr"] = (local, 0)
+            await asyncio.wait_for(self._loop.create_connection(lambda: proto, host, port, **kw), timeout)
         assert proto.transport is not None
         set_user_timeout(proto.transport.get_extra_info("socket"), self.user_timeout)
         self.paths[conn_id] = (local, host)
@@ -805,7 +870,7 @@ class TCPLSClient(SessionDriver):
 
 
 async def connect(
-    host: str,
+    host: Union[str, Sequence[Union[str, Addr]]],
     port: int,
     *,
     config: TCPLSConfig,
@@ -817,25 +882,53 @@ async def connect(
     on_stream: Optional[Callable[..., Any]] = None,
     rejoin: bool = False,
     rejoin_paths: Sequence[tuple[Optional[str], str]] = (),
+    attempt_timeout: Optional[float] = None,
+    stagger: float = happy_eyeballs.DEFAULT_STAGGER,
 ) -> TCPLSClient:
     """Connect to ``host:port``, run the handshake and return the session.
 
-    ``server_name`` defaults to ``config.tls.server_name`` or ``host``;
-    ``user_timeout`` (ms) sets ``TCP_USER_TIMEOUT`` on every connection;
-    ``on_stream(reader, writer)`` (a coroutine function) runs for each stream
-    the server opens (else use :meth:`SessionDriver.accept_stream`);
-    ``rejoin=True`` joins a new connection (on ``rejoin_paths`` (local,
-    remote) or the server's advertised addresses) when all have failed.
+    ``host`` may be one host (a name resolving to several addresses is
+    tried v6/v4 interleaved, RFC 8305 §4) or a list of hosts or
+    ``(host, port)`` pairs, tried in the given order. Happy eyeballs
+    (RFC 8305 §5): attempts start ``stagger`` s apart (sooner when the
+    running ones failed), each bounded by ``attempt_timeout`` (default
+    ``timeout``); the first *TCP* connection to complete becomes
+    connection 0 and carries the TLS handshake, the other attempts are
+    closed. Each failed attempt puts a ``ConnectionAttemptFailed`` on
+    :attr:`SessionDriver.events`, the winner a ``ConnectionEstablished``;
+    if all fail, ``AllAttemptsFailed`` lists every address's error.
+
+    ``server_name`` defaults to ``config.tls.server_name`` or the first
+    host; ``user_timeout`` (ms) sets ``TCP_USER_TIMEOUT`` on every
+    connection; ``on_stream(reader, writer)`` (a coroutine function) runs
+    for each stream the server opens (else use
+    :meth:`SessionDriver.accept_stream`); ``rejoin=True`` joins a new
+    connection (on ``rejoin_paths`` (local, remote) or the server's
+    advertised addresses) when all have failed.
     """
-    name = server_name or getattr(config.tls, "server_name", None) or host
+    loop = asyncio.get_running_loop()
+    first = host if isinstance(host, str) else (host[0] if isinstance(host[0], str) else host[0][0]) if host else ""
+    name = server_name or getattr(config.tls, "server_name", None) or first
     session = TCPLSSession(config, is_client=True, server_name=name)
     client = TCPLSClient(session, port=port, limit=limit, user_timeout=user_timeout, on_stream=on_stream,
                          rejoin=rejoin, rejoin_paths=rejoin_paths)
-    session.start_handshake(asyncio.get_running_loop().time())
+    session.start_handshake(loop.time())
     client._transmit_early(0)
+    deadline = None if timeout is None else loop.time() + timeout
+
+    def left() -> Optional[float]:
+        return None if deadline is None else max(0.0, deadline - loop.time())
+
+    def attempt_failed(h: str, p: int, reason: str) -> None:
+        client._emit_adapter_event(ev.ConnectionAttemptFailed(h, p, reason))
+
     try:
-        await client._connect(0, host, port, local_addr, timeout)
-        await asyncio.wait_for(asyncio.shield(client._handshake), timeout)
+        targets = await asyncio.wait_for(happy_eyeballs.resolve(host, port), left()) if isinstance(host, str) else list(host)
+        sock, (winner, _wport) = await asyncio.wait_for(
+            happy_eyeballs.race(targets, port, attempt_timeout=attempt_timeout if attempt_timeout is not None else timeout,
+                                stagger=stagger, local_addr=local_addr, on_failure=attempt_failed), left())
+        await client._connect(0, winner, port, local_addr, left(), sock=sock)
+        await asyncio.wait_for(asyncio.shield(client._handshake), left())
     except BaseException:
         client.abort()
         raise
