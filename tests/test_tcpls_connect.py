@@ -143,6 +143,24 @@ def test_all_attempts_fail_lists_every_address():
     run(main())
 
 
+def test_overall_timeout_lists_the_abandoned_attempts():
+    ccfg, _ = _configs()
+    lsock, fillers, bh_port = _blackhole()
+
+    async def main():
+        with pytest.raises(he.AllAttemptsFailed) as info:
+            await tio.connect([("127.0.0.2", bh_port)], 1, config=ccfg, server_name="localhost",
+                              attempt_timeout=60.0, timeout=0.5)
+        assert info.value.errors == [("127.0.0.2", bh_port, "abandoned: connect cancelled or timed out")]
+
+    try:
+        run(main())
+    finally:
+        lsock.close()
+        for c in fillers:
+            c.close()
+
+
 def test_hostname_resolves_and_blocking_connect_takes_a_list():
     ccfg, scfg = _configs()
 
@@ -152,6 +170,13 @@ def test_hostname_resolves_and_blocking_connect_takes_a_list():
             port = srv.addresses[0][1]
             client = await tio.connect("localhost", port, config=ccfg, timeout=10.0)
             assert client.peer_addrs[0][1] == port
+            await client.close()
+            # a name inside a list is resolved too; a refused address before it is reported
+            bad = _closed_port("127.0.0.2")
+            client = await tio.connect([("127.0.0.2", bad), "localhost"], port, config=ccfg, timeout=10.0, stagger=5.0)
+            assert client.peer_addrs[0][1] == port
+            failed = [e for e in _drain(client.events) if isinstance(e, ev.ConnectionAttemptFailed)]
+            assert failed[0].host == "127.0.0.2" and "ConnectionRefusedError" in failed[0].reason
             await client.close()
             bad = _closed_port("127.0.0.2")
             blocking = await asyncio.to_thread(tsync.connect, [("127.0.0.2", bad), "127.0.0.1"], port, config=ccfg,
@@ -214,6 +239,7 @@ def test_server_applies_client_requested_settings():
 
             kinds = [type(e) for e in _drain(ss.events)]
             assert kinds.count(ev.TCPSettingRequested) == 5
+            assert kinds[0] is ev.ConnectionEstablished and kinds.count(ev.ConnectionEstablished) == 2
             # the session still works
             r, w = client.open_stream()
             w.write(b"still fine")

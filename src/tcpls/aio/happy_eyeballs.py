@@ -94,7 +94,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     if isinstance(exc, asyncio.CancelledError):
-        return "abandoned: another attempt connected first"
+        return f"abandoned: {exc.args[0] if exc.args else 'cancelled'}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -147,18 +147,19 @@ async def race(
                 if winner is None and not pending and queue:
                     break  # every running attempt failed: the next one starts now (RFC 8305 §5)
     finally:
-        for task, t in pending.items():
+        why = asyncio.CancelledError("another attempt connected first" if winner is not None else "connect cancelled or timed out")
+        for task in pending:
             task.cancel()
         for task, t in pending.items():
             try:
                 sock = await task
-            except BaseException as exc:  # noqa: BLE001 - cancelled or failed: report it
-                failed(t, exc if not isinstance(exc, asyncio.CancelledError) else asyncio.CancelledError())
+            except asyncio.CancelledError:
+                failed(t, why)
+            except BaseException as exc:  # noqa: BLE001 - failed meanwhile: report it
+                failed(t, exc)
             else:
-                sock.close()
-                errors.append((t[0], t[1], _reason(asyncio.CancelledError())))
-                if on_failure is not None:
-                    on_failure(t[0], t[1], _reason(asyncio.CancelledError()))
+                sock.close()  # connected too late
+                failed(t, why)
     if winner is None:
         raise AllAttemptsFailed(errors)
     return winner

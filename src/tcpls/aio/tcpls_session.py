@@ -57,6 +57,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from typing import Any, Awaitable, Callable, Iterable, Optional, Sequence, Union
@@ -352,8 +353,8 @@ class SessionDriver:
 
     def _on_tcp_setting_requested(self, e: ev.TCPSettingRequested) -> None:
         """Policy hook, then setsockopt, then the answer to the peer."""
-        if e.conn_id is None:
-            targets = [c for c in self.session.usable_connections() if c in self._conns]
+        if e.conn_id is None:  # every live connection (joining ones too); later ones in _attached
+            targets = [c for c in self._conns if self.session.connection_state(c) not in (ConnState.CLOSED, ConnState.FAILED)]
         else:
             targets = [e.conn_id] if e.conn_id in self._conns else []
         socks = [self._conns[c].transport.get_extra_info("socket") for c in targets  # type: ignore[union-attr]
@@ -869,6 +870,14 @@ class TCPLSClient(SessionDriver):
             self._rejoining = False
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%")[0])
+        return True
+    except ValueError:
+        return False
+
+
 async def connect(
     host: Union[str, Sequence[Union[str, Addr]]],
     port: int,
@@ -898,8 +907,8 @@ async def connect(
     :attr:`SessionDriver.events`, the winner a ``ConnectionEstablished``;
     if all fail, ``AllAttemptsFailed`` lists every address's error.
 
-    ``server_name`` defaults to ``config.tls.server_name`` or the first
-    host; ``user_timeout`` (ms) sets ``TCP_USER_TIMEOUT`` on every
+    ``server_name`` defaults to ``config.tls.server_name``, else the first
+    host name in ``host`` that is not an IP literal, else the first host; ``user_timeout`` (ms) sets ``TCP_USER_TIMEOUT`` on every
     connection; ``on_stream(reader, writer)`` (a coroutine function) runs
     for each stream the server opens (else use
     :meth:`SessionDriver.accept_stream`); ``rejoin=True`` joins a new
@@ -907,7 +916,8 @@ async def connect(
     advertised addresses) when all have failed.
     """
     loop = asyncio.get_running_loop()
-    first = host if isinstance(host, str) else (host[0] if isinstance(host[0], str) else host[0][0]) if host else ""
+    hosts = [host] if isinstance(host, str) else [h if isinstance(h, str) else h[0] for h in host]
+    first = next((h for h in hosts if not _is_ip(h)), hosts[0] if hosts else "")
     name = server_name or getattr(config.tls, "server_name", None) or first
     session = TCPLSSession(config, is_client=True, server_name=name)
     client = TCPLSClient(session, port=port, limit=limit, user_timeout=user_timeout, on_stream=on_stream,
@@ -922,11 +932,19 @@ async def connect(
     def attempt_failed(h: str, p: int, reason: str) -> None:
         client._emit_adapter_event(ev.ConnectionAttemptFailed(h, p, reason))
 
+    errors: list[tuple[str, int, str]] = []
     try:
-        targets = await asyncio.wait_for(happy_eyeballs.resolve(host, port), left()) if isinstance(host, str) else list(host)
-        sock, (winner, _wport) = await asyncio.wait_for(
-            happy_eyeballs.race(targets, port, attempt_timeout=attempt_timeout if attempt_timeout is not None else timeout,
-                                stagger=stagger, local_addr=local_addr, on_failure=attempt_failed), left())
+        targets: list[Addr] = []
+        for h in [host] if isinstance(host, str) else host:
+            h, p = (h, port) if isinstance(h, str) else (h[0], int(h[1]))
+            targets.extend(a for a in await asyncio.wait_for(happy_eyeballs.resolve(h, p), left()) if a not in targets)
+        try:
+            sock, (winner, _wport) = await asyncio.wait_for(
+                happy_eyeballs.race(targets, port, attempt_timeout=attempt_timeout if attempt_timeout is not None else timeout,
+                                    stagger=stagger, local_addr=local_addr,
+                                    on_failure=lambda h, p, r: (errors.append((h, p, r)), attempt_failed(h, p, r))), left())
+        except asyncio.TimeoutError as exc:
+            raise happy_eyeballs.AllAttemptsFailed(errors) from exc  # the overall timeout ended the race
         await client._connect(0, winner, port, local_addr, left(), sock=sock)
         await asyncio.wait_for(asyncio.shield(client._handshake), left())
     except BaseException:
@@ -1025,6 +1043,7 @@ class TCPLSServer:
         driver._conns[0] = proto
         driver.local_addrs[0] = proto.transport.get_extra_info("sockname")  # type: ignore[union-attr]
         driver.peer_addrs[0] = proto.transport.get_extra_info("peername")  # type: ignore[union-attr]
+        driver._emit_adapter_event(ev.ConnectionEstablished(0, driver.local_addrs[0], driver.peer_addrs[0]))
         driver._data(proto, data)
         if driver.error is not None:
             self._forget(driver)

@@ -327,4 +327,10 @@ async def _client(args: argparse.Namespace, tls: Any, server_name: str) -> int:
 
 
 def cmd_client(args: argparse.Namespace, tls: Any) -> int:
-    return asyncio.run(_client(args, tls, args.sni or client_hosts(args)[0]))
+    hosts = client_hosts(args)
+    if not hosts:
+        from .commands import UsageFailure
+
+        raise UsageFailure("no server address given")
+    names = [h for h in hosts if not tio._is_ip(h)]
+    return asyncio.run(_client(args, tls, args.sni or (names or hosts)[0]))
