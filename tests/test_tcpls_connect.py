@@ -282,3 +282,24 @@ def test_policy_hook_refuses_and_client_applies_server_request():
             await client.close()
 
     run(main())
+
+
+def test_client_announces_its_addresses_v4_v6():
+    ccfg, scfg = _configs()
+
+    async def main():
+        srv = await _server(scfg, hosts=["127.0.0.1"], on_stream=_echo)
+        async with srv:
+            client = await tio.connect("127.0.0.1", srv.addresses[0][1], config=ccfg, server_name="localhost")
+            client.advertise_address(1, "::1", 5555)
+            client.advertise_address(2, "127.0.0.3", 6666)
+            (ss,) = srv.sessions
+            await asyncio.wait_for(ss._wait(lambda: len(ss.session.peer_addresses()) == 2), 10)
+            assert ss.session.peer_addresses() == {1: ("::1", 5555), 2: ("127.0.0.3", 6666)}
+            got = [e for e in _drain(ss.events) if isinstance(e, ev.AddressAdvertised)]
+            assert [(e.address_id, e.version, e.port) for e in got] == [(1, 6, 5555), (2, 4, 6666)]
+            # and the server's own listening address reached the client
+            assert client.session.peer_addresses() == {0: ("127.0.0.1", srv.addresses[0][1])}
+            await client.close()
+
+    run(main())

@@ -327,6 +327,13 @@ class SessionDriver:
             return p.transport.get_extra_info(name, default)
         return default
 
+    def advertise_address(self, address_id: int, host: str, port: int) -> None:
+        """Announce another address of ours (IPv4 or IPv6, with its port) to
+        the peer (New Address frame); clients and servers alike."""
+        self._check()
+        self.session.advertise_address(address_id, host, port)
+        self._after()
+
     # ------------------------------------------------------ peer TCP settings
     async def request_peer_tcp_setting(self, setting: int, value: object, conn_id: Optional[int] = None,
                                        *, timeout: Optional[float] = 10.0) -> ev.TCPSettingAnswered:
