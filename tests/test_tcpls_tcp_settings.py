@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -218,6 +220,13 @@ def test_handle_request_hook_and_failure():
     assert status == TCPSettingStatus.APPLIED and s.calls[0][2] == 1000
     status, reason = tcp_settings.handle_request(lambda *a: None, TCPSetting.USER_TIMEOUT, 1000, None, [Sock(fail=True)])
     assert status == TCPSettingStatus.FAILED and "not permitted" in reason
+
+    real = socket.socket()
+    try:
+        status, reason = tcp_settings.handle_request(lambda *a: None, TCPSetting.USER_TIMEOUT, (1 << 32) - 1, None, [real])
+    finally:
+        real.close()
+    assert status == TCPSettingStatus.FAILED and "setsockopt failed" in reason
 
     def broken(*a):
         raise RuntimeError("bug in hook")

@@ -92,7 +92,7 @@ def handle_request(policy: Optional[Policy], setting: int, value: object, conn_i
     try:
         for s in socks:
             apply_setting(s, setting, value)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, OverflowError, TypeError) as exc:  # a hook accepted a timeout beyond a C int
         return TCPSettingStatus.FAILED, f"setsockopt failed: {exc}"
     name = "user timeout" if setting == TCPSetting.USER_TIMEOUT else "congestion control"
     return TCPSettingStatus.APPLIED, f"{name} {value} set on {len(socks)} connection(s)"

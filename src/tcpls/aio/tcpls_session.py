@@ -540,7 +540,7 @@ class SessionDriver:
         for setting, value in self._peer_tcp_settings.items():  # the peer asked for them on every connection
             try:
                 tcp_settings.apply_setting(proto.transport.get_extra_info("socket"), setting, value)
-            except (OSError, ValueError, AttributeError) as exc:
+            except (OSError, ValueError, OverflowError, TypeError, AttributeError) as exc:
                 logger.warning("peer TCP setting %s not applied to connection %s: %s", setting, proto.conn_id, exc)
         self._emit_adapter_event(ev.ConnectionEstablished(proto.conn_id, self.local_addrs[proto.conn_id], self.peer_addrs[proto.conn_id]))
         if self._reading_paused:
