@@ -50,6 +50,10 @@ frame_st = st.one_of(
     st.builds(F.RemoveAddressFrame, u8),
     st.builds(F.StreamChangeFrame, small_sid, u64),
     st.builds(F.StreamResetFrame, small_sid, small_offset, u32),
+    st.builds(F.TCPSettingFrame, st.integers(0, 65535), st.just(1), st.one_of(st.integers(0, 3), u32), st.binary(min_size=4, max_size=4)),
+    st.builds(F.TCPSettingFrame, st.integers(0, 65535), st.just(2), st.one_of(st.integers(0, 3), u32), st.sampled_from([b"reno", b"x" * 16])),
+    st.builds(F.TCPSettingFrame, st.integers(0, 65535), st.integers(3, 255), u32, st.binary(max_size=20)),
+    st.builds(F.TCPSettingResultFrame, st.integers(0, 65535), u8, st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)),
 )
 
 # a record's content: well-formed frames, random bytes, or frames with random bytes spliced in

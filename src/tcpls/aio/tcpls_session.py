@@ -58,6 +58,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
@@ -67,7 +68,9 @@ from ..errors import ConnectionClosedError, ProtocolError
 from ..tcpls import events as ev
 from ..tcpls.config import TCPLSConfig
 from ..tcpls.path import ConnState
+from ..tcpls.codepoints import TCPSetting
 from ..tcpls.session import TCPLSSession, alert_record, route_connection
+from . import happy_eyeballs, tcp_settings
 
 __all__ = [
     "TCPLSClient",
@@ -322,6 +325,8 @@ class SessionDriver:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._early: dict[int, bytearray] = {}  # output for connections still being connected
         self.observer: Optional[Callable[[int, int], None]] = None  # observer(conn_id, n) on every TCP read
+        self._tcp_answers: dict[int, asyncio.Future[ev.TCPSettingAnswered]] = {}
+        self._peer_tcp_settings: dict[int, object] = {}  # settings the peer set on all connections (for later ones)
 
     # ---------------------------------------------------------------- queries
     @property
@@ -354,6 +359,50 @@ class SessionDriver:
         if p is not None and p.transport is not None:
             return p.transport.get_extra_info(name, default)
         return default
+
+    def advertise_address(self, address_id: int, host: str, port: int) -> None:
+        """Announce another address of ours (IPv4 or IPv6, with its port) to
+        the peer (New Address frame); clients and servers alike."""
+        self._check()
+        self.session.advertise_address(address_id, host, port)
+        self._after()
+
+    # ------------------------------------------------------ peer TCP settings
+    async def request_peer_tcp_setting(self, setting: int, value: object, conn_id: Optional[int] = None,
+                                       *, timeout: Optional[float] = 10.0) -> ev.TCPSettingAnswered:
+        """Ask the peer to apply a TCP setting on its side of connection
+        ``conn_id`` (None: all, including connections joined later) and wait
+        for its answer (``.applied``, ``.status``, ``.reason``)."""
+        self._check()
+        rid = self.session.request_tcp_setting(setting, value, conn_id)
+        fut: asyncio.Future[ev.TCPSettingAnswered] = self._loop.create_future()
+        self._tcp_answers[rid] = fut
+        self._after()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        finally:
+            self._tcp_answers.pop(rid, None)
+
+    async def set_peer_user_timeout(self, ms: int, conn_id: Optional[int] = None, **kw: Any) -> ev.TCPSettingAnswered:
+        """Ask the peer for ``TCP_USER_TIMEOUT`` = ``ms`` on its sockets."""
+        return await self.request_peer_tcp_setting(TCPSetting.USER_TIMEOUT, int(ms), conn_id, **kw)
+
+    async def set_peer_congestion_control(self, name: str, conn_id: Optional[int] = None, **kw: Any) -> ev.TCPSettingAnswered:
+        """Ask the peer for congestion control ``name`` (``TCP_CONGESTION``) on its sockets."""
+        return await self.request_peer_tcp_setting(TCPSetting.CONGESTION_CONTROL, name, conn_id, **kw)
+
+    def _on_tcp_setting_requested(self, e: ev.TCPSettingRequested) -> None:
+        """Policy hook, then setsockopt, then the answer to the peer."""
+        if e.conn_id is None:  # every live connection (joining ones too); later ones in _attached
+            targets = [c for c in self._conns if self.session.connection_state(c) not in (ConnState.CLOSED, ConnState.FAILED)]
+        else:
+            targets = [e.conn_id] if e.conn_id in self._conns else []
+        socks = [self._conns[c].transport.get_extra_info("socket") for c in targets  # type: ignore[union-attr]
+                 if self._conns[c].transport is not None]
+        status, reason = tcp_settings.handle_request(self.session.config.tcp_setting_policy, e.setting, e.value, e.conn_id, socks)
+        if status == 0 and e.conn_id is None:
+            self._peer_tcp_settings[e.setting] = e.value
+        self.session.answer_tcp_setting(e.request_id, status, reason)
 
     # ------------------------------------------------------------ streams API
     def open_stream(self) -> tuple[asyncio.StreamReader, TCPLSStreamWriter]:
@@ -564,6 +613,12 @@ class SessionDriver:
             self._set_writable(proto.conn_id, False)
         self.local_addrs[proto.conn_id] = proto.transport.get_extra_info("sockname")
         self.peer_addrs[proto.conn_id] = proto.transport.get_extra_info("peername")
+        for setting, value in self._peer_tcp_settings.items():  # the peer asked for them on every connection
+            try:
+                tcp_settings.apply_setting(proto.transport.get_extra_info("socket"), setting, value)
+            except (OSError, ValueError, OverflowError, TypeError, AttributeError) as exc:
+                logger.warning("peer TCP setting %s not applied to connection %s: %s", setting, proto.conn_id, exc)
+        self._emit_adapter_event(ev.ConnectionEstablished(proto.conn_id, self.local_addrs[proto.conn_id], self.peer_addrs[proto.conn_id]))
         if self._reading_paused:
             proto.transport.pause_reading()
         self._after()
@@ -717,12 +772,22 @@ class SessionDriver:
                 if not self.peer_closed.done():
                     self.peer_closed.set_result(None)
                 self._on_peer_closed()
+            elif t is ev.TCPSettingRequested:
+                self._on_tcp_setting_requested(e)  # type: ignore[arg-type]
+            elif t is ev.TCPSettingAnswered:
+                fut = self._tcp_answers.get(e.request_id)  # type: ignore[attr-defined]
+                if fut is not None and not fut.done():
+                    fut.set_result(e)  # type: ignore[arg-type]
             self._put_event(e)
 
     def _put_event(self, e: ev.Event) -> None:
+        """Put ``e`` on :attr:`events` (engine events and the adapter's own),
+        dropping the oldest beyond ``EVENTS_KEPT``."""
         if self.events.qsize() >= EVENTS_KEPT:
             self.events.get_nowait()
         self.events.put_nowait(e)
+
+    _emit_adapter_event = _put_event
 
     async def next_event(self, timeout: Optional[float] = None) -> ev.Event:
         """The next session event (engine events but stream data, plus
@@ -785,6 +850,10 @@ class SessionDriver:
         for _c, fut in self._waiters:
             if not fut.done():
                 fut.set_result(None)  # the waiter re-checks and raises
+        for answer in self._tcp_answers.values():
+            if not answer.done():
+                answer.set_exception(exc)
+                answer.exception()
 
     def _close_after_failure(self) -> None:
         """Close every TCP connection without destroying the alert on it.
@@ -832,12 +901,16 @@ class TCPLSClient(SessionDriver):
         self.rejoins = 0
         self._rejoining = False
 
-    async def _connect(self, conn_id: int, host: str, port: int, local: Optional[str], timeout: Optional[float]) -> _ConnProtocol:
+    async def _connect(self, conn_id: int, host: str, port: int, local: Optional[str], timeout: Optional[float],
+                       sock: Optional[socket.socket] = None) -> _ConnProtocol:
         proto = _ConnProtocol(None, conn_id)
-        kw: dict[str, Any] = {}
-        if local:
-            kw["local_addr"] = (local, 0)
-        await asyncio.wait_for(self._loop.create_connection(lambda: proto, host, port, **kw), timeout)
+        if sock is not None:  # already connected (happy eyeballs)
+            await asyncio.wait_for(self._loop.create_connection(lambda: proto, sock=sock), timeout)
+        else:
+            kw: dict[str, Any] = {}
+            if local:
+                kw["local_addr"] = (local, 0)
+            await asyncio.wait_for(self._loop.create_connection(lambda: proto, host, port, **kw), timeout)
         assert proto.transport is not None
         set_user_timeout(proto.transport.get_extra_info("socket"), self.user_timeout)
         self.paths[conn_id] = (local, host)
@@ -925,8 +998,16 @@ class TCPLSClient(SessionDriver):
             self._rejoining = False
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%")[0])
+        return True
+    except ValueError:
+        return False
+
+
 async def connect(
-    host: str,
+    host: Union[str, Sequence[Union[str, Addr]]],
     port: int,
     *,
     config: TCPLSConfig,
@@ -938,25 +1019,62 @@ async def connect(
     on_stream: Optional[Callable[..., Any]] = None,
     rejoin: bool = False,
     rejoin_paths: Sequence[tuple[Optional[str], str]] = (),
+    attempt_timeout: Optional[float] = None,
+    stagger: float = happy_eyeballs.DEFAULT_STAGGER,
 ) -> TCPLSClient:
     """Connect to ``host:port``, run the handshake and return the session.
 
-    ``server_name`` defaults to ``config.tls.server_name`` or ``host``;
-    ``user_timeout`` (ms) sets ``TCP_USER_TIMEOUT`` on every connection;
-    ``on_stream(reader, writer)`` (a coroutine function) runs for each stream
-    the server opens (else use :meth:`SessionDriver.accept_stream`);
-    ``rejoin=True`` joins a new connection (on ``rejoin_paths`` (local,
-    remote) or the server's advertised addresses) when all have failed.
+    ``host`` may be one host (a name resolving to several addresses is
+    tried v6/v4 interleaved, RFC 8305 §4) or a list of hosts or
+    ``(host, port)`` pairs, tried in the given order. Happy eyeballs
+    (RFC 8305 §5): attempts start ``stagger`` s apart (sooner when the
+    running ones failed), each bounded by ``attempt_timeout`` (default
+    ``timeout``); the first *TCP* connection to complete becomes
+    connection 0 and carries the TLS handshake, the other attempts are
+    closed. Each failed attempt puts a ``ConnectionAttemptFailed`` on
+    :attr:`SessionDriver.events`, the winner a ``ConnectionEstablished``;
+    if all fail, ``AllAttemptsFailed`` lists every address's error.
+
+    ``server_name`` defaults to ``config.tls.server_name``, else the first
+    host name in ``host`` that is not an IP literal, else the first host; ``user_timeout`` (ms) sets ``TCP_USER_TIMEOUT`` on every
+    connection; ``on_stream(reader, writer)`` (a coroutine function) runs
+    for each stream the server opens (else use
+    :meth:`SessionDriver.accept_stream`); ``rejoin=True`` joins a new
+    connection (on ``rejoin_paths`` (local, remote) or the server's
+    advertised addresses) when all have failed.
     """
-    name = server_name or getattr(config.tls, "server_name", None) or host
+    loop = asyncio.get_running_loop()
+    hosts = [host] if isinstance(host, str) else [h if isinstance(h, str) else h[0] for h in host]
+    first = next((h for h in hosts if not _is_ip(h)), hosts[0] if hosts else "")
+    name = server_name or getattr(config.tls, "server_name", None) or first
     session = TCPLSSession(config, is_client=True, server_name=name)
     client = TCPLSClient(session, port=port, limit=limit, user_timeout=user_timeout, on_stream=on_stream,
                          rejoin=rejoin, rejoin_paths=rejoin_paths)
-    session.start_handshake(asyncio.get_running_loop().time())
+    session.start_handshake(loop.time())
     client._transmit_early(0)
+    deadline = None if timeout is None else loop.time() + timeout
+
+    def left() -> Optional[float]:
+        return None if deadline is None else max(0.0, deadline - loop.time())
+
+    def attempt_failed(h: str, p: int, reason: str) -> None:
+        client._emit_adapter_event(ev.ConnectionAttemptFailed(h, p, reason))
+
+    errors: list[tuple[str, int, str]] = []
     try:
-        await client._connect(0, host, port, local_addr, timeout)
-        await asyncio.wait_for(asyncio.shield(client._handshake), timeout)
+        targets: list[Addr] = []
+        for h in [host] if isinstance(host, str) else host:
+            h, p = (h, port) if isinstance(h, str) else (h[0], int(h[1]))
+            targets.extend(a for a in await asyncio.wait_for(happy_eyeballs.resolve(h, p), left()) if a not in targets)
+        try:
+            sock, (winner, _wport) = await asyncio.wait_for(
+                happy_eyeballs.race(targets, port, attempt_timeout=attempt_timeout if attempt_timeout is not None else timeout,
+                                    stagger=stagger, local_addr=local_addr,
+                                    on_failure=lambda h, p, r: (errors.append((h, p, r)), attempt_failed(h, p, r))), left())
+        except asyncio.TimeoutError as exc:
+            raise happy_eyeballs.AllAttemptsFailed(errors) from exc  # the overall timeout ended the race
+        await client._connect(0, winner, port, local_addr, left(), sock=sock)
+        await asyncio.wait_for(asyncio.shield(client._handshake), left())
     except BaseException:
         client.abort()
         raise
@@ -1052,6 +1170,7 @@ class TCPLSServer:
         driver._conns[0] = proto
         driver.local_addrs[0] = proto.transport.get_extra_info("sockname")  # type: ignore[union-attr]
         driver.peer_addrs[0] = proto.transport.get_extra_info("peername")  # type: ignore[union-attr]
+        driver._emit_adapter_event(ev.ConnectionEstablished(0, driver.local_addrs[0], driver.peer_addrs[0]))
         driver._data(proto, data)
         if driver.error is not None:
             self._forget(driver)

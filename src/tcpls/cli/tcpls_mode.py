@@ -18,6 +18,13 @@ Contract (tests and other tools rely on it):
   where ``bytes`` are the application bytes written to stdout and the
   per-path figures count the TCP payload received on each connection
   (records included).
+* client ``HOST`` may be a comma-separated list (plus ``--also-connect``):
+  happy eyeballs, the first TCP connection to complete carries the
+  session; each failed attempt prints ``tcpls: attempt HOST:PORT failed: REASON``.
+* ``--peer-user-timeout MS`` / ``--peer-cc NAME`` (both sides) ask the peer,
+  after the handshake, to set TCP_USER_TIMEOUT / TCP_CONGESTION on its
+  sockets; the answer is printed on stderr as
+  ``tcpls: peer SETTING VALUE: applied|refused|failed (REASON)``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ import time
 from typing import Any, Optional, TextIO
 
 from ..aio import tcpls_session as tio
+from ..errors import UsageError
+from ..tcpls import events as ev
 from ..tcpls.config import TCPLSConfig
 from ..tcpls.scheduler import SCHEDULERS
 
@@ -58,6 +67,17 @@ def add_arguments(server: argparse.ArgumentParser, client: argparse.ArgumentPars
                        help="TCPLS: declare a connection dead after S seconds without ACK (default 3, 1 with --failover)")
         p.add_argument("--user-timeout", type=int, metavar="MS", help="TCPLS: set TCP_USER_TIMEOUT on every connection, and declare a connection dead "
                        "when its records stay unacknowledged this long while another connection delivers")
+        p.add_argument("--peer-user-timeout", type=int, metavar="MS",
+                       help="TCPLS: ask the peer to set TCP_USER_TIMEOUT to MS on its connections (TCP Setting frame)")
+        p.add_argument("--peer-cc", metavar="NAME",
+                       help="TCPLS: ask the peer to use congestion control NAME on its connections (TCP Setting frame)")
+    client.add_argument("--also-connect", action="append", default=[], metavar="HOST",
+                        help="TCPLS: another address of the server to race for connection 0 (happy eyeballs; "
+                        "HOST may also be a comma-separated list)")
+    client.add_argument("--connect-timeout", type=float, metavar="S",
+                        help="TCPLS: timeout of each connection attempt (default: --timeout)")
+    client.add_argument("--stagger", type=float, default=0.25, metavar="S",
+                        help="TCPLS: delay between connection attempts (RFC 8305 connection attempt delay, default 0.25)")
     client.add_argument("--path", action="append", default=[], metavar="LOCAL=REMOTE",
                         help="TCPLS: also use a connection from LOCAL to REMOTE (repeatable; joined and aggregated)")
     client.add_argument("--migrate-to", metavar="[LOCAL=]REMOTE", help="TCPLS: move the session to this path ...")
@@ -81,6 +101,32 @@ def _config(args: argparse.Namespace, tls: Any, *, client: bool) -> TCPLSConfig:
     ut = args.user_timeout / 1000 if args.user_timeout else None
     return TCPLSConfig(tls, scheduler=args.scheduler, dead_timeout=dead, ping_interval=dead / 2 if failover else None,
                        failover_timeout=ut)
+
+
+async def _ask_peer(args: argparse.Namespace, driver: tio.SessionDriver) -> None:
+    """--peer-user-timeout / --peer-cc: ask the peer, print its answer."""
+    asks = []
+    if args.peer_user_timeout is not None:
+        asks.append(("user-timeout", args.peer_user_timeout, driver.set_peer_user_timeout))
+    if args.peer_cc:
+        asks.append(("cc", args.peer_cc, driver.set_peer_congestion_control))
+    for what, value, ask in asks:
+        try:
+            answer = await ask(value)
+            status = {0: "applied", 1: "refused", 2: "failed"}.get(answer.status, f"status {answer.status}")
+            print(f"tcpls: peer {what} {value}: {status} ({answer.reason})", file=sys.stderr, flush=True)
+        except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
+            print(f"tcpls: peer {what} {value}: no answer ({exc or type(exc).__name__})", file=sys.stderr, flush=True)
+        except UsageError as exc:
+            print(f"tcpls: peer {what} {value}: not sent ({exc})", file=sys.stderr, flush=True)
+
+
+def client_hosts(args: argparse.Namespace) -> list[str]:
+    """The client's candidate server addresses: HOST (comma-separated) and --also-connect."""
+    hosts = [h.strip() for h in args.host.split(",") if h.strip()]
+    for extra in getattr(args, "also_connect", []) or []:
+        hosts.extend(h.strip() for h in extra.split(",") if h.strip())
+    return hosts
 
 
 def _split_path(spec: str) -> tuple[Optional[str], str]:
@@ -129,9 +175,16 @@ async def _serve(args: argparse.Namespace, tls: Any) -> int:
         except (ConnectionError, OSError) as exc:
             tio.logger.info("serve-file: %s", exc)
 
+    async def on_session(session: tio.ServerSession) -> None:
+        if session.get_extra_info("tcpls"):
+            asyncio.ensure_future(_ask_peer(args, session))
+        if path:
+            await send_file(session)
+
+    asking = args.peer_user_timeout is not None or args.peer_cc
     hosts = getattr(args, "hosts", None) or [args.host]
     server = await tio.serve(hosts, args.port, config=config, on_stream=discard if path else echo,
-                             on_session=send_file if path else None, user_timeout=args.user_timeout)
+                             on_session=on_session if (path or asking) else None, user_timeout=args.user_timeout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -185,9 +238,10 @@ async def _progress(stats: _Stats) -> None:
 
 async def _client(args: argparse.Namespace, tls: Any, server_name: str) -> int:
     config = _config(args, tls, client=True)
+    hosts = client_hosts(args)
     paths = [_split_path(p) for p in args.path]
-    local0 = next((local for local, remote in paths if remote == args.host), None)
-    extra = [(local, remote) for local, remote in paths if not (remote == args.host and local == local0)]
+    local0 = next((local for local, remote in paths if remote in hosts), None)
+    extra = [(local, remote) for local, remote in paths if not (remote in hosts and local == local0)]
     log = open(args.goodput_log, "w") if args.goodput_log else None
     stats = _Stats(log)
     out = sys.stdout.buffer
@@ -208,10 +262,19 @@ async def _client(args: argparse.Namespace, tls: Any, server_name: str) -> int:
     progress = None
     try:
         client = await tio.connect(
-            args.host, args.port, config=config, server_name=server_name, local_addr=local0,
+            hosts if len(hosts) > 1 else hosts[0], args.port, config=config, server_name=server_name, local_addr=local0,
             user_timeout=args.user_timeout, timeout=args.timeout, on_stream=on_stream_cb,
-            rejoin=args.failover, rejoin_paths=[(local0, args.host), *extra],
+            rejoin=args.failover, rejoin_paths=[(local0, h) for h in hosts] + extra,
+            attempt_timeout=args.connect_timeout, stagger=args.stagger,
         )
+        while not client.events.empty():  # report the happy-eyeballs race
+            e = client.events.get_nowait()
+            if isinstance(e, ev.ConnectionAttemptFailed):
+                print(f"tcpls: attempt {e.host}:{e.port} failed: {e.reason}", file=sys.stderr, flush=True)
+            elif isinstance(e, ev.ConnectionEstablished) and e.conn_id == 0 and (args.verbose or len(hosts) > 1):
+                print(f"tcpls: connected to {e.remote[0]}:{e.remote[1]}", file=sys.stderr, flush=True)
+        if client.get_extra_info("tcpls"):
+            await _ask_peer(args, client)
         migrate_spec = _split_path(args.migrate_to) if args.migrate_to else None
         migrating: list[asyncio.Task[Any]] = []
 
@@ -264,4 +327,10 @@ async def _client(args: argparse.Namespace, tls: Any, server_name: str) -> int:
 
 
 def cmd_client(args: argparse.Namespace, tls: Any) -> int:
-    return asyncio.run(_client(args, tls, args.sni or args.host))
+    hosts = client_hosts(args)
+    if not hosts:
+        from .commands import UsageFailure
+
+        raise UsageFailure("no server address given")
+    names = [h for h in hosts if not tio._is_ip(h)]
+    return asyncio.run(_client(args, tls, args.sni or (names or hosts)[0]))

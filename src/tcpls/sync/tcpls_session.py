@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from typing import Any, Awaitable, Optional, TypeVar, Union
+from typing import Any, Awaitable, Optional, Sequence, TypeVar, Union
 
 from ..aio import tcpls_session as tio
 from ..tcpls.config import TCPLSConfig
@@ -149,6 +149,16 @@ class BlockingTCPLSClient:
         """The session-fatal error, if any."""
         return self.session.error
 
+    def request_peer_tcp_setting(self, setting: int, value: object, conn_id: Optional[int] = None, timeout: float = 10.0) -> Any:
+        """Ask the server to apply a TCP setting; returns its ``TCPSettingAnswered``."""
+        return self._lt.run(self.session.request_peer_tcp_setting(setting, value, conn_id, timeout=timeout))
+
+    def set_peer_user_timeout(self, ms: int, conn_id: Optional[int] = None, timeout: float = 10.0) -> Any:
+        return self._lt.run(self.session.set_peer_user_timeout(ms, conn_id, timeout=timeout))
+
+    def set_peer_congestion_control(self, name: str, conn_id: Optional[int] = None, timeout: float = 10.0) -> Any:
+        return self._lt.run(self.session.set_peer_congestion_control(name, conn_id, timeout=timeout))
+
     def close(self, timeout: float = 10.0) -> None:
         try:
             self._lt.run(self.session.close(timeout), timeout + 5)
@@ -162,8 +172,10 @@ class BlockingTCPLSClient:
         self.close()
 
 
-def connect(host: str, port: int, *, config: TCPLSConfig, timeout: Optional[float] = 30.0, **kw: Any) -> BlockingTCPLSClient:
-    """Blocking :func:`tcpls.aio.tcpls_session.connect` (same keyword arguments)."""
+def connect(host: Union[str, Sequence[Union[str, tuple[str, int]]]], port: int, *, config: TCPLSConfig,
+            timeout: Optional[float] = 30.0, **kw: Any) -> BlockingTCPLSClient:
+    """Blocking :func:`tcpls.aio.tcpls_session.connect` (same arguments:
+    ``host`` may be a list of addresses raced with happy eyeballs)."""
     lt = _LoopThread()
     try:
         client = lt.run(tio.connect(host, port, config=config, timeout=timeout, **kw))

@@ -8,8 +8,9 @@ was reserved). Peers must agree on them out of band: only tcpls speaks them.
 
 Frame types are TCPLS-internal (carried inside protected records, never
 seen by TLS). The draft's values 0x00-0x09 are used as written; the one
-frame we add (Stream Reset, which the draft lacks) takes a value from the
-top of the 8-bit space, away from the draft's future allocations.
+frames we add (Stream Reset, TCP Setting and TCP Setting Result, which
+the draft lacks) take values from the top of the 8-bit space, away from
+the draft's future allocations.
 """
 
 from __future__ import annotations
@@ -42,6 +43,35 @@ class FrameType(IntEnum):
     # sense of "no more data will come": Error Code (32) | Final Offset (64) |
     # Stream ID (32) | Type.
     STREAM_RESET = 0xF0
+    # tcpls extension (not in draft-04): ask the peer to apply a TCP socket
+    # option on one of its connections (or all):
+    # Value (Length bytes) | Length (8) | Connection ID (32) | Setting ID (8) |
+    # Request ID (16) | Type. See TCPSetting for the values.
+    TCP_SETTING = 0xF1
+    # tcpls extension: the answer to a TCP Setting frame:
+    # Reason (Length bytes, ASCII) | Length (8) | Status (8) | Request ID (16) | Type.
+    TCP_SETTING_RESULT = 0xF2
+
+
+class TCPSetting(IntEnum):
+    """Setting IDs of the TCP Setting frame (tcpls extension)."""
+
+    USER_TIMEOUT = 0x01  # Value: milliseconds, 32-bit (TCP_USER_TIMEOUT; 0 = the kernel default)
+    CONGESTION_CONTROL = 0x02  # Value: algorithm name, 1-16 printable ASCII bytes (TCP_CONGESTION)
+
+
+class TCPSettingStatus(IntEnum):
+    """Status of a TCP Setting Result frame."""
+
+    APPLIED = 0x00  # set on every targeted connection
+    REFUSED = 0x01  # the receiver's policy said no (or unknown setting / connection)
+    FAILED = 0x02  # the policy accepted it but the socket option could not be set
+
+
+#: Connection ID of a TCP Setting frame meaning "every connection of the session".
+ALL_CONNECTIONS = 0xFFFFFFFF
+#: Longest congestion control name (the kernel's TCP_CA_NAME_MAX).
+TCP_CA_NAME_MAX = 16
 
 
 #: Frames that do not elicit an ACK (draft: rule "N").

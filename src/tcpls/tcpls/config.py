@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from ..tls.config import TLSConfig
 from .migration import TokenRegistry
@@ -49,6 +49,12 @@ class TCPLSConfig:
             caps it.
         token_registry: server: maps join tokens to sessions; share one
             registry between all sessions of a listener.
+        tcp_setting_policy: policy hook for the peer's TCP Setting requests
+            (tcpls extension), called by the adapters as
+            ``policy(setting, value, conn_id)`` (a ``TCPSetting``, an int
+            or str, a Connection ID or None for all); it returns None to
+            accept or a reason (str) to refuse. None: the adapter's default
+            policy (``tcpls.aio.tcp_settings.default_policy``).
     """
 
     tls: TLSConfig
@@ -65,6 +71,7 @@ class TCPLSConfig:
     inflight_limit: int = 1 << 18
     key_update_records: int = 1 << 23
     token_registry: TokenRegistry = field(default_factory=TokenRegistry)
+    tcp_setting_policy: Optional[Callable[[int, object, Optional[int]], Optional[str]]] = None
 
     def validate(self) -> None:
         if self.scheduler not in SCHEDULERS:

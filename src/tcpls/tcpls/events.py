@@ -115,3 +115,54 @@ class KeyUpdated(Event):
 
     conn_id: int
     direction: str
+
+
+@dataclass(frozen=True, slots=True)
+class TCPSettingRequested(Event):
+    """The peer asks us to apply TCP setting ``setting`` (a
+    :class:`~tcpls.tcpls.codepoints.TCPSetting`) with ``value`` (an int for
+    USER_TIMEOUT, a str for CONGESTION_CONTROL) on connection ``conn_id``
+    (None: every connection). Answer with
+    ``session.answer_tcp_setting(request_id, status, reason)``; the
+    adapters do so after their policy hook and ``setsockopt``."""
+
+    request_id: int
+    setting: int
+    value: object
+    conn_id: Optional[int]
+
+
+@dataclass(frozen=True, slots=True)
+class TCPSettingAnswered(Event):
+    """The peer answered our TCP Setting ``request_id``: ``status`` is a
+    :class:`~tcpls.tcpls.codepoints.TCPSettingStatus` (APPLIED, REFUSED,
+    FAILED), ``reason`` its explanation."""
+
+    request_id: int
+    status: int
+    reason: str
+
+    @property
+    def applied(self) -> bool:
+        return self.status == 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionAttemptFailed(Event):
+    """Adapter event (happy-eyeballs connect): the TCP connection attempt to
+    ``host:port`` failed or was abandoned, with ``reason``."""
+
+    host: str
+    port: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEstablished(Event):
+    """Adapter event: TCP connection ``conn_id`` is up between ``local`` and
+    ``remote`` (``(host, port)``); for connection 0, the winner of the
+    happy-eyeballs race."""
+
+    conn_id: int
+    local: tuple
+    remote: tuple

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from ..errors import DecodeError
-from .codepoints import TOKEN_LENGTH, FrameType
+from .codepoints import TCP_CA_NAME_MAX, TOKEN_LENGTH, FrameType, TCPSetting
 
 __all__ = [
     "Padding",
@@ -38,6 +38,8 @@ __all__ = [
     "RemoveAddressFrame",
     "StreamChangeFrame",
     "StreamResetFrame",
+    "TCPSettingFrame",
+    "TCPSettingResultFrame",
     "Frame",
     "encode_frame",
     "encode_frames",
@@ -126,6 +128,29 @@ class StreamResetFrame:
     error_code: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class TCPSettingFrame:
+    """tcpls extension: ask the peer to apply TCP setting ``setting``
+    (a :class:`~tcpls.tcpls.codepoints.TCPSetting` value, or an unknown one)
+    with the encoded ``value`` on its connection ``conn_id``
+    (``ALL_CONNECTIONS``: every one). ``request_id`` pairs it with its result."""
+
+    request_id: int
+    setting: int
+    conn_id: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TCPSettingResultFrame:
+    """tcpls extension: the answer to TCP Setting ``request_id``
+    (a :class:`~tcpls.tcpls.codepoints.TCPSettingStatus` value and an ASCII reason)."""
+
+    request_id: int
+    status: int
+    reason: str = ""
+
+
 Frame = Union[
     Padding,
     Ping,
@@ -137,6 +162,8 @@ Frame = Union[
     RemoveAddressFrame,
     StreamChangeFrame,
     StreamResetFrame,
+    TCPSettingFrame,
+    TCPSettingResultFrame,
 ]
 
 _ADDRESS_LENGTH = {4: 4, 6: 16}
@@ -145,6 +172,17 @@ _ADDRESS_LENGTH = {4: 4, 6: 16}
 def _check(cond: bool, what: str) -> None:
     if not cond:
         raise ValueError(what)
+
+
+def check_tcp_setting_value(setting: int, value: bytes) -> None:
+    """Raise ValueError unless ``value`` is well formed for a known ``setting``
+    (unknown settings carry any value up to 255 bytes)."""
+    if setting == TCPSetting.USER_TIMEOUT:
+        _check(len(value) == 4, "USER_TIMEOUT value must be 4 bytes")
+    elif setting == TCPSetting.CONGESTION_CONTROL:
+        _check(0 < len(value) <= TCP_CA_NAME_MAX, f"congestion control name must be 1-{TCP_CA_NAME_MAX} bytes")
+        _check(all(0x21 <= b <= 0x7E for b in value), "congestion control name must be printable ASCII")
+    _check(len(value) < 256, "TCP Setting value longer than 255 bytes")
 
 
 def encode_frame(f: Frame) -> bytes:
@@ -203,6 +241,23 @@ def encode_frame(f: Frame) -> bytes:
             + f.stream_id.to_bytes(4, "big")
             + bytes((FrameType.STREAM_RESET,))
         )
+    if t is TCPSettingFrame:
+        assert isinstance(f, TCPSettingFrame)
+        _check(0 <= f.request_id < U16 and 0 <= f.setting < 256 and 0 <= f.conn_id < U32, "TCP Setting field out of range")
+        check_tcp_setting_value(f.setting, f.value)
+        return (
+            bytes(f.value)
+            + bytes((len(f.value),))
+            + f.conn_id.to_bytes(4, "big")
+            + bytes((f.setting,))
+            + f.request_id.to_bytes(2, "big")
+            + bytes((FrameType.TCP_SETTING,))
+        )
+    if t is TCPSettingResultFrame:
+        assert isinstance(f, TCPSettingResultFrame)
+        _check(0 <= f.request_id < U16 and 0 <= f.status < 256, "TCP Setting Result field out of range")
+        reason = f.reason.encode("ascii", "replace")[:255]
+        return reason + bytes((len(reason), f.status)) + f.request_id.to_bytes(2, "big") + bytes((FrameType.TCP_SETTING_RESULT,))
     raise TypeError(f"not a TCPLS frame: {f!r}")
 
 
@@ -292,6 +347,34 @@ def parse_frames(payload: bytes | memoryview) -> list[Frame]:
                 raise DecodeError("truncated Stream Reset frame")
             out.append(StreamResetFrame(_u(buf, pos - 4, pos), _u(buf, pos - 12, pos - 4), _u(buf, pos - 16, pos - 12)))
             pos -= 16
+        elif ftype == FrameType.TCP_SETTING:
+            if pos < 8:
+                raise DecodeError("truncated TCP Setting frame")
+            request_id = _u(buf, pos - 2, pos)
+            setting = buf[pos - 3]
+            conn_id = _u(buf, pos - 7, pos - 3)
+            vlen = buf[pos - 8]
+            pos -= 8
+            if vlen > pos:
+                raise DecodeError("TCP Setting value length exceeds the record")
+            value = bytes(buf[pos - vlen : pos])
+            try:
+                check_tcp_setting_value(setting, value)
+            except ValueError as exc:
+                raise DecodeError(f"malformed TCP Setting frame: {exc}") from None
+            out.append(TCPSettingFrame(request_id, setting, conn_id, value))
+            pos -= vlen
+        elif ftype == FrameType.TCP_SETTING_RESULT:
+            if pos < 4:
+                raise DecodeError("truncated TCP Setting Result frame")
+            request_id = _u(buf, pos - 2, pos)
+            status = buf[pos - 3]
+            rlen = buf[pos - 4]
+            pos -= 4
+            if rlen > pos:
+                raise DecodeError("TCP Setting Result reason length exceeds the record")
+            out.append(TCPSettingResultFrame(request_id, status, bytes(buf[pos - rlen : pos]).decode("ascii", "replace")))
+            pos -= rlen
         else:
             raise DecodeError(f"unknown TCPLS frame type 0x{ftype:02x}")
         end = pos

@@ -67,7 +67,7 @@ from ..tls.record import RecordReader, encode_plaintext_records
 from ..tls.suites import suite_info
 from . import events as ev
 from . import frames as F
-from .codepoints import NON_ACK_ELICITING, FrameType
+from .codepoints import ALL_CONNECTIONS, NON_ACK_ELICITING, FrameType, TCPSetting, TCPSettingStatus
 from .config import TCPLSConfig
 from .migration import TCPLSHook, new_token, parse_client_hello
 from .path import ConnState, Connection, Ranges, SentRecord
@@ -77,7 +77,8 @@ from .stream import Stream
 _MAX_CONTENT = 1 << 14
 _CONTROL_RESERVE = 256  # room kept in a data record for control frames
 _MAX_EARLY_JOIN_BYTES = 2 * (5 + _MAX_CONTENT + 256)  # two records
-_RETRANSMITTED = (F.NewTokenFrame, F.ConnectionResetFrame, F.StreamResetFrame, F.NewAddressFrame, F.RemoveAddressFrame)
+_RETRANSMITTED = (F.NewTokenFrame, F.ConnectionResetFrame, F.StreamResetFrame, F.NewAddressFrame, F.RemoveAddressFrame,
+                  F.TCPSettingFrame, F.TCPSettingResultFrame)
 _FRAME_TYPE_OF = {F.Padding: FrameType.PADDING, F.AckFrame: FrameType.ACK}
 
 
@@ -115,6 +116,9 @@ class TCPLSSession:
         self._next_token_seq = 1
         self._addresses: dict[int, tuple] = {}
         self._removed_addresses: set[int] = set()
+        self._tcp_requests: dict[int, F.TCPSettingFrame] = {}  # our TCP Setting requests awaiting a result
+        self._next_tcp_request = 0
+        self._tcp_requests_seen: OrderedDict[int, None] = OrderedDict()  # newest peer request IDs handled (retransmissions)
         self.mode: Optional[str] = None  # None (handshake), "tcpls" or "tls" (fallback)
         self.terminated = False
         self.local_closed = False
@@ -494,6 +498,55 @@ class TCPLSSession:
         """Addresses the peer advertised and did not remove: ``{address_id: (host, port)}``."""
         return {aid: (str(ipaddress.ip_address(a)), port) for aid, (_v, a, port) in self._addresses.items()}
 
+    def request_tcp_setting(self, setting: int, value: object, conn_id: Optional[int] = None) -> int:
+        """Ask the peer to apply a TCP setting on its connection ``conn_id``
+        (None: all of them) with a TCP Setting frame (tcpls extension, see
+        docs/tcpls.md). ``value``: milliseconds (int) for
+        ``TCPSetting.USER_TIMEOUT``, an algorithm name (str) for
+        ``TCPSetting.CONGESTION_CONTROL``, raw bytes otherwise. Returns the
+        request ID that the ``TCPSettingAnswered`` event will carry."""
+        if self.mode != "tcpls":
+            raise UsageError("TCP settings need an established TCPLS session")
+        if isinstance(value, bool):
+            raise UsageError("bad TCP setting value")
+        if isinstance(value, int):
+            if not 0 <= value < 1 << 32:
+                raise UsageError("TCP setting value out of range (32-bit)")
+            raw = value.to_bytes(4, "big")
+        elif isinstance(value, str):
+            try:
+                raw = value.encode("ascii")
+            except UnicodeEncodeError:
+                raise UsageError("TCP setting name must be ASCII") from None
+        elif isinstance(value, (bytes, bytearray)):
+            raw = bytes(value)
+        else:
+            raise UsageError("bad TCP setting value")
+        target = ALL_CONNECTIONS if conn_id is None else conn_id
+        if len(self._tcp_requests) >= 1 << 16:
+            raise UsageError("too many TCP setting requests awaiting an answer")
+        while self._next_tcp_request in self._tcp_requests:
+            self._next_tcp_request = (self._next_tcp_request + 1) & 0xFFFF
+        rid = self._next_tcp_request
+        self._next_tcp_request = (rid + 1) & 0xFFFF
+        frame = F.TCPSettingFrame(rid, int(setting), target, raw)
+        try:
+            F.encode_frame(frame)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        self._tcp_requests[rid] = frame
+        self._control.append((None, frame))
+        self._flush(self._now)
+        return rid
+
+    def answer_tcp_setting(self, request_id: int, status: int, reason: str = "") -> None:
+        """Answer the peer's TCP Setting ``request_id`` (from a
+        ``TCPSettingRequested`` event) with a TCP Setting Result frame."""
+        if self.mode != "tcpls" or self.terminated:
+            return
+        self._control.append((None, F.TCPSettingResultFrame(request_id, int(status), reason)))
+        self._flush(self._now)
+
     def close(self) -> None:
         """Send close_notify on every usable connection (we send nothing more)."""
         if self.local_closed or self.terminated:
@@ -759,6 +812,38 @@ class TCPLSSession:
                 del self._addresses[f.address_id]
                 self._removed_addresses.add(f.address_id)
                 self._emit(ev.AddressRemoved(f.address_id))
+        elif t is F.TCPSettingFrame:
+            assert isinstance(f, F.TCPSettingFrame)
+            self._on_tcp_setting(f)
+        elif t is F.TCPSettingResultFrame:
+            assert isinstance(f, F.TCPSettingResultFrame)
+            if self._tcp_requests.pop(f.request_id, None) is not None:
+                self._emit(ev.TCPSettingAnswered(f.request_id, f.status, f.reason))
+            # else: a duplicate (retransmitted after a failover): already answered
+
+    def _on_tcp_setting(self, f: F.TCPSettingFrame) -> None:
+        """A TCP Setting request (tcpls extension). Unknown settings and
+        connections are answered REFUSED rather than alerted: the frame is
+        length-prefixed, so a newer peer's settings are skipped safely and
+        the requester learns why nothing happened."""
+        if f.request_id in self._tcp_requests_seen:
+            return  # retransmitted after a failover; already handled
+        self._tcp_requests_seen[f.request_id] = None
+        if len(self._tcp_requests_seen) > 1024:  # the peer cycles through 2^16 IDs before reusing one
+            self._tcp_requests_seen.popitem(last=False)
+        conn_id = None if f.conn_id == ALL_CONNECTIONS else f.conn_id
+        value: object
+        if f.setting == TCPSetting.USER_TIMEOUT:
+            value = int.from_bytes(f.value, "big")
+        elif f.setting == TCPSetting.CONGESTION_CONTROL:
+            value = f.value.decode("ascii")
+        else:
+            self._control.append((None, F.TCPSettingResultFrame(f.request_id, TCPSettingStatus.REFUSED, f"unknown setting 0x{f.setting:02x}")))
+            return
+        if conn_id is not None and (conn_id not in self._conns or self._conns[conn_id].state in (ConnState.CLOSED, ConnState.FAILED)):
+            self._control.append((None, F.TCPSettingResultFrame(f.request_id, TCPSettingStatus.REFUSED, f"unknown connection {conn_id}")))
+            return
+        self._emit(ev.TCPSettingRequested(f.request_id, f.setting, value, conn_id))
 
     def _peer_stream(self, sid: int, end: Optional[int] = None, fin: bool = False) -> Optional[Stream]:
         """The stream ``sid`` named by the peer, opening it (and any lower
