@@ -221,6 +221,8 @@ def test_session_events_join_stream_migration_failover():
         srv = await _server(scfg, on_stream=_echo, on_session=on_session)
         async with srv:
             client = await tio.connect("127.0.0.1", srv.addresses[0][1], config=ccfg, server_name="localhost")
+            first = await client.next_event(timeout=5)
+            assert isinstance(first, ev.ConnectionEstablished) and first.conn_id == 0
             assert isinstance(await client.next_event(timeout=5), ev.HandshakeCompleted)
             cid = await client.join("127.0.0.2")
             sreader, _sw = await client.accept_stream()
@@ -245,6 +247,7 @@ def test_session_events_join_stream_migration_failover():
     cid, seen = run(main())
     kinds = [type(e).__name__ for e in seen]
     assert ev.ConnectionJoined(cid) in seen, kinds
+    assert any(isinstance(e, ev.ConnectionEstablished) and e.conn_id == cid for e in seen), kinds
     assert ev.StreamOpened(1) in seen, kinds
     assert tio.StreamMigrated(0, 0) in seen, kinds
     failed = [e for e in seen if isinstance(e, ev.ConnectionFailed)]
