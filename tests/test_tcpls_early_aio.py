@@ -65,6 +65,9 @@ async def _roundtrip(ccfg, scfg, payload, tfo_on=False):
         back = await r2.read()
         out = dict(seen, back=back, sent=second.session.early_data_sent, accepted=second.session.early_data_accepted,
                    first_tfo=first_tfo, second_tfo=second.tfo_used(0))
+        if tfo_on:  # a join: its ClientHello and key-possession proof ride in the SYN too
+            cid = await second.join("127.0.0.1")
+            out["join_tfo"] = second.tfo_used(cid)
         await second.close()
     return out
 
@@ -95,7 +98,7 @@ sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import test_tcpls_early_aio as t
 ccfg, scfg = t._configs()
 print(json.dumps({k: v for k, v in t.run(t._roundtrip(ccfg, scfg, b"q" * 1000, tfo_on=True)).items()
-                  if k in ("accepted", "early", "first_tfo", "second_tfo")}))
+                  if k in ("accepted", "early", "first_tfo", "second_tfo", "join_tfo")}))
 """
 
 
@@ -122,9 +125,53 @@ def test_tfo_carries_the_client_hello_and_early_data_in_the_syn(tmp_path):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     # the first connection only obtained the cookie; the second sent its
     # ClientHello and 0-RTT stream data in the SYN, and the server took them
-    assert got["first_tfo"] is False and got["second_tfo"] is True
+    assert got["first_tfo"] is False and got["second_tfo"] is True and got["join_tfo"] is True
     assert got["accepted"] is True and got["early"] == 1000
     if nstat.returncode == 0:
         counters = dict(line.split()[:2] for line in nstat.stdout.splitlines() if line.startswith("TcpExt"))
         assert int(counters.get("TcpExtTCPFastOpenActive", "0")) >= 1
         assert int(counters.get("TcpExtTCPFastOpenPassive", "0")) >= 1
+
+
+@pytest.mark.skipif(_why is not None, reason=f"TFO test needs a network namespace: {_why or ''}")
+def test_cli_tfo_and_0rtt_in_a_namespace(pki, tmp_path):
+    import re
+    import uuid
+
+    from conftest import tcpls_cli, wait_until
+
+    ns = f"tcplstfo{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    err = open(tmp_path / "server.err", "w+b")
+    server = None
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.tcp_fastopen=3"], check=True)
+        server = subprocess.Popen(["ip", "netns", "exec", ns, *tcpls_cli(), "server", "--tcpls", "--host", "127.0.0.1",
+                                   "--port", "4433", "--cert", pki.leaf().cert_file, "--key", pki.leaf().key_file,
+                                   "--echo", "--max-early-data", "8192", "--tfo"],
+                                  cwd=str(ROOT), env=cli_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+
+        def stderr() -> bytes:
+            err.seek(0)
+            return err.read()
+
+        wait_until(lambda: b"listening on" in stderr() or server.poll() is not None, 15, "server")
+        sess = tmp_path / "sess.bin"
+        base = ["ip", "netns", "exec", ns, *tcpls_cli(), "client", "--tcpls", "127.0.0.1", "4433",
+                "--cafile", pki.ca_file, "--sni", "localhost", "--tfo"]
+        runs = []
+        for extra, data in (([ "--sess-out", str(sess)], b"cookie please"), (["--sess-in", str(sess), "--early-data", "-"], b"in the SYN")):
+            r = subprocess.run([*base, *extra], input=data, capture_output=True, timeout=60, cwd=str(ROOT), env=cli_env())
+            assert r.returncode == 0 and r.stdout == data, r.stderr
+            m = re.search(rb"tcpls: summary: (.*)", r.stderr)
+            runs.append(dict(kv.split("=", 1) for kv in m.group(1).decode().split()))
+        wait_until(lambda: b"stream 0: 10 early bytes" in stderr(), 10, "server early-data line")
+    finally:
+        if server is not None and server.poll() is None:
+            server.terminate()
+            server.wait(10)
+        err.close()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    assert runs[0]["tfo"] == "no" and runs[0]["early_accepted"] == "-"
+    assert runs[1]["tfo"] == "yes" and runs[1]["early_sent"] == "10" and runs[1]["early_accepted"] == "yes"

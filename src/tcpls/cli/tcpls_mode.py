@@ -178,6 +178,7 @@ class _Stats:
         self.app_bytes = 0
         self.per_conn: dict[int, int] = {}
         self.log = log
+        self.tfo: Optional[bool] = None  # connection 0's SYN carried data (read while it is open)
         if log is not None:
             log.write("time,conn_id,bytes\n")
 
@@ -193,7 +194,7 @@ class _Stats:
             f"tcpls: summary: bytes={self.app_bytes} seconds={secs:.3f} goodput_mbps={self.app_bytes * 8 / secs / 1e6:.2f}"
             f" paths={paths or '-'} migrations={client.migrations} failovers={client.failovers}"
             f" early_sent={client.session.early_data_sent} early_accepted={_yes_no(client.session.early_data_accepted)}"
-            f" tfo={_yes_no(client.tfo_used(0) if client.tfo else None)}"
+            f" tfo={_yes_no(self.tfo)}"
         )
 
 
@@ -260,6 +261,8 @@ async def _client(args: argparse.Namespace, tls: Any, server_name: str) -> int:
                     print(f"joined connection {cid}: {local or '*'} -> {remote}", file=sys.stderr)
         if args.progress:
             progress = asyncio.ensure_future(_progress(stats))
+        if args.tfo:
+            stats.tfo = client.tfo_used(0)
         if args.verbose and ticket is not None:
             print(f"resumed: {client.session.tls.session_resumed}", file=sys.stderr)
         reader, writer = client.early_stream or client.open_stream()
