@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from tcpls.errors import LocalProtocolError
+from tcpls.errors import LocalProtocolError, RemoteAlert
 from tcpls.tcpls import events as ev
 from tcpls.tcpls import frames as F
 from tcpls.tcpls.session import TCPLSSession
@@ -201,8 +201,9 @@ def test_control_frames_in_early_data_are_refused():
     # the alert reaches the client
     out = server.data_to_send(0)
     assert out
-    with pytest.raises(Exception):
+    with pytest.raises(RemoteAlert) as remote:
         client.receive_data(0, out, T0 + 2)
+    assert remote.value.alert == A.unexpected_message
 
 
 def test_no_early_data_without_ticket_or_flag():
@@ -220,3 +221,19 @@ def test_plain_tls_fallback_exposes_no_tcpls_ticket():
     p.pump()
     assert not of_type(p.client_events, ev.HandshakeCompleted)[0].tcpls
     assert p.client.resumption_session is None
+
+
+def test_malformed_ticket_in_tcpls_session_is_a_clean_decode_error():
+    c, s = early_configs()
+    p = TCPLSPair(c, s, now=T0)
+    p.pump()
+    conn = p.server._conns[0]
+    # a NewSessionTicket whose body is cut short, protected like any record
+    p.server._seal(conn, 22, bytes([4, 0, 0, 3, 1, 2, 3]))
+    with pytest.raises(LocalProtocolError) as ei:
+        p.pump()
+    assert ei.value.alert == A.decode_error
+    # the alert the client queued is readable by the server (sealed by the session)
+    with pytest.raises(RemoteAlert) as remote:
+        p.server.receive_data(0, p.client.data_to_send(0), p.now)
+    assert remote.value.alert == A.decode_error

@@ -752,7 +752,12 @@ class TCPLSSession:
         elif inner == ContentType.HANDSHAKE and self.is_client and conn.conn_id == 0 and payload[:1] == bytes((HandshakeType.new_session_ticket,)):
             # A ticket (RFC 9846 §4.6.1) for resumption and 0-RTT: the TLS
             # engine decodes it (it holds the resumption secret).
-            self._tls.receive_plaintext_record(ContentType.HANDSHAKE, bytes(payload), now)
+            try:
+                self._tls.receive_plaintext_record(ContentType.HANDSHAKE, bytes(payload), now)
+            finally:
+                # the session protects connection 0 now: nothing the TLS
+                # engine would seal (an alert for a bad ticket) goes out
+                self._tls.data_to_send()
             self._drain_tls()
         else:
             raise UnexpectedMessage(f"content type {inner} is not allowed in a TCPLS session")
