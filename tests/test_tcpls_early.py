@@ -237,3 +237,64 @@ def test_malformed_ticket_in_tcpls_session_is_a_clean_decode_error():
     with pytest.raises(RemoteAlert) as remote:
         p.server.receive_data(0, p.client.data_to_send(0), p.now)
     assert remote.value.alert == A.decode_error
+
+
+def test_server_answers_early_data_in_its_first_flight_0_5_rtt():
+    c, s = early_configs()
+    ticket = first_ticket(c, s)
+    client = TCPLSSession(c, is_client=True, server_name="localhost", session=ticket)
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"request", True)
+    client.start_handshake(T0 + 2, early_data=True)
+    server = TCPLSSession(s, is_client=False)
+    server.receive_data(0, client.data_to_send(0), T0 + 2)
+    got = list(iter(server.next_event, None))
+    assert early_bytes(got, sid) == b"request"
+    assert not of_type(got, ev.HandshakeCompleted)  # the client's Finished has not arrived
+    server.send_stream_data(sid, b"response", True)  # 0.5-RTT, under the server's application key
+    flight = server.data_to_send(0)
+    client.receive_data(0, flight, T0 + 2)
+    cev = list(iter(client.next_event, None))
+    assert of_type(cev, ev.HandshakeCompleted)[0].early_data is True
+    assert received(cev, sid) == b"response" and of_type(cev, ev.StreamEnded)
+    # the rest of the session is ordinary: Finished, tickets, ACKs, both sides forget the stream
+    for _ in range(5):
+        server.receive_data(0, client.data_to_send(0), T0 + 2)
+        out = server.data_to_send(0)
+        if not out:
+            break
+        client.receive_data(0, out, T0 + 2)
+    sev = list(iter(server.next_event, None))
+    assert of_type(sev, ev.HandshakeCompleted) and of_type(list(iter(client.next_event, None)), ev.SessionTicketReceived)
+    assert client.stream_ids() == [] and server.stream_ids() == []
+    assert client.stream_send_buffer(sid) == 0 and server.stream_send_buffer(sid) == 0
+
+
+def test_no_0_5_rtt_when_the_server_asks_for_client_certificates():
+    c, s = early_configs()
+    s.tls.request_client_certificate = True
+    p = TCPLSPair(c, s, now=T0)
+    p.client.send_stream_data(p.client.open_stream(), b"x", True)
+    cid_flight = p.client.data_to_send(0)
+    server = TCPLSSession(s, is_client=False)
+    server.receive_data(0, cid_flight, T0)
+    server.open_stream()
+    server.send_stream_data(1, b"too early", True)
+    flight = server.data_to_send(0)
+    # only the handshake flight: the stream data waits for the client's Finished
+    from tcpls.tls.record import RecordReader
+
+    r = RecordReader()
+    r.feed(flight)
+    n = 0
+    while r.next_record() is not None:
+        n += 1
+    p2 = TCPLSPair(c, s, now=T0)
+    server2 = TCPLSSession(s, is_client=False)
+    server2.receive_data(0, p2.client.data_to_send(0), T0)
+    m = 0
+    r2 = RecordReader()
+    r2.feed(server2.data_to_send(0))
+    while r2.next_record() is not None:
+        m += 1
+    assert n == m

@@ -155,3 +155,59 @@ def on_handshake_complete(tcpls: "TCPLSSession", st: EarlyState, tcpls_mode: boo
             s.on_lost(offset, length, fin)
     st.ranges = []
     return st.accepted
+
+
+# ----------------------------------------------------------------- 0.5-RTT
+# Server. Right after its Finished the server holds its application write
+# key (RFC 9846 §4.4.4, "0.5-RTT data"), so a TCPLS server takes over the
+# sending half of connection 0 there, not at the client's Finished: stream
+# bytes it writes in answer to 0-RTT data leave with (or right after) its
+# flight instead of one round trip later. Record numbers and nonces of
+# connection 0 start at 0 under that key, as they would at completion. What
+# the TLS engine still seals afterwards under that key (NewSessionTickets,
+# an alert) is opened again and re-sealed by the session, so every record
+# on the wire has its own nonce. Not with client certificates requested:
+# the client is then not authenticated before its Finished.
+
+
+def half_rtt_possible(tcpls: "TCPLSSession") -> bool:
+    cfg = tcpls._tls_config
+    return not (cfg.request_client_certificate or cfg.require_client_certificate)
+
+
+def maybe_start_half_rtt(tcpls: "TCPLSSession") -> None:
+    """Server, after each handshake record: take over connection 0's sending
+    half once the TLS engine switched to the application write key."""
+    from .path import ConnectionDecryptor, ConnectionEncryptor
+
+    tls = tcpls._tls
+    hs = tls._hs
+    secret = getattr(hs, "server_app_secret", b"")
+    if tcpls.is_client or tcpls._half_rtt is not None or not secret or tls.handshake_complete:
+        return
+    if not tcpls._hook.negotiated or not half_rtt_possible(tcpls) or tls.terminated:
+        return
+    enc = tls._encryptor
+    if enc is None or enc.secret != secret or tls._out or tls._hs_out:
+        return
+    suite = hs.suite
+    conn0 = tcpls._conns[0]
+    conn0.encryptor = ConnectionEncryptor(suite, secret, 0, enc.seq)
+    conn0.tx_records = enc.seq
+    # opens what the TLS engine seals later under the same key
+    tcpls._half_rtt = ConnectionDecryptor(suite, secret, 0, enc.seq)
+
+
+def reseal_tls_output(tcpls: "TCPLSSession", out: bytes) -> None:
+    """TLS records sealed under the server's application key after the
+    takeover: open them and seal their content again on connection 0."""
+    from ..tls.record import RecordReader
+
+    dec = tcpls._half_rtt
+    assert dec is not None
+    reader = RecordReader()
+    reader.feed(out)
+    while (rec := reader.next_record()) is not None:
+        _ctype, header, body = rec
+        inner, payload = dec.open(header, body)
+        tcpls._seal(tcpls._conns[0], inner, bytes(payload))

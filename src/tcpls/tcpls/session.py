@@ -108,6 +108,7 @@ class TCPLSSession:
         )
         self._tls = TLSConnection(self._tls_config, server_side=not is_client, server_name=server_name, session=session)
         self._early = _early.EarlyState(session if is_client else None)
+        self._half_rtt = None  # server: opener of TLS records after the 0.5-RTT takeover (tcpls.tcpls.early)
         self._conns: dict[int, Connection] = {0: Connection(0, ConnState.HANDSHAKING)}
         self._events: deque[ev.Event] = deque()
         self._streams: dict[int, Stream] = {}
@@ -610,7 +611,9 @@ class TCPLSSession:
 
     def _drain_tls(self) -> None:
         out = self._tls.data_to_send()
-        if out:
+        if out and self._half_rtt is not None:
+            _early.reseal_tls_output(self, out)
+        elif out:
             self._conns[0].out.append(out)
         while (e := self._tls.next_event()) is not None:
             if isinstance(e, tls_ev.HandshakeComplete):
@@ -666,7 +669,11 @@ class TCPLSSession:
         self._keys = (suite, tx, rx)
         self.mode = "tcpls"
         conn0 = self._conns[0]
+        half = (conn0.encryptor, conn0.tx_records) if self._half_rtt is not None else None
         conn0.install_keys(suite, tx, tx_seq, rx, rx_seq)
+        if half is not None:  # the session has been sending since the server's Finished
+            conn0.encryptor, conn0.tx_records = half
+            self._half_rtt = None
         conn0.state = ConnState.ACTIVE
         self._emit(ev.HandshakeCompleted(True, tls.cipher_suite, tls.alpn_protocol, early))
         if self.is_client and self._hook.first_token is not None:
@@ -700,6 +707,8 @@ class TCPLSSession:
                     self._tls.receive_data(bytes(header) + bytes(body), now)
                 finally:
                     self._drain_tls()
+                if self.mode is None and not self.is_client:
+                    _early.maybe_start_half_rtt(self)  # 0.5-RTT stream data
                 if self.mode is None and self._tls.handshake_complete:
                     self._on_handshake_complete(now)
                     for c in list(self._conns.values()):
@@ -1012,11 +1021,16 @@ class TCPLSSession:
             conn.in_flight += sum(r[2] for r in ranges)
 
     def _flush(self, now: float) -> None:
-        if self.mode != "tcpls" or self.terminated:
+        if self.terminated:
             return
-        if not self.is_client:
-            self._replenish_tokens()
-        usable = [c for c in self._conns.values() if c.usable]
+        if self.mode != "tcpls":
+            if self._half_rtt is None or self.mode is not None:
+                return
+            usable = [self._conns[0]]  # server 0.5-RTT: connection 0's sending half only
+        else:
+            if not self.is_client:
+                self._replenish_tokens()
+            usable = [c for c in self._conns.values() if c.usable]
         if not usable:
             return
         # ACK frames: on the acknowledged connection if possible, else any.
