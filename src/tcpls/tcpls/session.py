@@ -39,7 +39,7 @@ reads a clock or touches a socket.
 7. 0-RTT (:mod:`tcpls.tcpls.early`): a client resumed from a ticket sends
    the first stream bytes as TLS early data; they count as acknowledged
    when the server accepts them and are sent again under the 1-RTT keys
-   when it does not.
+   when it does not. The server sends from its Finished on (0.5-RTT).
 8. Key updates are per connection (:meth:`TCPLSSession.key_update`,
    automatic before the AEAD limit); ACK frames count records, not nonce
    sequence numbers, so they survive key changes (:mod:`tcpls.tcpls.path`).
