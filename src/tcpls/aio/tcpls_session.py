@@ -58,9 +58,11 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Optional, Sequence, Union
 
@@ -70,7 +72,9 @@ from ..tcpls.config import TCPLSConfig
 from ..tcpls.path import ConnState
 from ..tcpls.codepoints import TCPSetting
 from ..tcpls.session import TCPLSSession, alert_record, route_connection
+from ..tls.session import Session
 from . import happy_eyeballs, tcp_settings
+from . import tfo as _tfo
 
 __all__ = [
     "TCPLSClient",
@@ -327,6 +331,7 @@ class SessionDriver:
         self.observer: Optional[Callable[[int, int], None]] = None  # observer(conn_id, n) on every TCP read
         self._tcp_answers: dict[int, asyncio.Future[ev.TCPSettingAnswered]] = {}
         self._peer_tcp_settings: dict[int, object] = {}  # settings the peer set on all connections (for later ones)
+        self.early_received: dict[int, int] = {}  # stream -> leading bytes that arrived as 0-RTT early data
 
     # ---------------------------------------------------------------- queries
     @property
@@ -403,6 +408,19 @@ class SessionDriver:
         if status == 0 and e.conn_id is None:
             self._peer_tcp_settings[e.setting] = e.value
         self.session.answer_tcp_setting(e.request_id, status, reason)
+
+    def early_bytes(self, stream_id: int) -> int:
+        """How many leading bytes of ``stream_id``'s reader arrived as 0-RTT
+        early data (server side; replayable, see docs/tcpls.md)."""
+        return self.early_received.get(stream_id, 0)
+
+    def tfo_used(self, conn_id: int = 0) -> Optional[bool]:
+        """Client: whether connection ``conn_id``'s SYN carried data the
+        server acknowledged (TCP Fast Open; Linux ``TCP_INFO``), None if unknown."""
+        p = self._conns.get(conn_id)
+        if p is None or p.transport is None:
+            return None
+        return _tfo.syn_data_acked(p.transport.get_extra_info("socket"))
 
     # ------------------------------------------------------------ streams API
     def open_stream(self) -> tuple[asyncio.StreamReader, TCPLSStreamWriter]:
@@ -739,6 +757,8 @@ class SessionDriver:
             t = type(e)
             if t is ev.StreamDataReceived:
                 st = self._streams.get(e.stream_id)  # type: ignore[attr-defined]
+                if e.early:  # type: ignore[attr-defined]
+                    self.early_received[e.stream_id] = self.early_received.get(e.stream_id, 0) + len(e.data)  # type: ignore[attr-defined]
                 if st is not None:
                     st[0].feed_data(e.data)  # type: ignore[attr-defined]
                 continue
@@ -891,9 +911,11 @@ class TCPLSClient(SessionDriver):
 
     def __init__(self, session: TCPLSSession, *, port: int, limit: int = DEFAULT_LIMIT, user_timeout: Optional[int] = None,
                  on_stream: Optional[Callable[..., Any]] = None, rejoin: bool = False,
-                 rejoin_paths: Sequence[tuple[Optional[str], str]] = ()) -> None:
+                 rejoin_paths: Sequence[tuple[Optional[str], str]] = (), tfo: bool = False) -> None:
         super().__init__(session, limit=limit, on_stream=on_stream)
         self.port = port
+        self.tfo = tfo  # TCP Fast Open on connection 0 and on joins
+        self.early_stream: Optional[tuple[asyncio.StreamReader, TCPLSStreamWriter]] = None
         self.user_timeout = user_timeout
         self.rejoin = rejoin
         self.rejoin_paths = list(rejoin_paths)  # (local, remote) candidates for a rejoin
@@ -906,6 +928,11 @@ class TCPLSClient(SessionDriver):
         proto = _ConnProtocol(None, conn_id)
         if sock is not None:  # already connected (happy eyeballs)
             await asyncio.wait_for(self._loop.create_connection(lambda: proto, sock=sock), timeout)
+        elif self.tfo:
+            # TCP_FASTOPEN_CONNECT: the first write (ClientHello, early data,
+            # or a join's ClientHello and proof) rides in the SYN once a cookie is cached.
+            sock = await asyncio.wait_for(_tfo.connect_socket(self._loop, host, port, local), timeout)
+            await self._loop.create_connection(lambda: proto, sock=sock)
         else:
             kw: dict[str, Any] = {}
             if local:
@@ -945,6 +972,15 @@ class TCPLSClient(SessionDriver):
         if self.session.connection_state(cid) is not ConnState.ACTIVE:
             raise ConnectionError(f"join of connection {cid} failed")
         return cid
+
+    def resumption_session(self) -> Optional[Session]:
+        """The newest ticket of this TCPLS session, its ``received_at`` in
+        wall-clock seconds (the engine runs on ``loop.time()``), ready for
+        ``Session.to_bytes()`` and for :func:`connect`'s ``session=``."""
+        t = self.session.resumption_session
+        if t is None:
+            return None
+        return dataclasses.replace(t, received_at=t.received_at - self._loop.time() + time.time())
 
     def _transmit_early(self, cid: int) -> None:
         data = self.session.data_to_send(cid)
@@ -1021,6 +1057,10 @@ async def connect(
     rejoin_paths: Sequence[tuple[Optional[str], str]] = (),
     attempt_timeout: Optional[float] = None,
     stagger: float = happy_eyeballs.DEFAULT_STAGGER,
+    session: Optional[Session] = None,
+    early_data: Optional[bytes] = None,
+    early_fin: bool = False,
+    tfo: bool = False,
 ) -> TCPLSClient:
     """Connect to ``host:port``, run the handshake and return the session.
 
@@ -1042,15 +1082,32 @@ async def connect(
     :meth:`SessionDriver.accept_stream`); ``rejoin=True`` joins a new
     connection (on ``rejoin_paths`` (local, remote) or the server's
     advertised addresses) when all have failed.
+
+    0-RTT: ``session`` resumes a ticket of an earlier TCPLS session
+    (``client.session.resumption_session``); with ``early_data`` the client
+    opens a stream (``client.early_stream``: reader, writer) and sends the
+    bytes on it, as TLS early data up to the ticket's limit (FIN after them
+    with ``early_fin``); ``client.session.early_data_sent`` /
+    ``early_data_accepted`` tell what happened (rejected bytes were resent).
+    ``tfo=True`` uses TCP Fast Open on connection 0 and on joins; with
+    several addresses to race, connection 0 is raced without it (the race
+    connects before there is data to put in a SYN) and joins still use it.
     """
     loop = asyncio.get_running_loop()
     hosts = [host] if isinstance(host, str) else [h if isinstance(h, str) else h[0] for h in host]
     first = next((h for h in hosts if not _is_ip(h)), hosts[0] if hosts else "")
     name = server_name or getattr(config.tls, "server_name", None) or first
-    session = TCPLSSession(config, is_client=True, server_name=name)
+    resume = session
+    if resume is not None:  # wall clock -> the engine's loop.time()
+        resume = dataclasses.replace(resume, received_at=resume.received_at - time.time() + loop.time())
+    session = TCPLSSession(config, is_client=True, server_name=name, session=resume)
     client = TCPLSClient(session, port=port, limit=limit, user_timeout=user_timeout, on_stream=on_stream,
-                         rejoin=rejoin, rejoin_paths=rejoin_paths)
-    session.start_handshake(loop.time())
+                         rejoin=rejoin, rejoin_paths=rejoin_paths, tfo=tfo)
+    if early_data is not None:
+        sid = session.open_stream()
+        client.early_stream = client._new_stream(sid)
+        session.send_stream_data(sid, early_data, early_fin)
+    session.start_handshake(loop.time(), early_data=early_data is not None)
     client._transmit_early(0)
     deadline = None if timeout is None else loop.time() + timeout
 
@@ -1066,6 +1123,18 @@ async def connect(
         for h in [host] if isinstance(host, str) else host:
             h, p = (h, port) if isinstance(h, str) else (h[0], int(h[1]))
             targets.extend(a for a in await asyncio.wait_for(happy_eyeballs.resolve(h, p), left()) if a not in targets)
+        if tfo and len(targets) == 1:
+            # One address: no race, so connection 0 can carry its ClientHello
+            # (and 0-RTT data) in the SYN.
+            winner, wport = targets[0]
+            try:
+                await client._connect(0, winner, wport, local_addr, left())
+            except (OSError, asyncio.TimeoutError) as exc:
+                reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"
+                attempt_failed(winner, wport, reason)
+                raise happy_eyeballs.AllAttemptsFailed([(winner, wport, reason)]) from exc
+            await asyncio.wait_for(asyncio.shield(client._handshake), left())
+            return client
         try:
             sock, (winner, _wport) = await asyncio.wait_for(
                 happy_eyeballs.race(targets, port, attempt_timeout=attempt_timeout if attempt_timeout is not None else timeout,
@@ -1238,6 +1307,7 @@ async def serve(
     on_session: Optional[Callable[[ServerSession], Awaitable[None]]] = None,
     limit: int = DEFAULT_LIMIT,
     user_timeout: Optional[int] = None,
+    tfo: int = 0,
     **kwds: Any,
 ) -> TCPLSServer:
     """Listen on every address of ``hosts`` at ``port`` (0: a free port,
@@ -1248,6 +1318,8 @@ async def serve(
     ``on_stream(reader, writer)`` runs for each stream a client opens;
     ``on_session(session)`` once per session after its handshake (e.g. to
     open a server stream). A plain TLS 1.3 client gets stream 0.
+    ``tfo`` > 0 accepts TCP Fast Open with that pending-queue length
+    (``TCP_FASTOPEN``; the host's ``net.ipv4.tcp_fastopen`` must allow servers).
     """
     if isinstance(hosts, str):
         hosts = [hosts]
@@ -1256,6 +1328,9 @@ async def serve(
     for host in hosts:
         s = await loop.create_server(srv._factory, host, port, **kwds)
         srv.servers.append(s)
+        if tfo:
+            for sock in s.sockets:
+                _tfo.enable_server(sock, tfo)
         bound = s.sockets[0].getsockname()
         port = bound[1]
         srv.addresses.append((bound[0], bound[1]))

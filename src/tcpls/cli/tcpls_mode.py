@@ -13,11 +13,20 @@ Contract (tests and other tools rely on it):
   goes to ``HOST``, from the LOCAL of a path whose REMOTE is HOST). At the
   end it prints one line on stderr::
 
-      tcpls: summary: bytes=N seconds=S goodput_mbps=G paths=ID:BYTES:MBPS,... migrations=M failovers=F
+      tcpls: summary: bytes=N seconds=S goodput_mbps=G paths=ID:BYTES:MBPS,... migrations=M failovers=F early_sent=E early_accepted=yes|no|- tfo=yes|no|-
 
   where ``bytes`` are the application bytes written to stdout and the
   per-path figures count the TCP payload received on each connection
-  (records included).
+  (records included); ``early_sent`` the stream bytes sent as 0-RTT early
+  data (``--sess-in`` with ``--early-data``), ``early_accepted`` whether
+  the server took them (``-``: no 0-RTT; rejected bytes were resent),
+  ``tfo`` whether connection 0's SYN carried data (``--tfo``).
+* 0-RTT: ``--sess-in``/``--sess-out`` as for TLS (a ticket of a TCPLS
+  session); ``--early-data FILE`` sends FILE first on stream 0 (0-RTT up
+  to the ticket's limit, the rest after the handshake), then stdin;
+  ``--early-data -`` takes stdin's first bytes, up to the ticket's limit,
+  as the early data. The server (``--max-early-data N``) prints
+  ``tcpls: stream S: E early bytes`` per stream that carried early data.
 * client ``HOST`` may be a comma-separated list (plus ``--also-connect``):
   happy eyeballs, the first TCP connection to complete carries the
   session; each failed attempt prints ``tcpls: attempt HOST:PORT failed: REASON``.
@@ -86,6 +95,10 @@ def add_arguments(server: argparse.ArgumentParser, client: argparse.ArgumentPars
                         help="TCPLS: detect dead paths fast and rejoin on another path if none is left")
     client.add_argument("--goodput-log", metavar="FILE", help="TCPLS: CSV 'time,conn_id,bytes' of every read")
     client.add_argument("--progress", action="store_true", help="TCPLS: progress bar on stderr")
+    client.add_argument("--tfo", action="store_true",
+                        help="TCPLS: TCP Fast Open on connection 0 and joins (the ClientHello rides in the SYN once a cookie is cached)")
+    server.add_argument("--tfo", type=int, nargs="?", const=64, default=0, metavar="QLEN",
+                        help="TCPLS: accept TCP Fast Open (TCP_FASTOPEN, pending queue QLEN, default 64)")
 
 
 def host_action() -> type[argparse.Action]:
@@ -143,6 +156,11 @@ async def _serve(args: argparse.Namespace, tls: Any) -> int:
 
         raise UsageFailure(f"--serve-file: {path} is not a readable file")
 
+    def report_early(writer: tio.TCPLSStreamWriter) -> None:
+        n = writer.session.early_bytes(writer.stream_id)
+        if n:
+            print(f"tcpls: stream {writer.stream_id}: {n} early bytes", file=sys.stderr, flush=True)
+
     async def echo(reader: Any, writer: tio.TCPLSStreamWriter) -> None:
         try:
             while data := await reader.read(READ_SIZE):
@@ -151,6 +169,7 @@ async def _serve(args: argparse.Namespace, tls: Any) -> int:
             writer.write_eof()
         except (ConnectionError, OSError):
             pass
+        report_early(writer)
 
     async def discard(reader: Any, writer: tio.TCPLSStreamWriter) -> None:
         try:
@@ -159,6 +178,7 @@ async def _serve(args: argparse.Namespace, tls: Any) -> int:
             writer.write_eof()
         except (ConnectionError, OSError):
             pass
+        report_early(writer)
 
     async def send_file(session: tio.ServerSession) -> None:
         assert path is not None
@@ -184,7 +204,8 @@ async def _serve(args: argparse.Namespace, tls: Any) -> int:
     asking = args.peer_user_timeout is not None or args.peer_cc
     hosts = getattr(args, "hosts", None) or [args.host]
     server = await tio.serve(hosts, args.port, config=config, on_stream=discard if path else echo,
-                             on_session=on_session if (path or asking) else None, user_timeout=args.user_timeout)
+                             on_session=on_session if (path or asking) else None, user_timeout=args.user_timeout,
+                             tfo=getattr(args, "tfo", 0) or 0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -210,6 +231,7 @@ class _Stats:
         self.app_bytes = 0
         self.per_conn: dict[int, int] = {}
         self.log = log
+        self.tfo: Optional[bool] = None  # connection 0's SYN carried data (read while it is open)
         if log is not None:
             log.write("time,conn_id,bytes\n")
 
@@ -224,7 +246,13 @@ class _Stats:
         return (
             f"tcpls: summary: bytes={self.app_bytes} seconds={secs:.3f} goodput_mbps={self.app_bytes * 8 / secs / 1e6:.2f}"
             f" paths={paths or '-'} migrations={client.migrations} failovers={client.failovers}"
+            f" early_sent={client.session.early_data_sent} early_accepted={_yes_no(client.session.early_data_accepted)}"
+            f" tfo={_yes_no(self.tfo)}"
         )
+
+
+def _yes_no(v: Optional[bool]) -> str:
+    return "-" if v is None else ("yes" if v else "no")
 
 
 async def _progress(stats: _Stats) -> None:
@@ -260,12 +288,14 @@ async def _client(args: argparse.Namespace, tls: Any, server_name: str) -> int:
         return task
 
     progress = None
+    ticket, early, early_fin = await _early_input(args)
     try:
         client = await tio.connect(
             hosts if len(hosts) > 1 else hosts[0], args.port, config=config, server_name=server_name, local_addr=local0,
             user_timeout=args.user_timeout, timeout=args.timeout, on_stream=on_stream_cb,
             rejoin=args.failover, rejoin_paths=[(local0, h) for h in hosts] + extra,
             attempt_timeout=args.connect_timeout, stagger=args.stagger,
+            session=ticket, early_data=early, early_fin=early_fin, tfo=args.tfo,
         )
         while not client.events.empty():  # report the happy-eyeballs race
             e = client.events.get_nowait()
@@ -294,10 +324,16 @@ async def _client(args: argparse.Namespace, tls: Any, server_name: str) -> int:
                     print(f"joined connection {cid}: {local or '*'} -> {remote}", file=sys.stderr)
         if args.progress:
             progress = asyncio.ensure_future(_progress(stats))
-        reader, writer = client.open_stream()
+        if args.tfo:
+            stats.tfo = client.tfo_used(0)
+        if args.verbose and ticket is not None:
+            print(f"resumed: {client.session.tls.session_resumed}", file=sys.stderr)
+        reader, writer = client.early_stream or client.open_stream()
         loop = asyncio.get_running_loop()
 
         async def pump_stdin() -> None:
+            if early_fin:
+                return  # stdin ended inside the early data
             stdin = sys.stdin.buffer
             read = getattr(stdin, "read1", stdin.read)
             while data := await loop.run_in_executor(None, read, READ_SIZE):
@@ -315,6 +351,7 @@ async def _client(args: argparse.Namespace, tls: Any, server_name: str) -> int:
             await asyncio.gather(*server_streams)
         if migrating:
             await migrating[0]
+        _save_ticket(args, client)
         await client.close()
     finally:
         if progress is not None:
@@ -324,6 +361,49 @@ async def _client(args: argparse.Namespace, tls: Any, server_name: str) -> int:
             log.close()
     print(stats.line(client), file=sys.stderr, flush=True)
     return 0
+
+
+async def _early_input(args: argparse.Namespace) -> tuple[Any, Optional[bytes], bool]:
+    """--sess-in / --early-data: (ticket, early bytes, stdin already ended)."""
+    from ..tls.session import Session
+    from .commands import UsageFailure
+
+    ticket = None
+    try:
+        if args.sess_in:
+            with open(args.sess_in, "rb") as f:
+                ticket = Session.from_bytes(f.read())
+        if not args.early_data:
+            return ticket, None, False
+        if ticket is None:
+            raise UsageFailure("--early-data needs --sess-in")
+        if args.early_data != "-":
+            with open(args.early_data, "rb") as f:
+                return ticket, f.read(), False
+    except (OSError, ValueError) as exc:
+        raise UsageFailure(f"{exc}") from None
+    # stdin's first bytes, as many as fit in the ticket's 0-RTT budget
+    room = max(0, ticket.max_early_data - 15)  # one Stream frame's header (frames.STREAM_FRAME_OVERHEAD)
+    loop = asyncio.get_running_loop()
+    stdin = sys.stdin.buffer
+    read = getattr(stdin, "read1", stdin.read)
+    buf = bytearray()
+    while len(buf) < room:
+        data = await loop.run_in_executor(None, read, room - len(buf))
+        if not data:
+            return ticket, bytes(buf), True
+        buf += data
+    return ticket, bytes(buf), False
+
+
+def _save_ticket(args: argparse.Namespace, client: tio.TCPLSClient) -> None:
+    """--sess-out: the newest ticket of the TCPLS session (owner-only file)."""
+    ticket = client.resumption_session()
+    if not args.sess_out or ticket is None:
+        return
+    fd = os.open(args.sess_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(ticket.to_bytes())
 
 
 def cmd_client(args: argparse.Namespace, tls: Any) -> int:

@@ -26,6 +26,10 @@ class HandshakeCompleted(Event):
     tcpls: bool
     cipher_suite: int
     alpn_protocol: Optional[str] = None
+    #: 0-RTT (RFC 9846 §4.2.10): None if no early data was offered, else
+    #: whether the server accepted it (client: our early stream bytes count
+    #: as delivered; if False they are sent again under the 1-RTT keys).
+    early_data: Optional[bool] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +41,18 @@ class StreamOpened(Event):
 
 @dataclass(frozen=True, slots=True)
 class StreamDataReceived(Event):
-    """In-order bytes of ``stream_id`` starting at ``offset``."""
+    """In-order bytes of ``stream_id`` starting at ``offset``.
+
+    ``early`` is True for bytes that arrived in TLS 0-RTT early data
+    (server side): they were not protected against replay by the handshake
+    (RFC 9846 §8), only by the TLS layer's anti-replay check. Early bytes
+    are always a prefix of their stream.
+    """
 
     stream_id: int
     data: bytes
     offset: int
+    early: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,3 +177,12 @@ class ConnectionEstablished(Event):
     conn_id: int
     local: tuple
     remote: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTicketReceived(Event):
+    """Client: the server sent a NewSessionTicket in the TCPLS session;
+    ``session`` (a :class:`tcpls.tls.session.Session`) resumes it, with
+    0-RTT stream data if its ``max_early_data`` is above 0."""
+
+    session: object

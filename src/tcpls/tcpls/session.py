@@ -36,7 +36,11 @@ reads a clock or touches a socket.
    duplicates from reused IDs); at most ``max_streams`` peer streams are
    open at once; reorder buffers are bounded by ``stream_window``; a
    failed or closed session withdraws its join tokens.
-7. Key updates are per connection (:meth:`TCPLSSession.key_update`,
+7. 0-RTT (:mod:`tcpls.tcpls.early`): a client resumed from a ticket sends
+   the first stream bytes as TLS early data; they count as acknowledged
+   when the server accepts them and are sent again under the 1-RTT keys
+   when it does not. The server sends from its Finished on (0.5-RTT).
+8. Key updates are per connection (:meth:`TCPLSSession.key_update`,
    automatic before the AEAD limit); ACK frames count records, not nonce
    sequence numbers, so they survive key changes (:mod:`tcpls.tcpls.path`).
 """
@@ -64,11 +68,13 @@ from ..tls import messages as M
 from ..tls.enums import AlertDescription, AlertLevel, ContentType, HandshakeType, KeyUpdateRequest
 from ..tls.key_schedule import next_traffic_secret
 from ..tls.record import RecordReader, encode_plaintext_records
+from ..tls.session import Session
 from ..tls.suites import suite_info
 from . import events as ev
 from . import frames as F
 from .codepoints import ALL_CONNECTIONS, NON_ACK_ELICITING, FrameType, TCPSetting, TCPSettingStatus
 from .config import TCPLSConfig
+from . import early as _early
 from .migration import TCPLSHook, new_token, parse_client_hello
 from .path import ConnState, Connection, Ranges, SentRecord
 from .scheduler import make_scheduler
@@ -89,14 +95,21 @@ def _ack_eliciting(frames: list[F.Frame]) -> bool:
 class TCPLSSession:
     """One TCPLS session, client or server. See ``docs/tcpls.md``."""
 
-    def __init__(self, config: TCPLSConfig, is_client: bool, server_name: Optional[str] = None) -> None:
+    def __init__(
+        self, config: TCPLSConfig, is_client: bool, server_name: Optional[str] = None, session: Optional[Session] = None
+    ) -> None:
         config.validate()
         self.config = config
         self.is_client = is_client
         self._server_name = server_name
         self._hook = TCPLSHook(config.enable, issue_token=None if is_client else self._issue_ee_token)
-        self._tls_config = replace(config.tls, extension_hooks=[*config.tls.extension_hooks, self._hook])
-        self._tls = TLSConnection(self._tls_config, server_side=not is_client, server_name=server_name)
+        # Rejected 0-RTT data is resent by the session as stream data, never by TLS.
+        self._tls_config = replace(
+            config.tls, extension_hooks=[*config.tls.extension_hooks, self._hook], resend_early_data_on_reject=False
+        )
+        self._tls = TLSConnection(self._tls_config, server_side=not is_client, server_name=server_name, session=session)
+        self._early = _early.EarlyState(session if is_client else None)
+        self._half_rtt = None  # server: opener of TLS records after the 0.5-RTT takeover (tcpls.tcpls.early)
         self._conns: dict[int, Connection] = {0: Connection(0, ConnState.HANDSHAKING)}
         self._events: deque[ev.Event] = deque()
         self._streams: dict[int, Stream] = {}
@@ -182,11 +195,45 @@ class TCPLSSession:
         return mine < self.config.max_streams
 
     # -------------------------------------------------------------- transport
-    def start_handshake(self, now: float = 0.0) -> None:
-        """Client: queue the ClientHello on connection 0."""
+    def start_handshake(self, now: float = 0.0, early_data: bool = False) -> None:
+        """Client: queue the ClientHello on connection 0.
+
+        With ``early_data`` (and a ``session=`` whose ticket allows 0-RTT),
+        stream bytes written before this call go out as TLS early data, in
+        stream-ID order, up to the ticket's ``max_early_data`` (counted as
+        record payload: Stream frames with their headers); the rest waits
+        for the handshake. See :mod:`tcpls.tcpls.early`."""
         self._now = now
+        if early_data and self.is_client:
+            _early.queue_early_data(self, self._early)
         self._tls.start_handshake(now)
         self._drain_tls()
+
+    # 0-RTT (see tcpls.tcpls.early)
+    def early_data_limit(self) -> int:
+        """Client: record payload bytes the resumption ticket allows in 0-RTT (0: none)."""
+        return self._early.limit(self)
+
+    @property
+    def early_data_sent(self) -> int:
+        """Client: stream bytes sent as 0-RTT early data."""
+        return self._early.sent
+
+    @property
+    def early_data_accepted(self) -> Optional[bool]:
+        """None if no 0-RTT was attempted (or not answered yet), else whether the server accepted it."""
+        return self._early.accepted
+
+    @property
+    def early_data_received(self) -> int:
+        """Server: stream bytes delivered from 0-RTT early data."""
+        return self._early.received
+
+    @property
+    def resumption_session(self) -> Optional[Session]:
+        """Client: the newest ticket of this TCPLS session (None before one
+        arrived, and in plain TLS fallback: its tickets do not carry TCPLS)."""
+        return self._tls.session if self.mode == "tcpls" else None
 
     def data_to_send(self, conn_id: int) -> bytes:
         conn = self._conns.get(conn_id)
@@ -622,13 +669,19 @@ class TCPLSSession:
 
     def _drain_tls(self) -> None:
         out = self._tls.data_to_send()
-        if out:
+        if out and self._half_rtt is not None:
+            _early.reseal_tls_output(self, out)
+        elif out:
             self._conns[0].out.append(out)
         while (e := self._tls.next_event()) is not None:
             if isinstance(e, tls_ev.HandshakeComplete):
                 continue  # reported by _on_handshake_complete
             if isinstance(e, tls_ev.DataReceived):
                 self._fallback_data(e.data)
+            elif isinstance(e, tls_ev.EarlyDataReceived):
+                _early.on_early_data(self, self._early, e.data)
+            elif isinstance(e, tls_ev.SessionTicketReceived) and e.session is not None and self.mode == "tcpls":
+                self._emit(ev.SessionTicketReceived(e.session))
             elif isinstance(e, tls_ev.CloseNotifyReceived):
                 self.peer_closed = True
                 s = self._streams.get(0)
@@ -649,10 +702,11 @@ class TCPLSSession:
         tls = self._tls
         assert tls.cipher_suite is not None
         self._drain_tls()
+        early = _early.on_handshake_complete(self, self._early, self._hook.negotiated)
         if not self._hook.negotiated:
             self.mode = "tls"
             self._conns[0].state = ConnState.ACTIVE
-            self._emit(ev.HandshakeCompleted(False, tls.cipher_suite, tls.alpn_protocol))
+            self._emit(ev.HandshakeCompleted(False, tls.cipher_suite, tls.alpn_protocol, early))
             for sid in list(self._streams):
                 s = self._streams[sid]
                 if sid != 0:
@@ -673,9 +727,13 @@ class TCPLSSession:
         self._keys = (suite, tx, rx)
         self.mode = "tcpls"
         conn0 = self._conns[0]
+        half = (conn0.encryptor, conn0.tx_records) if self._half_rtt is not None else None
         conn0.install_keys(suite, tx, tx_seq, rx, rx_seq)
+        if half is not None:  # the session has been sending since the server's Finished
+            conn0.encryptor, conn0.tx_records = half
+            self._half_rtt = None
         conn0.state = ConnState.ACTIVE
-        self._emit(ev.HandshakeCompleted(True, tls.cipher_suite, tls.alpn_protocol))
+        self._emit(ev.HandshakeCompleted(True, tls.cipher_suite, tls.alpn_protocol, early))
         if self.is_client and self._hook.first_token is not None:
             self._tokens[1] = self._hook.first_token
             self._emit(ev.TokenReceived(1))
@@ -707,6 +765,8 @@ class TCPLSSession:
                     self._tls.receive_data(bytes(header) + bytes(body), now)
                 finally:
                     self._drain_tls()
+                if self.mode is None and not self.is_client:
+                    _early.maybe_start_half_rtt(self)  # 0.5-RTT stream data
                 if self.mode is None and self._tls.handshake_complete:
                     self._on_handshake_complete(now)
                     for c in list(self._conns.values()):
@@ -757,7 +817,15 @@ class TCPLSSession:
         elif inner == ContentType.HANDSHAKE and payload[:1] == bytes((HandshakeType.key_update,)):
             self._on_key_update(conn, payload)
         elif inner == ContentType.HANDSHAKE and self.is_client and conn.conn_id == 0 and payload[:1] == bytes((HandshakeType.new_session_ticket,)):
-            pass  # tickets sent right after the handshake: not used by TCPLS sessions
+            # A ticket (RFC 9846 §4.6.1) for resumption and 0-RTT: the TLS
+            # engine decodes it (it holds the resumption secret).
+            try:
+                self._tls.receive_plaintext_record(ContentType.HANDSHAKE, bytes(payload), now)
+            finally:
+                # the session protects connection 0 now: nothing the TLS
+                # engine would seal (an alert for a bad ticket) goes out
+                self._tls.data_to_send()
+            self._drain_tls()
         else:
             raise UnexpectedMessage(f"content type {inner} is not allowed in a TCPLS session")
 
@@ -876,12 +944,12 @@ class TCPLSSession:
             self._emit(ev.StreamOpened(n))
         return self._streams[sid]
 
-    def _on_stream_frame(self, f: F.StreamFrame) -> None:
+    def _on_stream_frame(self, f: F.StreamFrame, early: bool = False) -> None:
         s = self._peer_stream(f.stream_id, f.offset + len(f.data), f.fin)
         if s is None:
             return
         for offset, data in s.receive(f.offset, f.data, f.fin):
-            self._emit(ev.StreamDataReceived(f.stream_id, data, offset))
+            self._emit(ev.StreamDataReceived(f.stream_id, data, offset, early))
         if s.fin_complete and not s.recv_finished:
             self._recv_over(s)
             self._emit(ev.StreamEnded(f.stream_id))
@@ -964,6 +1032,8 @@ class TCPLSSession:
             return
         self.terminated = True
         payload = bytes((AlertLevel.FATAL, exc.alert))
+        if self.mode != "tcpls" and not self._tls.terminated:
+            self._tls._fail(exc)  # raised by the session during the handshake (0-RTT frames)
         for c in self._conns.values():
             if c.conn_id == 0 and self.mode != "tcpls":
                 continue  # the TLS engine queued it (drained below)
@@ -1041,11 +1111,16 @@ class TCPLSSession:
             conn.in_flight += sum(r[2] for r in ranges)
 
     def _flush(self, now: float) -> None:
-        if self.mode != "tcpls" or self.terminated:
+        if self.terminated:
             return
-        if not self.is_client:
-            self._replenish_tokens()
-        usable = [c for c in self._conns.values() if c.usable]
+        if self.mode != "tcpls":
+            if self._half_rtt is None or self.mode is not None:
+                return
+            usable = [self._conns[0]]  # server 0.5-RTT: connection 0's sending half only
+        else:
+            if not self.is_client:
+                self._replenish_tokens()
+            usable = [c for c in self._conns.values() if c.usable]
         if not usable:
             return
         # ACK frames: on the acknowledged connection if possible, else any.
