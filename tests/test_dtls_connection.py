@@ -842,6 +842,40 @@ def test_connection_ids() -> None:
     assert server.next_event() is None and server.drops.get(DropReason.WRONG_CID) == 1
 
 
+
+
+@pytest.mark.parametrize("cookie", [True, False])
+def test_connection_id_handshake_needs_no_retransmission(cookie: bool) -> None:
+    """With CIDs, the server's encrypted records share the ServerHello's
+    datagram; the client reads them once the CID is installed (§9), so a
+    clean network completes the handshake without any timer firing."""
+    client, server = make_pair(
+        client_kw={"connection_id": b"\x01\x02\x03"},
+        server_kw={"connection_id": b"\xaa\xbb", "require_cookie": cookie},
+    )
+    fired = {"client": 0, "server": 0}
+    for side, conn in (("client", client), ("server", server)):
+        original = conn.handle_timer
+
+        def counting(now: float, _side=side, _orig=original) -> None:
+            fired[_side] += 1
+            _orig(now)
+
+        conn.handle_timer = counting  # type: ignore[method-assign]
+    net = handshake(client, server)
+    net.run()
+    assert client.receive_cid == b"\x01\x02\x03" and client.send_cid == b"\xaa\xbb"
+    server_sent = [d for _, d in net.sent["server"]]
+    assert len(server_sent) == len(set(server_sent))
+    client_sent = [d for _, d in net.sent["client"]]
+    assert len(client_sent) == len(set(client_sent))
+    assert client.drops.get(DropReason.UNEXPECTED_CID) is None
+    # Fake clock: the handshake ends well before the 1 s initial
+    # retransmission timeout, and the client's only timer (a delayed ACK of
+    # the NewSessionTickets) fired once at most.
+    assert net.now < 0.5 and fired["client"] <= 1 and fired["server"] == 0
+
+
 def test_connection_id_only_when_both_offer() -> None:
     client, server = make_pair(client_kw={"connection_id": b"\x01"})
     handshake(client, server)
