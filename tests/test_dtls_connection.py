@@ -1359,3 +1359,21 @@ def test_integrity_limit_closes_the_association() -> None:
     with pytest.raises(LocalProtocolError) as info:
         server.receive_datagram(forged, net.now)
     assert info.value.alert == AlertDescription.bad_record_mac and server.terminated
+
+
+def test_automatic_one_directional_key_updates_with_send_data_batch() -> None:
+    """Only the server updates (key_update_after, §4.5.3): the client ACKs
+    every KeyUpdate from epoch 3, above which the KeyUpdates' epochs climb
+    (§7: the epoch rule of ACKs is for the handshake only)."""
+    client, server = make_pair(server_kw={"key_update_after": 3})
+    net = handshake(client, server)
+    net.run()
+    sent = []
+    for r in range(6):
+        chunks = [b"%d-%d" % (r, i) for i in range(4)]
+        sent += chunks
+        server.send_data_batch(chunks)
+        net.run()
+    assert not server.terminated and not client.terminated
+    assert server.write_epoch >= 8 and client.write_epoch == 3
+    assert [e.data for e in net.of("client", ev.DataReceived)] == sent

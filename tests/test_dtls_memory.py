@@ -114,10 +114,10 @@ def psk_configs():
 class Mesh:
     """One server endpoint (compaction on), many client engines, a fake clock."""
 
-    def __init__(self, *, use_cid: bool = False, compact_after: float = 5.0) -> None:
+    def __init__(self, *, use_cid: bool = False, compact_after: float = 5.0, **server_kw) -> None:
         self.client_config, server_config = psk_configs()
         self.endpoint = DTLSEndpoint(
-            dtls_connection_factory(server_config, require_cookie=False, use_cid=use_cid),
+            dtls_connection_factory(server_config, require_cookie=False, use_cid=use_cid, **server_kw),
             limits=EndpointLimits(compact_after=compact_after),
             cid_length=8 if use_cid else 0,
             compactor=compact_connection,
@@ -254,6 +254,61 @@ def test_compact_key_update_is_retransmitted_until_acked():
     mesh.advance(1.0)  # retransmitted, delivered, ACKed
     assert assoc.conn.write_epoch == 4 and assoc.conn.get_timer() is None
     assert max(c.read_epochs) == 4
+
+
+def _assert_open_and_delivering(mesh, assoc, c, tag: bytes) -> None:
+    mesh.endpoint.send_data(assoc, b"down " + tag, mesh.now)
+    c.send_data(b"up " + tag)
+    mesh.pump()
+    closed = [e for e in mesh.server_events if isinstance(e, ConnectionClosed)]
+    assert not closed, closed[0].error
+    assert mesh.server_data() == [b"up " + tag]
+    assert [e.data for e in client_events(c) if isinstance(e, ev.DataReceived)] == [b"down " + tag]
+
+
+def test_compact_one_directional_key_updates_accept_acks_from_a_lower_epoch():
+    """§8 / §7: only the server updates its keys; the client acknowledges
+    each KeyUpdate from its own (unchanged) epoch 3, so from the second one
+    on the ACK names a record of a higher epoch than its own. That is
+    legitimate after the handshake and must not be illegal_parameter."""
+    mesh = Mesh()
+    addr = ("10.1.1.4", 5000)
+    c = mesh.connect(addr)
+    mesh.advance(6.0)
+    (assoc,) = mesh.endpoint.associations()
+    assert isinstance(assoc.conn, EstablishedConnection)
+    for i in range(4):
+        mesh.endpoint.key_update(assoc, mesh.now, request_peer_update=False)
+        mesh.pump()
+        assert assoc.conn.write_epoch == 4 + i and assoc.conn.get_timer() is None
+        assert c.write_epoch == 3 and max(c.read_epochs) == 4 + i
+        _assert_open_and_delivering(mesh, assoc, c, b"%d" % i)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_compact_automatic_key_updates(batch):
+    """key_update_after survives compaction: the compact state updates its
+    keys automatically (one direction only), the client ACKs from epoch 3."""
+    mesh = Mesh(key_update_after=4)
+    addr = ("10.1.1.5", 5000)
+    c = mesh.connect(addr)
+    mesh.advance(6.0)
+    (assoc,) = mesh.endpoint.associations()
+    assert isinstance(assoc.conn, EstablishedConnection)
+    sent = []
+    for round_ in range(5):
+        chunks = [b"r%d-%d" % (round_, i) for i in range(5)]
+        sent += chunks
+        if batch:
+            mesh.endpoint.send_data_batch(assoc, chunks, mesh.now)
+        else:
+            for chunk in chunks:
+                mesh.endpoint.send_data(assoc, chunk, mesh.now)
+        mesh.pump()
+    assert not [e for e in mesh.server_events if isinstance(e, ConnectionClosed)]
+    assert assoc.conn.write_epoch >= 7 and c.write_epoch == 3
+    got = [e.data for e in client_events(c) if isinstance(e, ev.DataReceived)]
+    assert got == sent
 
 
 def test_compact_state_drops_garbage_and_fails_on_unexpected_handshake_messages():

@@ -860,12 +860,24 @@ class DTLSEndpoint:
         assoc.conn.send_data(data)
         self._collect(assoc, now)
 
-    def key_update(self, assoc: Association, now: float) -> None:
+    def send_data_batch(self, assoc: Association, chunks: Any, now: float) -> None:
+        """Send several payloads, one record and one datagram each, in order
+        (the engine's ``send_data_batch``)."""
         self._usable(assoc)
         if assoc.busy:
             raise UsageError("the handshake is still in progress")
         self._tell_time(assoc.conn, now)
-        assoc.conn.key_update()
+        assoc.conn.send_data_batch(chunks)
+        self._collect(assoc, now)
+
+    def key_update(self, assoc: Association, now: float, *, request_peer_update: bool = True) -> None:
+        """Send a KeyUpdate (RFC 9147 §8); ``request_peer_update=False``
+        updates only our sending keys."""
+        self._usable(assoc)
+        if assoc.busy:
+            raise UsageError("the handshake is still in progress")
+        self._tell_time(assoc.conn, now)
+        assoc.conn.key_update(request_peer_update)
         self._collect(assoc, now)
 
     def close(self, assoc: Association, now: float, *, wait_for_peer: Optional[float] = None) -> None:
