@@ -114,11 +114,11 @@ def psk_configs():
 class Mesh:
     """One server endpoint (compaction on), many client engines, a fake clock."""
 
-    def __init__(self, *, use_cid: bool = False, compact_after: float = 5.0, **server_kw) -> None:
+    def __init__(self, *, use_cid: bool = False, compact_after: float = 5.0, limits_kw=None, **server_kw) -> None:
         self.client_config, server_config = psk_configs()
         self.endpoint = DTLSEndpoint(
             dtls_connection_factory(server_config, require_cookie=False, use_cid=use_cid, **server_kw),
-            limits=EndpointLimits(compact_after=compact_after),
+            limits=EndpointLimits(compact_after=compact_after, **(limits_kw or {})),
             cid_length=8 if use_cid else 0,
             compactor=compact_connection,
         )
@@ -309,6 +309,38 @@ def test_compact_automatic_key_updates(batch):
     assert assoc.conn.write_epoch >= 7 and c.write_epoch == 3
     got = [e.data for e in client_events(c) if isinstance(e, ev.DataReceived)]
     assert got == sent
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_peer_close_linger_lets_the_server_answer_after_the_close_notify(compact):
+    """EndpointLimits.peer_close_linger: the client's data and close_notify
+    arrive together; the server still answers (half-close), then closes."""
+    mesh = Mesh(limits_kw={"peer_close_linger": 3.0})
+    addr = ("10.1.1.6", 5000)
+    c = mesh.connect(addr)
+    if compact:
+        mesh.advance(6.0)
+    (assoc,) = mesh.endpoint.associations()
+    assert isinstance(assoc.conn, EstablishedConnection) == compact
+    c.send_data(b"request")
+    c.close()
+    mesh.pump()
+    assert mesh.server_data() == [b"request"]
+    assert mesh.endpoint.connection_count == 1  # still open for our answer
+    mesh.endpoint.send_data(assoc, b"answer", mesh.now)
+    mesh.endpoint.close(assoc, mesh.now)
+    mesh.pump()
+    events = client_events(c)
+    assert [e.data for e in events if isinstance(e, ev.DataReceived)] == [b"answer"]
+    assert any(isinstance(e, ev.CloseNotifyReceived) for e in events)
+    assert mesh.endpoint.connection_count == 0
+    # Without an answer the linger time ends it.
+    c2 = mesh.connect(("10.1.1.7", 5000))
+    c2.close()
+    mesh.pump()
+    assert mesh.endpoint.connection_count == 1
+    mesh.advance(3.5)
+    assert mesh.endpoint.connection_count == 0
 
 
 def test_compact_state_drops_garbage_and_fails_on_unexpected_handshake_messages():

@@ -79,7 +79,9 @@ async def _serve(args: argparse.Namespace, config: Any) -> int:
         from concurrent.futures import ThreadPoolExecutor
 
         executor = ThreadPoolExecutor(args.workers, thread_name_prefix="tcpls-dtls-hs")
-    limits = EndpointLimits(max_handshakes=args.max_handshakes, max_connections=args.max_connections)
+    limits = EndpointLimits(
+        max_handshakes=args.max_handshakes, max_connections=args.max_connections, peer_close_linger=5.0
+    )
     try:
         server = await adtls.serve(
             config,
@@ -155,8 +157,8 @@ async def _client(args: argparse.Namespace, config: Any) -> int:
     async def pump_in() -> None:
         size = channel.max_data_size
         while (data := await queue.get()) is not None:
-            for i in range(0, len(data), size):
-                channel.send(data[i : i + size])
+            # One record per datagram, protected and sent as one batch (GSO).
+            channel.send_many([data[i : i + size] for i in range(0, len(data), size)])
         channel.close(wait_for_peer=args.timeout)
 
     sender = asyncio.create_task(pump_in())
