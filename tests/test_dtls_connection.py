@@ -1377,3 +1377,15 @@ def test_automatic_one_directional_key_updates_with_send_data_batch() -> None:
     assert not server.terminated and not client.terminated
     assert server.write_epoch >= 8 and client.write_epoch == 3
     assert [e.data for e in net.of("client", ev.DataReceived)] == sent
+
+
+@pytest.mark.parametrize("cookie", [True, False])
+def test_legacy_session_id_is_accepted_and_never_echoed(cookie: bool) -> None:
+    """RFC 9147 §5.3: a client with a cached pre-DTLS 1.3 session may send a
+    legacy_session_id; the server answers (stateless HRR included) with an
+    empty legacy_session_id_echo, and the client requires it empty (an
+    echo would fail the handshake with illegal_parameter)."""
+    client, server = make_pair(server_kw={"require_cookie": cookie})
+    client._hs.session_id = b"\x07" * 32
+    handshake(client, server)
+    assert client.hello_retry == cookie
