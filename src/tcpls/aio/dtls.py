@@ -90,6 +90,8 @@ class DTLSChannel:
         #: Engine events other than data (KeyUpdated, SessionTicketReceived, ...).
         self.events: list[Any] = []
         self.dropped = 0
+        #: Server: bytes of 0-RTT data received (delivered by recv() first).
+        self.early_data_received = 0
 
     # ------------------------------------------------------------ queries
     @property
@@ -369,12 +371,19 @@ class DTLSEndpointProtocol(asyncio.DatagramProtocol):
         endpoint = self.endpoint
         while (event := endpoint.next_event()) is not None:
             if isinstance(event, ConnectionEvent):
+                inner = event.event
                 channel = self._channels.get(event.association.id)
                 if channel is None:
-                    continue
-                inner = event.event
-                if isinstance(inner, _ev.DataReceived):
+                    if not isinstance(inner, _ev.EarlyDataReceived):
+                        continue
+                    # 0-RTT data arrives before the handshake completes: the
+                    # channel exists from then on, its handler starts at
+                    # ConnectionEstablished and reads this data first.
+                    channel = self._channel(event.association)
+                if isinstance(inner, (_ev.DataReceived, _ev.EarlyDataReceived)):
                     channel._data(inner.data)
+                    if isinstance(inner, _ev.EarlyDataReceived):
+                        channel.early_data_received += len(inner.data)
                 elif isinstance(inner, _ev.CloseNotifyReceived):
                     # The peer is done sending; we may still answer until
                     # close() (EndpointLimits.peer_close_linger).
