@@ -450,3 +450,32 @@ def test_wolfssl_client_resumption_and_early_data(pki, wolf):
     early = b"A drop of info"  # wolfSSL client.c kEarlyMsg
     assert resumed.early_data_received == len(early)
     assert [d.rstrip(b"\n") for d in received] == [HELLO, early, b"resuming wolfssl!"]
+
+
+def test_cli_dtls_server_early_data_from_wolfssl_client(pki, wolf):
+    """`tcpls dtls-server --no-cookie --max-early-data N`: wolfSSL's client
+    resumes with 0-RTT; the server logs the accepted 0-RTT and echoes."""
+    leaf = pki.leaf("ec256")
+    server = subprocess.Popen(
+        _cli("dtls-server", "--cert", leaf.cert_file, "--key", leaf.key_file, "--port", "0",
+             "--no-cookie", "--max-early-data", "4096", "-v"),
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    try:
+        line = server.stderr.readline().decode()
+        assert line.startswith("listening on "), line
+        port = line.split(":")[-1].split()[0]
+        client = subprocess.run(
+            [str(wolf / "examples/client/client"), "-u", "-v", "4", "-p", port, "-A", pki.ca_file, "-x", "-r", "-0"],
+            cwd=wolf,
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=TIMEOUT)
+    out = client.stdout.decode()
+    assert client.returncode == 0, out + client.stderr.decode()
+    assert "reused session id" in out.splitlines()
+    assert "0-RTT accepted" in err.decode(), err.decode()

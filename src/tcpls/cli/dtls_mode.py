@@ -45,7 +45,11 @@ def add_parsers(sub: Any, common: Any) -> None:
     server.add_argument("--max-handshakes", type=int, default=1024, metavar="N", help="handshakes in progress at most")
     server.add_argument("--max-connections", type=int, default=100_000, metavar="N", help="established connections at most")
     server.add_argument("--workers", type=int, default=0, metavar="N", help="threads for handshake work (0: inline)")
-    server.set_defaults(func=cmd_dtls_server, max_early_data=0)
+    server.add_argument(
+        "--max-early-data", type=int, default=0, metavar="BYTES",
+        help="0-RTT data accepted per resumed connection (with --no-cookie: a cookie exchange rejects 0-RTT)",
+    )
+    server.set_defaults(func=cmd_dtls_server)
 
     client = sub.add_parser("dtls-client", help="DTLS 1.3 client: send stdin, print what comes back")
     common(client)
