@@ -27,6 +27,15 @@ in that run; the script prints ratios, never asserts on times.
       control message (the kernel splits them into 1200-byte datagrams);
       the ratio of the two is printed as well, since GSO makes the raw
       baseline cheaper too.
+    * ``sync-many`` / ``sync-nogso`` / ``sync-send``: through the blocking
+      adapter (``tcpls.sync.dtls``: a third association, made by
+      ``connect()``): ``DTLSSocket.send_many`` of ``--batch`` payloads
+      (endpoint, ``send_data_batch``, then ``UDPSender``: GSO when the
+      kernel has it), the same with GSO turned off (one ``sendto`` per
+      datagram), and ``DTLSSocket.send`` per payload.
+    * ``aio-many``: through the asyncio adapter (``tcpls.aio.dtls``, a
+      fourth association): ``DTLSChannel.send_many`` of ``--batch``
+      payloads from a coroutine, yielding to the loop between batches.
 
     For each: sender wall time and CPU time (``time.process_time``) per
     datagram, and the receiver's goodput. Receivers: ``count`` (``recv_into``
@@ -190,7 +199,7 @@ def receiver_main(paths: dict, ctl) -> None:
     # connection whose records are skipped by the thousand cannot be
     # decrypted afterwards: 16-bit sequence numbers, RFC 9147 §4.2.2).
     conns = {}
-    for _ in range(2):
+    for _ in range(4):  # 2 engines, the blocking adapter, the asyncio adapter
         data, peer = sock.recvfrom(65536)
         conn = DTLSConnection(server_cfg, is_client=False, client_address=peer)
         conn.receive_datagram(data, time.monotonic())
@@ -276,6 +285,13 @@ def sender_main(paths: dict, ctl, port: int, batch: int, profile: bool) -> None:
         for d in conn.datagrams_to_send():
             sock.sendto(d, peer)
         pairs.append((conn, sock))
+    # The adapters: the blocking one, then the asyncio one (own thread + loop).
+    from tcpls.sync import dtls as sdtls
+
+    adapter = sdtls.connect(peer, client_cfg, server_name=SERVER_NAME, timeout=30)
+    adapter._driver.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    adapter.send(b"ready")
+    aio = AioSender(client_cfg, peer)
     ctl.send(pairs[1][1].getsockname())
     size = pairs[0][0].max_data_size
     assert size == DATAGRAM - 22, size
@@ -359,7 +375,31 @@ def sender_main(paths: dict, ctl, port: int, batch: int, profile: bool) -> None:
                 sendto(d, peer)
         t.join()
 
+    def run_sync_many(n: int) -> None:
+        send_many = adapter.send_many
+        chunk = [payload] * batch
+        full, rest = divmod(n, batch)
+        for k in [batch] * full + ([rest] if rest else []):
+            send_many(chunk if k == batch else chunk[:k])
+
+    def run_sync_nogso(n: int) -> None:
+        sender = adapter._driver.sender
+        saved, sender.gso = sender.gso, False
+        try:
+            run_sync_many(n)
+        finally:
+            sender.gso = saved
+
+    def run_sync_send(n: int) -> None:
+        send = adapter.send
+        for _ in range(n):
+            send(payload)
+
     runners = {"raw": run_raw, "dtls": run_dtls, "dtls-batch": run_dtls_batch, "dtls-2thr": run_dtls_threads}
+    runners["sync-many"] = run_sync_many
+    runners["sync-nogso"] = run_sync_nogso
+    runners["sync-send"] = run_sync_send
+    runners["aio-many"] = lambda n: aio.run(n, payload, batch)
     runners["dtls-decrypt"] = run_dtls
     runners["raw-gso"] = run_raw_gso
     runners["dtls-gso"] = run_dtls_gso
@@ -396,6 +436,40 @@ def sender_main(paths: dict, ctl, port: int, batch: int, profile: bool) -> None:
         ctl.send({"seconds": wall, "cpu": cpu, "n": n})
 
 
+class AioSender:
+    """The asyncio adapter's client association, its loop in a thread."""
+
+    def __init__(self, client_cfg: TLSConfig, peer: Any) -> None:
+        import asyncio
+
+        from tcpls.aio import dtls as adtls
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def setup() -> Any:
+            channel = await adtls.connect(client_cfg, *peer, server_name=SERVER_NAME, timeout=30)
+            channel._protocol._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            channel.send(b"ready")
+            return channel
+
+        self.channel = asyncio.run_coroutine_threadsafe(setup(), self.loop).result(60)
+
+    def run(self, n: int, payload: bytes, batch: int) -> None:
+        import asyncio
+
+        async def send() -> None:
+            send_many = self.channel.send_many
+            chunk = [payload] * batch
+            full, rest = divmod(n, batch)
+            for k in [batch] * full + ([rest] if rest else []):
+                send_many(chunk if k == batch else chunk[:k])
+                await asyncio.sleep(0)  # let the loop run between batches
+
+        asyncio.run_coroutine_threadsafe(send(), self.loop).result()
+
+
 def bench_throughput(paths: dict, n: int, runs: int, batch: int, profile: bool) -> dict:
     ctx = mp.get_context("spawn")
     r_ctl, r_child = ctx.Pipe()
@@ -419,6 +493,7 @@ def bench_throughput(paths: dict, n: int, runs: int, batch: int, profile: bool) 
         return {"kind": kind, "mode": mode, "send": s, "recv": r}
 
     plan = [("raw", "count"), ("dtls", "count"), ("dtls-batch", "count"), ("dtls-2thr", "count"), ("dtls", "decrypt")]
+    plan += [("sync-send", "count"), ("sync-nogso", "count"), ("sync-many", "count"), ("aio-many", "count")]
     if gso_available():
         plan += [("raw-gso", "count"), ("dtls-gso", "count")]
     else:

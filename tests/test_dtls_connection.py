@@ -842,6 +842,40 @@ def test_connection_ids() -> None:
     assert server.next_event() is None and server.drops.get(DropReason.WRONG_CID) == 1
 
 
+
+
+@pytest.mark.parametrize("cookie", [True, False])
+def test_connection_id_handshake_needs_no_retransmission(cookie: bool) -> None:
+    """With CIDs, the server's encrypted records share the ServerHello's
+    datagram; the client reads them once the CID is installed (§9), so a
+    clean network completes the handshake without any timer firing."""
+    client, server = make_pair(
+        client_kw={"connection_id": b"\x01\x02\x03"},
+        server_kw={"connection_id": b"\xaa\xbb", "require_cookie": cookie},
+    )
+    fired = {"client": 0, "server": 0}
+    for side, conn in (("client", client), ("server", server)):
+        original = conn.handle_timer
+
+        def counting(now: float, _side=side, _orig=original) -> None:
+            fired[_side] += 1
+            _orig(now)
+
+        conn.handle_timer = counting  # type: ignore[method-assign]
+    net = handshake(client, server)
+    net.run()
+    assert client.receive_cid == b"\x01\x02\x03" and client.send_cid == b"\xaa\xbb"
+    server_sent = [d for _, d in net.sent["server"]]
+    assert len(server_sent) == len(set(server_sent))
+    client_sent = [d for _, d in net.sent["client"]]
+    assert len(client_sent) == len(set(client_sent))
+    assert client.drops.get(DropReason.UNEXPECTED_CID) is None
+    # Fake clock: the handshake ends well before the 1 s initial
+    # retransmission timeout, and the client's only timer (a delayed ACK of
+    # the NewSessionTickets) fired once at most.
+    assert net.now < 0.5 and fired["client"] <= 1 and fired["server"] == 0
+
+
 def test_connection_id_only_when_both_offer() -> None:
     client, server = make_pair(client_kw={"connection_id": b"\x01"})
     handshake(client, server)
@@ -1325,3 +1359,33 @@ def test_integrity_limit_closes_the_association() -> None:
     with pytest.raises(LocalProtocolError) as info:
         server.receive_datagram(forged, net.now)
     assert info.value.alert == AlertDescription.bad_record_mac and server.terminated
+
+
+def test_automatic_one_directional_key_updates_with_send_data_batch() -> None:
+    """Only the server updates (key_update_after, §4.5.3): the client ACKs
+    every KeyUpdate from epoch 3, above which the KeyUpdates' epochs climb
+    (§7: the epoch rule of ACKs is for the handshake only)."""
+    client, server = make_pair(server_kw={"key_update_after": 3})
+    net = handshake(client, server)
+    net.run()
+    sent = []
+    for r in range(6):
+        chunks = [b"%d-%d" % (r, i) for i in range(4)]
+        sent += chunks
+        server.send_data_batch(chunks)
+        net.run()
+    assert not server.terminated and not client.terminated
+    assert server.write_epoch >= 8 and client.write_epoch == 3
+    assert [e.data for e in net.of("client", ev.DataReceived)] == sent
+
+
+@pytest.mark.parametrize("cookie", [True, False])
+def test_legacy_session_id_is_accepted_and_never_echoed(cookie: bool) -> None:
+    """RFC 9147 §5.3: a client with a cached pre-DTLS 1.3 session may send a
+    legacy_session_id; the server answers (stateless HRR included) with an
+    empty legacy_session_id_echo, and the client requires it empty (an
+    echo would fail the handshake with illegal_parameter)."""
+    client, server = make_pair(server_kw={"require_cookie": cookie})
+    client._hs.session_id = b"\x07" * 32
+    handshake(client, server)
+    assert client.hello_retry == cookie

@@ -410,3 +410,72 @@ def test_cli_dtls_server_against_wolfssl_client(pki, wolf):
         server.wait(TIMEOUT)
     assert client.returncode == 0, client.stdout.decode() + client.stderr.decode()
     assert HELLO.decode() in client.stdout.decode().splitlines()
+
+
+def test_wolfssl_client_resumption_and_early_data(pki, wolf):
+    """wolfSSL's client resumes (-r) with 0-RTT (-0) against our server:
+    its resumption ClientHello carries a legacy_session_id, which a DTLS
+    1.3 server must not echo (RFC 9147 §5.3); tickets allow early data
+    (max_early_data) and no cookie exchange runs (a HelloRetryRequest
+    rejects 0-RTT, §5.1). The 0-RTT record reaches the handler first."""
+    received: list[bytes] = []
+    channels: list[adtls.DTLSChannel] = []
+
+    async def echo(ch: adtls.DTLSChannel) -> None:
+        channels.append(ch)
+        while data := await ch.recv():
+            received.append(data)
+            ch.send(data)
+
+    async def main() -> tuple[int, str]:
+        config = server_config(pki)
+        config.max_early_data = 4096
+        server = await adtls.serve(config, "127.0.0.1", 0, echo, stateless_cookies=False)
+        port = server.local_address[1]
+        argv = [str(wolf / "examples/client/client"), "-u", "-v", "4", "-h", "127.0.0.1", "-p", str(port),
+                "-A", pki.ca_file, "-x", "-r", "-0"]
+        try:
+            return await run_proc(argv, wolf)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    rc, out = asyncio.run(main())
+    assert rc == 0, out
+    assert "reused session id" in out.splitlines()
+    assert len(channels) == 2, out
+    first, resumed = channels
+    assert not first.handshake.session_resumed and first.early_data_received == 0
+    assert resumed.handshake.session_resumed and resumed.connection.early_data_accepted
+    early = b"A drop of info"  # wolfSSL client.c kEarlyMsg
+    assert resumed.early_data_received == len(early)
+    assert [d.rstrip(b"\n") for d in received] == [HELLO, early, b"resuming wolfssl!"]
+
+
+def test_cli_dtls_server_early_data_from_wolfssl_client(pki, wolf):
+    """`tcpls dtls-server --no-cookie --max-early-data N`: wolfSSL's client
+    resumes with 0-RTT; the server logs the accepted 0-RTT and echoes."""
+    leaf = pki.leaf("ec256")
+    server = subprocess.Popen(
+        _cli("dtls-server", "--cert", leaf.cert_file, "--key", leaf.key_file, "--port", "0",
+             "--no-cookie", "--max-early-data", "4096", "-v"),
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    try:
+        line = server.stderr.readline().decode()
+        assert line.startswith("listening on "), line
+        port = line.split(":")[-1].split()[0]
+        client = subprocess.run(
+            [str(wolf / "examples/client/client"), "-u", "-v", "4", "-p", port, "-A", pki.ca_file, "-x", "-r", "-0"],
+            cwd=wolf,
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=TIMEOUT)
+    out = client.stdout.decode()
+    assert client.returncode == 0, out + client.stderr.decode()
+    assert "reused session id" in out.splitlines()
+    assert "0-RTT accepted" in err.decode(), err.decode()

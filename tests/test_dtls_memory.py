@@ -114,11 +114,11 @@ def psk_configs():
 class Mesh:
     """One server endpoint (compaction on), many client engines, a fake clock."""
 
-    def __init__(self, *, use_cid: bool = False, compact_after: float = 5.0) -> None:
+    def __init__(self, *, use_cid: bool = False, compact_after: float = 5.0, limits_kw=None, **server_kw) -> None:
         self.client_config, server_config = psk_configs()
         self.endpoint = DTLSEndpoint(
-            dtls_connection_factory(server_config, require_cookie=False, use_cid=use_cid),
-            limits=EndpointLimits(compact_after=compact_after),
+            dtls_connection_factory(server_config, require_cookie=False, use_cid=use_cid, **server_kw),
+            limits=EndpointLimits(compact_after=compact_after, **(limits_kw or {})),
             cid_length=8 if use_cid else 0,
             compactor=compact_connection,
         )
@@ -254,6 +254,93 @@ def test_compact_key_update_is_retransmitted_until_acked():
     mesh.advance(1.0)  # retransmitted, delivered, ACKed
     assert assoc.conn.write_epoch == 4 and assoc.conn.get_timer() is None
     assert max(c.read_epochs) == 4
+
+
+def _assert_open_and_delivering(mesh, assoc, c, tag: bytes) -> None:
+    mesh.endpoint.send_data(assoc, b"down " + tag, mesh.now)
+    c.send_data(b"up " + tag)
+    mesh.pump()
+    closed = [e for e in mesh.server_events if isinstance(e, ConnectionClosed)]
+    assert not closed, closed[0].error
+    assert mesh.server_data() == [b"up " + tag]
+    assert [e.data for e in client_events(c) if isinstance(e, ev.DataReceived)] == [b"down " + tag]
+
+
+def test_compact_one_directional_key_updates_accept_acks_from_a_lower_epoch():
+    """§8 / §7: only the server updates its keys; the client acknowledges
+    each KeyUpdate from its own (unchanged) epoch 3, so from the second one
+    on the ACK names a record of a higher epoch than its own. That is
+    legitimate after the handshake and must not be illegal_parameter."""
+    mesh = Mesh()
+    addr = ("10.1.1.4", 5000)
+    c = mesh.connect(addr)
+    mesh.advance(6.0)
+    (assoc,) = mesh.endpoint.associations()
+    assert isinstance(assoc.conn, EstablishedConnection)
+    for i in range(4):
+        mesh.endpoint.key_update(assoc, mesh.now, request_peer_update=False)
+        mesh.pump()
+        assert assoc.conn.write_epoch == 4 + i and assoc.conn.get_timer() is None
+        assert c.write_epoch == 3 and max(c.read_epochs) == 4 + i
+        _assert_open_and_delivering(mesh, assoc, c, b"%d" % i)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_compact_automatic_key_updates(batch):
+    """key_update_after survives compaction: the compact state updates its
+    keys automatically (one direction only), the client ACKs from epoch 3."""
+    mesh = Mesh(key_update_after=4)
+    addr = ("10.1.1.5", 5000)
+    c = mesh.connect(addr)
+    mesh.advance(6.0)
+    (assoc,) = mesh.endpoint.associations()
+    assert isinstance(assoc.conn, EstablishedConnection)
+    sent = []
+    for round_ in range(5):
+        chunks = [b"r%d-%d" % (round_, i) for i in range(5)]
+        sent += chunks
+        if batch:
+            mesh.endpoint.send_data_batch(assoc, chunks, mesh.now)
+        else:
+            for chunk in chunks:
+                mesh.endpoint.send_data(assoc, chunk, mesh.now)
+        mesh.pump()
+    assert not [e for e in mesh.server_events if isinstance(e, ConnectionClosed)]
+    assert assoc.conn.write_epoch >= 7 and c.write_epoch == 3
+    got = [e.data for e in client_events(c) if isinstance(e, ev.DataReceived)]
+    assert got == sent
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_peer_close_linger_lets_the_server_answer_after_the_close_notify(compact):
+    """EndpointLimits.peer_close_linger: the client's data and close_notify
+    arrive together; the server still answers (half-close), then closes."""
+    mesh = Mesh(limits_kw={"peer_close_linger": 3.0})
+    addr = ("10.1.1.6", 5000)
+    c = mesh.connect(addr)
+    if compact:
+        mesh.advance(6.0)
+    (assoc,) = mesh.endpoint.associations()
+    assert isinstance(assoc.conn, EstablishedConnection) == compact
+    c.send_data(b"request")
+    c.close()
+    mesh.pump()
+    assert mesh.server_data() == [b"request"]
+    assert mesh.endpoint.connection_count == 1  # still open for our answer
+    mesh.endpoint.send_data(assoc, b"answer", mesh.now)
+    mesh.endpoint.close(assoc, mesh.now)
+    mesh.pump()
+    events = client_events(c)
+    assert [e.data for e in events if isinstance(e, ev.DataReceived)] == [b"answer"]
+    assert any(isinstance(e, ev.CloseNotifyReceived) for e in events)
+    assert mesh.endpoint.connection_count == 0
+    # Without an answer the linger time ends it.
+    c2 = mesh.connect(("10.1.1.7", 5000))
+    c2.close()
+    mesh.pump()
+    assert mesh.endpoint.connection_count == 1
+    mesh.advance(3.5)
+    assert mesh.endpoint.connection_count == 0
 
 
 def test_compact_state_drops_garbage_and_fails_on_unexpected_handshake_messages():

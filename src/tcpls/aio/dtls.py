@@ -14,9 +14,21 @@ timer:
 * **application** (:class:`DTLSChannel` verbs): the endpoint verb → dispatch
   → transmit.
 
-"Transmit" is ``transport.sendto`` for each ``(datagram, addr)`` the
-endpoint hands out, in its (fair) order. Time is ``time.time()``: cookies
-and tickets are wall-clock based.
+"Transmit" sends every ``(datagram, addr)`` the endpoint hands out, in its
+(fair) order: when the adapter owns the socket (:func:`create_endpoint`)
+and the transport has nothing buffered, straight on the socket through a
+:class:`~tcpls._udp.UDPSender` (UDP GSO, many datagrams per ``sendmsg``,
+when the kernel has it); what the socket cannot take now, and everything
+while the transport has a backlog, goes through ``transport.sendto``, which
+buffers and keeps the order. Time is ``time.time()``: cookies and tickets
+are wall-clock based.
+
+Receiving: asyncio reads one datagram per readiness event; the protocol
+then reads what else the socket holds (up to ``max_burst`` datagrams, with
+``recvfrom_into`` into one reusable buffer) before it transmits and re-arms
+the timer once. The socket asks for a large receive buffer
+(``receive_buffer``, 4 MB by default, best effort) so that bursts are not
+dropped by the kernel while the loop is busy.
 
 DTLS keeps datagram boundaries: :meth:`DTLSChannel.send` sends one record
 (at most :attr:`DTLSChannel.max_data_size` bytes) and :meth:`DTLSChannel.recv`
@@ -31,10 +43,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Optional, Union
 
+from .._udp import UDPSender, set_receive_buffer
 from ..dtls.endpoint import (
     Association,
     ConnectionClosed,
@@ -76,6 +90,8 @@ class DTLSChannel:
         #: Engine events other than data (KeyUpdated, SessionTicketReceived, ...).
         self.events: list[Any] = []
         self.dropped = 0
+        #: Server: bytes of 0-RTT data received (delivered by recv() first).
+        self.early_data_received = 0
 
     # ------------------------------------------------------------ queries
     @property
@@ -147,6 +163,15 @@ class DTLSChannel:
             raise ConnectionClosedError("the association is closed")
         self._protocol._call(lambda now: self._protocol.endpoint.send_data(self.association, bytes(data), now))
 
+    def send_many(self, payloads: "list[bytes] | tuple[bytes, ...]") -> None:
+        """Send each payload as one record in its own datagram, in order:
+        protected as one batch (``send_data_batch``) and written with as few
+        system calls as the kernel allows (UDP GSO). Raises UsageError
+        (nothing sent) if one does not fit :attr:`max_data_size`."""
+        if self._closed:
+            raise ConnectionClosedError("the association is closed")
+        self._protocol._call(lambda now: self._protocol.endpoint.send_data_batch(self.association, payloads, now))
+
     def key_update(self) -> None:
         self._protocol._call(lambda now: self._protocol.endpoint.key_update(self.association, now))
 
@@ -190,6 +215,11 @@ class DTLSEndpointProtocol(asyncio.DatagramProtocol):
         on_connection: server: called with each new established
             :class:`DTLSChannel` (a coroutine function runs as a task).
         max_queued: unread records buffered per channel.
+        sock: the socket the transport runs on, when the caller created it
+            (:func:`create_endpoint` does): enables batched sending and
+            reading several datagrams per wakeup.
+        gso: None: UDP GSO when the kernel has it; False: never.
+        max_burst: datagrams read per wakeup at most.
     """
 
     def __init__(
@@ -198,6 +228,9 @@ class DTLSEndpointProtocol(asyncio.DatagramProtocol):
         on_connection: Optional[ChannelHandler] = None,
         *,
         max_queued: int = 1024,
+        sock: Optional[socket.socket] = None,
+        gso: Optional[bool] = None,
+        max_burst: int = 256,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.endpoint = endpoint_factory(self._wakeup)
@@ -211,6 +244,15 @@ class DTLSEndpointProtocol(asyncio.DatagramProtocol):
         self._closed: asyncio.Future[None] = self.loop.create_future()
         self._progress_waiters: list[asyncio.Future[None]] = []
         self.sent = 0
+        #: Datagrams received, and the wakeups that read them.
+        self.received = 0
+        self.read_wakeups = 0
+        self._sock = sock
+        self._max_burst = max(1, max_burst)
+        self._buffer = bytearray(65535) if sock is not None else None
+        self.sender: Optional[UDPSender] = None
+        if sock is not None:
+            self.sender = UDPSender(sock, gso=gso, fallback_send=self._sendto_transport)
 
     # ------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -218,7 +260,24 @@ class DTLSEndpointProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         now = time.time()
-        self.endpoint.receive_datagram(data, addr, now)
+        endpoint = self.endpoint
+        endpoint.receive_datagram(data, addr, now)
+        count = 1
+        sock, buf = self._sock, self._buffer
+        if sock is not None and buf is not None:
+            # What else the socket holds, bounded for fairness.
+            view = memoryview(buf)
+            while count < self._max_burst:
+                try:
+                    n, source = sock.recvfrom_into(buf)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break  # ICMP errors: timers deal with dead peers
+                count += 1
+                endpoint.receive_datagram(bytes(view[:n]), source, now)
+        self.received += count
+        self.read_wakeups += 1
         self._after(now)
 
     def error_received(self, exc: Exception) -> None:
@@ -276,9 +335,19 @@ class DTLSEndpointProtocol(asyncio.DatagramProtocol):
         if transport is None or transport.is_closing():
             self.endpoint.datagrams_to_send(now)
             return
-        for data, addr in self.endpoint.datagrams_to_send(now):
+        out = self.endpoint.datagrams_to_send(now)
+        if not out:
+            return
+        self.sent += len(out)
+        if self.sender is not None and not transport.get_write_buffer_size():
+            self.sender.send(out)  # the rest goes to the transport on EAGAIN
+            return
+        for data, addr in out:  # keep the order behind the transport's backlog
             transport.sendto(data, addr)
-            self.sent += 1
+
+    def _sendto_transport(self, data: bytes, addr: Any) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, addr)
 
     def _rearm(self) -> None:
         when = self.endpoint.get_timer()
@@ -302,12 +371,25 @@ class DTLSEndpointProtocol(asyncio.DatagramProtocol):
         endpoint = self.endpoint
         while (event := endpoint.next_event()) is not None:
             if isinstance(event, ConnectionEvent):
+                inner = event.event
                 channel = self._channels.get(event.association.id)
                 if channel is None:
-                    continue
-                inner = event.event
-                if isinstance(inner, _ev.DataReceived):
+                    if not isinstance(inner, _ev.EarlyDataReceived):
+                        continue
+                    # 0-RTT data arrives before the handshake completes: the
+                    # channel exists from then on, its handler starts at
+                    # ConnectionEstablished and reads this data first.
+                    channel = self._channel(event.association)
+                if isinstance(inner, (_ev.DataReceived, _ev.EarlyDataReceived)):
                     channel._data(inner.data)
+                    if isinstance(inner, _ev.EarlyDataReceived):
+                        channel.early_data_received += len(inner.data)
+                elif isinstance(inner, _ev.CloseNotifyReceived):
+                    # The peer is done sending; we may still answer until
+                    # close() (EndpointLimits.peer_close_linger).
+                    channel._eof = True
+                    channel.events.append(inner)
+                    channel._wake()
                 elif isinstance(inner, _ev.HandshakeComplete):
                     channel.handshake = inner
                     if not channel._established.done():
@@ -391,6 +473,9 @@ async def create_endpoint(
     compact: bool = False,
     connection_options: Optional[dict[str, Any]] = None,
     max_queued: int = 1024,
+    gso: Optional[bool] = None,
+    receive_buffer: Optional[int] = 4 << 20,
+    max_burst: int = 256,
 ) -> DTLSEndpointProtocol:
     """Bind a UDP socket and run a DTLS endpoint on it.
 
@@ -408,10 +493,16 @@ async def create_endpoint(
         compact: replace idle established connections by their compact
             state (:mod:`tcpls.dtls.established`).
         connection_options: extra DTLSConnection keyword arguments.
+        gso: None: send with UDP GSO when the kernel has it; False: never.
+        receive_buffer: SO_RCVBUF to ask for, best effort (None: leave it).
+        max_burst: datagrams read per wakeup at most.
     """
     from ..dtls.cookie import CookieSecret
 
     secret = cookie_secret if cookie_secret is not None else CookieSecret()
+    if limits is None:
+        # Half-close: a handler answers what came with the peer's close_notify.
+        limits = EndpointLimits(peer_close_linger=5.0)
     options = dict(connection_options or {})
     if server and not stateless_cookies:
         options.setdefault("require_cookie", False)
@@ -435,9 +526,26 @@ async def create_endpoint(
         )
 
     loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_datagram_endpoint(
-        lambda: DTLSEndpointProtocol(make, on_connection, max_queued=max_queued), local_addr=local_addr
-    )
+    host, port = local_addr[0], local_addr[1]
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    family, _, proto, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM, proto)
+    try:
+        sock.setblocking(False)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        if receive_buffer:
+            set_receive_buffer(sock, receive_buffer)
+        _, protocol = await loop.create_datagram_endpoint(
+            lambda: DTLSEndpointProtocol(
+                make, on_connection, max_queued=max_queued, sock=sock, gso=gso, max_burst=max_burst
+            ),
+            sock=sock,
+        )
+    except BaseException:
+        sock.close()
+        raise
     return protocol
 
 

@@ -45,7 +45,11 @@ def add_parsers(sub: Any, common: Any) -> None:
     server.add_argument("--max-handshakes", type=int, default=1024, metavar="N", help="handshakes in progress at most")
     server.add_argument("--max-connections", type=int, default=100_000, metavar="N", help="established connections at most")
     server.add_argument("--workers", type=int, default=0, metavar="N", help="threads for handshake work (0: inline)")
-    server.set_defaults(func=cmd_dtls_server, max_early_data=0)
+    server.add_argument(
+        "--max-early-data", type=int, default=0, metavar="BYTES",
+        help="0-RTT data accepted per resumed connection (with --no-cookie: a cookie exchange rejects 0-RTT)",
+    )
+    server.set_defaults(func=cmd_dtls_server)
 
     client = sub.add_parser("dtls-client", help="DTLS 1.3 client: send stdin, print what comes back")
     common(client)
@@ -79,7 +83,9 @@ async def _serve(args: argparse.Namespace, config: Any) -> int:
         from concurrent.futures import ThreadPoolExecutor
 
         executor = ThreadPoolExecutor(args.workers, thread_name_prefix="tcpls-dtls-hs")
-    limits = EndpointLimits(max_handshakes=args.max_handshakes, max_connections=args.max_connections)
+    limits = EndpointLimits(
+        max_handshakes=args.max_handshakes, max_connections=args.max_connections, peer_close_linger=5.0
+    )
     try:
         server = await adtls.serve(
             config,
@@ -157,8 +163,8 @@ async def _client(args: argparse.Namespace, config: Any) -> int:
     async def pump_in() -> None:
         size = channel.max_data_size
         while (data := await queue.get()) is not None:
-            for i in range(0, len(data), size):
-                channel.send(data[i : i + size])
+            # One record per datagram, protected and sent as one batch (GSO).
+            channel.send_many([data[i : i + size] for i in range(0, len(data), size)])
         channel.close(wait_for_peer=args.timeout)
 
     sender = asyncio.create_task(pump_in())

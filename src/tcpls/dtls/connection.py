@@ -215,7 +215,9 @@ def _hello_retry_datagram(
     """The HelloRetryRequest datagram for ``hello`` (message_seq 0, the
     ClientHello's record sequence number echoed), or None."""
     params = _retry_parameters(config, hello)
-    if params is None or hello.hello.legacy_session_id or hello.hello.legacy_cookie:
+    # A legacy_session_id is allowed (a client with a cached pre-DTLS 1.3
+    # session sets it) and never echoed (RFC 9147 §5.3).
+    if params is None or hello.hello.legacy_cookie:
         return None
     suite, group = params
     ch_hash = client_hello_hash(suite_info(suite).hash_name, hello.data)

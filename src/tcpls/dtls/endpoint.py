@@ -194,6 +194,12 @@ class EndpointLimits:
             established (and quiet) before its engine is replaced by the
             compact state: long enough for the peer to be done
             retransmitting its last handshake flight.
+        peer_close_linger: seconds an established association stays open
+            for sending after the peer's close_notify (a half-close, RFC 9846
+            §6.1: the peer closed its direction only), until the application
+            calls :meth:`DTLSEndpoint.close`; lets a server answer requests
+            that arrived together with the close_notify. 0: answer with our
+            close_notify and forget the association at once.
     """
 
     max_handshakes: int = 1024
@@ -208,6 +214,7 @@ class EndpointLimits:
     burst: int = 4
     stateless_ratio: int = 4
     compact_after: float = 5.0
+    peer_close_linger: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("max_handshakes", "max_connections", "burst", "stateless_ratio", "max_pending_datagrams"):
@@ -642,6 +649,17 @@ class DTLSEndpoint:
                     if cid != assoc.cid and self._by_cid.get(cid) is assoc:
                         del self._by_cid[cid]
             if _is_terminal(event):
+                if (
+                    isinstance(event, _ev.CloseNotifyReceived)
+                    and self.limits.peer_close_linger > 0
+                    and assoc.established
+                    and not assoc.closing
+                ):
+                    # Half-close: the application may still send until it
+                    # closes (or the linger time runs out).
+                    assoc.closing = True
+                    self._arm(assoc, now + self.limits.peer_close_linger)
+                    continue
                 self._close_conn(assoc)
                 self._queue_output(assoc, conn.datagrams_to_send(now))
                 self._remove(assoc, ConnectionClosed(assoc, None))
@@ -860,12 +878,24 @@ class DTLSEndpoint:
         assoc.conn.send_data(data)
         self._collect(assoc, now)
 
-    def key_update(self, assoc: Association, now: float) -> None:
+    def send_data_batch(self, assoc: Association, chunks: Any, now: float) -> None:
+        """Send several payloads, one record and one datagram each, in order
+        (the engine's ``send_data_batch``)."""
         self._usable(assoc)
         if assoc.busy:
             raise UsageError("the handshake is still in progress")
         self._tell_time(assoc.conn, now)
-        assoc.conn.key_update()
+        assoc.conn.send_data_batch(chunks)
+        self._collect(assoc, now)
+
+    def key_update(self, assoc: Association, now: float, *, request_peer_update: bool = True) -> None:
+        """Send a KeyUpdate (RFC 9147 §8); ``request_peer_update=False``
+        updates only our sending keys."""
+        self._usable(assoc)
+        if assoc.busy:
+            raise UsageError("the handshake is still in progress")
+        self._tell_time(assoc.conn, now)
+        assoc.conn.key_update(request_peer_update)
         self._collect(assoc, now)
 
     def close(self, assoc: Association, now: float, *, wait_for_peer: Optional[float] = None) -> None:
@@ -876,8 +906,13 @@ class DTLSEndpoint:
         our close_notify) until the peer's close_notify arrives or
         ``wait_for_peer`` seconds pass.
         """
-        if assoc.state is AssociationState.CLOSED or assoc.closing:
+        if assoc.state is AssociationState.CLOSED:
             return
+        if assoc.closing:
+            conn = assoc.conn
+            if not getattr(conn, "peer_closed", False) or getattr(conn, "local_closed", True):
+                return  # our close_notify is out already
+            wait_for_peer = None  # half-closed by the peer: ours ends it
         self._close_conn(assoc)
         if not assoc.busy:
             self._queue_output(assoc, assoc.conn.datagrams_to_send(now))

@@ -106,6 +106,7 @@ class EstablishedConnection:
         "_events",
         "_out",
         "_ku",
+        "_ku_after",
         "_flags",
         "_now",
     )
@@ -132,6 +133,7 @@ class EstablishedConnection:
         recv_msg_seq: int = 0,
         max_datagram_size: int = 1200,
         read_prev: Optional[ReadEpoch] = None,
+        key_update_after: Optional[int] = None,
     ) -> None:
         if write.epoch < EPOCH_APPLICATION or read.epoch < EPOCH_APPLICATION:
             raise ValueError("compact state starts in the application epochs")
@@ -148,6 +150,9 @@ class EstablishedConnection:
         self._events: Optional[deque[_ev.Event]] = None
         self._out: Optional[list[bytes]] = None
         self._ku: Optional[_PendingKeyUpdate] = None
+        #: Records per write epoch before an automatic KeyUpdate (the
+        #: DTLSConnection's ``key_update_after``; None: the AEAD limit).
+        self._ku_after = key_update_after
         self._flags = 0
         self._now = 0.0
 
@@ -225,8 +230,13 @@ class EstablishedConnection:
         if len(data) > self.max_data_size:
             raise UsageError(f"{len(data)} bytes do not fit one datagram (at most {self.max_data_size})")
         self._send_record(CT_APPLICATION_DATA, data)
-        if self._write.key_usage_exhausted and self._ku is None:
+        if self._ku is None and self._key_update_due():
             self._start_key_update(False)  # §4.5.3
+
+    def _key_update_due(self) -> bool:
+        write = self._write
+        after = self._ku_after
+        return write.key_usage_exhausted or (after is not None and write.records_protected >= after)
 
     def send_data_batch(self, chunks: Any) -> None:
         """Same interface as ``DTLSConnection.send_data_batch``."""
@@ -383,8 +393,12 @@ class EstablishedConnection:
             self._emit(_ev.AlertReceived(description, level))
             raise RemoteAlert(description)
         if content_type == CT_ACK:
+            # No received_epoch check: §7.2's "no entry above the ACK's own
+            # epoch" holds during the handshake only. Afterwards each
+            # direction's epoch moves on its own (§8): a peer that never
+            # updates acknowledges our epoch-N KeyUpdate from epoch 3.
             try:
-                self._on_ack(decode_ack(content, number.epoch))
+                self._on_ack(decode_ack(content))
             except LocalProtocolError as exc:
                 raise self._fail(exc) from None
             return False
@@ -455,6 +469,7 @@ def compact_connection(conn: Any) -> Optional[EstablishedConnection]:
             recv_msg_seq=transport.reassembler.next_seq,
             max_datagram_size=transport.max_datagram_size,
             read_prev=prev if prev is not None and prev.epoch >= EPOCH_APPLICATION else None,
+            key_update_after=getattr(conn, "_key_update_after", None),
         )
     except (AttributeError, KeyError):
         return None  # an engine this function does not know how to compact

@@ -80,6 +80,7 @@ from .record import (
     RecordNumber,
     handshake_type_allowed,
     parse_datagram,
+    plaintext_prefix_length,
 )
 
 __all__ = [
@@ -104,6 +105,7 @@ _MAX_UINT24 = (1 << 24) - 1
 MESSAGE_SEQ_LIMIT = 1 << 16
 _RECORD_NUMBER_LEN = 16
 _FIRST_APPLICATION_EPOCH = 3
+_PLAINTEXT_CONTENT_TYPES = frozenset((21, 22, 26))  # alert, handshake, ack: DTLSPlaintext (§4.1)
 
 
 # --------------------------------------------------------------------------
@@ -571,6 +573,9 @@ class HandshakeTransport:
         self._incoming: deque[PlaintextRecord | CiphertextRecord] = deque()
         self._incoming_now = 0.0
         self._datagram_open = False
+        #: The protected rest of a datagram that started with plaintext
+        #: records, framed once those are processed (see receive_datagram).
+        self._rest: bytes | bytearray | memoryview | None = None
         self._ack_now = False
         self._retransmit_now = False
         self._datagrams: list[bytes] = []
@@ -823,13 +828,25 @@ class HandshakeTransport:
                 ``illegal_parameter``, ...). Invalid plaintext (epoch 0)
                 ones are dropped instead: they are unauthenticated.
         """
+        rest = None
+        if data and data[0] in _PLAINTEXT_CONTENT_TYPES:
+            # Plaintext records first (a ServerHello): the protected records
+            # behind them are framed only once those are processed, since the
+            # ServerHello may install the connection ID they carry (§9).
+            cut = plaintext_prefix_length(data)
+            if cut < len(data):
+                data, rest = data[:cut], data[cut:]
+        self._parse_into_incoming(data)
+        self._rest = rest
+        self._incoming_now = now
+        self._datagram_open = True
+        self._pump()
+
+    def _parse_into_incoming(self, data: bytes | bytearray | memoryview) -> None:
         parsed, drops = parse_datagram(data, len(self.records.receive_cid))
         if drops:
             self.drops.update(drops)
         self._incoming.extend(parsed)
-        self._incoming_now = now
-        self._datagram_open = True
-        self._pump()
 
     def _pump(self) -> None:
         """Open and process queued records until a message is complete.
@@ -840,9 +857,14 @@ class HandshakeTransport:
         :meth:`next_message` resumes it.
         """
         now = self._incoming_now
-        while self._incoming:
+        while self._incoming or self._rest is not None:
             if self.reassembler.has_message():
                 return
+            if not self._incoming:
+                rest, self._rest = self._rest, None
+                assert rest is not None
+                self._parse_into_incoming(rest)
+                continue
             rec = self._incoming.popleft()
             result = self.records.open_record(rec)
             if isinstance(result, DropReason):

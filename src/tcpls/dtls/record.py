@@ -342,6 +342,27 @@ def parse_datagram(
     return records, drops
 
 
+def plaintext_prefix_length(data: bytes | bytearray | memoryview) -> int:
+    """Length of the DTLSPlaintext records that start ``data`` (0 when the
+    first record is not one; the whole datagram when nothing else follows).
+
+    A server flight puts its ServerHello (plaintext) and its first protected
+    records in one datagram; the ServerHello may negotiate the connection ID
+    that those records carry (§9), so a receiver frames the protected rest
+    only after processing the plaintext records (see
+    ``HandshakeTransport.receive_datagram``)."""
+    n = len(data)
+    pos = 0
+    while pos < n and data[pos] in _PLAINTEXT_TYPES:
+        if n - pos < _PLAINTEXT_HEADER_LEN:
+            return n
+        end = pos + _PLAINTEXT_HEADER_LEN + ((data[pos + 11] << 8) | data[pos + 12])
+        if end > n:
+            return n  # framing error: parse_datagram reports it
+        pos = end
+    return pos
+
+
 def encode_plaintext(
     content_type: int, seq: int, fragment: bytes, *, legacy_version: int = DTLS_LEGACY_VERSION
 ) -> bytes:

@@ -17,6 +17,7 @@ wait is bounded by the endpoint's next deadline.
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import socket
 import threading
@@ -24,6 +25,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Optional
 
+from .._udp import UDPSender, set_receive_buffer
 from ..dtls.cookie import CookieSecret
 from ..dtls.endpoint import (
     Association,
@@ -42,14 +44,42 @@ from ..tls.config import TLSConfig
 __all__ = ["DTLSServer", "DTLSSocket", "connect"]
 
 _MAX_DATAGRAM = 65535
+#: Default receive buffer asked for (best effort, see ``set_receive_buffer``).
+DEFAULT_RECEIVE_BUFFER = 4 << 20
+#: Datagrams read per wakeup at most (fairness with timers and sending).
+DEFAULT_MAX_BURST = 256
 
 
 class _Driver:
-    """One socket + one endpoint: receive, timers, transmit."""
+    """One socket + one endpoint: receive, timers, transmit.
 
-    def __init__(self, sock: socket.socket, endpoint: DTLSEndpoint) -> None:
+    Sending: all the datagrams the endpoint hands out at once go through a
+    :class:`~tcpls._udp.UDPSender` (UDP GSO when available, else one
+    ``sendto`` each); a full socket buffer is waited out (bounded), not
+    dropped. Receiving: one wakeup reads up to ``max_burst`` datagrams with
+    ``recvfrom_into`` into one reusable buffer, until EAGAIN.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        endpoint: DTLSEndpoint,
+        *,
+        gso: Optional[bool] = None,
+        receive_buffer: Optional[int] = DEFAULT_RECEIVE_BUFFER,
+        max_burst: int = DEFAULT_MAX_BURST,
+    ) -> None:
         self.sock = sock
         self.endpoint = endpoint
+        if receive_buffer:
+            set_receive_buffer(sock, receive_buffer)
+        self.sender = UDPSender(sock, gso=gso)
+        self.max_burst = max(1, max_burst)
+        self._buffer = bytearray(_MAX_DATAGRAM)
+        self._view = memoryview(self._buffer)
+        #: Datagrams received, and wakeups that read at least one.
+        self.received = 0
+        self.read_wakeups = 0
         self.lock = threading.RLock()
         self._selector = selectors.DefaultSelector()
         self._selector.register(sock, selectors.EVENT_READ)
@@ -67,11 +97,36 @@ class _Driver:
             pass
 
     def transmit(self) -> None:
-        for data, addr in self.endpoint.datagrams_to_send(time.time()):
+        pending = self.endpoint.datagrams_to_send(time.time())
+        for _ in range(100):
+            if not pending:
+                return
             try:
-                self.sock.sendto(data, addr)
+                self.sender.send(pending)
+                return
+            except BlockingIOError:
+                pending = self.sender.unsent
+                # The socket buffer is full: wait until it drains a little.
+                select.select([], [self.sock], [], 1.0)
+        # Still full after that long: the rest is lost, as UDP may lose it.
+
+    def receive_burst(self, now: float) -> int:
+        """Read what the socket holds (at most ``max_burst`` datagrams) into
+        the endpoint. Returns how many were read."""
+        sock, view, endpoint = self.sock, self._view, self.endpoint
+        count = 0
+        while count < self.max_burst:
+            try:
+                n, addr = sock.recvfrom_into(self._buffer)
+            except (BlockingIOError, InterruptedError):
+                break
             except OSError:
-                pass  # UDP: a send error is a lost datagram
+                break  # ICMP errors: timers deal with dead peers
+            count += 1
+            endpoint.receive_datagram(bytes(view[:n]), addr, now)
+        self.received += count
+        self.read_wakeups += count > 0
+        return count
 
     def step(self, deadline: Optional[float]) -> None:
         """Wait for input (or the endpoint's timer, or ``deadline``) once and process it."""
@@ -91,14 +146,7 @@ class _Driver:
                     except BlockingIOError:
                         pass
                     continue
-                for _ in range(64):  # drain, bounded so that timers still run
-                    try:
-                        data, addr = self.sock.recvfrom(_MAX_DATAGRAM)
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError:
-                        break  # ICMP errors: timers deal with dead peers
-                    self.endpoint.receive_datagram(data, addr, now)
+                self.receive_burst(now)  # bounded, so that timers still run
             self.endpoint.poll(now)
             if timer is not None and time.time() >= timer:
                 self.endpoint.handle_timer(time.time())
@@ -206,6 +254,18 @@ class DTLSSocket:
             self._driver.endpoint.send_data(self.association, bytes(data), time.time())
             self._driver.transmit()
 
+    def send_many(self, payloads: "list[bytes] | tuple[bytes, ...]") -> None:
+        """Send each payload as one record in its own datagram, in order,
+        protected as one batch and written with as few system calls as the
+        kernel allows (UDP GSO). Raises UsageError (nothing sent) if one
+        does not fit :attr:`max_data_size`."""
+        with self._driver.lock:
+            self._collect()
+            if self.closed:
+                raise ConnectionClosedError("the association is closed")
+            self._driver.endpoint.send_data_batch(self.association, payloads, time.time())
+            self._driver.transmit()
+
     def recv(self) -> bytes:
         """The next record's payload; ``b""`` once the peer closed.
 
@@ -255,14 +315,20 @@ def connect(
     timeout: Optional[float] = 30.0,
     cid: bool = False,
     session: Any = None,
+    gso: Optional[bool] = None,
+    receive_buffer: Optional[int] = DEFAULT_RECEIVE_BUFFER,
 ) -> DTLSSocket:
-    """Handshake with a DTLS 1.3 server; returns the established socket."""
+    """Handshake with a DTLS 1.3 server; returns the established socket.
+
+    ``gso``: None uses UDP GSO when the kernel has it, False never;
+    ``receive_buffer``: SO_RCVBUF to ask for (best effort; None: leave it).
+    """
     host, port = address
     family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
     sock = socket.socket(family, socket.SOCK_DGRAM)
     holder: list[_Driver] = []
     endpoint = _endpoint(config, server=False, cid=cid, limits=None, executor=None, wakeup=lambda: holder[0].wakeup())
-    driver = _Driver(sock, endpoint)
+    driver = _Driver(sock, endpoint, gso=gso, receive_buffer=receive_buffer)
     holder.append(driver)
     options: dict[str, Any] = {"server_name": server_name}
     if session is not None:
@@ -291,6 +357,8 @@ class DTLSServer:
         executor: Any = None,
         stateless_cookies: bool = True,
         compact: bool = True,
+        gso: Optional[bool] = None,
+        receive_buffer: Optional[int] = DEFAULT_RECEIVE_BUFFER,
     ) -> None:
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -301,7 +369,7 @@ class DTLSServer:
             wakeup=lambda: holder[0].wakeup() if holder else None,
             stateless_cookies=stateless_cookies, compact=compact,
         )
-        self._driver = _Driver(sock, endpoint)
+        self._driver = _Driver(sock, endpoint, gso=gso, receive_buffer=receive_buffer)
         holder.append(self._driver)
         self.endpoint = endpoint
         self.address = sock.getsockname()
@@ -310,6 +378,12 @@ class DTLSServer:
     def send(self, assoc: Association, data: bytes) -> None:
         with self._driver.lock:
             self.endpoint.send_data(assoc, data, time.time())
+
+    def send_many(self, assoc: Association, payloads: "list[bytes] | tuple[bytes, ...]") -> None:
+        """One record per payload, batched (see :meth:`DTLSSocket.send_many`)."""
+        with self._driver.lock:
+            self.endpoint.send_data_batch(assoc, payloads, time.time())
+            self._driver.transmit()
 
     def serve_forever(self, handler: Callable[["DTLSServer", Association, bytes], None]) -> None:
         ep = self.endpoint

@@ -417,7 +417,8 @@ class ClientHandshake:
             raise ProtocolVersionError(f"ServerHello legacy_version must be {self.variant.legacy_version:#06x}")
         if sh.random[-8:] in (DOWNGRADE_TLS12, DOWNGRADE_TLS11) and not sh.is_hello_retry_request:
             raise IllegalParameter("downgrade sentinel in ServerHello.random")
-        if sh.legacy_session_id_echo != self.session_id:
+        # RFC 9147 §5.3: a DTLS 1.3 server never echoes it, even when we sent one.
+        if sh.legacy_session_id_echo != (b"" if self.variant.dtls else self.session_id):
             raise IllegalParameter("legacy_session_id_echo does not match")
         if sh.cipher_suite not in self.config.cipher_suites:
             raise IllegalParameter(f"server selected cipher suite {sh.cipher_suite:#06x} which was not offered")

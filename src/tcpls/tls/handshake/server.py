@@ -303,7 +303,9 @@ class ServerHandshake:
             assert self._first_hello is not None
             check_second_client_hello(self._first_hello, ch)
         self.client_random = ch.random
-        self.session_id = ch.legacy_session_id
+        # RFC 9147 §5.3: a DTLS 1.3 server never echoes legacy_session_id
+        # (a client resuming a cached pre-1.3 session may send one).
+        self.session_id = b"" if self.variant.dtls else ch.legacy_session_id
 
         # Cipher suite: our preference among the client's offers.
         offered = set(ch.cipher_suites)
