@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 
-from conftest import DEFAULT_TIMEOUT
+from conftest import DEFAULT_TIMEOUT, wait_until
 
 # A handshake record whose ClientHello claims 2^17 + 32 bytes: over the
 # server's max_handshake_message_size, rejected from its header with decode_error.
@@ -33,4 +33,5 @@ def test_alert_survives_a_client_still_sending(tcpls_cli_server, pki):
         while chunk := sock.recv(65536):
             received += chunk
     assert received == _DECODE_ERROR_ALERT
-    assert "exceeds the limit" in srv.stderr
+    # The server logs the rejection after sending the alert: wait for the line.
+    wait_until(lambda: "exceeds the limit" in srv.stderr, DEFAULT_TIMEOUT, "the server's log of the rejection")
