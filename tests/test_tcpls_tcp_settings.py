@@ -254,3 +254,10 @@ def test_addresses_announced_both_directions_v4_v6_with_ports():
     assert ev.AddressRemoved(1) in p.server_events
     with pytest.raises(ValueError):
         p.client.advertise_address(2, "not an address", 1)
+
+
+def test_tcp_setting_result_with_a_non_ascii_reason_is_decode_error():
+    # Reason 0x80 (1 byte) | Length 1 | Status 0 | Request ID 0 | Type 0xF2
+    with pytest.raises(DecodeError, match="not ASCII"):
+        F.parse_frames(b"\x80\x01\x00\x00\x00\xf2")
+    assert F.parse_frames(b"ok\x02\x00\x00\x07\xf2") == [F.TCPSettingResultFrame(7, 0, "ok")]

@@ -373,7 +373,11 @@ def parse_frames(payload: bytes | memoryview) -> list[Frame]:
             pos -= 4
             if rlen > pos:
                 raise DecodeError("TCP Setting Result reason length exceeds the record")
-            out.append(TCPSettingResultFrame(request_id, status, bytes(buf[pos - rlen : pos]).decode("ascii", "replace")))
+            try:
+                reason = bytes(buf[pos - rlen : pos]).decode("ascii")
+            except UnicodeDecodeError:
+                raise DecodeError("TCP Setting Result reason is not ASCII") from None
+            out.append(TCPSettingResultFrame(request_id, status, reason))
             pos -= rlen
         else:
             raise DecodeError(f"unknown TCPLS frame type 0x{ftype:02x}")
