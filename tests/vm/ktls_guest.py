@@ -33,6 +33,10 @@ MODE = "auto" if USERSPACE else "required"
 EXPECT = None if USERSPACE else "TX+RX"
 OPENSSL = "/usr/bin/openssl"
 TIMEOUT = float(os.environ.get("KTLS_GUEST_TIMEOUT", "60"))
+# Starting the CLI means two fresh interpreters importing the whole package
+# over 9p under software emulation: on a loaded host that alone took over a
+# minute once. The transfer itself takes seconds.
+CLI_TIMEOUT = max(TIMEOUT, float(os.environ.get("KTLS_GUEST_CLI_TIMEOUT", "300")))
 SUITES = {
     "TLS_AES_128_GCM_SHA256": CipherSuite.TLS_AES_128_GCM_SHA256,
     "TLS_AES_256_GCM_SHA384": CipherSuite.TLS_AES_256_GCM_SHA384,
@@ -436,7 +440,7 @@ def cli_serve_file(suite: str) -> str:
             cli = subprocess.run(
                 [sys.executable, "-m", "tcpls", "client", "127.0.0.1", port, "--cafile", CA_FILE, "--ciphers", suite,
                  "--ktls", MODE, "-v"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, env=env, timeout=TIMEOUT,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, env=env, timeout=CLI_TIMEOUT,
             )
         err = cli.stderr.decode()
         assert cli.returncode == 0, err
