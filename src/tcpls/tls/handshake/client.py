@@ -82,6 +82,7 @@ from .common import (
     ALLOWED_IN_SERVER_HELLO,
     DTLS13,
     TLS13,
+    LazyExporterSecret,
     RecordSink,
     check_certificate_verify,
     check_finished,
@@ -131,7 +132,7 @@ def _is_ip(name: str) -> bool:
         return False
 
 
-class ClientHandshake:
+class ClientHandshake(LazyExporterSecret):
     """The client side of one TLS 1.3 handshake and its post-handshake messages."""
 
     def __init__(
@@ -638,10 +639,10 @@ class ClientHandshake:
         self.master_secret = self.handshake_secret.master_secret()
         self.client_app_secret = self.master_secret.client_application_traffic_secret(th)
         self.server_app_secret = self.master_secret.server_application_traffic_secret(th)
-        self.exporter_secret = self.master_secret.exporter_master_secret(th)
+        self._set_exporter_context(self.master_secret, th)  # derived on first use
         self.sink.log_secret("CLIENT_TRAFFIC_SECRET_0", self.random, self.client_app_secret)
         self.sink.log_secret("SERVER_TRAFFIC_SECRET_0", self.random, self.server_app_secret)
-        self.sink.log_secret("EXPORTER_SECRET", self.random, self.exporter_secret)
+        self.sink.log_secret("EXPORTER_SECRET", self.random, lambda: self.exporter_secret)
         self.sink.set_read_secret(suite, self.server_app_secret)
         if self.early_data_state == "accepted":
             # §4.5: EndOfEarlyData under the early key, then the handshake key.

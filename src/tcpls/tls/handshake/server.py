@@ -68,6 +68,7 @@ from ..verify import parse_certificates, verify_client_chain
 from .common import (
     DTLS13,
     TLS13,
+    LazyExporterSecret,
     RecordSink,
     Variant,
     check_certificate_verify,
@@ -162,7 +163,7 @@ def encode_hello_retry_request(
     return M.encode_handshake(hrr)
 
 
-class ServerHandshake:
+class ServerHandshake(LazyExporterSecret):
     """The server side of one TLS 1.3 handshake and its post-handshake messages."""
 
     def __init__(
@@ -717,10 +718,10 @@ class ServerHandshake:
         self.master_secret = self.handshake_secret.master_secret()
         self.client_app_secret = self.master_secret.client_application_traffic_secret(th)
         self.server_app_secret = self.master_secret.server_application_traffic_secret(th)
-        self.exporter_secret = self.master_secret.exporter_master_secret(th)
+        self._set_exporter_context(self.master_secret, th)  # derived on first use
         self.sink.log_secret("CLIENT_TRAFFIC_SECRET_0", self.client_random, self.client_app_secret)
         self.sink.log_secret("SERVER_TRAFFIC_SECRET_0", self.client_random, self.server_app_secret)
-        self.sink.log_secret("EXPORTER_SECRET", self.client_random, self.exporter_secret)
+        self.sink.log_secret("EXPORTER_SECRET", self.client_random, lambda: self.exporter_secret)
         self.sink.set_write_secret(suite, self.server_app_secret)
         self.state = next_state
 
