@@ -105,6 +105,10 @@ class ServerState(Enum):
     PHA_WAIT_CV = auto()  # post-handshake authentication (§4.6.2)
     PHA_WAIT_FINISHED = auto()
 
+    # Members are singletons compared by identity: hash them the same way
+    # (Enum's own __hash__ is Python code, run on every message dispatch).
+    __hash__ = object.__hash__
+
 
 @dataclass
 class _PostHandshakeAuth:
@@ -216,24 +220,6 @@ class ServerHandshake(LazyExporterSecret):
         self.client_record_size_limit: Optional[int] = None
         self._pha_pending: dict[bytes, _PostHandshakeAuth] = {}
         self._pha: Optional[_PostHandshakeAuth] = None
-        self._handlers: dict[ServerState, dict[int, Callable[[bytes], None]]] = {
-            ServerState.START: {H.client_hello: self._handle_client_hello},
-            ServerState.WAIT_CH2: {H.client_hello: self._handle_client_hello},
-            ServerState.WAIT_EOED: {H.end_of_early_data: self._handle_end_of_early_data},
-            ServerState.WAIT_CERT: {
-                H.certificate: self._handle_certificate,
-                H.compressed_certificate: self._handle_certificate,
-            },
-            ServerState.WAIT_CV: {H.certificate_verify: self._handle_certificate_verify},
-            ServerState.WAIT_FINISHED: {H.finished: self._handle_finished},
-            ServerState.CONNECTED: {
-                H.key_update: self._handle_key_update,
-                H.certificate: self._handle_pha_certificate,
-                H.compressed_certificate: self._handle_pha_certificate,
-            },
-            ServerState.PHA_WAIT_CV: {H.certificate_verify: self._handle_pha_certificate_verify},
-            ServerState.PHA_WAIT_FINISHED: {H.finished: self._handle_pha_finished},
-        }
         self.on_key_update: Callable[[bool], None] = lambda requested: None
         # Post-handshake authentication finished: (context, certificates or []).
         self.on_post_handshake_auth: Callable[[bytes, list[x509.Certificate]], None] = lambda context, certs: None
@@ -264,10 +250,10 @@ class ServerHandshake(LazyExporterSecret):
 
     def handle_message(self, msg_type: int, data: bytes, now: float = 0.0) -> None:
         self.now = now
-        handler = self._handlers.get(self.state, {}).get(msg_type)
-        if handler is None:
+        name = _HANDLERS[self.state].get(msg_type)
+        if name is None:
             raise unexpected(self.state, msg_type)
-        handler(data)
+        getattr(self, name)(data)
 
     def _decode(self, msg_type: int, data: bytes) -> object:
         hash_len = self.suite.hash_len if self.suite else None
@@ -912,3 +898,27 @@ class ServerHandshake(LazyExporterSecret):
             self.peer_certificates = pha.certificates
         self.on_post_handshake_auth(pha.context, pha.certificates)
 
+
+# State -> handshake type -> the handler method's name, shared by every
+# handshake (getattr dispatch: building bound-method tables per connection
+# was a measurable part of a handshake's cost).
+_HANDLERS: dict[ServerState, dict[int, str]] = {
+    ServerState.START: {int(H.client_hello): "_handle_client_hello"},
+    ServerState.WAIT_CH2: {int(H.client_hello): "_handle_client_hello"},
+    ServerState.WAIT_EOED: {int(H.end_of_early_data): "_handle_end_of_early_data"},
+    ServerState.WAIT_CERT: {
+        int(H.certificate): "_handle_certificate",
+        int(H.compressed_certificate): "_handle_certificate",
+    },
+    ServerState.WAIT_CV: {int(H.certificate_verify): "_handle_certificate_verify"},
+    ServerState.WAIT_FINISHED: {int(H.finished): "_handle_finished"},
+    ServerState.CONNECTED: {
+        int(H.key_update): "_handle_key_update",
+        int(H.certificate): "_handle_pha_certificate",
+        int(H.compressed_certificate): "_handle_pha_certificate",
+    },
+    ServerState.PHA_WAIT_CV: {int(H.certificate_verify): "_handle_pha_certificate_verify"},
+    ServerState.PHA_WAIT_FINISHED: {int(H.finished): "_handle_pha_finished"},
+}
+for _state in ServerState:  # states that take no message
+    _HANDLERS.setdefault(_state, {})
