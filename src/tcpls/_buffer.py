@@ -165,6 +165,10 @@ class Buffer:
     def data(self) -> bytes:
         return bytes(self._data)
 
+    def view_written(self) -> bytes | bytearray | memoryview:
+        """What was written so far, without a copy (do not keep it across writes)."""
+        return self._data
+
     def push_bytes(self, b: bytes | bytearray | memoryview) -> None:
         self._data += b  # type: ignore[operator]
 
