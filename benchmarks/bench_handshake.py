@@ -16,7 +16,7 @@ x25519, no certificate, no signature); ``ssl`` resumes its ``SSLSession``.
 
 CPU time is ``time.process_time()``. Usage::
 
-    python benchmarks/bench_handshake.py [-n 200] [--resumed] [--profile]
+    python benchmarks/bench_handshake.py [-n 200] [--resumed] [--breakdown] [--profile]
 """
 
 from __future__ import annotations
@@ -173,6 +173,90 @@ def ssl_session(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext):
     return client.session
 
 
+# ----------------------------------------------------------------- breakdown
+def primitive_floor(client_cfg: TLSConfig, server_cfg: TLSConfig, session, n: int) -> list[tuple[str, int, float]]:
+    """``(primitive, calls per handshake pair, CPU seconds per call)``.
+
+    The calls are counted during one handshake by wrapping the names the key
+    schedule and the key exchange use; each primitive is then timed alone on
+    the same machine, in this run. What the handshake costs beyond the sum
+    is Python: codecs, state machines, record layer, objects.
+    """
+    from cryptography.hazmat.primitives import hashes, hmac
+    from cryptography.hazmat.primitives.asymmetric import x25519
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
+
+    from tcpls.tls import kex, key_schedule
+
+    counts = {"hkdf_expand": 0, "hkdf_extract": 0, "hmac": 0, "x25519_keygen": 0, "x25519_exchange": 0}
+    real_expand, real_hkdf, real_hmac, real_x25519 = key_schedule.HKDFExpand, key_schedule.HKDF, key_schedule._hmac, kex.x25519
+
+    class CountingExpand:
+        def __init__(self, *args):
+            counts["hkdf_expand"] += 1
+            self._e = real_expand(*args)
+
+        def derive(self, key):
+            return self._e.derive(key)
+
+    class CountingHKDF:
+        @staticmethod
+        def extract(*args):
+            counts["hkdf_extract"] += 1
+            return real_hkdf.extract(*args)
+
+    class CountingHMACModule:
+        @staticmethod
+        def HMAC(*args):  # noqa: N802
+            counts["hmac"] += 1
+            return real_hmac.HMAC(*args)
+
+    class CountingPrivateKey:
+        @staticmethod
+        def generate():
+            counts["x25519_keygen"] += 1
+            key = real_x25519.X25519PrivateKey.generate()
+
+            class Wrapped:
+                def public_key(self):
+                    return key.public_key()
+
+                def exchange(self, peer):
+                    counts["x25519_exchange"] += 1
+                    return key.exchange(peer)
+
+            return Wrapped()
+
+    class CountingX25519Module:
+        X25519PrivateKey = CountingPrivateKey
+        X25519PublicKey = real_x25519.X25519PublicKey
+
+    key_schedule.HKDFExpand, key_schedule.HKDF, key_schedule._hmac = CountingExpand, CountingHKDF, CountingHMACModule
+    kex.x25519 = CountingX25519Module
+    try:
+        tcpls_handshake(client_cfg, server_cfg, session)
+    finally:
+        key_schedule.HKDFExpand, key_schedule.HKDF, key_schedule._hmac, kex.x25519 = real_expand, real_hkdf, real_hmac, real_x25519
+
+    h = hashes.SHA256()
+    secret, info = os.urandom(32), os.urandom(49)
+    priv, peer = x25519.X25519PrivateKey.generate(), x25519.X25519PrivateKey.generate().public_key()
+
+    def mac():
+        m = hmac.HMAC(secret, h)
+        m.update(info)
+        return m.finalize()
+
+    timed = {
+        "hkdf_expand": lambda: HKDFExpand(h, 32, info).derive(secret),
+        "hkdf_extract": lambda: HKDF.extract(h, secret, secret),
+        "hmac": mac,
+        "x25519_keygen": lambda: x25519.X25519PrivateKey.generate().public_key(),
+        "x25519_exchange": lambda: priv.exchange(peer),
+    }
+    return [(name, counts[name], measure(fn, n * 10)) for name, fn in timed.items()]
+
+
 # ----------------------------------------------------------------- timing
 def measure(fn, n: int, warmup: int = 5) -> float:
     """CPU seconds per call, over ``n`` calls after ``warmup`` untimed ones."""
@@ -188,6 +272,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--iterations", type=int, default=200, help="handshakes per implementation (default 200)")
     ap.add_argument("--profile", action="store_true", help="print a cProfile top-25 (cumulative) of the tcpls handshakes")
+    ap.add_argument(
+        "--breakdown", action="store_true", help="also count and time the primitives one handshake pair runs"
+    )
     ap.add_argument("--resumed", action="store_true", help="resumed (PSK-DHE, session ticket) handshakes instead of full ones")
     args = ap.parse_args(argv)
 
@@ -210,6 +297,18 @@ def main(argv=None) -> int:
         print(f"  tcpls  {t_tcpls * 1e6:10.0f} us/handshake  ({1 / t_tcpls:8.1f} handshakes/s)")
         print(f"  ssl    {t_ssl * 1e6:10.0f} us/handshake  ({1 / t_ssl:8.1f} handshakes/s)")
         print(f"  ratio tcpls/ssl (CPU time): {t_tcpls / t_ssl:.2f}x")
+
+        if args.breakdown:
+            rows = primitive_floor(c_cfg, s_cfg, t_session, args.iterations)
+            floor = sum(calls * each for _, calls, each in rows)
+            print("  primitives per handshake pair (cryptography, timed alone in this run):")
+            for name, calls, each in rows:
+                print(f"    {name:16s} {calls:3d} x {each * 1e6:6.2f} us = {calls * each * 1e6:7.1f} us")
+            print(f"    {'sum':16s} {floor * 1e6:25.1f} us ({floor / t_tcpls:.0%} of the tcpls figure)")
+            rest = "AEAD setup, records, transcript hashing, Python codecs and state machines"
+            if not args.resumed:
+                rest = "ECDSA sign + verify, chain verification, " + rest
+            print(f"  the rest ({rest}): {(t_tcpls - floor) * 1e6:.0f} us")
 
         if args.profile:
             prof = cProfile.Profile()

@@ -485,3 +485,21 @@ def test_ccm_suite_by_name():
     p = make_pair(c, s)
     assert p.client.cipher_suite == suite
     _exchange(p, 5000)
+
+
+def test_exporter_secret_is_the_key_logged_one_and_agrees_without_a_key_log():
+    # The exporter secret is derived on first use; with a key log it is
+    # logged at the end of the handshake. Both must be RFC 9846 §7.5's.
+    from tcpls.tls.key_schedule import export_keying_material
+
+    lines: list[str] = []
+    logged = make_pair(*configs(c_keylog_callback=lines.append))
+    secret = bytes.fromhex(next(l.split()[2] for l in lines if l.startswith("EXPORTER_SECRET ")))
+    expected = export_keying_material("sha256", secret, b"EXPORTER-test", b"ctx", 32)
+    assert logged.client.export_keying_material("EXPORTER-test", b"ctx", 32) == expected
+    assert logged.server.export_keying_material("EXPORTER-test", b"ctx", 32) == expected
+
+    quiet = make_pair(*configs())
+    a = quiet.client.export_keying_material("EXPORTER-test", b"ctx", 32)
+    assert a == quiet.server.export_keying_material("EXPORTER-test", b"ctx", 32)
+    assert a != expected  # a different connection, a different secret

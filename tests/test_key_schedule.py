@@ -128,6 +128,28 @@ def test_hkdf_expand_label_lengths(length: int) -> None:
     ).derive(secret)
 
 
+@pytest.mark.parametrize("hash_name", ["sha256", "sha384"])
+@pytest.mark.parametrize("prefix", [b"tls13 ", b"dtls13"])
+def test_hkdf_expand_label_empty_context_matches_the_rfc_structure(hash_name: str, prefix: bytes) -> None:
+    # The HkdfLabel of an empty context is cached per (hash, label, length,
+    # prefix): every combination must still give RFC 9846 §7.1's bytes.
+    algorithm = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384()}[hash_name]
+    secret = bytes(range(48))
+    for label, length in ((b"key", 16), (b"key", 32), (b"iv", 12), (b"finished", 48), (b"key", 16)):
+        full = prefix + label
+        info = length.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00"
+        expected = HKDFExpand(algorithm, length, info).derive(secret)
+        assert hkdf_expand_label(hash_name, secret, label, b"", length, prefix) == expected
+        assert hkdf_expand_label(hash_name, secret, label, memoryview(b""), length, prefix) == expected
+
+
+def test_hkdf_expand_label_rejects_long_context_and_unknown_hash() -> None:
+    with pytest.raises(ValueError):
+        hkdf_expand_label(H, bytes(32), b"test", bytes(256), 32)
+    with pytest.raises(ValueError):
+        hkdf_expand_label("md5", bytes(32), b"key", b"", 16)
+
+
 def test_unknown_hash() -> None:
     with pytest.raises(ValueError):
         EarlySecret("md5")

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from cryptography import x509
 
@@ -1093,9 +1093,11 @@ class DTLSConnection:
         """Server: rejected 0-RTT records are in epoch 1, for which we have no
         keys: the record layer drops them (§4.5.2)."""
 
-    def log_secret(self, label: str, client_random: bytes, secret: bytes) -> None:
+    def log_secret(self, label: str, client_random: bytes, secret: "bytes | Callable[[], bytes]") -> None:
         if self._keylog_path is None and self.config.keylog_callback is None:
             return
+        if callable(secret):
+            secret = secret()
         line = f"{label} {client_random.hex()} {secret.hex()}"
         if self.config.keylog_callback is not None:
             self.config.keylog_callback(line)

@@ -24,7 +24,7 @@ The engine never reads a clock, opens a socket or blocks.
 from __future__ import annotations
 
 from collections import deque
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 from cryptography import x509
 
@@ -565,10 +565,12 @@ class TLSConnection:
         self._skip_mode = "trial" if trial_decrypt else "until-handshake"
         self._skip_budget = limit + 256  # record expansion allowance
 
-    def log_secret(self, label: str, client_random: bytes, secret: bytes) -> None:
+    def log_secret(self, label: str, client_random: bytes, secret: "bytes | Callable[[], bytes]") -> None:
         """SSLKEYLOGFILE line: ``LABEL <client_random hex> <secret hex>``."""
         if self._keylog_path is None and self.config.keylog_callback is None:
             return
+        if callable(secret):
+            secret = secret()
         line = f"{label} {client_random.hex()} {secret.hex()}"
         if self.config.keylog_callback is not None:
             self.config.keylog_callback(line)

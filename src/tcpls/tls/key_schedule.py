@@ -114,25 +114,30 @@ def hkdf_extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
     return HKDF.extract(_algorithm(hash_name), salt, ikm)
 
 
-_LABEL_PREFIXES: dict[tuple[bytes, int, bytes], bytes] = {}
+# The HkdfLabel up to the context is the same for every (label, length, label
+# prefix), and so is the whole HkdfLabel when the context is empty ("key",
+# "iv", "finished", "derived" with Hash(""), ...): built once and cached,
+# together with the hash object, so a call costs one dict lookup plus the
+# HKDF-Expand itself. Bounded: labels come from this module and exporter
+# users, lengths from the suites and exporter callers.
+_LABEL_PREFIXES: dict[tuple[str, bytes, int, bytes], tuple[hashes.HashAlgorithm, bytes]] = {}
+_FULL_LABELS: dict[tuple[str, bytes, int, bytes], tuple[hashes.HashAlgorithm, bytes]] = {}
+_LABEL_CACHE_MAX = 256
 
 
-def _hkdf_label(label: bytes, context: bytes, length: int, label_prefix: bytes = TLS13_LABEL_PREFIX) -> bytes:
+def _label_prefix(hash_name: str, label: bytes, length: int, label_prefix: bytes) -> tuple[hashes.HashAlgorithm, bytes]:
     # struct { uint16 length; opaque label<7..255>; opaque context<0..255>; }
-    # The part before the context is the same for every (label, length,
-    # label prefix): cached.
-    key = (label, length, label_prefix)
-    prefix = _LABEL_PREFIXES.get(key)
-    if prefix is None:
+    key = (hash_name, label, length, label_prefix)
+    entry = _LABEL_PREFIXES.get(key)
+    if entry is None:
+        algorithm = _algorithm(hash_name)
         full = label_prefix + label
         if len(full) > 255 or not 0 <= length <= 0xFFFF:
             raise ValueError("HkdfLabel field out of range")
-        prefix = length.to_bytes(2, "big") + bytes((len(full),)) + full
-        if len(_LABEL_PREFIXES) < 256:
-            _LABEL_PREFIXES[key] = prefix
-    if len(context) > 255:
-        raise ValueError("HkdfLabel context longer than 255 bytes")
-    return b"".join((prefix, bytes((len(context),)), context))
+        entry = (algorithm, length.to_bytes(2, "big") + bytes((len(full),)) + full)
+        if len(_LABEL_PREFIXES) < _LABEL_CACHE_MAX:
+            _LABEL_PREFIXES[key] = entry
+    return entry
 
 
 def hkdf_expand_label(
@@ -148,7 +153,19 @@ def hkdf_expand_label(
     ``label`` is given without the ``"tls13 "`` prefix, e.g. ``b"key"``;
     ``prefix`` is that prefix (:data:`DTLS13_LABEL_PREFIX` for DTLS 1.3).
     """
-    return HKDFExpand(_algorithm(hash_name), length, _hkdf_label(label, context, length, prefix)).derive(secret)
+    key = (hash_name, label, length, prefix)
+    if not context:
+        entry = _FULL_LABELS.get(key)
+        if entry is None:
+            algorithm, head = _label_prefix(hash_name, label, length, prefix)
+            entry = (algorithm, head + b"\x00")
+            if len(_FULL_LABELS) < _LABEL_CACHE_MAX:
+                _FULL_LABELS[key] = entry
+        return HKDFExpand(entry[0], length, entry[1]).derive(secret)
+    entry = _LABEL_PREFIXES.get(key) or _label_prefix(hash_name, label, length, prefix)
+    if len(context) > 255:
+        raise ValueError("HkdfLabel context longer than 255 bytes")
+    return HKDFExpand(entry[0], length, b"".join((entry[1], bytes((len(context),)), context))).derive(secret)
 
 
 def derive_secret(

@@ -238,11 +238,20 @@ def _pull_extensions(buf: Buffer, min_len: int = 0) -> Extensions:
     return exts
 
 
+_EXT_HEADER = struct.Struct("!HH")
+
+
 def _push_extensions(buf: Buffer, exts: Extensions) -> None:
-    with buf.push_block(2):
-        for ext_type, data in exts:
-            buf.push_uint16(ext_type)
-            buf.push_opaque(2, data)
+    # Built as one join (no back-patched length): this runs for every hello,
+    # EncryptedExtensions and NewSessionTicket.
+    parts = []
+    for ext_type, data in exts:
+        if len(data) > 0xFFFF:
+            raise ValueError("vector too long for its length prefix")
+        parts.append(_EXT_HEADER.pack(ext_type, len(data)))
+        parts.append(data)
+    block = b"".join(parts)
+    buf.push_opaque(2, block)
 
 
 def _pull_u16_vector(buf: Buffer, min_len: int, max_len: int) -> list[int]:
@@ -540,10 +549,13 @@ def encode_handshake(msg: HandshakeMessage) -> bytes:
     except KeyError:
         raise TypeError(f"not a handshake message: {type(msg).__name__}") from None
     buf = Buffer()
-    buf.push_uint8(msg_type)
-    with buf.push_block(3):
-        pusher(buf, msg)
-    return buf.data()
+    pusher(buf, msg)
+    body = buf.view_written()
+    n = len(body)
+    if n >= 1 << 24:
+        raise ValueError("vector too long for its length prefix")
+    # The header in front of the body: one join, no back-patching.
+    return b"".join((bytes((msg_type, n >> 16, (n >> 8) & 0xFF, n & 0xFF)), body))
 
 
 # --------------------------------------------------------------------------

@@ -82,6 +82,7 @@ from .common import (
     ALLOWED_IN_SERVER_HELLO,
     DTLS13,
     TLS13,
+    LazyExporterSecret,
     RecordSink,
     check_certificate_verify,
     check_finished,
@@ -102,6 +103,10 @@ class ClientState(Enum):
     WAIT_CV = auto()
     WAIT_FINISHED = auto()
     CONNECTED = auto()
+
+    # Members are singletons compared by identity: hash them the same way
+    # (Enum's own __hash__ is Python code, run on every message dispatch).
+    __hash__ = object.__hash__
 
 
 @dataclass
@@ -131,7 +136,7 @@ def _is_ip(name: str) -> bool:
         return False
 
 
-class ClientHandshake:
+class ClientHandshake(LazyExporterSecret):
     """The client side of one TLS 1.3 handshake and its post-handshake messages."""
 
     def __init__(
@@ -182,26 +187,6 @@ class ClientHandshake:
         self.exporter_secret = b""
         self.resumption_secret = b""
         self.complete = False
-        self._handlers: dict[ClientState, dict[int, Callable[[bytes], None]]] = {
-            ClientState.WAIT_SH: {H.server_hello: self._handle_server_hello},
-            ClientState.WAIT_EE: {H.encrypted_extensions: self._handle_encrypted_extensions},
-            ClientState.WAIT_CERT_CR: {
-                H.certificate: self._handle_certificate,
-                H.compressed_certificate: self._handle_certificate,
-                H.certificate_request: self._handle_certificate_request,
-            },
-            ClientState.WAIT_CERT: {
-                H.certificate: self._handle_certificate,
-                H.compressed_certificate: self._handle_certificate,
-            },
-            ClientState.WAIT_CV: {H.certificate_verify: self._handle_certificate_verify},
-            ClientState.WAIT_FINISHED: {H.finished: self._handle_finished},
-            ClientState.CONNECTED: {
-                H.new_session_ticket: self._handle_new_session_ticket,
-                H.key_update: self._handle_key_update,
-                H.certificate_request: self._handle_post_handshake_certificate_request,
-            },
-        }
         # Set by the connection: called for post-handshake KeyUpdate and tickets.
         self.on_key_update: Callable[[bool], None] = lambda requested: None
         self.on_ticket: Callable[[M.NewSessionTicket, Optional[Session]], None] = lambda t, s: None
@@ -218,10 +203,10 @@ class ClientHandshake:
     def handle_message(self, msg_type: int, data: bytes, now: float = 0.0) -> None:
         """Process one complete handshake message (header included)."""
         self.now = now
-        handler = self._handlers.get(self.state, {}).get(msg_type)
-        if handler is None:
+        name = _HANDLERS[self.state].get(msg_type)
+        if name is None:
             raise unexpected(self.state, msg_type)
-        handler(data)
+        getattr(self, name)(data)
 
     def _decode(self, msg_type: int, data: bytes) -> object:
         hash_len = self.suite.hash_len if self.suite else None
@@ -639,10 +624,10 @@ class ClientHandshake:
         self.master_secret = self.handshake_secret.master_secret()
         self.client_app_secret = self.master_secret.client_application_traffic_secret(th)
         self.server_app_secret = self.master_secret.server_application_traffic_secret(th)
-        self.exporter_secret = self.master_secret.exporter_master_secret(th)
+        self._set_exporter_context(self.master_secret, th)  # derived on first use
         self.sink.log_secret("CLIENT_TRAFFIC_SECRET_0", self.random, self.client_app_secret)
         self.sink.log_secret("SERVER_TRAFFIC_SECRET_0", self.random, self.server_app_secret)
-        self.sink.log_secret("EXPORTER_SECRET", self.random, self.exporter_secret)
+        self.sink.log_secret("EXPORTER_SECRET", self.random, lambda: self.exporter_secret)
         self.sink.set_read_secret(suite, self.server_app_secret)
         if self.early_data_state == "accepted":
             # §4.5: EndOfEarlyData under the early key, then the handshake key.
@@ -771,3 +756,29 @@ class ClientHandshake:
         self.sink.send_handshake(M.encode_handshake(M.Finished(verify_data)))
         self.on_post_handshake_auth(bytes(cr.certificate_request_context), sent)
 
+
+# State -> handshake type -> the handler method's name, shared by every
+# handshake (getattr dispatch: building bound-method tables per connection
+# was a measurable part of a handshake's cost).
+_HANDLERS: dict[ClientState, dict[int, str]] = {
+    ClientState.WAIT_SH: {int(H.server_hello): "_handle_server_hello"},
+    ClientState.WAIT_EE: {int(H.encrypted_extensions): "_handle_encrypted_extensions"},
+    ClientState.WAIT_CERT_CR: {
+        int(H.certificate): "_handle_certificate",
+        int(H.compressed_certificate): "_handle_certificate",
+        int(H.certificate_request): "_handle_certificate_request",
+    },
+    ClientState.WAIT_CERT: {
+        int(H.certificate): "_handle_certificate",
+        int(H.compressed_certificate): "_handle_certificate",
+    },
+    ClientState.WAIT_CV: {int(H.certificate_verify): "_handle_certificate_verify"},
+    ClientState.WAIT_FINISHED: {int(H.finished): "_handle_finished"},
+    ClientState.CONNECTED: {
+        int(H.new_session_ticket): "_handle_new_session_ticket",
+        int(H.key_update): "_handle_key_update",
+        int(H.certificate_request): "_handle_post_handshake_certificate_request",
+    },
+}
+for _state in ClientState:  # states that take no message
+    _HANDLERS.setdefault(_state, {})

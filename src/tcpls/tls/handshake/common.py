@@ -171,8 +171,43 @@ class RecordSink(Protocol):
     def send_change_cipher_spec(self) -> None: ...
     def set_write_secret(self, suite: CipherSuiteInfo, secret: bytes) -> None: ...
     def set_read_secret(self, suite: CipherSuiteInfo, secret: bytes) -> None: ...
-    def log_secret(self, label: str, client_random: bytes, secret: bytes) -> None: ...
+    def log_secret(self, label: str, client_random: bytes, secret: "bytes | Callable[[], bytes]") -> None:
+        """Key log line; ``secret`` may be a callable, called only when a key log is on."""
+        ...
+
     def set_record_size_limit(self, send: int, receive: Optional[int]) -> None: ...
+
+
+class LazyExporterSecret:
+    """``exporter_secret`` (RFC 9846 §7.1) derived on first use.
+
+    Both handshakes know it once the server Finished is in the transcript,
+    but only ``export_keying_material`` (and a key log) read it: most
+    connections never do, so the handshake records the main secret and that
+    transcript hash (:meth:`_set_exporter_context`) and the HKDF-Expand-Label
+    runs when the attribute is first read. Assigning sets it directly.
+    """
+
+    _exporter_value: bytes = b""
+    _exporter_context: "Optional[tuple[object, bytes]]" = None
+
+    @property
+    def exporter_secret(self) -> bytes:
+        if not self._exporter_value and self._exporter_context is not None:
+            master, th = self._exporter_context
+            self._exporter_value = master.exporter_master_secret(th)  # type: ignore[attr-defined]
+            self._exporter_context = None
+        return self._exporter_value
+
+    @exporter_secret.setter
+    def exporter_secret(self, value: bytes) -> None:
+        self._exporter_value = value
+        self._exporter_context = None
+
+    def _set_exporter_context(self, master_secret: object, transcript_hash: bytes) -> None:
+        """The exporter secret is ``master_secret.exporter_master_secret(transcript_hash)``."""
+        self._exporter_value = b""
+        self._exporter_context = (master_secret, transcript_hash)
 
 
 Handler = Callable[[object, bytes], None]

@@ -68,6 +68,7 @@ from ..verify import parse_certificates, verify_client_chain
 from .common import (
     DTLS13,
     TLS13,
+    LazyExporterSecret,
     RecordSink,
     Variant,
     check_certificate_verify,
@@ -103,6 +104,10 @@ class ServerState(Enum):
     CONNECTED = auto()
     PHA_WAIT_CV = auto()  # post-handshake authentication (§4.6.2)
     PHA_WAIT_FINISHED = auto()
+
+    # Members are singletons compared by identity: hash them the same way
+    # (Enum's own __hash__ is Python code, run on every message dispatch).
+    __hash__ = object.__hash__
 
 
 @dataclass
@@ -162,7 +167,7 @@ def encode_hello_retry_request(
     return M.encode_handshake(hrr)
 
 
-class ServerHandshake:
+class ServerHandshake(LazyExporterSecret):
     """The server side of one TLS 1.3 handshake and its post-handshake messages."""
 
     def __init__(
@@ -215,24 +220,6 @@ class ServerHandshake:
         self.client_record_size_limit: Optional[int] = None
         self._pha_pending: dict[bytes, _PostHandshakeAuth] = {}
         self._pha: Optional[_PostHandshakeAuth] = None
-        self._handlers: dict[ServerState, dict[int, Callable[[bytes], None]]] = {
-            ServerState.START: {H.client_hello: self._handle_client_hello},
-            ServerState.WAIT_CH2: {H.client_hello: self._handle_client_hello},
-            ServerState.WAIT_EOED: {H.end_of_early_data: self._handle_end_of_early_data},
-            ServerState.WAIT_CERT: {
-                H.certificate: self._handle_certificate,
-                H.compressed_certificate: self._handle_certificate,
-            },
-            ServerState.WAIT_CV: {H.certificate_verify: self._handle_certificate_verify},
-            ServerState.WAIT_FINISHED: {H.finished: self._handle_finished},
-            ServerState.CONNECTED: {
-                H.key_update: self._handle_key_update,
-                H.certificate: self._handle_pha_certificate,
-                H.compressed_certificate: self._handle_pha_certificate,
-            },
-            ServerState.PHA_WAIT_CV: {H.certificate_verify: self._handle_pha_certificate_verify},
-            ServerState.PHA_WAIT_FINISHED: {H.finished: self._handle_pha_finished},
-        }
         self.on_key_update: Callable[[bool], None] = lambda requested: None
         # Post-handshake authentication finished: (context, certificates or []).
         self.on_post_handshake_auth: Callable[[bytes, list[x509.Certificate]], None] = lambda context, certs: None
@@ -263,10 +250,10 @@ class ServerHandshake:
 
     def handle_message(self, msg_type: int, data: bytes, now: float = 0.0) -> None:
         self.now = now
-        handler = self._handlers.get(self.state, {}).get(msg_type)
-        if handler is None:
+        name = _HANDLERS[self.state].get(msg_type)
+        if name is None:
             raise unexpected(self.state, msg_type)
-        handler(data)
+        getattr(self, name)(data)
 
     def _decode(self, msg_type: int, data: bytes) -> object:
         hash_len = self.suite.hash_len if self.suite else None
@@ -719,10 +706,10 @@ class ServerHandshake:
         self.master_secret = self.handshake_secret.master_secret()
         self.client_app_secret = self.master_secret.client_application_traffic_secret(th)
         self.server_app_secret = self.master_secret.server_application_traffic_secret(th)
-        self.exporter_secret = self.master_secret.exporter_master_secret(th)
+        self._set_exporter_context(self.master_secret, th)  # derived on first use
         self.sink.log_secret("CLIENT_TRAFFIC_SECRET_0", self.client_random, self.client_app_secret)
         self.sink.log_secret("SERVER_TRAFFIC_SECRET_0", self.client_random, self.server_app_secret)
-        self.sink.log_secret("EXPORTER_SECRET", self.client_random, self.exporter_secret)
+        self.sink.log_secret("EXPORTER_SECRET", self.client_random, lambda: self.exporter_secret)
         self.sink.set_write_secret(suite, self.server_app_secret)
         self.state = next_state
 
@@ -913,3 +900,27 @@ class ServerHandshake:
             self.peer_certificates = pha.certificates
         self.on_post_handshake_auth(pha.context, pha.certificates)
 
+
+# State -> handshake type -> the handler method's name, shared by every
+# handshake (getattr dispatch: building bound-method tables per connection
+# was a measurable part of a handshake's cost).
+_HANDLERS: dict[ServerState, dict[int, str]] = {
+    ServerState.START: {int(H.client_hello): "_handle_client_hello"},
+    ServerState.WAIT_CH2: {int(H.client_hello): "_handle_client_hello"},
+    ServerState.WAIT_EOED: {int(H.end_of_early_data): "_handle_end_of_early_data"},
+    ServerState.WAIT_CERT: {
+        int(H.certificate): "_handle_certificate",
+        int(H.compressed_certificate): "_handle_certificate",
+    },
+    ServerState.WAIT_CV: {int(H.certificate_verify): "_handle_certificate_verify"},
+    ServerState.WAIT_FINISHED: {int(H.finished): "_handle_finished"},
+    ServerState.CONNECTED: {
+        int(H.key_update): "_handle_key_update",
+        int(H.certificate): "_handle_pha_certificate",
+        int(H.compressed_certificate): "_handle_pha_certificate",
+    },
+    ServerState.PHA_WAIT_CV: {int(H.certificate_verify): "_handle_pha_certificate_verify"},
+    ServerState.PHA_WAIT_FINISHED: {int(H.finished): "_handle_pha_finished"},
+}
+for _state in ServerState:  # states that take no message
+    _HANDLERS.setdefault(_state, {})
