@@ -63,7 +63,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
-from cryptography import x509
 
 from ..errors import (
     BadRecordMac,
@@ -84,10 +83,10 @@ from ..tls.config import TLSConfig
 from ..tls.enums import DTLS_1_3, AlertDescription, AlertLevel, ExtensionType as E, HandshakeType as H
 from ..tls.enums import KeyUpdateRequest
 from ..tls.handshake.client import ClientHandshake, ClientState
-from ..tls.handshake.common import DTLS13
+from ..tls.handshake.common import DTLS13, HandshakeQueries
 from ..tls.handshake.server import ServerHandshake, encode_hello_retry_request
 from ..tls.kex import SUPPORTED_GROUPS
-from ..tls.key_schedule import DTLS13_LABEL_PREFIX, export_keying_material, next_traffic_secret
+from ..tls.key_schedule import DTLS13_LABEL_PREFIX, next_traffic_secret
 from ..tls.session import Session
 from ..tls.suites import SUITES, CipherSuiteInfo, suite_info
 from . import events as dtls_events
@@ -278,7 +277,7 @@ class _Default:
 _DEFAULT = _Default()
 
 
-class DTLSConnection:
+class DTLSConnection(HandshakeQueries):
     """One DTLS 1.3 association, client or server. See ``docs/dtls.md``.
 
     Args:
@@ -305,6 +304,8 @@ class DTLSConnection:
         key_update_after: records sent in one epoch before an automatic
             KeyUpdate (default: the AEAD confidentiality limit, §4.5.3).
     """
+
+    _label_prefix = _PREFIX  # RFC 9147 §5.9: exporters use "dtls13" too
 
     def __init__(
         self,
@@ -410,44 +411,6 @@ class DTLSConnection:
         return DTLS_1_3 if self.handshake_complete else None
 
     @property
-    def cipher_suite(self) -> Optional[int]:
-        return self._hs.suite.suite if self._hs.suite is not None else None
-
-    @property
-    def group(self) -> Optional[int]:
-        return self._hs.group
-
-    @property
-    def alpn_protocol(self) -> Optional[str]:
-        return self._hs.alpn_protocol
-
-    @property
-    def server_name(self) -> Optional[str]:
-        return self._hs.server_name
-
-    @property
-    def hello_retry(self) -> bool:
-        return self._hs.hello_retry
-
-    @property
-    def peer_certificates(self) -> list[x509.Certificate]:
-        return list(self._hs.peer_certificates)
-
-    @property
-    def session_resumed(self) -> bool:
-        return self._hs.session_resumed
-
-    @property
-    def early_data_accepted(self) -> Optional[bool]:
-        state = self._hs.early_data_state
-        return None if state in (None, "offered") else state == "accepted"
-
-    @property
-    def session(self) -> Optional[Session]:
-        """Client: the newest resumable session received (None before a ticket)."""
-        return self.sessions[-1] if self.sessions else None
-
-    @property
     def write_epoch(self) -> int:
         return self._records.write_epoch
 
@@ -488,14 +451,6 @@ class DTLSConnection:
         else:  # the application suite is not known yet: the largest overhead
             overhead = 1 + len(self.send_cid or b"") + 2 + 2 + 1 + 16
         return self._max_datagram_size - overhead
-
-    def export_keying_material(self, label: str | bytes, context: bytes = b"", length: int = 32) -> bytes:
-        """TLS-Exporter (RFC 9846 §7.5) with the DTLS label prefix (§5.9)."""
-        hs = self._hs
-        if not hs.exporter_secret or hs.suite is None:
-            raise UsageError("exporter_secret is not available yet")
-        lab = label.encode() if isinstance(label, str) else bytes(label)
-        return export_keying_material(hs.suite.hash_name, hs.exporter_secret, lab, bytes(context), length, _PREFIX)
 
     # ------------------------------------------------------------------ verbs
     def start_handshake(self, now: float = 0.0) -> None:

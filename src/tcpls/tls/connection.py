@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable, Optional, Union
 
-from cryptography import x509
 
 from ..errors import (
     BadRecordMac,
@@ -44,6 +43,7 @@ from . import messages as M
 from .config import TLSConfig
 from .enums import TLS_1_3, AlertDescription, AlertLevel, ContentType, KeyUpdateRequest
 from .handshake.client import ClientHandshake
+from .handshake.common import HandshakeQueries
 from .handshake.server import ServerHandshake
 from .key_schedule import export_keying_material, next_traffic_secret
 from .offload import OffloadActions, OffloadedDecryptor, OffloadedEncryptor, TrafficState
@@ -63,7 +63,7 @@ _CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
 KEY_UPDATE_AFTER_RECORDS = 1 << 23
 
 
-class TLSConnection:
+class TLSConnection(HandshakeQueries):
     """One TLS 1.3 connection, client or server. See ``docs/engine-api.md``."""
 
     def __init__(
@@ -128,63 +128,6 @@ class TLSConnection:
     @property
     def version(self) -> Optional[int]:
         return TLS_1_3 if self._hs.suite is not None else None
-
-    @property
-    def cipher_suite(self) -> Optional[int]:
-        return self._hs.suite.suite if self._hs.suite is not None else None
-
-    @property
-    def group(self) -> Optional[int]:
-        return self._hs.group
-
-    @property
-    def alpn_protocol(self) -> Optional[str]:
-        return self._hs.alpn_protocol
-
-    @property
-    def server_name(self) -> Optional[str]:
-        return self._hs.server_name
-
-    @property
-    def hello_retry(self) -> bool:
-        return self._hs.hello_retry
-
-    @property
-    def peer_certificates(self) -> list[x509.Certificate]:
-        return list(self._hs.peer_certificates)
-
-    @property
-    def session_resumed(self) -> bool:
-        """A PSK (resumption ticket or external PSK) was accepted."""
-        return self._hs.session_resumed
-
-    @property
-    def early_data_accepted(self) -> Optional[bool]:
-        """None if no 0-RTT was attempted, else whether the server accepted it."""
-        state = self._hs.early_data_state
-        return None if state in (None, "offered") else state == "accepted"
-
-    @property
-    def ocsp_response(self) -> Optional[bytes]:
-        """Client: the DER OCSP response stapled by the server (``TLSConfig.request_ocsp``)."""
-        return getattr(self._hs, "ocsp_response", None)
-
-    @property
-    def session(self) -> Optional[Session]:
-        """Client: the newest resumable session received (None before a ticket)."""
-        return self.sessions[-1] if self.sessions else None
-
-    def export_keying_material(self, label: str | bytes, context: bytes = b"", length: int = 32) -> bytes:
-        """TLS-Exporter(label, context, length) over the exporter_secret (RFC 9846 §7.5).
-
-        Available once our Finished is computed (server: after its first
-        flight; client: when the handshake completes).
-        """
-        hs = self._hs
-        if not hs.exporter_secret or hs.suite is None:
-            raise UsageError("exporter_secret is not available yet")
-        lab = label.encode() if isinstance(label, str) else bytes(label)
-        return export_keying_material(hs.suite.hash_name, hs.exporter_secret, lab, bytes(context), length)
 
     def export_early_keying_material(self, label: str | bytes, context: bytes = b"", length: int = 32) -> bytes:
         """TLS-Exporter over the early_exporter_secret (RFC 9846 §7.5); only

@@ -17,15 +17,18 @@ from typing import Optional, Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ...errors import BadCertificate, DecryptError, IllegalParameter, UnexpectedMessage, UnsupportedExtension
+from ...errors import BadCertificate, DecryptError, IllegalParameter, UnexpectedMessage, UnsupportedExtension, UsageError
 from .. import certcompress
 from .. import extensions as X
 from .. import messages as M
 from ..enums import ExtensionType as E
 from ..enums import DTLS_1_2, DTLS_1_3, TLS_1_2, TLS_1_3, HandshakeType, enum_name
-from ..key_schedule import DTLS13_LABEL_PREFIX, TLS13_LABEL_PREFIX, finished_verify_data
+from ..key_schedule import DTLS13_LABEL_PREFIX, TLS13_LABEL_PREFIX, export_keying_material, finished_verify_data
 from ..signatures import signed_content, verify_certificate_verify
 from ..suites import CipherSuiteInfo
+
+if TYPE_CHECKING:
+    from ..session import Session
 
 if TYPE_CHECKING:
     from ..config import TLSConfig
@@ -246,3 +249,73 @@ def check_finished(
     expected = finished_verify_data(suite.hash_name, base_key, transcript_hash, prefix)
     if not constant_time_equal(expected, fin.verify_data):
         raise DecryptError(f"{peer} Finished does not verify")
+
+
+class HandshakeQueries:
+    """What a connection tells about its handshake, shared by the TLS and
+    DTLS engines: both keep their handshake state machine in ``_hs`` and the
+    sessions received in ``sessions``; ``_label_prefix`` is the
+    HKDF-Expand-Label prefix of the protocol (RFC 9147 §5.9 for DTLS)."""
+
+    _hs: object
+    sessions: list
+    _label_prefix: bytes = TLS13_LABEL_PREFIX
+
+    @property
+    def cipher_suite(self) -> Optional[int]:
+        return self._hs.suite.suite if self._hs.suite is not None else None  # type: ignore[attr-defined]
+
+    @property
+    def group(self) -> Optional[int]:
+        return self._hs.group  # type: ignore[attr-defined]
+
+    @property
+    def alpn_protocol(self) -> Optional[str]:
+        return self._hs.alpn_protocol  # type: ignore[attr-defined]
+
+    @property
+    def server_name(self) -> Optional[str]:
+        return self._hs.server_name  # type: ignore[attr-defined]
+
+    @property
+    def hello_retry(self) -> bool:
+        return self._hs.hello_retry  # type: ignore[attr-defined]
+
+    @property
+    def peer_certificates(self) -> list[x509.Certificate]:
+        return list(self._hs.peer_certificates)  # type: ignore[attr-defined]
+
+    @property
+    def session_resumed(self) -> bool:
+        """A PSK (resumption ticket or external PSK) was accepted."""
+        return self._hs.session_resumed  # type: ignore[attr-defined]
+
+    @property
+    def early_data_accepted(self) -> Optional[bool]:
+        """None if no 0-RTT was attempted, else whether the server accepted it."""
+        state = self._hs.early_data_state  # type: ignore[attr-defined]
+        return None if state in (None, "offered") else state == "accepted"
+
+    @property
+    def ocsp_response(self) -> Optional[bytes]:
+        """Client: the DER OCSP response stapled by the server (``TLSConfig.request_ocsp``)."""
+        return getattr(self._hs, "ocsp_response", None)
+
+    @property
+    def session(self) -> "Optional[Session]":
+        """Client: the newest resumable session received (None before a ticket)."""
+        return self.sessions[-1] if self.sessions else None
+
+    def export_keying_material(self, label: "str | bytes", context: bytes = b"", length: int = 32) -> bytes:
+        """TLS-Exporter(label, context, length) over the exporter_secret (RFC 9846 §7.5).
+
+        Available once our Finished is computed (server: after its first
+        flight; client: when the handshake completes).
+        """
+        hs = self._hs
+        if not hs.exporter_secret or hs.suite is None:  # type: ignore[attr-defined]
+            raise UsageError("exporter_secret is not available yet")
+        lab = label.encode() if isinstance(label, str) else bytes(label)
+        return export_keying_material(
+            hs.suite.hash_name, hs.exporter_secret, lab, bytes(context), length, self._label_prefix  # type: ignore[attr-defined]
+        )
