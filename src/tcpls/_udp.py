@@ -27,6 +27,7 @@ __all__ = [
     "MAX_SEGMENTS",
     "UDPSender",
     "gso_supported",
+    "read_burst",
     "set_receive_buffer",
 ]
 
@@ -64,6 +65,27 @@ def set_receive_buffer(sock: socket.socket, size: int) -> int:
         except OSError:
             continue
     return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+
+def read_burst(
+    sock: socket.socket, buffer: bytearray, view: memoryview, limit: int, deliver: Callable[[bytes, Any], None]
+) -> int:
+    """Read up to ``limit`` datagrams that the (non-blocking) socket already
+    holds into ``buffer`` and hand a copy of each to ``deliver(data, addr)``;
+    returns how many. The bound keeps one busy socket from starving the rest
+    of the loop. ICMP errors end the burst: the DTLS timers deal with dead
+    peers."""
+    count = 0
+    while count < limit:
+        try:
+            n, addr = sock.recvfrom_into(buffer)
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:
+            break
+        count += 1
+        deliver(bytes(view[:n]), addr)
+    return count
 
 
 def _runs(datagrams: Sequence[tuple[bytes, Any]]) -> Iterable[tuple[int, int]]:

@@ -48,7 +48,7 @@ import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Optional, Union
 
-from .._udp import UDPSender, set_receive_buffer
+from .._udp import UDPSender, read_burst, set_receive_buffer
 from ..dtls.endpoint import (
     Association,
     ConnectionClosed,
@@ -266,16 +266,9 @@ class DTLSEndpointProtocol(asyncio.DatagramProtocol):
         sock, buf = self._sock, self._buffer
         if sock is not None and buf is not None:
             # What else the socket holds, bounded for fairness.
-            view = memoryview(buf)
-            while count < self._max_burst:
-                try:
-                    n, source = sock.recvfrom_into(buf)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break  # ICMP errors: timers deal with dead peers
-                count += 1
-                endpoint.receive_datagram(bytes(view[:n]), source, now)
+            count += read_burst(
+                sock, buf, memoryview(buf), self._max_burst - 1, lambda d, a: endpoint.receive_datagram(d, a, now)
+            )
         self.received += count
         self.read_wakeups += 1
         self._after(now)

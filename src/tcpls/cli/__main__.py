@@ -84,12 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.set_defaults(func=commands.cmd_server)
 
     client = sub.add_parser("client", help="connect, send stdin, print what comes back")
-    client.add_argument("host")
-    client.add_argument("port", type=int)
-    trust = client.add_mutually_exclusive_group()
-    trust.add_argument("--cafile", help="trust these PEM certificates (default: system store)")
-    trust.add_argument("--insecure", action="store_true", help="do NOT verify the server certificate")
-    client.add_argument("--sni", help="server name to send and verify (default: HOST)")
+    commands.add_client_target_arguments(client)
     client.add_argument("--timeout", type=float, default=30.0, help="connect and handshake timeout (seconds)")
     client.add_argument("--sess-out", metavar="FILE", help="write the newest resumable session to FILE (secret!)")
     client.add_argument("--sess-in", metavar="FILE", help="resume the session stored in FILE")

@@ -255,6 +255,25 @@ def _post_handshake_actions(args: argparse.Namespace, handler: Any) -> Any:
     return wrapped
 
 
+async def _close_quietly(writer: aio.TLSStreamWriter) -> None:
+    """Close a connection at the end of a handler; its errors were already reported."""
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def add_client_target_arguments(client: argparse.ArgumentParser) -> None:
+    """HOST PORT, --cafile | --insecure and --sni: the TLS and DTLS clients' shared options."""
+    client.add_argument("host")
+    client.add_argument("port", type=int)
+    trust = client.add_mutually_exclusive_group()
+    trust.add_argument("--cafile", help="trust these PEM certificates (default: system store)")
+    trust.add_argument("--insecure", action="store_true", help="do NOT verify the server certificate")
+    client.add_argument("--sni", help="server name to send and verify (default: HOST)")
+
+
 async def _echo(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> None:
     peer = _peer(writer)
     log.info("%s: connected: %s", peer, ", ".join(f"{k}={v}" for k, v in negotiated(_writer_info(writer))))
@@ -273,11 +292,7 @@ async def _echo(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> No
     finally:
         if _subject(conn) != subject:
             log.info("%s: client certificate (post-handshake): %s", peer, _subject(conn))
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except Exception:  # noqa: BLE001
-            pass
+        await _close_quietly(writer)
 
 
 async def _www(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> None:
@@ -310,11 +325,7 @@ async def _www(reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> Non
     except (TLSError, OSError) as exc:
         log.warning("%s: %s", peer, describe_error(exc))
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except Exception:  # noqa: BLE001
-            pass
+        await _close_quietly(writer)
 
 
 async def _serve_file(path: str, reader: asyncio.StreamReader, writer: aio.TLSStreamWriter) -> None:
@@ -331,11 +342,7 @@ async def _serve_file(path: str, reader: asyncio.StreamReader, writer: aio.TLSSt
     except (TLSError, OSError) as exc:
         log.warning("%s: %s", peer, describe_error(exc))
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except Exception:  # noqa: BLE001
-            pass
+        await _close_quietly(writer)
 
 
 def _with_ktls(mode: str, handler: Any) -> Any:

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from ..aio import dtls as adtls
 from ..dtls.endpoint import EndpointLimits
-from .commands import READ_SIZE, UsageFailure, build_config, negotiated
+from .commands import READ_SIZE, UsageFailure, add_client_target_arguments, build_config, negotiated
 
 __all__ = ["add_parsers"]
 
@@ -53,12 +53,7 @@ def add_parsers(sub: Any, common: Any) -> None:
 
     client = sub.add_parser("dtls-client", help="DTLS 1.3 client: send stdin, print what comes back")
     common(client)
-    client.add_argument("host")
-    client.add_argument("port", type=int)
-    trust = client.add_mutually_exclusive_group()
-    trust.add_argument("--cafile", help="trust these PEM certificates (default: system store)")
-    trust.add_argument("--insecure", action="store_true", help="do NOT verify the server certificate")
-    client.add_argument("--sni", help="server name to send and verify (default: HOST)")
+    add_client_target_arguments(client)
     client.add_argument("--cid", action="store_true", help="negotiate connection IDs (RFC 9146)")
     client.add_argument("--timeout", type=float, default=10.0, help="handshake timeout and final wait (seconds)")
     client.set_defaults(func=cmd_dtls_client)

@@ -396,12 +396,11 @@ class DTLSConnection(HandshakeQueries):
         self._hs: Union[ClientHandshake, ServerHandshake]
         if is_client:
             self._hs = ClientHandshake(config, self, server_name, session, dtls=True)
-            self._hs.on_ticket = self._on_ticket
             self._hs.on_early_data = self._on_early_data
         else:
             self._hs = ServerHandshake(config, self, dtls=True)
         self._hs.on_key_update = self._on_key_update
-        self._hs.on_post_handshake_auth = self._on_post_handshake_auth  # type: ignore[assignment]
+        self._wire_post_handshake_callbacks(not is_client)
         self._hs.traffic_secret = self._traffic_secret
         self._hs.hello_extensions = _ConnectionIdExtension(self) if connection_id is not None else None
 
@@ -1144,20 +1143,6 @@ class DTLSConnection(HandshakeQueries):
         if direction == "write":
             return self._write_secrets[self._records.write_epoch]
         return self._read_secrets[max(self._read_secrets)]
-
-    def _on_post_handshake_auth(self, context: bytes, result: object) -> None:
-        if not self.is_client:
-            certs = result if isinstance(result, list) else []
-            subject = certs[0].subject.rfc4514_string() if certs else None
-            self._emit(ev.PostHandshakeAuthCompleted(context, subject))
-        else:
-            self._emit(ev.PostHandshakeAuthAnswered(context, bool(result)))
-
-    def _on_ticket(self, ticket: M.NewSessionTicket, session: Optional[Session]) -> None:
-        if session is not None:
-            self.sessions.append(session)
-            del self.sessions[:-8]
-        self._emit(ev.SessionTicketReceived(ticket, session))
 
     def _on_early_data(self, accepted: bool) -> None:
         if accepted:

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Optional
 
-from .._udp import UDPSender, set_receive_buffer
+from .._udp import UDPSender, read_burst, set_receive_buffer
 from ..dtls.cookie import CookieSecret
 from ..dtls.endpoint import (
     Association,
@@ -113,17 +113,10 @@ class _Driver:
     def receive_burst(self, now: float) -> int:
         """Read what the socket holds (at most ``max_burst`` datagrams) into
         the endpoint. Returns how many were read."""
-        sock, view, endpoint = self.sock, self._view, self.endpoint
-        count = 0
-        while count < self.max_burst:
-            try:
-                n, addr = sock.recvfrom_into(self._buffer)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                break  # ICMP errors: timers deal with dead peers
-            count += 1
-            endpoint.receive_datagram(bytes(view[:n]), addr, now)
+        endpoint = self.endpoint
+        count = read_burst(
+            self.sock, self._buffer, self._view, self.max_burst, lambda d, a: endpoint.receive_datagram(d, a, now)
+        )
         self.received += count
         self.read_wakeups += count > 0
         return count

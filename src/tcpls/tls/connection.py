@@ -115,11 +115,9 @@ class TLSConnection(HandshakeQueries):
             self._hs = ServerHandshake(config, self)
         else:
             self._hs = ClientHandshake(config, self, server_name, session)
-            self._hs.on_ticket = self._on_ticket
             self._hs.on_early_data = self._on_early_data
         self._hs.on_key_update = self._on_key_update
-        # Post-handshake authentication (RFC 9846 §4.6.2) and record_size_limit (RFC 8449).
-        self._hs.on_post_handshake_auth = self._on_post_handshake_auth  # type: ignore[assignment]
+        self._wire_post_handshake_callbacks(server_side)
         self._hs.traffic_secret = self._traffic_secret
         self._send_record_limit: Optional[int] = None
         self._recv_record_limit: Optional[int] = None
@@ -590,20 +588,6 @@ class TLSConnection(HandshakeQueries):
         half = self._encryptor if direction == "write" else self._decryptor
         assert half is not None
         return half.secret
-
-    def _on_post_handshake_auth(self, context: bytes, result: object) -> None:
-        if self.server_side:
-            certs = result if isinstance(result, list) else []
-            subject = certs[0].subject.rfc4514_string() if certs else None
-            self._emit(ev.PostHandshakeAuthCompleted(context, subject))
-        else:
-            self._emit(ev.PostHandshakeAuthAnswered(context, bool(result)))
-
-    def _on_ticket(self, ticket: M.NewSessionTicket, session: Optional[Session]) -> None:
-        if session is not None:
-            self.sessions.append(session)
-            del self.sessions[:-8]
-        self._emit(ev.SessionTicketReceived(ticket, session))
 
     def _on_early_data(self, accepted: bool) -> None:
         if accepted:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ...errors import BadCertificate, DecryptError, IllegalParameter, UnexpectedMessage, UnsupportedExtension, UsageError
 from .. import certcompress
+from .. import events as ev
 from .. import extensions as X
 from .. import messages as M
 from ..enums import ExtensionType as E
@@ -252,14 +253,44 @@ def check_finished(
 
 
 class HandshakeQueries:
-    """What a connection tells about its handshake, shared by the TLS and
-    DTLS engines: both keep their handshake state machine in ``_hs`` and the
-    sessions received in ``sessions``; ``_label_prefix`` is the
-    HKDF-Expand-Label prefix of the protocol (RFC 9147 §5.9 for DTLS)."""
+    """What a connection tells about its handshake, and the callbacks of its
+    state machine that do not depend on the record layer, shared by the TLS
+    and DTLS engines: both keep their handshake state machine in ``_hs``,
+    the sessions received in ``sessions`` and queue events with ``_emit``;
+    ``_label_prefix`` is the HKDF-Expand-Label prefix of the protocol
+    (RFC 9147 §5.9 for DTLS)."""
 
     _hs: object
     sessions: list
     _label_prefix: bytes = TLS13_LABEL_PREFIX
+
+    _emit: "Callable[[ev.Event], None]"  # the connection's event queue
+
+    def _wire_post_handshake_callbacks(self, server: bool) -> None:
+        """Hook the state machine's ticket and post-handshake authentication
+        callbacks (RFC 9846 §4.6.1, §4.6.2) to this connection."""
+        hs = self._hs
+        if server:
+            hs.on_post_handshake_auth = self._on_client_certificate_checked  # type: ignore[attr-defined]
+        else:
+            hs.on_ticket = self._on_ticket  # type: ignore[attr-defined]
+            hs.on_post_handshake_auth = self._on_certificate_request_answered  # type: ignore[attr-defined]
+
+    def _on_ticket(self, ticket: M.NewSessionTicket, session: "Optional[Session]") -> None:
+        if session is not None:
+            self.sessions.append(session)
+            del self.sessions[:-8]
+        self._emit(ev.SessionTicketReceived(ticket, session))
+
+    def _on_client_certificate_checked(self, context: bytes, result: object) -> None:
+        """Server: the client's answer to our post-handshake CertificateRequest."""
+        certs = result if isinstance(result, list) else []
+        subject = certs[0].subject.rfc4514_string() if certs else None
+        self._emit(ev.PostHandshakeAuthCompleted(context, subject))
+
+    def _on_certificate_request_answered(self, context: bytes, result: object) -> None:
+        """Client: we answered a post-handshake CertificateRequest (with a certificate or not)."""
+        self._emit(ev.PostHandshakeAuthAnswered(context, bool(result)))
 
     @property
     def cipher_suite(self) -> Optional[int]:
