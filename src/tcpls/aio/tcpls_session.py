@@ -636,7 +636,7 @@ class SessionDriver:
                 tcp_settings.apply_setting(proto.transport.get_extra_info("socket"), setting, value)
             except (OSError, ValueError, OverflowError, TypeError, AttributeError) as exc:
                 logger.warning("peer TCP setting %s not applied to connection %s: %s", setting, proto.conn_id, exc)
-        self._emit_adapter_event(ev.ConnectionEstablished(proto.conn_id, self.local_addrs[proto.conn_id], self.peer_addrs[proto.conn_id]))
+        self._put_event(ev.ConnectionEstablished(proto.conn_id, self.local_addrs[proto.conn_id], self.peer_addrs[proto.conn_id]))
         if self._reading_paused:
             proto.transport.pause_reading()
         self._after()
@@ -807,7 +807,6 @@ class SessionDriver:
             self.events.get_nowait()
         self.events.put_nowait(e)
 
-    _emit_adapter_event = _put_event
 
     async def next_event(self, timeout: Optional[float] = None) -> ev.Event:
         """The next session event (engine events but stream data, plus
@@ -1115,7 +1114,7 @@ async def connect(
         return None if deadline is None else max(0.0, deadline - loop.time())
 
     def attempt_failed(h: str, p: int, reason: str) -> None:
-        client._emit_adapter_event(ev.ConnectionAttemptFailed(h, p, reason))
+        client._put_event(ev.ConnectionAttemptFailed(h, p, reason))
 
     errors: list[tuple[str, int, str]] = []
     try:
@@ -1239,7 +1238,7 @@ class TCPLSServer:
         driver._conns[0] = proto
         driver.local_addrs[0] = proto.transport.get_extra_info("sockname")  # type: ignore[union-attr]
         driver.peer_addrs[0] = proto.transport.get_extra_info("peername")  # type: ignore[union-attr]
-        driver._emit_adapter_event(ev.ConnectionEstablished(0, driver.local_addrs[0], driver.peer_addrs[0]))
+        driver._put_event(ev.ConnectionEstablished(0, driver.local_addrs[0], driver.peer_addrs[0]))
         driver._data(proto, data)
         if driver.error is not None:
             self._forget(driver)
