@@ -42,6 +42,21 @@ KEY_TYPES = ("ec256", "ec384", "rsa2048", "ed25519")
 DEFAULT_TIMEOUT = 20.0
 
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl CLI not installed")
+
+
+def require_peer(*commands: str) -> list[str]:
+    """Paths of the interop peer's programs (gnutls-cli, go, javac, ...).
+
+    A missing one skips the calling test, or fails it when
+    ``TCPLS_INTEROP_REQUIRED=1`` (CI, where ``./run`` installs them)."""
+    found = [shutil.which(c) for c in commands]
+    missing = [c for c, p in zip(commands, found) if p is None]
+    if missing:
+        why = f"interop peer not installed: {', '.join(missing)} (./run tests installs it)"
+        if os.environ.get("TCPLS_INTEROP_REQUIRED") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    return [p for p in found if p is not None]
 # A test still running after this many seconds is hung: dump every thread's
 # stack and exit, so CI fails fast instead of waiting for its global limit.
 HANG_WATCHDOG = float(os.environ.get("TCPLS_TEST_WATCHDOG", "300"))
