@@ -1,0 +1,620 @@
+"""Interop with Go's crypto/tls (the ``go`` toolchain, standard library only).
+
+Two small Go programs in ``tests/peers/go/`` are built once per test session
+into a temporary directory (``GO111MODULE=off``, ``CGO_ENABLED=0``, caches
+under that directory, so no network and no C compiler are needed):
+
+* ``server``: a TLS 1.3 echo server; flags choose the certificate,
+  ``CurvePreferences``, ALPN, client authentication, how many connections
+  to serve (tickets let later ones resume) and exporter values to print;
+* ``client``: sends a fixed pattern, half-closes with close_notify, checks
+  the echo byte for byte; flags as above, plus ``-conns`` connections
+  sharing one ``ClientSessionCache``.
+
+Both print one JSON line per connection with what crypto/tls saw
+(``ConnectionState``: suite, ALPN, SNI, ``DidResume``, peer certificates,
+verified chains, ``ExportKeyingMaterial`` values, the error text).
+
+Our side is the blocking adapter (``tcpls.sync``) with every engine event
+recorded, so the tests see KeyUpdated, SessionTicketReceived, alerts...
+
+crypto/tls does not do 0-RTT (it never sends early_data nor accepts it) or
+external PSKs, and cannot start a KeyUpdate itself (it answers one), so
+those are tested against other peers only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+from conftest import DEFAULT_TIMEOUT, ROOT, _Drain, _stop, require_peer, wait_until
+from tcpls import sync
+from tcpls.errors import LocalProtocolError, ProtocolError, RemoteAlert
+from tcpls.tls import events as ev
+from tcpls.tls.config import TLSConfig, load_certificate_files
+from tcpls.tls.enums import AlertDescription, CipherSuite, NamedGroup
+
+T = DEFAULT_TIMEOUT
+PEERS = ROOT / "tests" / "peers" / "go"
+
+SUITES = {
+    CipherSuite.TLS_AES_128_GCM_SHA256: "TLS_AES_128_GCM_SHA256",
+    CipherSuite.TLS_AES_256_GCM_SHA384: "TLS_AES_256_GCM_SHA384",
+    CipherSuite.TLS_CHACHA20_POLY1305_SHA256: "TLS_CHACHA20_POLY1305_SHA256",
+}
+GROUPS = {"x25519": NamedGroup.x25519, "P-256": NamedGroup.secp256r1, "P-384": NamedGroup.secp384r1}
+
+
+def pattern(n: int) -> bytes:
+    """The bytes the Go client sends: byte i is i % 251."""
+    block = bytes(range(251))
+    return (block * (n // 251 + 1))[:n]
+
+
+# ------------------------------------------------------------ Go programs
+@pytest.fixture(scope="session")
+def go_peers(tmp_path_factory) -> dict[str, str]:
+    """Build the Go client and server once per session; paths by name."""
+    (go,) = require_peer("go")
+    d = tmp_path_factory.mktemp("go")
+    env = dict(os.environ)
+    env.update(
+        GO111MODULE="off", GOFLAGS="", CGO_ENABLED="0", GOCACHE=str(d / "cache"), GOPATH=str(d / "gopath"),
+        GOTMPDIR="", HOME=str(d), GOTOOLCHAIN="local",
+    )
+    out = {}
+    for name in ("client", "server"):
+        exe = d / name
+        r = subprocess.run([go, "build", "-o", str(exe), "."], cwd=str(PEERS / name), env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"go build {name} failed:\n{r.stderr}"
+        out[name] = str(exe)
+    return out
+
+
+class GoServer:
+    """The Go echo server: ``-conns`` connections, one JSON line each."""
+
+    def __init__(self, exe: str, args: list[str]) -> None:
+        self.proc = subprocess.Popen([exe, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._out, self._err = _Drain(self.proc.stdout), _Drain(self.proc.stderr)
+        found: list[int] = []
+
+        def ready() -> bool:
+            m = re.match(rb"listening (\d+)\n", self._out.data())
+            if m is None and self.proc.poll() is not None:
+                raise RuntimeError(f"Go server exited early: {self._err.data()!r}")
+            if m:
+                found.append(int(m.group(1)))
+            return m is not None
+
+        wait_until(ready, T, "Go server 'listening'")
+        self.address = ("127.0.0.1", found[0])
+
+    def results(self, count: int = 1) -> list[dict]:
+        """The JSON lines of the first ``count`` connections (waits for them)."""
+
+        def lines() -> list[bytes]:
+            return self._out.data().split(b"\n")[1:-1]
+
+        wait_until(lambda: len(lines()) >= count or self.proc.poll() is not None, T, "Go server results")
+        if len(lines()) < count:  # it exited: read what it wrote last
+            self._out.join(5)
+            self._err.join(5)
+        got = [json.loads(x) for x in lines()]
+        assert len(got) >= count, f"Go server: {got}, stderr {self._err.data()!r}"
+        return got[:count]
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+@pytest.fixture
+def go_server(go_peers, pki):
+    started: list[GoServer] = []
+
+    def start(*args: str, leaf: str = "ec256", cert=None) -> GoServer:
+        c = cert or pki.leaf(leaf)
+        srv = GoServer(go_peers["server"], ["-cert", c.cert_file, "-key", c.key_file, *args])
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def go_client(go_peers, pki):
+    """``go_client(port, *args, size=N)`` -> (exit code, JSON results, stderr)."""
+
+    def run(port: int, *args: str, size: int = 0, ca: Optional[str] = pki.ca_file) -> tuple[int, list[dict], str]:
+        cmd = [go_peers["client"], "-addr", f"127.0.0.1:{port}", "-size", str(size), "-timeout", f"{int(T)}s", *args]
+        if ca:
+            cmd += ["-ca", ca]
+        r = subprocess.run(cmd, capture_output=True, timeout=T + 10)
+        results = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+        return r.returncode, results, r.stderr.decode("utf-8", "replace")
+
+    return run
+
+
+# ------------------------------------------------------------ our side
+def record_events(tls: sync.TLSSocket) -> list:
+    """Keep every engine event of ``tls`` (the adapter only hands on data)."""
+    conn = tls.connection
+    events: list = []
+    pull = conn.next_event
+
+    def next_event():
+        e = pull()
+        if e is not None:
+            events.append(e)
+        return e
+
+    conn.next_event = next_event  # type: ignore[method-assign]
+    return events
+
+
+def key_updates(events: list, direction: str) -> int:
+    return sum(1 for e in events if isinstance(e, ev.KeyUpdated) and e.direction == direction)
+
+
+def client_config(pki, **kw) -> TLSConfig:
+    return TLSConfig(trust_anchors=[pki.ca_cert], server_name="localhost", **kw)
+
+
+def server_config(pki, leaf: str = "ec256", **kw) -> TLSConfig:
+    cfg = TLSConfig(**kw)
+    chain, key = load_certificate_files(pki.leaf(leaf).cert_file, pki.leaf(leaf).key_file)
+    cfg.certificate_chain, cfg.private_key = chain, key
+    return cfg
+
+
+def with_client_cert(pki, cfg: TLSConfig, cert_file: Optional[str] = None, key_file: Optional[str] = None) -> TLSConfig:
+    chain, key = load_certificate_files(cert_file or pki.client.cert_file, key_file or pki.client.key_file)
+    cfg.certificate_chain, cfg.private_key = chain, key
+    return cfg
+
+
+def echo_through(tls: sync.TLSSocket, data: bytes, *, key_update_every: int = 0, request: bool = True) -> bytes:
+    """Send ``data`` to an echo peer while reading the echo back; a KeyUpdate
+    after every ``key_update_every`` bytes sent (0: none). Then close_notify
+    and read to the peer's close_notify."""
+    got = bytearray()
+    sent = 0
+    window = 512 * 1024
+    chunk = 64 * 1024
+    next_update = key_update_every or len(data) + 1
+    while sent < len(data):
+        n = min(chunk, len(data) - sent)
+        tls.sendall(data[sent : sent + n])
+        sent += n
+        if sent >= next_update and sent < len(data):
+            tls.key_update(request)
+            next_update += key_update_every
+        while len(got) < sent - window:
+            d = tls.recv(65536)
+            assert d, f"peer closed after {len(got)} of {len(data)} echoed bytes"
+            got += d
+    tls.shutdown_write()
+    while d := tls.recv(65536):
+        got += d
+    return bytes(got)
+
+
+class OurServer:
+    """Our echo server (``tcpls.sync``) in a thread: ``connections`` clients
+    one after another; ``on_data(tls, received_so_far)`` may act mid-stream."""
+
+    def __init__(self, config: TLSConfig, connections: int = 1, *, exports=(), on_data: Optional[Callable] = None) -> None:
+        self.listener = sync.create_server(("127.0.0.1", 0), config)
+        self.listener.settimeout(T)
+        self.port = self.listener.getsockname()[1]
+        self.exports = exports
+        self.on_data = on_data
+        self.sessions: list[dict] = []
+        self.thread = threading.Thread(target=self._run, args=(connections,), daemon=True)
+        self.thread.start()
+
+    def _run(self, n: int) -> None:
+        for _ in range(n):
+            info: dict = {"received": 0}
+            self.sessions.append(info)
+            try:
+                tls, _ = self.listener.accept()
+            except OSError as exc:
+                info["error"] = exc
+                return
+            tls.settimeout(T)
+            info["events"] = record_events(tls)
+            try:
+                tls.do_handshake()
+                conn = tls.connection
+                info.update(
+                    suite=conn.cipher_suite, group=conn.group, hello_retry=conn.hello_retry, alpn=conn.alpn_protocol,
+                    sni=conn.server_name, resumed=conn.session_resumed, peer_certificates=conn.peer_certificates,
+                    exported=[conn.export_keying_material(label, ctx, n) for label, ctx, n in self.exports],
+                )
+                while d := tls.recv(65536):
+                    info["received"] += len(d)
+                    tls.sendall(d)
+                    if self.on_data:
+                        self.on_data(tls, info["received"])
+                info["clean_close"] = True
+            except (ProtocolError, OSError) as exc:
+                info["error"] = exc
+            finally:
+                tls.close()
+
+    def join(self) -> list[dict]:
+        self.thread.join(T)
+        assert not self.thread.is_alive(), "our server thread did not finish"
+        return self.sessions
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def our_server():
+    started: list[OurServer] = []
+
+    def start(config: TLSConfig, connections: int = 1, **kw) -> OurServer:
+        srv = OurServer(config, connections, **kw)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.close()
+
+
+def connect(address, config: TLSConfig, **kw) -> tuple[sync.TLSSocket, list]:
+    """Our client: TCP connect, record events, handshake."""
+    sock = socket.create_connection(address, timeout=T)
+    tls = sync.TLSSocket.wrap(sock, config, server_side=False, server_name=kw.pop("server_name", None), **kw)
+    events = record_events(tls)
+    try:
+        tls.do_handshake()
+    except BaseException:
+        tls.close()
+        raise
+    return tls, events
+
+
+# ================================================= our client, Go server
+@pytest.mark.parametrize("suite", list(SUITES), ids=lambda s: s.name)
+def test_client_each_suite(go_server, pki, suite):
+    srv = go_server()
+    tls, _ = connect(srv.address, client_config(pki, cipher_suites=[suite]))
+    with tls:
+        data = pattern(100_000)
+        assert echo_through(tls, data) == data
+        assert tls.cipher_suite == suite and tls.version == "TLSv1.3"
+    (res,) = srv.results()
+    assert res["suite"] == SUITES[suite] and res["version"] == "0x0304"
+    assert res["received"] == len(data) and "error" not in res
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_client_each_group(go_server, pki, group):
+    """Go server with only this curve; our client's one key share is for it: no HRR."""
+    srv = go_server("-curves", group)
+    cfg = client_config(pki, groups=[GROUPS[group], NamedGroup.x25519], key_share_groups=[GROUPS[group]])
+    tls, _ = connect(srv.address, cfg)
+    with tls:
+        assert echo_through(tls, b"group") == b"group"
+        assert tls.group == GROUPS[group] and not tls.hello_retry
+    assert "error" not in srv.results()[0]
+
+
+@pytest.mark.parametrize("key_type", ["ec256", "ec384", "rsa2048", "ed25519"])
+def test_client_verifies_each_certificate_type(go_server, pki, key_type):
+    srv = go_server(leaf=key_type)
+    tls, _ = connect(srv.address, client_config(pki))
+    with tls:
+        assert echo_through(tls, b"cert") == b"cert"
+        assert tls.peer_certificates[0] == pki.leaf(key_type).cert
+    assert "error" not in srv.results()[0]
+
+
+def test_client_sni_and_alpn(go_server, pki):
+    srv = go_server("-alpn", "h2,http/1.1")
+    tls, _ = connect(srv.address, client_config(pki, alpn_protocols=["http/1.1", "h2"]))
+    with tls:
+        assert echo_through(tls, b"x") == b"x"
+        assert tls.alpn_protocol == "h2"  # the server's preference
+    (res,) = srv.results()
+    assert res["sni"] == "localhost" and res["alpn"] == "h2"
+
+
+def test_client_hello_retry_request(go_server, pki):
+    """Our first key share is x25519; the Go server only takes P-384."""
+    srv = go_server("-curves", "P-384")
+    tls, _ = connect(srv.address, client_config(pki))
+    with tls:
+        data = pattern(50_000)
+        assert echo_through(tls, data) == data
+        assert tls.hello_retry and tls.group == NamedGroup.secp384r1
+    assert srv.results()[0]["received"] == len(data)
+
+
+def test_client_resumes_go_ticket(go_server, pki):
+    srv = go_server("-conns", "2")
+    cfg = client_config(pki)
+    tls, events = connect(srv.address, cfg)
+    with tls:
+        assert echo_through(tls, b"first") == b"first"
+        assert not tls.connection.session_resumed
+        session = tls.connection.session
+    assert session is not None and any(isinstance(e, ev.SessionTicketReceived) for e in events)
+    tls, _ = connect(srv.address, cfg, session=session)
+    with tls:
+        assert echo_through(tls, b"second") == b"second"
+        assert tls.connection.session_resumed
+    first, second = srv.results(2)
+    assert not first["did_resume"] and second["did_resume"]
+    assert second["received"] == len(b"second")
+
+
+@pytest.mark.parametrize("mode", ["require", "verify-if-given"])
+def test_client_certificate_to_go(go_server, pki, mode):
+    srv = go_server("-client-auth", mode, "-client-ca", pki.ca_file)
+    tls, _ = connect(srv.address, with_client_cert(pki, client_config(pki)))
+    with tls:
+        assert echo_through(tls, b"auth") == b"auth"
+    (res,) = srv.results()
+    assert res["peer_certs"] == ["client.test"] and res["verified_chains"] == 1, res
+
+
+def test_client_without_certificate_verify_if_given(go_server, pki):
+    srv = go_server("-client-auth", "verify-if-given", "-client-ca", pki.ca_file)
+    tls, _ = connect(srv.address, client_config(pki))
+    with tls:
+        assert echo_through(tls, b"anon") == b"anon"
+    (res,) = srv.results()
+    assert res["peer_certs"] == [] and "error" not in res
+
+
+def _handshake_and_read(address, cfg) -> ProtocolError:
+    """Our client against a server that rejects us: the error raised by the
+    handshake or (TLS 1.3 client authentication fails after the client's
+    Finished) by the first read."""
+    with pytest.raises(ProtocolError) as info:
+        tls, _ = connect(address, cfg)
+        with tls:
+            tls.sendall(b"hello")
+            tls.recv(100)
+    return info.value
+
+
+def test_client_without_certificate_required(go_server, pki):
+    """crypto/tls (1.19) aborts with bad_certificate where RFC 9846 §4.4.2.4
+    names certificate_required; our client reports the alert it got."""
+    srv = go_server("-client-auth", "require", "-client-ca", pki.ca_file)
+    err = _handshake_and_read(srv.address, client_config(pki))
+    assert isinstance(err, RemoteAlert) and err.alert == AlertDescription.bad_certificate, err
+    assert "didn't provide a certificate" in srv.results()[0]["error"]
+
+
+def test_client_certificate_untrusted_by_go(go_server, pki, tmp_path):
+    from conftest import _write_certs, _write_key
+    from tcpls import _testcerts
+
+    bca_cert, bca_key = _testcerts.make_ca("another CA")
+    cert, key = _testcerts.make_leaf(bca_cert, bca_key, names=["client.test"], client=True)
+    cfg = with_client_cert(pki, client_config(pki), _write_certs(tmp_path / "c.pem", cert), _write_key(tmp_path / "c.key", key))
+    srv = go_server("-client-auth", "require", "-client-ca", pki.ca_file)
+    err = _handshake_and_read(srv.address, cfg)
+    assert isinstance(err, RemoteAlert) and err.alert == AlertDescription.bad_certificate, err
+    assert "unknown authority" in srv.results()[0]["error"]
+
+
+@pytest.mark.parametrize("request_update", [True, False], ids=["requested", "not_requested"])
+def test_client_key_update_during_transfer(go_server, pki, request_update):
+    """4 MB echoed through a Go server while we send a KeyUpdate after every
+    MB; Go keeps reading, and answers with its own KeyUpdate when asked."""
+    srv = go_server()
+    tls, events = connect(srv.address, client_config(pki))
+    data = pattern(4 * 1024 * 1024)
+    with tls:
+        assert echo_through(tls, data, key_update_every=1024 * 1024, request=request_update) == data
+    assert key_updates(events, "send") == 3
+    assert key_updates(events, "receive") == (3 if request_update else 0)
+    (res,) = srv.results()
+    assert res["received"] == len(data) and "error" not in res
+
+
+def test_client_exporters_match(go_server, pki):
+    srv = go_server("-export", "EXPORTER-go-test:-:32;EXPORTER-go-test:00ff10:64;other label::16")
+    tls, _ = connect(srv.address, client_config(pki))
+    with tls:
+        conn = tls.connection
+        ours = [
+            conn.export_keying_material("EXPORTER-go-test", b"", 32).hex(),
+            conn.export_keying_material("EXPORTER-go-test", b"\x00\xff\x10", 64).hex(),
+            conn.export_keying_material("other label", b"", 16).hex(),
+        ]
+        assert echo_through(tls, b"x") == b"x"
+    assert srv.results()[0]["exporters"] == ours
+
+
+def test_client_rejects_wrong_name(go_server, pki):
+    srv = go_server()
+    with pytest.raises(LocalProtocolError) as info:
+        connect(srv.address, client_config(pki), server_name="wrong.example")
+    assert info.value.alert == AlertDescription.bad_certificate
+    assert srv.results()[0]["error"] == "remote error: tls: bad certificate"
+
+
+def test_client_rejects_untrusted_ca(go_server, pki):
+    srv = go_server(cert=pki.untrusted)
+    with pytest.raises(LocalProtocolError) as info:
+        connect(srv.address, client_config(pki))
+    assert info.value.alert == AlertDescription.unknown_ca
+    assert srv.results()[0]["error"] == "remote error: tls: unknown certificate authority"
+
+
+# ================================================= Go client, our server
+@pytest.mark.parametrize("suite", list(SUITES), ids=lambda s: s.name)
+def test_server_each_suite(our_server, go_client, pki, suite):
+    srv = our_server(server_config(pki, cipher_suites=[suite]))
+    rc, (res,), err = go_client(srv.port, size=100_000)
+    assert rc == 0 and res["echo_ok"], (res, err)
+    assert res["suite"] == SUITES[suite] and res["version"] == "0x0304"
+    (info,) = srv.join()
+    assert info["suite"] == suite and info["received"] == 100_000 and info.get("clean_close")
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_server_each_group(our_server, go_client, pki, group):
+    srv = our_server(server_config(pki))
+    rc, (res,), err = go_client(srv.port, "-curves", group, size=1000)
+    assert rc == 0 and res["echo_ok"], (res, err)
+    (info,) = srv.join()
+    assert info["group"] == GROUPS[group] and not info["hello_retry"]
+
+
+@pytest.mark.parametrize("key_type", ["ec256", "ec384", "rsa2048", "ed25519"])
+def test_server_each_certificate_type(our_server, go_client, pki, key_type):
+    srv = our_server(server_config(pki, leaf=key_type))
+    rc, (res,), err = go_client(srv.port, size=1000)
+    assert rc == 0 and res["echo_ok"], (res, err)
+    assert res["peer_certs"] == ["localhost"] and res["verified_chains"] == 1
+    srv.join()
+
+
+def test_server_sni_and_alpn(our_server, go_client, pki):
+    srv = our_server(server_config(pki, alpn_protocols=["http/1.1", "h2"]))
+    rc, (res,), err = go_client(srv.port, "-alpn", "h2,http/1.1", size=10)
+    assert rc == 0 and res["echo_ok"] and res["alpn"] == "http/1.1", (res, err)
+    (info,) = srv.join()
+    assert info["sni"] == "localhost" and info["alpn"] == "http/1.1"
+
+
+def test_server_hello_retry_request(our_server, go_client, pki):
+    """Go sends one key share (x25519, its first curve); we take P-256 only."""
+    srv = our_server(server_config(pki, groups=[NamedGroup.secp256r1, NamedGroup.secp384r1]))
+    rc, (res,), err = go_client(srv.port, "-curves", "x25519,P-256", size=50_000)
+    assert rc == 0 and res["echo_ok"], (res, err)
+    (info,) = srv.join()
+    assert info["hello_retry"] and info["group"] == NamedGroup.secp256r1
+
+
+def test_server_ticket_resumed_by_go(our_server, go_client, pki):
+    srv = our_server(server_config(pki), connections=2)
+    rc, results, err = go_client(srv.port, "-conns", "2", size=1000)
+    assert rc == 0 and [r["echo_ok"] for r in results] == [True, True], (results, err)
+    assert [r["did_resume"] for r in results] == [False, True]
+    first, second = srv.join()
+    assert not first["resumed"] and second["resumed"]
+    assert second["received"] == 1000
+
+
+def test_server_requires_go_client_certificate(our_server, go_client, pki):
+    srv = our_server(server_config(pki, request_client_certificate=True, require_client_certificate=True,
+                                   trust_anchors=[pki.ca_cert]))
+    rc, (res,), err = go_client(srv.port, "-cert", pki.client.cert_file, "-key", pki.client.key_file, size=1000)
+    assert rc == 0 and res["echo_ok"], (res, err)
+    (info,) = srv.join()
+    assert info["peer_certificates"] == [pki.client.cert]
+
+
+def test_server_optional_client_certificate_not_given(our_server, go_client, pki):
+    srv = our_server(server_config(pki, request_client_certificate=True, trust_anchors=[pki.ca_cert]))
+    rc, (res,), err = go_client(srv.port, size=1000)
+    assert rc == 0 and res["echo_ok"], (res, err)
+    (info,) = srv.join()
+    assert info["peer_certificates"] == []
+
+
+def test_server_requires_certificate_go_has_none(our_server, go_client, pki):
+    srv = our_server(server_config(pki, request_client_certificate=True, require_client_certificate=True,
+                                   trust_anchors=[pki.ca_cert]))
+    rc, (res,), err = go_client(srv.port, size=1000)
+    assert rc != 0 and res["error"].endswith("remote error: tls: certificate required"), (res, err)
+    (info,) = srv.join()
+    assert isinstance(info["error"], LocalProtocolError)
+    assert info["error"].alert == AlertDescription.certificate_required
+
+
+@pytest.mark.parametrize(
+    "authorities, alert",
+    [(None, AlertDescription.certificate_required), ([], AlertDescription.unknown_ca)],
+    ids=["ca_names_sent", "no_ca_names"],
+)
+def test_server_rejects_untrusted_go_client_certificate(our_server, go_client, pki, tmp_path, authorities, alert):
+    """A Go client whose only certificate comes from another CA. When our
+    CertificateRequest names our CA (the default), Go declines to send it
+    (empty Certificate: certificate_required); when it names none, Go sends
+    it and we reject it with unknown_ca."""
+    from conftest import _write_certs, _write_key
+    from tcpls import _testcerts
+
+    bca_cert, bca_key = _testcerts.make_ca("another CA")
+    cert, key = _testcerts.make_leaf(bca_cert, bca_key, names=["client.test"], client=True)
+    srv = our_server(server_config(pki, request_client_certificate=True, require_client_certificate=True,
+                                   trust_anchors=[pki.ca_cert], certificate_authorities=authorities))
+    rc, (res,), err = go_client(srv.port, "-cert", _write_certs(tmp_path / "c.pem", cert),
+                                "-key", _write_key(tmp_path / "c.key", key), size=1000)
+    text = "certificate required" if alert == AlertDescription.certificate_required else "unknown certificate authority"
+    assert rc != 0 and res["error"].endswith(f"remote error: tls: {text}"), (res, err)
+    (info,) = srv.join()
+    assert isinstance(info["error"], LocalProtocolError) and info["error"].alert == alert
+
+
+@pytest.mark.parametrize("request_update", [True, False], ids=["requested", "not_requested"])
+def test_server_key_update_during_transfer(our_server, go_client, pki, request_update):
+    """Our server sends a KeyUpdate after every MB it echoes to a Go client
+    sending 4 MB; the echo stays byte-exact and Go updates its keys when asked."""
+    mb = 1024 * 1024
+    marks = {mb, 2 * mb, 3 * mb}
+
+    def on_data(tls, received: int) -> None:
+        while marks and received >= min(marks):
+            marks.discard(min(marks))
+            tls.key_update(request_update)
+
+    srv = our_server(server_config(pki), on_data=on_data)
+    rc, (res,), err = go_client(srv.port, size=4 * mb)
+    assert rc == 0 and res["echo_ok"] and res["received"] == 4 * mb, (res, err)
+    (info,) = srv.join()
+    assert key_updates(info["events"], "send") == 3
+    assert key_updates(info["events"], "receive") == (3 if request_update else 0)
+
+
+def test_server_exporters_match(our_server, go_client, pki):
+    exports = [("EXPORTER-go-test", b"", 32), ("EXPORTER-go-test", b"\x00\xff\x10", 64), ("other label", b"", 16)]
+    srv = our_server(server_config(pki), exports=exports)
+    rc, (res,), err = go_client(srv.port, "-export", "EXPORTER-go-test:-:32;EXPORTER-go-test:00ff10:64;other label::16", size=1)
+    assert rc == 0, (res, err)
+    (info,) = srv.join()
+    assert res["exporters"] == [v.hex() for v in info["exported"]]
+
+
+def test_server_go_rejects_wrong_name(our_server, go_client, pki):
+    srv = our_server(server_config(pki))
+    rc, (res,), err = go_client(srv.port, "-sni", "wrong.example", size=10)
+    assert rc != 0 and res["handshake_error"] and "not wrong.example" in res["error"], (res, err)
+    (info,) = srv.join()
+    assert isinstance(info["error"], RemoteAlert) and info["error"].alert == AlertDescription.bad_certificate
+
+
+def test_server_go_rejects_untrusted_ca(our_server, go_client, pki):
+    srv = our_server(server_config(pki))
+    rc, (res,), err = go_client(srv.port, size=10, ca=pki.bogus_ca_file)
+    assert rc != 0 and "certificate signed by unknown authority" in res["error"], (res, err)
+    (info,) = srv.join()
+    assert isinstance(info["error"], RemoteAlert) and info["error"].alert == AlertDescription.bad_certificate
