@@ -150,6 +150,20 @@ def go_client(go_peers, pki):
     return run
 
 
+@pytest.fixture(scope="module")
+def client_leaves(pki, tmp_path_factory) -> dict:
+    """Client certificates (clientAuth, CN client.test) of every key type, from the test CA."""
+    from conftest import Leaf, _write_certs, _write_key
+    from tcpls import _testcerts
+
+    d = tmp_path_factory.mktemp("go-client-certs")
+    out = {}
+    for kt in ("ec256", "ec384", "rsa2048", "ed25519"):
+        cert, key = _testcerts.make_leaf(pki.ca_cert, pki.ca_key, names=["client.test"], key_type=kt, client=True)
+        out[kt] = Leaf(cert, key, _write_certs(d / f"client-{kt}.pem", cert), _write_key(d / f"client-{kt}.key", key))
+    return out
+
+
 # ------------------------------------------------------------ our side
 def record_events(tls: sync.TLSSocket) -> list:
     """Keep every engine event of ``tls`` (the adapter only hands on data)."""
@@ -369,6 +383,43 @@ def test_client_resumes_go_ticket(go_server, pki):
     assert second["received"] == len(b"second")
 
 
+def test_client_resumes_after_hello_retry(go_server, pki):
+    """Resumption through a HelloRetryRequest: the second ClientHello's
+    binder covers message_hash(ClientHello1) and the HelloRetryRequest
+    (RFC 9846 §4.2.11.2); the Go server checks it."""
+    srv = go_server("-conns", "2", "-curves", "P-384")
+    cfg = client_config(pki)
+    tls, _ = connect(srv.address, cfg)
+    with tls:
+        assert echo_through(tls, b"first") == b"first"
+        session = tls.connection.session
+    tls, _ = connect(srv.address, cfg, session=session)
+    with tls:
+        assert echo_through(tls, b"second") == b"second"
+        assert tls.hello_retry and tls.connection.session_resumed and tls.group == NamedGroup.secp384r1
+    assert [r["did_resume"] for r in srv.results(2)] == [False, True]
+
+
+def test_client_alpn_mismatch(go_server, pki):
+    srv = go_server("-alpn", "h2")
+    with pytest.raises(RemoteAlert) as info:
+        connect(srv.address, client_config(pki, alpn_protocols=["imap"]))
+    assert info.value.alert == AlertDescription.no_application_protocol
+    assert "unsupported application protocols" in srv.results()[0]["error"]
+
+
+@pytest.mark.parametrize("key_type", ["ec384", "rsa2048", "ed25519"])
+def test_client_certificate_types_to_go(go_server, pki, client_leaves, key_type):
+    """Our CertificateVerify with each key type (RSA: rsa_pss_rsae), checked by Go."""
+    leaf = client_leaves[key_type]
+    srv = go_server("-client-auth", "require", "-client-ca", pki.ca_file)
+    tls, _ = connect(srv.address, with_client_cert(pki, client_config(pki), leaf.cert_file, leaf.key_file))
+    with tls:
+        assert echo_through(tls, b"auth") == b"auth"
+    (res,) = srv.results()
+    assert res["peer_certs"] == ["client.test"] and res["verified_chains"] == 1, res
+
+
 @pytest.mark.parametrize("mode", ["require", "verify-if-given"])
 def test_client_certificate_to_go(go_server, pki, mode):
     srv = go_server("-client-auth", mode, "-client-ca", pki.ca_file)
@@ -521,6 +572,47 @@ def test_server_ticket_resumed_by_go(our_server, go_client, pki):
     first, second = srv.join()
     assert not first["resumed"] and second["resumed"]
     assert second["received"] == 1000
+
+
+def test_server_hello_retry_with_go_ticket(our_server, go_client, pki):
+    """A Go client resuming through our HelloRetryRequest.
+
+    go 1.19.8's crypto/tls computes the second ClientHello's PSK binder
+    over message_hash(ClientHello1) + ClientHello2, leaving out the
+    HelloRetryRequest that RFC 9846 §4.2.11.2 puts in that transcript (and
+    adds the HelloRetryRequest twice to its handshake transcript). We must
+    reject such a binder with decrypt_error, and Go reports it. A Go
+    without the bug resumes, seen by both sides."""
+    srv = our_server(server_config(pki, groups=[NamedGroup.secp256r1]), connections=2)
+    rc, results, err = go_client(srv.port, "-conns", "2", "-curves", "x25519,P-256", size=1000)
+    first, second = srv.join()
+    assert results[0]["echo_ok"] and first["hello_retry"] and not first["resumed"]
+    if results[1].get("did_resume"):
+        assert second["resumed"] and second["hello_retry"] and results[1]["echo_ok"]
+    else:
+        assert isinstance(second["error"], LocalProtocolError) and second["error"].alert == AlertDescription.decrypt_error
+        assert "binder" in second["error"].message
+        assert results[1]["error"] == "remote error: tls: error decrypting message", (results, err)
+
+
+def test_server_alpn_mismatch(our_server, go_client, pki):
+    srv = our_server(server_config(pki, alpn_protocols=["h2"]))
+    rc, (res,), err = go_client(srv.port, "-alpn", "imap", size=10)
+    assert rc != 0 and res["error"] == "remote error: tls: no application protocol", (res, err)
+    (info,) = srv.join()
+    assert isinstance(info["error"], LocalProtocolError) and info["error"].alert == AlertDescription.no_application_protocol
+
+
+@pytest.mark.parametrize("key_type", ["ec384", "rsa2048", "ed25519"])
+def test_server_go_client_certificate_types(our_server, go_client, pki, client_leaves, key_type):
+    """Go's CertificateVerify with each key type, checked by our server."""
+    leaf = client_leaves[key_type]
+    srv = our_server(server_config(pki, request_client_certificate=True, require_client_certificate=True,
+                                   trust_anchors=[pki.ca_cert]))
+    rc, (res,), err = go_client(srv.port, "-cert", leaf.cert_file, "-key", leaf.key_file, size=1000)
+    assert rc == 0 and res["echo_ok"], (res, err)
+    (info,) = srv.join()
+    assert info["peer_certificates"] == [leaf.cert]
 
 
 def test_server_requires_go_client_certificate(our_server, go_client, pki):
