@@ -164,6 +164,74 @@ def client_leaves(pki, tmp_path_factory) -> dict:
     return out
 
 
+def _intermediate_ca(root_cert, root_key):
+    """A CA certificate (pathLen 0) for a fresh P-256 key, signed by the root."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tcpls test intermediate")]))
+        .issuer_name(root_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                          key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
+        .sign(root_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def chained(pki, tmp_path_factory) -> dict:
+    """Leaves issued by an intermediate CA under the test root; each PEM
+    file holds the leaf then the intermediate (the root stays a trust anchor)."""
+    from conftest import Leaf, _write_certs, _write_key
+    from tcpls import _testcerts
+
+    d = tmp_path_factory.mktemp("go-chain")
+    icert, ikey = _intermediate_ca(pki.ca_cert, pki.ca_key)
+    out = {}
+    for name, names, client in (("server", ["localhost", "127.0.0.1"], False), ("client", ["client.test"], True)):
+        cert, key = _testcerts.make_leaf(icert, ikey, names=names, key_type="ec256", client=client)
+        out[name] = Leaf(cert, key, _write_certs(d / f"{name}.pem", [cert, icert]), _write_key(d / f"{name}.key", key))
+    out["intermediate"] = icert
+    return out
+
+
+def ocsp_response(pki) -> bytes:
+    """A DER OCSP response (good) for the ec256 leaf, signed by the CA."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509 import ocsp
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=pki.leaf("ec256").cert, issuer=pki.ca_cert, algorithm=hashes.SHA256(), cert_status=ocsp.OCSPCertStatus.GOOD,
+            this_update=now, next_update=now + datetime.timedelta(days=1), revocation_time=None, revocation_reason=None,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, pki.ca_cert)
+    )
+    return builder.sign(pki.ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
 # ------------------------------------------------------------ our side
 def record_events(tls: sync.TLSSocket) -> list:
     """Keep every engine event of ``tls`` (the adapter only hands on data)."""
@@ -341,6 +409,46 @@ def test_client_verifies_each_certificate_type(go_server, pki, key_type):
     with tls:
         assert echo_through(tls, b"cert") == b"cert"
         assert tls.peer_certificates[0] == pki.leaf(key_type).cert
+    assert "error" not in srv.results()[0]
+
+
+def test_client_verifies_chain_with_intermediate(go_server, pki, chained):
+    srv = go_server(cert=chained["server"])
+    tls, _ = connect(srv.address, client_config(pki))
+    with tls:
+        assert echo_through(tls, b"chain") == b"chain"
+        assert tls.peer_certificates == [chained["server"].cert, chained["intermediate"]]
+    assert "error" not in srv.results()[0]
+
+
+def test_client_chain_with_intermediate_to_go(go_server, pki, chained):
+    srv = go_server("-client-auth", "require", "-client-ca", pki.ca_file)
+    cfg = with_client_cert(pki, client_config(pki), chained["client"].cert_file, chained["client"].key_file)
+    tls, _ = connect(srv.address, cfg)
+    with tls:
+        assert echo_through(tls, b"chain") == b"chain"
+    (res,) = srv.results()
+    assert res["peer_certs"] == ["client.test", "tcpls test intermediate"] and res["verified_chains"] == 1, res
+
+
+def test_client_ip_address_no_sni(go_server, pki):
+    """server_name 127.0.0.1: checked against the IP SAN, never sent as SNI (RFC 6066 §3)."""
+    srv = go_server()
+    tls, _ = connect(srv.address, client_config(pki), server_name="127.0.0.1")
+    with tls:
+        assert echo_through(tls, b"ip") == b"ip"
+    (res,) = srv.results()
+    assert res["sni"] == "" and "error" not in res
+
+
+def test_client_ocsp_staple_from_go(go_server, pki, tmp_path):
+    der = ocsp_response(pki)
+    (tmp_path / "ocsp.der").write_bytes(der)
+    srv = go_server("-ocsp", str(tmp_path / "ocsp.der"))
+    tls, _ = connect(srv.address, client_config(pki, request_ocsp=True))
+    with tls:
+        assert echo_through(tls, b"ocsp") == b"ocsp"
+        assert tls.connection.ocsp_response == der
     assert "error" not in srv.results()[0]
 
 
@@ -544,6 +652,43 @@ def test_server_each_certificate_type(our_server, go_client, pki, key_type):
     rc, (res,), err = go_client(srv.port, size=1000)
     assert rc == 0 and res["echo_ok"], (res, err)
     assert res["peer_certs"] == ["localhost"] and res["verified_chains"] == 1
+    srv.join()
+
+
+def test_server_chain_with_intermediate(our_server, go_client, pki, chained):
+    cfg = TLSConfig()
+    cfg.certificate_chain, cfg.private_key = load_certificate_files(chained["server"].cert_file, chained["server"].key_file)
+    srv = our_server(cfg)
+    rc, (res,), err = go_client(srv.port, size=1000)
+    assert rc == 0 and res["echo_ok"], (res, err)
+    assert res["peer_certs"] == ["localhost", "tcpls test intermediate"] and res["verified_chains"] == 1
+    srv.join()
+
+
+def test_server_go_client_chain_with_intermediate(our_server, go_client, pki, chained):
+    srv = our_server(server_config(pki, request_client_certificate=True, require_client_certificate=True,
+                                   trust_anchors=[pki.ca_cert]))
+    rc, (res,), err = go_client(srv.port, "-cert", chained["client"].cert_file, "-key", chained["client"].key_file, size=1000)
+    assert rc == 0 and res["echo_ok"], (res, err)
+    (info,) = srv.join()
+    assert info["peer_certificates"] == [chained["client"].cert, chained["intermediate"]]
+
+
+def test_server_go_client_ip_address(our_server, go_client, pki):
+    """Go verifies our certificate's IP SAN and sends no SNI for an address."""
+    srv = our_server(server_config(pki))
+    rc, (res,), err = go_client(srv.port, "-sni", "127.0.0.1", size=10)
+    assert rc == 0 and res["echo_ok"] and res["verified_chains"] == 1, (res, err)
+    (info,) = srv.join()
+    assert info["sni"] is None
+
+
+def test_server_ocsp_staple_to_go(our_server, go_client, pki):
+    """crypto/tls always asks for a stapled OCSP response (status_request)."""
+    der = ocsp_response(pki)
+    srv = our_server(server_config(pki, ocsp_response=der))
+    rc, (res,), err = go_client(srv.port, size=10)
+    assert rc == 0 and res["echo_ok"] and res["ocsp"] == der.hex(), (res, err)
     srv.join()
 
 

@@ -31,6 +31,7 @@ type result struct {
 	PeerCerts    []string `json:"peer_certs"`
 	Verified     int      `json:"verified_chains"`
 	Exporters    []string `json:"exporters,omitempty"`
+	OCSP         string   `json:"ocsp"`
 	Sent         int      `json:"sent"`
 	Received     int      `json:"received"`
 	EchoOK       bool     `json:"echo_ok"`
@@ -185,6 +186,7 @@ func run(addr string, cfg *tls.Config, specs []exportSpec, data []byte, timeout 
 		res.PeerCerts = append(res.PeerCerts, c.Subject.CommonName)
 	}
 	res.Verified = len(st.VerifiedChains)
+	res.OCSP = hex.EncodeToString(st.OCSPResponse)
 	for _, s := range specs {
 		v, err := st.ExportKeyingMaterial(s.label, s.context, s.n)
 		if err != nil {

@@ -116,6 +116,7 @@ func main() {
 	noTickets := flag.Bool("no-tickets", false, "SessionTicketsDisabled")
 	exports := flag.String("export", "", "label:hexcontext|-:length;... exporter values to print")
 	conns := flag.Int("conns", 1, "connections to serve, one after another")
+	ocspFile := flag.String("ocsp", "", "DER OCSP response to staple")
 	timeout := flag.Duration("timeout", 20*time.Second, "deadline per connection")
 	flag.Parse()
 
@@ -123,6 +124,12 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
+	}
+	if *ocspFile != "" {
+		if cert.OCSPStaple, err = os.ReadFile(*ocspFile); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
 	}
 	cfg := &tls.Config{
 		Certificates:           []tls.Certificate{cert},
