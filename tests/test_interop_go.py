@@ -486,6 +486,7 @@ def test_client_resumes_go_ticket(go_server, pki):
     with tls:
         assert echo_through(tls, b"second") == b"second"
         assert tls.connection.session_resumed
+        assert tls.peer_certificates == [pki.leaf("ec256").cert]  # the session's, as Go reports its own
     first, second = srv.results(2)
     assert not first["did_resume"] and second["did_resume"]
     assert second["received"] == len(b"second")
@@ -506,6 +507,23 @@ def test_client_resumes_after_hello_retry(go_server, pki):
         assert echo_through(tls, b"second") == b"second"
         assert tls.hello_retry and tls.connection.session_resumed and tls.group == NamedGroup.secp384r1
     assert [r["did_resume"] for r in srv.results(2)] == [False, True]
+
+
+def test_client_resumes_with_client_certificate(go_server, pki):
+    """Go's ticket after client authentication: the resumed connection
+    still counts as authenticated by Go (peer certificates kept)."""
+    srv = go_server("-conns", "2", "-client-auth", "require", "-client-ca", pki.ca_file)
+    cfg = with_client_cert(pki, client_config(pki))
+    tls, _ = connect(srv.address, cfg)
+    with tls:
+        assert echo_through(tls, b"first") == b"first"
+        session = tls.connection.session
+    tls, _ = connect(srv.address, cfg, session=session)
+    with tls:
+        assert echo_through(tls, b"second") == b"second"
+        assert tls.connection.session_resumed
+    first, second = srv.results(2)
+    assert second["did_resume"] and second["peer_certs"] == ["client.test"]
 
 
 def test_client_alpn_mismatch(go_server, pki):
@@ -758,6 +776,17 @@ def test_server_go_client_certificate_types(our_server, go_client, pki, client_l
     assert rc == 0 and res["echo_ok"], (res, err)
     (info,) = srv.join()
     assert info["peer_certificates"] == [leaf.cert]
+
+
+def test_server_ticket_keeps_go_client_identity(our_server, go_client, pki):
+    """A Go client that authenticated with a certificate resumes: both
+    sides still report the client certificate on the resumed connection."""
+    srv = our_server(server_config(pki, request_client_certificate=True, require_client_certificate=True,
+                                   trust_anchors=[pki.ca_cert]), connections=2)
+    rc, results, err = go_client(srv.port, "-conns", "2", "-cert", pki.client.cert_file, "-key", pki.client.key_file, size=100)
+    assert rc == 0 and [r["did_resume"] for r in results] == [False, True], (results, err)
+    first, second = srv.join()
+    assert second["resumed"] and first["peer_certificates"] == second["peer_certificates"] == [pki.client.cert]
 
 
 def test_server_requires_go_client_certificate(our_server, go_client, pki):
