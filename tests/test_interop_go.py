@@ -38,7 +38,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from conftest import DEFAULT_TIMEOUT, ROOT, _Drain, _stop, require_peer, wait_until
+from conftest import DEFAULT_TIMEOUT, ROOT, _Drain, _stop, require_peer, run_tcpls_cli, wait_until
 from tcpls import sync
 from tcpls.errors import LocalProtocolError, ProtocolError, RemoteAlert
 from tcpls.tls import events as ev
@@ -53,7 +53,12 @@ SUITES = {
     CipherSuite.TLS_AES_256_GCM_SHA384: "TLS_AES_256_GCM_SHA384",
     CipherSuite.TLS_CHACHA20_POLY1305_SHA256: "TLS_CHACHA20_POLY1305_SHA256",
 }
-GROUPS = {"x25519": NamedGroup.x25519, "P-256": NamedGroup.secp256r1, "P-384": NamedGroup.secp384r1}
+GROUPS = {
+    "x25519": NamedGroup.x25519,
+    "P-256": NamedGroup.secp256r1,
+    "P-384": NamedGroup.secp384r1,
+    "P-521": NamedGroup.secp521r1,
+}
 
 
 def pattern(n: int) -> bytes:
@@ -644,6 +649,41 @@ def test_client_rejects_untrusted_ca(go_server, pki):
     assert srv.results()[0]["error"] == "remote error: tls: unknown certificate authority"
 
 
+def test_client_no_common_suite(go_server, pki):
+    """We offer only AES-128-CCM, which crypto/tls does not implement."""
+    srv = go_server()
+    with pytest.raises(RemoteAlert) as info:
+        connect(srv.address, client_config(pki, cipher_suites=[CipherSuite.TLS_AES_128_CCM_SHA256]))
+    assert info.value.alert == AlertDescription.handshake_failure
+    assert "no cipher suite supported by both" in srv.results()[0]["error"]
+
+
+def test_client_refused_by_tls12_only_server(go_server, pki):
+    srv = go_server("-max-version", "1.2")
+    with pytest.raises(RemoteAlert) as info:
+        connect(srv.address, client_config(pki))
+    assert info.value.alert == AlertDescription.protocol_version
+    assert "unsupported versions" in srv.results()[0]["error"]
+
+
+def test_cli_client_key_update_and_resumption(go_server, pki, tmp_path):
+    """``tcpls client --key-update --sess-out`` then ``--sess-in`` against
+    the Go server: 1 MB echoed after our KeyUpdate, then a resumption that
+    both sides report."""
+    srv = go_server("-conns", "2")
+    sess = tmp_path / "session"
+    base = ["client", "127.0.0.1", str(srv.address[1]), "--sni", "localhost", "--cafile", pki.ca_file, "-v"]
+    data = pattern(1024 * 1024)
+    r = run_tcpls_cli([*base, "--key-update", "--sess-out", str(sess)], data)
+    assert r.returncode == 0 and r.stdout == data, r.stderr[-2000:]
+    assert b"resumed: True" not in r.stderr and sess.stat().st_size > 0
+    r = run_tcpls_cli([*base, "--sess-in", str(sess)], b"resumed hello")
+    assert r.returncode == 0 and r.stdout == b"resumed hello", r.stderr[-2000:]
+    assert b"resumed: True" in r.stderr
+    first, second = srv.results(2)
+    assert first["received"] == len(data) and [first["did_resume"], second["did_resume"]] == [False, True]
+
+
 # ================================================= Go client, our server
 @pytest.mark.parametrize("suite", list(SUITES), ids=lambda s: s.name)
 def test_server_each_suite(our_server, go_client, pki, suite):
@@ -708,6 +748,32 @@ def test_server_ocsp_staple_to_go(our_server, go_client, pki):
     rc, (res,), err = go_client(srv.port, size=10)
     assert rc == 0 and res["echo_ok"] and res["ocsp"] == der.hex(), (res, err)
     srv.join()
+
+
+def test_server_no_common_suite(our_server, go_client, pki):
+    srv = our_server(server_config(pki, cipher_suites=[CipherSuite.TLS_AES_128_CCM_SHA256]))
+    rc, (res,), err = go_client(srv.port, size=10)
+    assert rc != 0 and res["error"] == "remote error: tls: handshake failure", (res, err)
+    (info,) = srv.join()
+    assert isinstance(info["error"], LocalProtocolError) and info["error"].alert == AlertDescription.handshake_failure
+
+
+def test_server_refuses_tls12_only_go_client(our_server, go_client, pki):
+    srv = our_server(server_config(pki))
+    rc, (res,), err = go_client(srv.port, "-max-version", "1.2", size=10)
+    assert rc != 0 and res["error"] == "remote error: tls: protocol version not supported", (res, err)
+    (info,) = srv.join()
+    assert isinstance(info["error"], LocalProtocolError) and info["error"].alert == AlertDescription.protocol_version
+
+
+def test_cli_server_key_update_and_tickets(tcpls_cli_server, go_client, pki):
+    """``tcpls server --echo --key-update`` with a Go client: two
+    connections of 1 MB each, the second resumed from the first's ticket."""
+    leaf = pki.leaf("ec256")
+    srv = tcpls_cli_server("--echo", "--cert", leaf.cert_file, "--key", leaf.key_file, "--key-update", "-v")
+    rc, results, err = go_client(srv.port, "-conns", "2", size=1024 * 1024)
+    assert rc == 0 and [r["echo_ok"] for r in results] == [True, True], (results, err, srv.stderr[-2000:])
+    assert [r["did_resume"] for r in results] == [False, True]
 
 
 def test_server_sni_and_alpn(our_server, go_client, pki):

@@ -116,12 +116,14 @@ func main() {
 	exports := flag.String("export", "", "label:hexcontext|-:length;... exporter values to print")
 	conns := flag.Int("conns", 1, "connections, one after another, sharing a session cache")
 	size := flag.Int("size", 0, "bytes to send and expect echoed")
+	maxVersion := flag.String("max-version", "1.3", "MaxVersion: 1.2 or 1.3")
 	timeout := flag.Duration("timeout", 20*time.Second, "deadline per connection")
 	flag.Parse()
 
 	cfg := &tls.Config{
 		ServerName:         *sni,
 		MinVersion:         tls.VersionTLS13,
+		MaxVersion:         tls.VersionTLS13,
 		CurvePreferences:   curves(*curveList),
 		InsecureSkipVerify: *insecure,
 		ClientSessionCache: tls.NewLRUClientSessionCache(8),
@@ -142,6 +144,10 @@ func main() {
 			os.Exit(2)
 		}
 		cfg.Certificates = []tls.Certificate{cert}
+	}
+	if *maxVersion == "1.2" {
+		// A TLS 1.2-only peer: our side must refuse it cleanly.
+		cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
 	}
 	if *alpn != "" {
 		cfg.NextProtos = strings.Split(*alpn, ",")

@@ -117,6 +117,7 @@ func main() {
 	exports := flag.String("export", "", "label:hexcontext|-:length;... exporter values to print")
 	conns := flag.Int("conns", 1, "connections to serve, one after another")
 	ocspFile := flag.String("ocsp", "", "DER OCSP response to staple")
+	maxVersion := flag.String("max-version", "1.3", "MaxVersion: 1.2 or 1.3")
 	timeout := flag.Duration("timeout", 20*time.Second, "deadline per connection")
 	flag.Parse()
 
@@ -134,8 +135,13 @@ func main() {
 	cfg := &tls.Config{
 		Certificates:           []tls.Certificate{cert},
 		MinVersion:             tls.VersionTLS13,
+		MaxVersion:             tls.VersionTLS13,
 		CurvePreferences:       curves(*curveList),
 		SessionTicketsDisabled: *noTickets,
+	}
+	if *maxVersion == "1.2" {
+		// A TLS 1.2-only peer: our side must refuse it cleanly.
+		cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
 	}
 	if *alpn != "" {
 		cfg.NextProtos = strings.Split(*alpn, ",")
