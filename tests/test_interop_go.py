@@ -25,6 +25,7 @@ those are tested against other peers only.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -684,6 +685,40 @@ def test_cli_client_key_update_and_resumption(go_server, pki, tmp_path):
     assert first["received"] == len(data) and [first["did_resume"], second["did_resume"]] == [False, True]
 
 
+def test_aio_client_key_update(go_server, pki):
+    """The asyncio adapter: 2 MB through the Go echo server with a KeyUpdate
+    (update_requested) in the middle, then write_eof and the rest of the echo."""
+    from tcpls import aio
+
+    srv = go_server()
+    data = pattern(2 * 1024 * 1024)
+
+    async def main() -> bytes:
+        reader, writer = await aio.open_connection(*srv.address, config=client_config(pki))
+        got = bytearray()
+
+        async def read_all() -> None:
+            while chunk := await reader.read(65536):
+                got.extend(chunk)
+
+        task = asyncio.ensure_future(read_all())
+        half = len(data) // 2
+        writer.write(data[:half])
+        await writer.drain()
+        writer.key_update(True)
+        writer.write(data[half:])
+        await writer.drain()
+        writer.write_eof()
+        await asyncio.wait_for(task, T)
+        writer.close()
+        await writer.wait_closed()
+        return bytes(got)
+
+    assert asyncio.run(asyncio.wait_for(main(), T)) == data
+    (res,) = srv.results()
+    assert res["received"] == len(data) and "error" not in res
+
+
 # ================================================= Go client, our server
 @pytest.mark.parametrize("suite", list(SUITES), ids=lambda s: s.name)
 def test_server_each_suite(our_server, go_client, pki, suite):
@@ -774,6 +809,50 @@ def test_cli_server_key_update_and_tickets(tcpls_cli_server, go_client, pki):
     rc, results, err = go_client(srv.port, "-conns", "2", size=1024 * 1024)
     assert rc == 0 and [r["echo_ok"] for r in results] == [True, True], (results, err, srv.stderr[-2000:])
     assert [r["did_resume"] for r in results] == [False, True]
+
+
+def test_server_hello_retry_cookie(our_server, go_client, pki):
+    """Our HelloRetryRequest with a cookie (§4.2.2): Go echoes it in ClientHello2."""
+    srv = our_server(server_config(pki, groups=[NamedGroup.secp384r1], hello_retry_cookie=True))
+    rc, (res,), err = go_client(srv.port, size=1000)
+    assert rc == 0 and res["echo_ok"], (res, err)
+    (info,) = srv.join()
+    assert info["hello_retry"] and info["group"] == NamedGroup.secp384r1
+
+
+def test_aio_server_key_update_and_tickets(go_client, pki):
+    """The asyncio adapter as an echo server for two Go connections of 1 MB:
+    a KeyUpdate (update_requested) after the first chunk, the second
+    connection resumed."""
+    from tcpls import aio
+
+    resumed: list[bool] = []
+
+    async def main() -> tuple:
+        async def echo(reader, writer) -> None:
+            first = True
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+                if first:
+                    writer.key_update(True)
+                    first = False
+                await writer.drain()
+            resumed.append(writer.protocol.connection.session_resumed)
+            writer.close()
+
+        server = await aio.start_server(echo, "127.0.0.1", 0, config=server_config(pki))
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, lambda: go_client(port, "-conns", "2", size=1024 * 1024)
+            )
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    rc, results, err = asyncio.run(main())
+    assert rc == 0 and [r["echo_ok"] for r in results] == [True, True], (results, err)
+    assert [r["did_resume"] for r in results] == [False, True] and resumed == [False, True]
 
 
 def test_server_sni_and_alpn(our_server, go_client, pki):
