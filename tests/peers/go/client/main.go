@@ -116,14 +116,12 @@ func main() {
 	exports := flag.String("export", "", "label:hexcontext|-:length;... exporter values to print")
 	conns := flag.Int("conns", 1, "connections, one after another, sharing a session cache")
 	size := flag.Int("size", 0, "bytes to send and expect echoed")
-	maxVersion := flag.String("max-version", "1.3", "MaxVersion: 1.2 or 1.3")
+	maxVersion := flag.String("max-version", "", "1.2: a TLS 1.2-only peer (default: crypto/tls defaults, TLS 1.3 preferred)")
 	timeout := flag.Duration("timeout", 20*time.Second, "deadline per connection")
 	flag.Parse()
 
 	cfg := &tls.Config{
 		ServerName:         *sni,
-		MinVersion:         tls.VersionTLS13,
-		MaxVersion:         tls.VersionTLS13,
 		CurvePreferences:   curves(*curveList),
 		InsecureSkipVerify: *insecure,
 		ClientSessionCache: tls.NewLRUClientSessionCache(8),

@@ -117,7 +117,7 @@ func main() {
 	exports := flag.String("export", "", "label:hexcontext|-:length;... exporter values to print")
 	conns := flag.Int("conns", 1, "connections to serve, one after another")
 	ocspFile := flag.String("ocsp", "", "DER OCSP response to staple")
-	maxVersion := flag.String("max-version", "1.3", "MaxVersion: 1.2 or 1.3")
+	maxVersion := flag.String("max-version", "", "1.2: a TLS 1.2-only peer (default: crypto/tls defaults, TLS 1.3 preferred)")
 	timeout := flag.Duration("timeout", 20*time.Second, "deadline per connection")
 	flag.Parse()
 
@@ -134,8 +134,6 @@ func main() {
 	}
 	cfg := &tls.Config{
 		Certificates:           []tls.Certificate{cert},
-		MinVersion:             tls.VersionTLS13,
-		MaxVersion:             tls.VersionTLS13,
 		CurvePreferences:       curves(*curveList),
 		SessionTicketsDisabled: *noTickets,
 	}
