@@ -4,37 +4,40 @@ Two small Go programs in ``tests/peers/go/`` are built once per test session
 into a temporary directory (``GO111MODULE=off``, ``CGO_ENABLED=0``, caches
 under that directory, so no network and no C compiler are needed):
 
-* ``server``: a TLS 1.3 echo server; flags choose the certificate,
-  ``CurvePreferences``, ALPN, client authentication, how many connections
-  to serve (tickets let later ones resume) and exporter values to print;
-* ``client``: sends a fixed pattern, half-closes with close_notify, checks
-  the echo byte for byte; flags as above, plus ``-conns`` connections
-  sharing one ``ClientSessionCache``.
+* ``server``: an echo server; flags choose the certificate (and OCSP
+  staple), ``CurvePreferences``, ALPN, client authentication, how many
+  connections to serve (its tickets let later ones resume) and exporter
+  values to print;
+* ``client``: sends a fixed pattern while reading the echo back, then
+  half-closes with close_notify and checks the echo byte for byte; flags as
+  above, plus ``-conns`` connections sharing one ``ClientSessionCache``.
 
-Both print one JSON line per connection with what crypto/tls saw
-(``ConnectionState``: suite, ALPN, SNI, ``DidResume``, peer certificates,
-verified chains, ``ExportKeyingMaterial`` values, the error text).
+Both use crypto/tls's default version range (TLS 1.2 and 1.3) unless told
+``-max-version 1.2``, and print one JSON line per connection with what
+crypto/tls saw (``ConnectionState``: version, suite, ALPN, SNI,
+``DidResume``, peer certificates, verified chains, OCSP response,
+``ExportKeyingMaterial`` values, the error text).
 
 Our side is the blocking adapter (``tcpls.sync``) with every engine event
-recorded, so the tests see KeyUpdated, SessionTicketReceived, alerts...
+recorded, so the tests see KeyUpdated, SessionTicketReceived, alerts...;
+a few tests use the asyncio adapter and the CLI.
 
-crypto/tls does not do 0-RTT (it never sends early_data nor accepts it) or
-external PSKs, and cannot start a KeyUpdate itself (it answers one), so
-those are tested against other peers only.
+crypto/tls does not do 0-RTT (it never sends early_data nor accepts it),
+external PSKs or post-handshake authentication, and cannot start a
+KeyUpdate itself (it answers one), so those are tested against other peers
+only. go 1.19.8's client cannot resume through a HelloRetryRequest (its
+binder leaves out the HelloRetryRequest): see
+``test_server_hello_retry_with_go_ticket``.
 """
-
 from __future__ import annotations
 
 import asyncio
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
-import time
-from pathlib import Path
 from typing import Callable, Optional
 
 import pytest

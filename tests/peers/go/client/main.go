@@ -1,10 +1,10 @@
-// Test peer: a TLS 1.3 client built on Go's crypto/tls (standard library
-// only). It makes -conns connections one after another (sharing one
-// ClientSessionCache, so later ones can resume), sends -size bytes of a
-// fixed pattern (byte i is i % 251) while reading the echo back, then
-// half-closes with close_notify, reads until the server closes and checks
-// the echo byte for byte. It prints
-// one JSON line per connection on stdout with what crypto/tls saw.
+// Test peer: a TLS client built on Go's crypto/tls (standard library only;
+// TLS 1.3 is negotiated unless -max-version 1.2). It makes -conns
+// connections one after another (sharing one ClientSessionCache, so later
+// ones can resume), sends -size bytes of a fixed pattern (byte i is
+// i % 251) while reading the echo back, then half-closes with close_notify,
+// reads until the server closes and checks the echo byte for byte. It
+// prints one JSON line per connection on stdout with what crypto/tls saw.
 package main
 
 import (

@@ -1,9 +1,10 @@
-// Test peer: a TLS 1.3 echo server built on Go's crypto/tls (standard
-// library only). It accepts -conns connections one after another, echoes
-// what each client sends until the client closes, and prints one JSON line
-// per connection on stdout with what crypto/tls saw (version, suite, ALPN,
-// SNI, resumption, peer certificates, exporter values, the error if any).
-// The first stdout line is "listening <port>".
+// Test peer: a TLS echo server built on Go's crypto/tls (standard library
+// only; TLS 1.3 is negotiated unless -max-version 1.2). It accepts -conns
+// connections one after another, echoes what each client sends until the
+// client closes, and prints one JSON line per connection on stdout with
+// what crypto/tls saw (version, suite, ALPN, SNI, resumption, peer
+// certificates, exporter values, the error if any). The first stdout line
+// is "listening <port>".
 package main
 
 import (
