@@ -565,6 +565,25 @@ def test_client_certificate_to_go(go_server, pki, mode):
     assert res["peer_certs"] == ["client.test"] and res["verified_chains"] == 1, res
 
 
+def test_client_picks_chain_for_go_ca_names(go_server, pki, tmp_path):
+    """Go's CertificateRequest names the CAs of ClientCAs (§4.2.4): of our two
+    client chains, the one issued under that CA goes out."""
+    from tcpls import _testcerts
+
+    other_ca, other_key = _testcerts.make_ca("another CA")
+    wrong_cert, wrong_key = _testcerts.make_leaf(other_ca, other_key, names=["wrong.client"], client=True)
+    cfg = client_config(pki)
+    cfg.certificate_chain, cfg.private_key = [wrong_cert], wrong_key
+    good_chain, good_key = load_certificate_files(pki.client.cert_file, pki.client.key_file)
+    cfg.extra_certificates = [(good_chain, good_key)]
+    srv = go_server("-client-auth", "require", "-client-ca", pki.ca_file)
+    tls, _ = connect(srv.address, cfg)
+    with tls:
+        assert echo_through(tls, b"picked") == b"picked"
+    (res,) = srv.results()
+    assert res["peer_certs"] == ["client.test"] and res["verified_chains"] == 1, res
+
+
 def test_client_without_certificate_verify_if_given(go_server, pki):
     srv = go_server("-client-auth", "verify-if-given", "-client-ca", pki.ca_file)
     tls, _ = connect(srv.address, client_config(pki))
