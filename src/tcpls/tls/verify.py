@@ -40,8 +40,13 @@ def parse_certificates(ders: Sequence[bytes]) -> list[x509.Certificate]:
 
 
 def _alert_for(message: str) -> int:
-    m = message.lower()
-    if "expired" in m or "not yet valid" in m or "validity" in m:
+    """The RFC 9846 §6.2 alert for a chain ``cryptography`` refused."""
+    # Its messages may end in "(encountered processing <Certificate(subject=
+    # ...)>)": only the reason before that counts.
+    m = message.lower().split("(encountered processing", 1)[0]
+    # certificate_expired: "a certificate has expired or is not currently
+    # valid" (the leaf's or an intermediate's validity period).
+    if "not valid at validation time" in m or "expired" in m or "not yet valid" in m or "validity" in m:
         return AlertDescription.certificate_expired
     if "subject" in m or "name" in m and "mismatch" in m or "san" in m:
         return AlertDescription.bad_certificate
