@@ -206,6 +206,37 @@ def _intermediate_ca(root_cert, root_key):
 
 
 @pytest.fixture(scope="module")
+def expired(pki, tmp_path_factory):
+    """A localhost leaf from the test CA whose validity ended yesterday."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from conftest import Leaf, _write_certs, _write_key
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(pki.ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=30))
+        .not_valid_after(now - datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.ca_key.public_key()), critical=False)
+        .sign(pki.ca_key, hashes.SHA256())
+    )
+    d = tmp_path_factory.mktemp("go-expired")
+    return Leaf(cert, key, _write_certs(d / "expired.pem", cert), _write_key(d / "expired.key", key))
+
+
+@pytest.fixture(scope="module")
 def chained(pki, tmp_path_factory) -> dict:
     """Leaves issued by an intermediate CA under the test root; each PEM
     file holds the leaf then the intermediate (the root stays a trust anchor)."""
@@ -741,6 +772,14 @@ def test_aio_client_key_update(go_server, pki):
     assert res["received"] == len(data) and "error" not in res
 
 
+def test_client_rejects_expired_certificate(go_server, pki, expired):
+    srv = go_server(cert=expired)
+    with pytest.raises(LocalProtocolError) as info:
+        connect(srv.address, client_config(pki))
+    assert info.value.alert == AlertDescription.certificate_expired
+    assert srv.results()[0]["error"] == "remote error: tls: expired certificate"
+
+
 # ================================================= Go client, our server
 @pytest.mark.parametrize("suite", list(SUITES), ids=lambda s: s.name)
 def test_server_each_suite(our_server, go_client, pki, suite):
@@ -1041,6 +1080,16 @@ def test_server_go_rejects_wrong_name(our_server, go_client, pki):
     srv = our_server(server_config(pki))
     rc, (res,), err = go_client(srv.port, "-sni", "wrong.example", size=10)
     assert rc != 0 and res["handshake_error"] and "not wrong.example" in res["error"], (res, err)
+    (info,) = srv.join()
+    assert isinstance(info["error"], RemoteAlert) and info["error"].alert == AlertDescription.bad_certificate
+
+
+def test_server_go_rejects_expired_certificate(our_server, go_client, pki, expired):
+    cfg = TLSConfig()
+    cfg.certificate_chain, cfg.private_key = load_certificate_files(expired.cert_file, expired.key_file)
+    srv = our_server(cfg)
+    rc, (res,), err = go_client(srv.port, size=10)
+    assert rc != 0 and "certificate has expired" in res["error"], (res, err)
     (info,) = srv.join()
     assert isinstance(info["error"], RemoteAlert) and info["error"].alert == AlertDescription.bad_certificate
 
