@@ -205,9 +205,8 @@ def _intermediate_ca(root_cert, root_key):
     return cert, key
 
 
-@pytest.fixture(scope="module")
-def expired(pki, tmp_path_factory):
-    """A localhost leaf from the test CA whose validity ended yesterday."""
+def _expired_leaf(pki, name: str, client: bool):
+    """A leaf from the test CA for ``name`` whose validity ended yesterday."""
     import datetime
 
     from cryptography import x509
@@ -215,25 +214,36 @@ def expired(pki, tmp_path_factory):
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    from conftest import Leaf, _write_certs, _write_key
-
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(pki.ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=30))
         .not_valid_after(now - datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.ca_key.public_key()), critical=False)
         .sign(pki.ca_key, hashes.SHA256())
     )
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def expired(pki, tmp_path_factory) -> dict:
+    """Expired leaves from the test CA: ``server`` (localhost), ``client`` (client.test)."""
+    from conftest import Leaf, _write_certs, _write_key
+
     d = tmp_path_factory.mktemp("go-expired")
-    return Leaf(cert, key, _write_certs(d / "expired.pem", cert), _write_key(d / "expired.key", key))
+    out = {}
+    for role, name in (("server", "localhost"), ("client", "client.test")):
+        cert, key = _expired_leaf(pki, name, role == "client")
+        out[role] = Leaf(cert, key, _write_certs(d / f"{role}.pem", cert), _write_key(d / f"{role}.key", key))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -773,11 +783,19 @@ def test_aio_client_key_update(go_server, pki):
 
 
 def test_client_rejects_expired_certificate(go_server, pki, expired):
-    srv = go_server(cert=expired)
+    srv = go_server(cert=expired["server"])
     with pytest.raises(LocalProtocolError) as info:
         connect(srv.address, client_config(pki))
     assert info.value.alert == AlertDescription.certificate_expired
     assert srv.results()[0]["error"] == "remote error: tls: expired certificate"
+
+
+def test_client_expired_certificate_to_go(go_server, pki, expired):
+    srv = go_server("-client-auth", "require", "-client-ca", pki.ca_file)
+    cfg = with_client_cert(pki, client_config(pki), expired["client"].cert_file, expired["client"].key_file)
+    err = _handshake_and_read(srv.address, cfg)
+    assert isinstance(err, RemoteAlert) and err.alert == AlertDescription.bad_certificate, err
+    assert "certificate has expired" in srv.results()[0]["error"]
 
 
 # ================================================= Go client, our server
@@ -1086,12 +1104,21 @@ def test_server_go_rejects_wrong_name(our_server, go_client, pki):
 
 def test_server_go_rejects_expired_certificate(our_server, go_client, pki, expired):
     cfg = TLSConfig()
-    cfg.certificate_chain, cfg.private_key = load_certificate_files(expired.cert_file, expired.key_file)
+    cfg.certificate_chain, cfg.private_key = load_certificate_files(expired["server"].cert_file, expired["server"].key_file)
     srv = our_server(cfg)
     rc, (res,), err = go_client(srv.port, size=10)
     assert rc != 0 and "certificate has expired" in res["error"], (res, err)
     (info,) = srv.join()
     assert isinstance(info["error"], RemoteAlert) and info["error"].alert == AlertDescription.bad_certificate
+
+
+def test_server_rejects_expired_go_client_certificate(our_server, go_client, pki, expired):
+    srv = our_server(server_config(pki, request_client_certificate=True, require_client_certificate=True,
+                                   trust_anchors=[pki.ca_cert]))
+    rc, (res,), err = go_client(srv.port, "-cert", expired["client"].cert_file, "-key", expired["client"].key_file, size=10)
+    assert rc != 0 and res["error"].endswith("remote error: tls: expired certificate"), (res, err)
+    (info,) = srv.join()
+    assert isinstance(info["error"], LocalProtocolError) and info["error"].alert == AlertDescription.certificate_expired
 
 
 def test_server_go_rejects_untrusted_ca(our_server, go_client, pki):
