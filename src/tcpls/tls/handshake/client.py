@@ -136,6 +136,25 @@ def _is_ip(name: str) -> bool:
         return False
 
 
+def sni_host_name(name: str) -> str:
+    """The host name sent in server_name and checked against the server's
+    certificate (RFC 6066 §3): ASCII, "without a trailing dot", an
+    internationalized name as its A-label (IDNA).
+
+    Raises:
+        ValueError: ``name`` has no ASCII form.
+    """
+    host = name[:-1] if name.endswith(".") else name
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"server name {name!r} is not a valid host name") from None
+    if not host:
+        raise ValueError(f"server name {name!r} is not a valid host name")
+    return host
+
+
 class ClientHandshake(LazyExporterSecret):
     """The client side of one TLS 1.3 handshake and its post-handshake messages."""
 
@@ -161,7 +180,8 @@ class ClientHandshake(LazyExporterSecret):
         self.client_early_secret = b""
         self.early_exporter_secret = b""
         self.sink = sink
-        self.server_name = server_name if server_name is not None else config.server_name
+        name = server_name if server_name is not None else config.server_name
+        self.server_name = sni_host_name(name) if name else name
         self.state = ClientState.START
         self.transcript = Transcript()
         self.random = os.urandom(32)
