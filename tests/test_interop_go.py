@@ -481,6 +481,17 @@ def test_client_chain_with_intermediate_to_go(go_server, pki, chained):
     assert res["peer_certs"] == ["client.test", "tcpls test intermediate"] and res["verified_chains"] == 1, res
 
 
+def test_client_fully_qualified_name(go_server, pki):
+    """server_name "localhost.": sent without the dot (RFC 6066 §3; Go refuses
+    a ClientHello whose SNI ends in one) and verified against the certificate."""
+    srv = go_server()
+    tls, _ = connect(srv.address, client_config(pki), server_name="localhost.")
+    with tls:
+        assert echo_through(tls, b"fqdn") == b"fqdn"
+    (res,) = srv.results()
+    assert res["sni"] == "localhost" and "error" not in res
+
+
 def test_client_ip_address_no_sni(go_server, pki):
     """server_name 127.0.0.1: checked against the IP SAN, never sent as SNI (RFC 6066 §3)."""
     srv = go_server()
