@@ -553,6 +553,30 @@ def test_client_resumes_go_ticket(go_server, pki):
     assert second["received"] == len(b"second")
 
 
+def test_client_no_early_data_with_go_tickets(go_server, pki):
+    """crypto/tls never allows 0-RTT in its tickets (and aborts a handshake
+    that offers it): asking to send early data on a Go session is a
+    UsageError before any ClientHello goes out, and the session still
+    resumes without it."""
+    from tcpls.errors import UsageError
+
+    srv = go_server("-conns", "3")
+    cfg = client_config(pki)
+    tls, _ = connect(srv.address, cfg)
+    with tls:
+        assert echo_through(tls, b"first") == b"first"
+        session = tls.connection.session
+    assert session.max_early_data == 0
+    with pytest.raises(UsageError, match="early data"):
+        sync.connect(srv.address, cfg, session=session, early_data=b"0-rtt", timeout=T)
+    tls, _ = connect(srv.address, cfg, session=session)
+    with tls:
+        assert echo_through(tls, b"third") == b"third"
+        assert tls.connection.session_resumed and tls.connection.early_data_accepted is None
+    first, second, third = srv.results(3)
+    assert second["error"] == "EOF" and third["did_resume"]
+
+
 def test_client_resumes_after_hello_retry(go_server, pki):
     """Resumption through a HelloRetryRequest: the second ClientHello's
     binder covers message_hash(ClientHello1) and the HelloRetryRequest
