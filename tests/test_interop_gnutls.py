@@ -1,0 +1,533 @@
+"""Interop with GnuTLS (``gnutls-cli`` / ``gnutls-serv`` from gnutls-bin).
+
+Both roles: our client engine against ``gnutls-serv --echo``, and
+``gnutls-cli`` against our server engine, each driven over a real TCP
+socket in this process so that every event of ours is visible to the test,
+and GnuTLS's own report (its stdout/stderr, or ``-d`` handshake trace) is
+checked for the other side's view.
+
+Covered: groups (x25519, secp256r1, secp384r1, ffdhe2048), the three
+AES-GCM/ChaCha20 suites, ECDSA/RSA-PSS/Ed25519 certificates, ALPN, SNI,
+HelloRetryRequest, resumption, 0-RTT accepted and rejected, external PSKs
+(psk_dhe_ke, psk_ke, SHA-384), client certificates, post-handshake
+authentication, KeyUpdate, exporters, record_size_limit, certificate
+compression and OCSP stapling.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import pytest
+
+from conftest import DEFAULT_TIMEOUT, _Drain, _stop, free_port, require_peer, wait_until
+from tcpls.errors import ProtocolError, TLSError
+from tcpls.tls import events as ev
+from tcpls.tls.config import TLSConfig
+from tcpls.tls.connection import TLSConnection
+from tcpls.tls.enums import CertificateCompressionAlgorithm, CipherSuite, NamedGroup, PskKeyExchangeMode
+from tcpls.tls.session import ExternalPSK, Session
+
+T = 10.0
+PSK_HEX = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+PSK_ID = "gnutls-psk-user"
+TLS13 = "NORMAL:-VERS-ALL:+VERS-TLS1.3"
+
+GROUPS = {  # ours -> GnuTLS priority keyword
+    NamedGroup.x25519: "GROUP-X25519",
+    NamedGroup.secp256r1: "GROUP-SECP256R1",
+    NamedGroup.secp384r1: "GROUP-SECP384R1",
+    NamedGroup.ffdhe2048: "GROUP-FFDHE2048",
+}
+SUITES = {  # ours -> GnuTLS cipher keyword
+    CipherSuite.TLS_AES_128_GCM_SHA256: "AES-128-GCM",
+    CipherSuite.TLS_AES_256_GCM_SHA384: "AES-256-GCM",
+    CipherSuite.TLS_CHACHA20_POLY1305_SHA256: "CHACHA20-POLY1305",
+}
+
+
+def only_group(g: NamedGroup) -> str:
+    return f"{TLS13}:-GROUP-ALL:+{GROUPS[g]}"
+
+
+def only_suite(s: CipherSuite) -> str:
+    return f"{TLS13}:-CIPHER-ALL:+{SUITES[s]}"
+
+
+# ====================================================================== GnuTLS processes
+class GnutlsServer:
+    """``gnutls-serv --echo`` on 127.0.0.1:<free port>, stdout/stderr collected."""
+
+    def __init__(self, args: Sequence[str]) -> None:
+        (serv,) = require_peer("gnutls-serv")
+        for _attempt in range(3):
+            self.port = free_port()
+            self.proc = subprocess.Popen(
+                [serv, "--echo", "-p", str(self.port), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            self._out = _Drain(self.proc.stdout)
+            self._err = _Drain(self.proc.stderr)
+            try:
+                wait_until(self._ready, T, "gnutls-serv listening")
+                break
+            except RuntimeError:
+                if b"in use" not in self._err.data() + self._out.data():
+                    raise
+        self.address = ("127.0.0.1", self.port)
+
+    def _ready(self) -> bool:
+        if re.search(rb"listening on IPv4 \S+ port \d+\.\.\.done", self._out.data() + self._err.data()):
+            return True
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"gnutls-serv exited early ({self.proc.returncode}): {self.output}")
+        return False
+
+    @property
+    def output(self) -> str:
+        return (self._out.data() + self._err.data()).decode("latin-1")
+
+    def wait_output(self, pattern: str, what: str) -> re.Match:
+        m = None
+
+        def seen() -> bool:
+            nonlocal m
+            m = re.search(pattern, self.output)
+            return m is not None
+
+        wait_until(seen, T, what)
+        assert m is not None
+        return m
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+@pytest.fixture
+def gnutls_server():
+    started: list[GnutlsServer] = []
+
+    def start(*args: str) -> GnutlsServer:
+        srv = GnutlsServer(args)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+class GnutlsClient:
+    """``gnutls-cli`` against 127.0.0.1:port; stdin stays open until closed."""
+
+    def __init__(self, port: int, args: Sequence[str]) -> None:
+        (cli,) = require_peer("gnutls-cli")
+        self.proc = subprocess.Popen(
+            [cli, "-p", str(port), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self._out = _Drain(self.proc.stdout)
+        self._err = _Drain(self.proc.stderr)
+
+    @property
+    def stdout(self) -> bytes:
+        return self._out.data()
+
+    @property
+    def output(self) -> str:
+        return (self._out.data() + self._err.data()).decode("latin-1")
+
+    def send(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def wait_stdout(self, data: bytes, what: str = "echo") -> None:
+        def seen() -> bool:
+            if data in self._out.data():
+                return True
+            if self.proc.poll() is not None:
+                time.sleep(0.1)  # let the drain threads catch the last bytes
+                if data in self._out.data():
+                    return True
+                raise RuntimeError(f"gnutls-cli exited ({self.proc.returncode}) before {what}: {self.output[-3000:]}")
+            return False
+
+        try:
+            wait_until(seen, T, what)
+        except TimeoutError:
+            raise TimeoutError(f"no {what} from gnutls-cli; output: {self.output[-3000:]}") from None
+
+    def finish(self) -> int:
+        """Close stdin (gnutls-cli then sends close_notify) and wait for exit."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            rc = self.proc.wait(T)
+        except subprocess.TimeoutExpired:
+            _stop(self.proc)
+            rc = self.proc.returncode
+        self._out.join(2)
+        self._err.join(2)
+        return rc
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def gnutls_client():
+    started: list[GnutlsClient] = []
+
+    def start(port: int, *args: str) -> GnutlsClient:
+        c = GnutlsClient(port, args)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        c.stop()
+
+
+def run_gnutls_cli(port: int, args: Sequence[str], data: bytes = b"", expect: Optional[bytes] = None) -> GnutlsClient:
+    """One gnutls-cli session: send ``data``, wait for ``expect`` (default: ``data``) echoed, close."""
+    c = GnutlsClient(port, args)
+    try:
+        if data:
+            c.send(data)
+            c.wait_stdout(expect if expect is not None else data)
+        c.finish()
+    finally:
+        c.stop()
+    return c
+
+
+# ====================================================================== our engines
+class EngineClient:
+    """Our client engine over one TCP connection, every event recorded."""
+
+    def __init__(self, address, config: TLSConfig, *, server_name: Optional[str] = "localhost",
+                 session: Optional[Session] = None, early: bytes = b"") -> None:
+        self.sock = socket.create_connection(address, timeout=T)
+        self.conn = TLSConnection(config, server_side=False, server_name=server_name, session=session)
+        self.events: list = []
+        if early:
+            self.conn.send_early_data(early)
+        self.conn.start_handshake(time.time())
+        self.flush()
+
+    def flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            self.sock.sendall(out)
+
+    def _read(self) -> bool:
+        d = self.sock.recv(65536)
+        if not d:
+            self.conn.receive_eof()
+            return False
+        try:
+            self.conn.receive_data(d, time.time())
+        finally:
+            self.flush()
+        while (e := self.conn.next_event()) is not None:
+            self.events.append(e)
+        return True
+
+    def handshake(self) -> None:
+        while not self.conn.handshake_complete:
+            if not self._read():
+                raise EOFError("closed during handshake")
+
+    def received(self) -> bytes:
+        return b"".join(e.data for e in self.events if isinstance(e, ev.DataReceived))
+
+    def read_until(self, pred: Callable[[], bool], what: str = "data") -> None:
+        deadline = time.monotonic() + T
+        while not pred():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what}; got {self.received()[-200:]!r}")
+            if not self._read():
+                if pred():
+                    return
+                raise EOFError(f"peer closed before {what}; got {self.received()[-200:]!r}")
+
+    def echo(self, data: bytes) -> None:
+        """Send ``data`` and wait until the echo server returned all of it."""
+        before = len(self.received())
+        self.conn.send_data(data)
+        self.flush()
+        self.read_until(lambda: len(self.received()) >= before + len(data), f"echo of {len(data)} bytes")
+        assert self.received()[before:] == data
+
+    def of(self, cls) -> list:
+        return [e for e in self.events if isinstance(e, cls)]
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+            self.flush()
+            self.sock.settimeout(2)
+            while self._read():
+                pass
+        except (OSError, TLSError):
+            pass
+        self.sock.close()
+
+
+class EngineServer:
+    """Our server engine on 127.0.0.1, accepting ``connections`` clients in
+    turn; echoes application data (0-RTT data too) and records per connection
+    its events, what it received and its final state.
+
+    ``after_handshake(conn, info)`` runs once per connection when the
+    handshake completes (e.g. to start a KeyUpdate or post-handshake auth).
+    """
+
+    def __init__(self, config: TLSConfig, connections: int = 1,
+                 after_handshake: Optional[Callable[[TLSConnection, dict], None]] = None) -> None:
+        self.config = config
+        self.after_handshake = after_handshake
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(T)
+        self.port = self.listener.getsockname()[1]
+        self.sessions: list[dict] = []
+        self.thread = threading.Thread(target=self._run, args=(connections,), daemon=True)
+        self.thread.start()
+
+    def _run(self, n: int) -> None:
+        for _ in range(n):
+            info: dict = {"events": [], "early": b"", "data": b""}
+            try:
+                sock, _ = self.listener.accept()
+            except OSError as exc:
+                info["error"] = exc
+                self.sessions.append(info)
+                return
+            self.sessions.append(info)
+            sock.settimeout(T)
+            conn = TLSConnection(self.config, server_side=True)
+            info["conn"] = conn
+            try:
+                while True:
+                    d = sock.recv(65536)
+                    if not d:
+                        break
+                    conn.receive_data(d, time.time())
+                    while (e := conn.next_event()) is not None:
+                        info["events"].append(e)
+                        if isinstance(e, ev.EarlyDataReceived):
+                            info["early"] += e.data
+                            conn.send_data(e.data)
+                        elif isinstance(e, ev.DataReceived):
+                            info["data"] += e.data
+                            conn.send_data(e.data)
+                        elif isinstance(e, ev.HandshakeComplete):
+                            if self.after_handshake:
+                                self.after_handshake(conn, info)
+                        elif isinstance(e, ev.CloseNotifyReceived):
+                            conn.close()
+                    out = conn.data_to_send()
+                    if out:
+                        sock.sendall(out)
+                    if conn.peer_closed:
+                        break
+            except Exception as exc:  # noqa: BLE001 -- reported to the test
+                info["error"] = exc
+                try:
+                    sock.sendall(conn.data_to_send())
+                except OSError:
+                    pass
+            finally:
+                sock.close()
+
+    def join(self) -> list[dict]:
+        self.thread.join(T)
+        assert not self.thread.is_alive(), "server thread did not finish"
+        self.listener.close()
+        return self.sessions
+
+
+@pytest.fixture
+def engine_server():
+    started: list[EngineServer] = []
+
+    def start(config: TLSConfig, connections: int = 1, after_handshake=None) -> EngineServer:
+        srv = EngineServer(config, connections, after_handshake)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.listener.close()
+
+
+def client_cfg(pki, **kw) -> TLSConfig:
+    cfg = TLSConfig(**kw)
+    cfg.load_verify_locations(pki.ca_file)
+    return cfg
+
+
+def server_cfg(pki, key_type: str = "ec256", **kw) -> TLSConfig:
+    cfg = TLSConfig(**kw)
+    leaf = pki.leaf(key_type)
+    cfg.load_cert_chain(leaf.cert_file, leaf.key_file)
+    return cfg
+
+
+def serv_args(pki, key_type: str = "ec256", priority: str = TLS13) -> list[str]:
+    """gnutls-serv with one of our leaves, not asking for client certificates."""
+    leaf = pki.leaf(key_type)
+    return ["--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--disable-client-cert",
+            "--priority", priority]
+
+
+def cli_args(pki, priority: str = TLS13, *extra: str) -> list[str]:
+    return ["--x509cafile", pki.ca_file, "--priority", priority, *extra, "localhost"]
+
+
+def text_lines(n: int) -> bytes:
+    """About ``n`` bytes of distinct newline-terminated lines: gnutls-serv's
+    echo mode answers line by line (and treats CR LF as LF)."""
+    return b"".join(os.urandom(32).hex().encode() + b"\n" for _ in range(n // 65 + 1))
+
+
+def ok(info: dict) -> dict:
+    assert "error" not in info, f"our server failed: {info.get('error')!r}"
+    return info
+
+
+def completed(info: dict) -> ev.HandshakeComplete:
+    ok(info)
+    (hc,) = [e for e in info["events"] if isinstance(e, ev.HandshakeComplete)]
+    return hc
+
+
+DESC = re.compile(r"- Description: \((TLS1\.3)-[^)]*\)-\(([^)]*)\)-(?:\(([^)]*)\)-)?\(([^)]*)\)")
+
+
+def gnutls_desc(text: str) -> list[tuple[str, str, str, str]]:
+    """GnuTLS's "- Description: (TLS1.3-X.509)-(ECDHE-X25519)-(sig)-(cipher)" lines."""
+    return [m.groups() for m in DESC.finditer(text)]
+
+
+# ====================================================================== 1. full handshakes
+# ---------------------------------------------------------------- our client -> gnutls-serv
+@pytest.mark.parametrize("group", list(GROUPS), ids=lambda g: g.name)
+def test_client_groups(gnutls_server, pki, group):
+    srv = gnutls_server(*serv_args(pki, priority=only_group(group)))
+    cl = EngineClient(srv.address, client_cfg(pki))
+    cl.handshake()
+    assert cl.conn.group == group
+    # our first ClientHello has an x25519 share only: the others need a HelloRetryRequest
+    assert cl.conn.hello_retry == (group != NamedGroup.x25519)
+    cl.echo(b"group test " + group.name.encode() + b"\n")
+    cl.close()
+    kx = {NamedGroup.x25519: "ECDHE-X25519", NamedGroup.secp256r1: "ECDHE-SECP256R1",
+          NamedGroup.secp384r1: "ECDHE-SECP384R1", NamedGroup.ffdhe2048: "DHE-FFDHE2048"}[group]
+    srv.wait_output(rf"- Description: \(TLS1\.3-X\.509\)-\({kx}\)", "gnutls-serv's description")
+
+
+@pytest.mark.parametrize("suite", list(SUITES), ids=lambda s: s.name)
+def test_client_suites(gnutls_server, pki, suite):
+    srv = gnutls_server(*serv_args(pki, priority=only_suite(suite)))
+    cl = EngineClient(srv.address, client_cfg(pki))
+    cl.handshake()
+    assert cl.conn.cipher_suite == suite
+    cl.echo(text_lines(40000))  # several full records each way
+    cl.close()
+    srv.wait_output(rf"- Description: .*\({SUITES[suite]}\)", "gnutls-serv's description")
+
+
+@pytest.mark.parametrize("key_type,sig", [("ec256", "ECDSA-SECP256R1-SHA256"), ("ec384", "ECDSA-SECP384R1-SHA384"),
+                                          ("rsa2048", "RSA-PSS-RSAE-SHA256"), ("ed25519", "EdDSA-Ed25519")])
+def test_client_certificate_types(gnutls_server, pki, key_type, sig):
+    srv = gnutls_server(*serv_args(pki, key_type))
+    cl = EngineClient(srv.address, client_cfg(pki))
+    cl.handshake()
+    assert cl.conn.peer_certificates[0] == pki.leaf(key_type).cert
+    cl.echo(b"cert " + key_type.encode() + b"\n")
+    cl.close()
+    srv.wait_output(rf"- Description: .*\({re.escape(sig)}\)", "gnutls-serv's signature scheme")
+
+
+def test_client_alpn_and_sni(gnutls_server, pki):
+    srv = gnutls_server(*serv_args(pki), "--alpn", "h2", "--alpn", "http/1.1", "--alpn-fatal",
+                        "--sni-hostname", "localhost", "--sni-hostname-fatal")
+    cl = EngineClient(srv.address, client_cfg(pki, alpn_protocols=["http/1.1", "h2"]))
+    cl.handshake()
+    assert cl.conn.alpn_protocol in ("h2", "http/1.1")
+    cl.echo(b"alpn\n")
+    cl.close()
+    srv.wait_output(r"Given server name\[1\]: localhost", "gnutls-serv's SNI report")
+    srv.wait_output(rf"- Application protocol: {re.escape(cl.conn.alpn_protocol)}", "gnutls-serv's ALPN report")
+
+
+def test_client_alpn_mismatch_is_no_application_protocol(gnutls_server, pki):
+    srv = gnutls_server(*serv_args(pki), "--alpn", "h2", "--alpn-fatal")
+    cl = EngineClient(srv.address, client_cfg(pki, alpn_protocols=["http/1.1"]))
+    with pytest.raises(TLSError) as info:
+        cl.handshake()
+    assert info.value.alert_name == "no_application_protocol"
+    cl.sock.close()
+
+
+# ---------------------------------------------------------------- gnutls-cli -> our server
+@pytest.mark.parametrize("group", list(GROUPS), ids=lambda g: g.name)
+def test_server_groups(engine_server, pki, group):
+    srv = engine_server(server_cfg(pki))
+    c = run_gnutls_cli(srv.port, cli_args(pki, only_group(group)), b"group " + group.name.encode() + b"\n")
+    (info,) = srv.join()
+    hc = completed(info)
+    assert hc.group == group and not hc.hello_retry
+    assert info["data"] == b"group " + group.name.encode() + b"\n"
+    kx = {NamedGroup.x25519: "ECDHE-X25519", NamedGroup.secp256r1: "ECDHE-SECP256R1",
+          NamedGroup.secp384r1: "ECDHE-SECP384R1", NamedGroup.ffdhe2048: "DHE-FFDHE2048"}[group]
+    assert f"-({kx})-" in c.output
+
+
+@pytest.mark.parametrize("suite", list(SUITES), ids=lambda s: s.name)
+def test_server_suites(engine_server, pki, suite):
+    srv = engine_server(server_cfg(pki))
+    data = text_lines(50000)
+    c = run_gnutls_cli(srv.port, cli_args(pki, only_suite(suite)), data)
+    (info,) = srv.join()
+    assert completed(info).cipher_suite == suite
+    assert info["data"] == data
+    assert c.stdout.count(data) == 1
+    assert f"({SUITES[suite]})" in c.output
+
+
+@pytest.mark.parametrize("key_type,sig", [("ec256", "ECDSA-SECP256R1-SHA256"), ("ec384", "ECDSA-SECP384R1-SHA384"),
+                                          ("rsa2048", "RSA-PSS-RSAE-SHA256"), ("ed25519", "EdDSA-Ed25519")])
+def test_server_certificate_types(engine_server, pki, key_type, sig):
+    srv = engine_server(server_cfg(pki, key_type))
+    c = run_gnutls_cli(srv.port, cli_args(pki), b"cert\n")
+    completed(srv.join()[0])
+    assert "The certificate is trusted" in c.output
+    assert f"({sig})" in c.output
+
+
+def test_server_alpn_and_sni(engine_server, pki):
+    srv = engine_server(server_cfg(pki, alpn_protocols=["h2", "http/1.1"]))
+    c = run_gnutls_cli(srv.port, cli_args(pki, TLS13, "--alpn", "http/1.1", "--alpn", "h2"), b"alpn\n")
+    hc = completed(srv.join()[0])
+    assert hc.alpn_protocol == "h2" and hc.server_name == "localhost"
+    assert "- Application protocol: h2" in c.output
