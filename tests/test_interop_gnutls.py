@@ -270,13 +270,15 @@ class EngineClient:
                     return
                 raise EOFError(f"peer closed before {what}; got {self.received()[-200:]!r}")
 
-    def echo(self, data: bytes) -> None:
-        """Send ``data`` and wait until the echo server returned all of it."""
+    def echo(self, data: bytes, answer: Optional[bytes] = None) -> None:
+        """Send ``data`` and wait until the echo server returned all of it
+        (or ``answer``, what gnutls-serv sends back for a command)."""
+        want = data if answer is None else answer
         before = len(self.received())
         self.conn.send_data(data)
         self.flush()
-        self.read_until(lambda: len(self.received()) >= before + len(data), f"echo of {len(data)} bytes")
-        assert self.received()[before:] == data
+        self.read_until(lambda: len(self.received()) >= before + len(want), f"echo of {len(data)} bytes")
+        assert self.received()[before:] == want
 
     def of(self, cls) -> list:
         return [e for e in self.events if isinstance(e, cls)]
@@ -608,6 +610,8 @@ def test_client_resumption_with_hrr(gnutls_server, pki):
     srv.wait_output(r"\*\*\* This is a resumed session", "gnutls-serv's resumption report")
 
 
+# what gnutls-serv's echo mode sends back for a "**COMMAND**" line
+GNUTLS_SERV_COMMAND_OK = b"Successfully executed command\n"
 EARLY_SEEN = r"decrypted early data with length: (\d+)"
 
 
@@ -627,8 +631,8 @@ def test_client_early_data_accepted_by_gnutls_serv(gnutls_server, pki):
     cl.echo(b"after early\n")
     cl.close()
     srv.wait_output(r"\*\*\* This is a resumed session", "gnutls-serv's resumption report")
+    srv.wait_output(r"END OF EARLY DATA \(5\) was received", "gnutls-serv's EndOfEarlyData trace")
     assert [int(n) for n in re.findall(EARLY_SEEN, srv.output)] == [len(early)]
-    assert "END OF EARLY DATA (5) was received" in srv.output
 
 
 def test_client_early_data_rejected_by_gnutls_serv(gnutls_server, pki):
@@ -734,7 +738,7 @@ def test_client_external_psk(gnutls_server, pki, tmp_path, mode, priority):
     assert (cl.conn.group is None) == (mode == PskKeyExchangeMode.psk_ke)
     cl.echo(b"psk " + mode.name.encode() + b"\n")
     cl.close()
-    srv.wait_output(rf"PSK authentication\. Connected as '{PSK_ID}'", "gnutls-serv's PSK report")
+    srv.wait_output(rf"PSK authentication\. Connected as '{PSK_ID}'[\s\S]*- Version: TLS1\.3", "gnutls-serv's PSK report")
     # gnutls-serv reports an (EC)DHE group only for psk_dhe_ke
     assert ("Using curve: X25519" in srv.output) == (mode == PskKeyExchangeMode.psk_dhe_ke)
 
@@ -798,3 +802,228 @@ def test_server_external_psk_sha384_vs_sha256_binder(engine_server):
     (info,) = srv.join()
     assert getattr(info.get("error"), "alert_name", None) == "decrypt_error"
     assert "Received alert [51]: Decrypt error" in c.output
+
+
+# ====================================================================== 5. client certificates, post-handshake auth
+def with_client_cert(cfg: TLSConfig, pki) -> TLSConfig:
+    cfg.load_cert_chain(pki.client.cert_file, pki.client.key_file)
+    return cfg
+
+
+def test_client_certificate_to_gnutls_serv(gnutls_server, pki):
+    leaf = pki.leaf("ec256")
+    srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--priority", TLS13,
+                        "--require-client-cert", "--verify-client-cert", "--x509cafile", pki.ca_file, "-d", "4")
+    cl = EngineClient(srv.address, with_client_cert(client_cfg(pki), pki))
+    cl.handshake()
+    cl.echo(b"authenticated\n")
+    cl.close()
+    # our Certificate and CertificateVerify, checked by gnutls-serv
+    srv.wait_output(r"CERTIFICATE REQUEST was queued[\s\S]*CERTIFICATE \(11\) was received[\s\S]*"
+                    r"verifying TLS 1\.3 handshake data using ECDSA-SECP256R1-SHA256[\s\S]*FINISHED \(20\) was received",
+                    "gnutls-serv's trace of our certificate")
+
+
+def test_client_without_certificate_refused_by_gnutls_serv(gnutls_server, pki):
+    leaf = pki.leaf("ec256")
+    srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--priority", TLS13,
+                        "--require-client-cert", "--x509cafile", pki.ca_file)
+    cl = EngineClient(srv.address, client_cfg(pki))
+    with pytest.raises(RemoteAlert) as info:
+        cl.handshake()
+        cl.echo(b"must not pass\n")
+    assert info.value.alert_name == "certificate_required"
+    cl.sock.close()
+
+
+def test_client_post_handshake_auth_from_gnutls_serv(gnutls_server, pki):
+    """gnutls-serv's ``**REAUTH**`` echo command asks us for a certificate
+    after the handshake (RFC 9846 §4.6.2); we offered post_handshake_auth."""
+    leaf = pki.leaf("ec256")
+    srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--priority", TLS13,
+                        "--verify-client-cert", "--x509cafile", pki.ca_file, "-d", "4")
+    cfg = with_client_cert(client_cfg(pki, post_handshake_auth=True), pki)
+    cl = EngineClient(srv.address, cfg)
+    cl.handshake()
+    cl.echo(b"**REAUTH**\n", GNUTLS_SERV_COMMAND_OK)
+    cl.read_until(lambda: bool(cl.of(ev.PostHandshakeAuthAnswered)), "the post-handshake CertificateRequest")
+    (answered,) = cl.of(ev.PostHandshakeAuthAnswered)
+    assert answered.certificate_sent and answered.context
+    cl.echo(b"after reauth\n")
+    cl.close()
+    srv.wait_output(r"Sending re-auth request[\s\S]*CERTIFICATE \(11\) was received[\s\S]*"
+                    r"CERTIFICATE VERIFY \(15\) was received[\s\S]*FINISHED \(20\) was received",
+                    "gnutls-serv's trace of the post-handshake authentication")
+    assert "reauth:" not in srv.output  # gnutls-serv prints "reauth: <error>" when gnutls_reauth fails
+
+
+def test_server_requires_client_certificate_from_gnutls_cli(engine_server, pki):
+    cfg = server_cfg(pki, require_client_certificate=True)
+    cfg.load_verify_locations(pki.ca_file)
+    srv = engine_server(cfg)
+    c = run_gnutls_cli(srv.port, cli_args(pki, TLS13, "--x509certfile", pki.client.cert_file,
+                                          "--x509keyfile", pki.client.key_file), b"with cert\n")
+    (info,) = srv.join()
+    hc = completed(info)
+    assert hc.peer_certificate_subject == "CN=client.test"
+    assert info["conn"].peer_certificates[0] == pki.client.cert
+    assert info["data"] == b"with cert\n"
+    assert "Successfully sent 1 certificate(s) to server" in c.output
+
+
+def test_server_refuses_gnutls_cli_without_certificate(engine_server, pki):
+    cfg = server_cfg(pki, require_client_certificate=True)
+    cfg.load_verify_locations(pki.ca_file)
+    srv = engine_server(cfg)
+    c = GnutlsClient(srv.port, cli_args(pki))
+    try:
+        c.send(b"no cert\n")
+        rc = c.finish()
+    finally:
+        c.stop()
+    (info,) = srv.join()
+    assert getattr(info.get("error"), "alert_name", None) == "certificate_required"
+    assert info["data"] == b"" and rc != 0
+    assert "Received alert [116]" in c.output
+
+
+def test_server_post_handshake_auth_with_gnutls_cli(engine_server, pki):
+    cfg = server_cfg(pki)
+    cfg.load_verify_locations(pki.ca_file)
+    contexts = []
+    srv = engine_server(cfg, after_handshake=lambda conn, info: contexts.append(conn.request_client_certificate(True)))
+    c = run_gnutls_cli(srv.port, cli_args(pki, TLS13, "--post-handshake-auth", "--x509certfile", pki.client.cert_file,
+                                          "--x509keyfile", pki.client.key_file), b"after pha\n")
+    (info,) = srv.join()
+    hc = completed(info)
+    assert hc.peer_certificate_subject is None  # nothing asked in the handshake
+    (done,) = [e for e in info["events"] if isinstance(e, ev.PostHandshakeAuthCompleted)]
+    assert done.context == contexts[0] and done.peer_certificate_subject == "CN=client.test"
+    assert info["data"] == b"after pha\n"
+
+
+def test_server_post_handshake_auth_needs_the_offer(engine_server, pki):
+    """gnutls-cli without --post-handshake-auth does not offer it: asking is a usage error on our side."""
+    cfg = server_cfg(pki)
+    errors = []
+
+    def ask(conn, info):
+        try:
+            conn.request_client_certificate()
+        except Exception as exc:  # noqa: BLE001 -- recorded for the test
+            errors.append(exc)
+
+    srv = engine_server(cfg, after_handshake=ask)
+    run_gnutls_cli(srv.port, cli_args(pki), b"no pha\n")
+    (info,) = srv.join()
+    ok(info)
+    assert len(errors) == 1 and type(errors[0]).__name__ == "UsageError"
+
+
+# ====================================================================== 6. KeyUpdate
+def test_client_key_update_with_gnutls_serv(gnutls_server, pki):
+    srv = gnutls_server(*serv_args(pki), "-d", "4")
+    cl = EngineClient(srv.address, client_cfg(pki))
+    cl.handshake()
+    cl.echo(b"before\n")
+    cl.conn.key_update(request_peer_update=True)
+    cl.echo(b"after our update\n")  # sent under our new key, echoed under gnutls-serv's new key
+    assert [e.direction for e in cl.of(ev.KeyUpdated)] == ["send", "receive"]
+    cl.echo(text_lines(20000))
+    cl.close()
+    srv.wait_output(r"received TLS 1\.3 key update \(1\)[\s\S]*sending key update \(0\)", "gnutls-serv's KeyUpdate trace")
+
+
+def test_gnutls_serv_key_update_to_our_client(gnutls_server, pki):
+    """gnutls-serv's ``**REHANDSHAKE**`` command is, in TLS 1.3, a KeyUpdate
+    with update_requested: we switch our receive key and answer with ours."""
+    srv = gnutls_server(*serv_args(pki), "-d", "4")
+    cl = EngineClient(srv.address, client_cfg(pki))
+    cl.handshake()
+    cl.echo(b"**REHANDSHAKE**\n", GNUTLS_SERV_COMMAND_OK)
+    cl.read_until(lambda: len(cl.of(ev.KeyUpdated)) >= 2, "gnutls-serv's KeyUpdate")
+    assert [e.direction for e in cl.of(ev.KeyUpdated)] == ["receive", "send"]
+    cl.echo(b"after their update\n")
+    cl.close()
+    srv.wait_output(r"sending key update \(1\)[\s\S]*received TLS 1\.3 key update \(0\)", "gnutls-serv's KeyUpdate trace")
+
+
+@pytest.mark.parametrize("command,requested", [("^rekey^", True), ("^rekey1^", False)])
+def test_gnutls_cli_key_update_to_our_server(engine_server, pki, command, requested):
+    srv = engine_server(server_cfg(pki))
+    c = GnutlsClient(srv.port, cli_args(pki, TLS13, "--inline-commands"))
+    try:
+        c.send(b"before\n")
+        c.wait_stdout(b"before\n")
+        c.send(command.encode() + b"\n")
+        c.send(b"after rekey\n")
+        c.wait_stdout(b"after rekey\n")
+        c.finish()
+    finally:
+        c.stop()
+    (info,) = srv.join()
+    ok(info)
+    dirs = [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)]
+    assert dirs == (["receive", "send"] if requested else ["receive"])
+    assert info["data"] == b"before\nafter rekey\n"
+    assert "Rekey was completed" in c.output
+
+
+def test_server_key_update_to_gnutls_cli(engine_server, pki):
+    """We send KeyUpdate(update_requested) right after the handshake; GnuTLS
+    answers with its own KeyUpdate before its next application data (RFC 9846
+    §4.6.3), so the second line must arrive under its new key."""
+    srv = engine_server(server_cfg(pki), after_handshake=lambda conn, info: conn.key_update(request_peer_update=True))
+    c = GnutlsClient(srv.port, ["-d", "4", *cli_args(pki)])
+    try:
+        c.send(b"first line\n")
+        c.wait_stdout(b"first line\n")  # echoed after our KeyUpdate
+        c.send(b"second line\n")
+        c.wait_stdout(b"second line\n")
+        c.finish()
+    finally:
+        c.stop()
+    (info,) = srv.join()
+    ok(info)
+    dirs = [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)]
+    assert dirs == ["send", "receive"]
+    assert info["data"] == b"first line\nsecond line\n"
+    assert "received TLS 1.3 key update (1)" in c.output
+
+
+# ====================================================================== 7. exporters
+def test_client_exporter_matches_gnutls_serv(gnutls_server, pki):
+    srv = gnutls_server(*serv_args(pki), "--keymatexport", "EXPORTER-tcpls-test", "--keymatexportsize", "48")
+    cl = EngineClient(srv.address, client_cfg(pki))
+    cl.handshake()
+    cl.echo(b"export\n")
+    ours = cl.conn.export_keying_material("EXPORTER-tcpls-test", b"", 48)
+    binding = cl.conn.export_keying_material("EXPORTER-Channel-Binding", b"", 32)
+    cl.close()
+    m = srv.wait_output(r"- Key material: ([0-9a-f]+)", "gnutls-serv's exported key material")
+    assert bytes.fromhex(m.group(1)) == ours
+    m = srv.wait_output(r"'tls-exporter': ([0-9a-f]+)", "gnutls-serv's tls-exporter channel binding")
+    assert bytes.fromhex(m.group(1)) == binding  # RFC 9266
+
+
+def test_server_exporter_matches_gnutls_cli(engine_server, pki):
+    exported = []
+    srv = engine_server(server_cfg(pki), after_handshake=lambda conn, info: exported.append(
+        conn.export_keying_material("EXPORTER-tcpls-test", b"", 20)))
+    c = run_gnutls_cli(srv.port, cli_args(pki, TLS13, "--keymatexport", "EXPORTER-tcpls-test",
+                                          "--keymatexportsize", "20"), b"export\n")
+    ok(srv.join()[0])
+    m = re.search(r"- Key material: ([0-9a-f]+)", c.output)
+    assert m and bytes.fromhex(m.group(1)) == exported[0]
+
+
+def test_server_exporter_after_resumption_matches_gnutls_cli(engine_server, pki):
+    exported = []
+    srv = engine_server(server_cfg(pki), connections=2, after_handshake=lambda conn, info: exported.append(
+        conn.export_keying_material("EXPORTER-tcpls-test", b"", 32)))
+    c = run_gnutls_cli(srv.port, cli_args(pki, TLS13, "--resume", "--waitresumption", "--keymatexport",
+                                          "EXPORTER-tcpls-test", "--keymatexportsize", "32"), b"export\n")
+    full, resumed = srv.join()
+    assert completed(resumed).session_resumed
+    theirs = [bytes.fromhex(h) for h in re.findall(r"- Key material: ([0-9a-f]+)", c.output)]
+    assert theirs == exported and theirs[0] != theirs[1]
