@@ -988,7 +988,7 @@ def test_server_key_update_to_gnutls_cli(engine_server, pki):
     dirs = [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)]
     assert dirs == ["send", "receive"]
     assert info["data"] == b"first line\nsecond line\n"
-    assert "received TLS 1.3 key update (1)" in c.output
+    assert re.search(r"received TLS 1\.3 key update \(1\)[\s\S]*sending key update \(0\)", c.output)
 
 
 # ====================================================================== 7. exporters
@@ -1247,3 +1247,50 @@ def test_client_early_data_meets_hrr_from_gnutls_serv(gnutls_server, pki):
     assert rej.data == early
     cl.echo(b"one rtt\n")
     cl.close()
+
+
+# ====================================================================== our CLI
+def test_cli_client_key_update_resumption_early_data_with_gnutls_serv(gnutls_server, pki, tmp_path):
+    from conftest import run_tcpls_cli
+
+    srv = resume_server(gnutls_server, pki, "-d", "5", "--earlydata", "--maxearlydata", "16384")
+    sess, early = tmp_path / "session.bin", tmp_path / "early.txt"
+    early.write_bytes(b"early line\n")
+    base = ["client", "127.0.0.1", str(srv.port), "--cafile", pki.ca_file, "--sni", "localhost", "-v"]
+    r1 = run_tcpls_cli([*base, "--key-update", "--sess-out", str(sess)], b"line one\n")
+    assert r1.returncode == 0, r1.stderr
+    assert r1.stdout == b"line one\n"
+    srv.wait_output(r"received TLS 1\.3 key update \(1\)[\s\S]*sending key update \(0\)", "gnutls-serv's KeyUpdate")
+    r2 = run_tcpls_cli([*base, "--sess-in", str(sess), "--early-data", str(early)], b"line two\n")
+    assert r2.returncode == 0, r2.stderr
+    assert r2.stdout == b"line two\n"  # gnutls-serv does not echo 0-RTT data (see above)
+    assert b"resumed: True" in r2.stderr and b"early data: accepted" in r2.stderr
+    srv.wait_output(r"decrypted early data with length: 11,", "gnutls-serv's early data trace")
+
+
+def test_cli_client_external_psk_with_gnutls_serv(gnutls_server, tmp_path):
+    from conftest import run_tcpls_cli
+
+    srv = psk_serv(gnutls_server, tmp_path, PSK_PRIORITY)
+    r = run_tcpls_cli(["client", "127.0.0.1", str(srv.port), "--psk", PSK_HEX, "--psk-identity", PSK_ID,
+                       "--sni", "localhost"], b"psk via cli\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"psk via cli\n"
+    srv.wait_output(rf"PSK authentication\. Connected as '{PSK_ID}'", "gnutls-serv's PSK report")
+
+
+def test_cli_server_key_update_with_gnutls_cli(tcpls_cli_server, pki):
+    leaf = pki.leaf("ec256")
+    srv = tcpls_cli_server("--cert", leaf.cert_file, "--key", leaf.key_file, "--key-update")
+    c = GnutlsClient(srv.port, ["-d", "4", *cli_args(pki)])
+    try:
+        c.send(b"first line\n")
+        c.wait_stdout(b"first line\n")
+        c.send(b"second line\n")
+        c.wait_stdout(b"second line\n")
+        c.finish()
+    finally:
+        c.stop()
+    # our KeyUpdate(update_requested), then gnutls-cli's answer before its second line
+    assert re.search(r"received TLS 1\.3 key update \(1\)[\s\S]*sending key update \(0\)", c.output)
+    assert c.stdout.count(b"first line\n") == 1 and c.stdout.count(b"second line\n") == 1
