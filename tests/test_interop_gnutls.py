@@ -1294,3 +1294,152 @@ def test_cli_server_key_update_with_gnutls_cli(tcpls_cli_server, pki):
     # our KeyUpdate(update_requested), then gnutls-cli's answer before its second line
     assert re.search(r"received TLS 1\.3 key update \(1\)[\s\S]*sending key update \(0\)", c.output)
     assert c.stdout.count(b"first line\n") == 1 and c.stdout.count(b"second line\n") == 1
+
+
+# ====================================================================== more groups, suites, schemes, modes
+@pytest.mark.parametrize("group,name", [(NamedGroup.x448, "X448"), (NamedGroup.secp521r1, "SECP521R1"),
+                                        (NamedGroup.ffdhe3072, "FFDHE3072"), (NamedGroup.ffdhe4096, "FFDHE4096")],
+                         ids=lambda v: str(v))
+def test_more_groups_both_ways(gnutls_server, engine_server, pki, group, name):
+    priority = f"{TLS13}:-GROUP-ALL:+GROUP-{name}"
+    srv = gnutls_server(*serv_args(pki, priority=priority))
+    cl = EngineClient(srv.address, client_cfg(pki))
+    cl.handshake()
+    assert cl.conn.group == group
+    cl.echo(b"group\n")
+    cl.close()
+    ours = engine_server(server_cfg(pki))
+    run_gnutls_cli(ours.port, cli_args(pki, priority), b"group\n")
+    assert completed(ours.join()[0]).group == group
+
+
+@pytest.mark.parametrize("suite,name", [(CipherSuite.TLS_AES_128_CCM_SHA256, "AES-128-CCM"),
+                                        (CipherSuite.TLS_AES_128_CCM_8_SHA256, "AES-128-CCM-8")], ids=lambda v: str(v))
+def test_ccm_suites_both_ways(gnutls_server, engine_server, pki, suite, name):
+    priority = f"{TLS13}:-CIPHER-ALL:+{name}"
+    srv = gnutls_server(*serv_args(pki, priority=priority))
+    cl = EngineClient(srv.address, client_cfg(pki, cipher_suites=[suite]))
+    cl.handshake()
+    assert cl.conn.cipher_suite == suite
+    cl.echo(text_lines(20000))
+    cl.close()
+    ours = engine_server(server_cfg(pki, cipher_suites=[suite]))
+    data = text_lines(20000)
+    run_gnutls_cli(ours.port, cli_args(pki, priority), data)
+    info = ours.join()[0]
+    assert completed(info).cipher_suite == suite and info["data"] == data
+
+
+@pytest.mark.parametrize("scheme", ["RSA-PSS-RSAE-SHA384", "RSA-PSS-RSAE-SHA512"])
+def test_rsa_pss_hashes_both_ways(gnutls_server, engine_server, pki, scheme):
+    """The peer allows only one RSA-PSS hash: each side's CertificateVerify uses it."""
+    priority = f"{TLS13}:-SIGN-ALL:+SIGN-{scheme}:+SIGN-ECDSA-SECP256R1-SHA256"
+    srv = gnutls_server(*serv_args(pki, "rsa2048", priority=priority))
+    cl = EngineClient(srv.address, client_cfg(pki))
+    cl.handshake()
+    cl.echo(b"pss\n")
+    cl.close()
+    srv.wait_output(rf"- Description: .*\({scheme}\)", "gnutls-serv's signature scheme")
+    ours = engine_server(server_cfg(pki, "rsa2048"))
+    c = run_gnutls_cli(ours.port, cli_args(pki, priority), b"pss\n")
+    ok(ours.join()[0])
+    assert f"({scheme})" in c.output
+
+
+def test_without_middlebox_compatibility_both_ways(gnutls_server, engine_server, pki):
+    priority = f"{TLS13}:%DISABLE_TLS13_COMPAT_MODE"
+    srv = gnutls_server(*serv_args(pki, priority=priority))
+    cl = EngineClient(srv.address, client_cfg(pki, middlebox_compat=False))
+    cl.handshake()
+    cl.echo(b"no ccs\n")
+    cl.close()
+    ours = engine_server(server_cfg(pki))
+    run_gnutls_cli(ours.port, ["-d", "5", *cli_args(pki, priority)], b"no ccs\n")
+    assert ok(ours.join()[0])["data"] == b"no ccs\n"
+
+
+def test_single_key_share_from_gnutls_cli(engine_server, pki):
+    ours = engine_server(server_cfg(pki, groups=[NamedGroup.secp256r1, NamedGroup.x25519]))
+    run_gnutls_cli(ours.port, cli_args(pki, TLS13, "--single-key-share"), b"one share\n")
+    hc = completed(ours.join()[0])
+    # GnuTLS's single share is for its first group (secp256r1), which we also prefer
+    assert hc.group == NamedGroup.secp256r1 and not hc.hello_retry
+
+
+@pytest.mark.parametrize("key_type", ["rsa2048", "ed25519", "ec384"])
+def test_client_certificate_key_types_both_ways(gnutls_server, engine_server, pki, tmp_path, key_type):
+    from conftest import _write_certs, _write_key
+    from tcpls import _testcerts
+
+    cert, key = _testcerts.make_leaf(pki.ca_cert, pki.ca_key, names=["client.test"], key_type=key_type, client=True)
+    cf, kf = _write_certs(tmp_path / "client.pem", cert), _write_key(tmp_path / "client.key", key)
+    leaf = pki.leaf("ec256")
+    srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--priority", TLS13,
+                        "--require-client-cert", "--verify-client-cert", "--x509cafile", pki.ca_file)
+    cfg = client_cfg(pki)
+    cfg.load_cert_chain(cf, kf)
+    cl = EngineClient(srv.address, cfg)
+    cl.handshake()
+    cl.echo(b"client " + key_type.encode() + b"\n")  # gnutls-serv verified our chain and CertificateVerify
+    cl.close()
+    scfg = server_cfg(pki, require_client_certificate=True)
+    scfg.load_verify_locations(pki.ca_file)
+    ours = engine_server(scfg)
+    run_gnutls_cli(ours.port, cli_args(pki, TLS13, "--x509certfile", cf, "--x509keyfile", kf), b"client\n")
+    (info,) = ours.join()
+    assert completed(info).peer_certificate_subject == "CN=client.test"
+    assert info["conn"].peer_certificates[0] == cert
+
+
+def test_server_post_handshake_auth_required_but_refused(engine_server, pki):
+    """gnutls-cli offers post-handshake auth but has no certificate: its empty
+    answer to our required request ends in certificate_required."""
+    cfg = server_cfg(pki)
+    cfg.load_verify_locations(pki.ca_file)
+    srv = engine_server(cfg, after_handshake=lambda conn, info: conn.request_client_certificate(required=True))
+    c = GnutlsClient(srv.port, cli_args(pki, TLS13, "--post-handshake-auth"))
+    try:
+        c.send(b"line\n")  # gnutls-cli meets our CertificateRequest when it reads the echo
+        wait_until(lambda: "Received alert [116]" in c.output, T, "gnutls-cli's certificate_required report")
+        c.finish()
+    finally:
+        c.stop()
+    (info,) = srv.join()
+    assert getattr(info.get("error"), "alert_name", None) == "certificate_required"
+    assert "Received alert [116]: Certificate is required" in c.output
+
+
+def test_client_post_handshake_auth_without_certificate(gnutls_server, pki):
+    """Asked after the handshake while we have no certificate: we answer with
+    an empty Certificate; gnutls-serv (certificate optional) goes on."""
+    leaf = pki.leaf("ec256")
+    srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--priority", TLS13,
+                        "--x509cafile", pki.ca_file)
+    cl = EngineClient(srv.address, client_cfg(pki, post_handshake_auth=True))
+    cl.handshake()
+    cl.echo(b"**REAUTH**\n", GNUTLS_SERV_COMMAND_OK)
+    cl.read_until(lambda: bool(cl.of(ev.PostHandshakeAuthAnswered)), "the post-handshake CertificateRequest")
+    assert not cl.of(ev.PostHandshakeAuthAnswered)[0].certificate_sent
+    cl.echo(b"still here\n")
+    cl.close()
+    assert "reauth:" not in srv.output
+
+
+def test_server_refuses_more_early_data_than_the_ticket_allows(engine_server, pki, tmp_path):
+    """Our tickets allow 8 bytes of 0-RTT; gnutls-cli 3.7.9 sends its whole
+    --earlydata file anyway (21 bytes). RFC 9846 §4.2.10: we abort with
+    unexpected_message and deliver none of it."""
+    srv = engine_server(server_cfg(pki, max_early_data=8), connections=2)
+    early = tmp_path / "early.txt"
+    early.write_bytes(b"0123456789abcdefghij\n")
+    c = GnutlsClient(srv.port, cli_args(pki, TLS13, "--resume", "--waitresumption", "--earlydata", str(early)))
+    try:
+        c.send(b"one rtt\n")
+        c.finish()
+    finally:
+        c.stop()
+    full, resumed = srv.join()
+    ok(full)
+    assert getattr(resumed.get("error"), "alert_name", None) == "unexpected_message"
+    assert resumed["early"] == b"" and resumed["data"] == b""
+    assert "Received alert [10]: Unexpected message" in c.output
