@@ -1443,3 +1443,102 @@ def test_server_refuses_more_early_data_than_the_ticket_allows(engine_server, pk
     assert getattr(resumed.get("error"), "alert_name", None) == "unexpected_message"
     assert resumed["early"] == b"" and resumed["data"] == b""
     assert "Received alert [10]: Unexpected message" in c.output
+
+
+def test_small_record_size_limits_fragment_handshake_messages(gnutls_server, engine_server, pki, tmp_path):
+    """Small record_size_limits on our side: GnuTLS must cut its protected
+    handshake messages (2048-bit RSA certificates and signatures) into
+    records that fit, which we reassemble, in both roles. 512 is the
+    smallest limit GnuTLS 3.7.9 takes (see the next test)."""
+    from conftest import RecordingProxy, _write_certs, _write_key
+    from tcpls import _testcerts
+
+    srv = gnutls_server(*serv_args(pki, "rsa2048"))
+    proxy = RecordingProxy(srv.address)
+    try:
+        cl = EngineClient(proxy.address, client_cfg(pki, record_size_limit=512))
+        cl.handshake()
+        assert cl.conn.peer_certificates[0] == pki.leaf("rsa2048").cert
+        cl.echo(text_lines(3000))
+        cl.close()
+        proxy.join()
+    finally:
+        proxy.close()
+    down = [n for t, n in record_lengths(bytes(proxy.server_to_client)) if t == 23]
+    assert len(down) > 8 and max(down) <= 512 + 16
+
+    cert, key = _testcerts.make_leaf(pki.ca_cert, pki.ca_key, names=["client.test"], key_type="rsa2048", client=True)
+    cf, kf = _write_certs(tmp_path / "client.pem", cert), _write_key(tmp_path / "client.key", key)
+    cfg = server_cfg(pki, "rsa2048", record_size_limit=512, require_client_certificate=True)
+    cfg.load_verify_locations(pki.ca_file)
+    ours = engine_server(cfg)
+    proxy = RecordingProxy(("127.0.0.1", ours.port))
+    try:
+        run_gnutls_cli(proxy.port, cli_args(pki, TLS13, "--x509certfile", cf, "--x509keyfile", kf), b"tiny records\n")
+        proxy.join()
+    finally:
+        proxy.close()
+    (info,) = ours.join()
+    assert completed(info).peer_certificate_subject == "CN=client.test" and info["data"] == b"tiny records\n"
+    up = [n for t, n in record_lengths(bytes(proxy.client_to_server)) if t == 23]
+    assert len(up) >= 4 and max(up) <= 512 + 16
+
+
+def test_record_size_limit_below_512_with_gnutls(gnutls_server, engine_server, pki):
+    """RFC 8449 §4 allows limits from 64 up. GnuTLS 3.7.9 takes none below
+    512: as a server it ignores a smaller client limit (and leaves the
+    extension out of EncryptedExtensions, so no limit applies and we accept
+    its full-size records); as a client it aborts on a smaller server limit
+    with illegal_parameter, which our server reports as the peer's alert."""
+    srv = gnutls_server(*serv_args(pki, "rsa2048"), "-d", "4")
+    cl = EngineClient(srv.address, client_cfg(pki, record_size_limit=256))
+    cl.handshake()
+    cl.echo(text_lines(3000))
+    cl.close()
+    srv.wait_output(r"client requested too small record_size_limit 256; ignoring", "gnutls-serv ignoring our limit")
+
+    ours = engine_server(server_cfg(pki, record_size_limit=256))
+    c = GnutlsClient(ours.port, ["-d", "4", *cli_args(pki)])
+    try:
+        c.send(b"refused\n")
+        c.finish()
+    finally:
+        c.stop()
+    (info,) = ours.join()
+    if "error" in info:
+        assert getattr(info["error"], "alert_name", None) == "illegal_parameter"
+        assert "server requested too small record_size_limit 256" in c.output
+    else:  # a GnuTLS that takes small limits
+        assert info["data"] == b"refused\n"
+
+
+def test_repeated_key_updates_from_gnutls_cli(engine_server, pki):
+    srv = engine_server(server_cfg(pki))
+    c = GnutlsClient(srv.port, cli_args(pki, TLS13, "--inline-commands"))
+    try:
+        for i in range(3):
+            c.send(b"^rekey^\n")
+            c.send(b"after rekey %d\n" % i)
+            c.wait_stdout(b"after rekey %d\n" % i)
+        c.finish()
+    finally:
+        c.stop()
+    (info,) = srv.join()
+    ok(info)
+    dirs = [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)]
+    assert dirs == ["receive", "send"] * 3
+    assert info["data"] == b"after rekey 0\nafter rekey 1\nafter rekey 2\n"
+
+
+def test_server_early_data_with_alpn_from_gnutls_cli(engine_server, pki, tmp_path):
+    """0-RTT is accepted only with the ticket's ALPN (RFC 9846 §4.2.10)."""
+    srv = engine_server(server_cfg(pki, max_early_data=16384, alpn_protocols=["h2", "http/1.1"]), connections=2)
+    early = tmp_path / "early.txt"
+    early.write_bytes(b"early with alpn\n")
+    run_gnutls_cli(srv.port, cli_args(pki, TLS13, "--alpn", "h2", "--resume", "--waitresumption",
+                                      "--earlydata", str(early)), b"one rtt\n")
+    full, resumed = srv.join()
+    assert completed(full).alpn_protocol == "h2"
+    hc = completed(resumed)
+    assert hc.session_resumed and hc.alpn_protocol == "h2"
+    assert resumed["early"] == b"early with alpn\n" and resumed["data"] == b"one rtt\n"
