@@ -1542,3 +1542,104 @@ def test_server_early_data_with_alpn_from_gnutls_cli(engine_server, pki, tmp_pat
     hc = completed(resumed)
     assert hc.session_resumed and hc.alpn_protocol == "h2"
     assert resumed["early"] == b"early with alpn\n" and resumed["data"] == b"one rtt\n"
+
+
+# ====================================================================== chains, default priorities, TLS 1.2-only peers
+def make_intermediate(pki):
+    """An intermediate CA under the test root (path length 0)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+    from tcpls import _testcerts
+
+    key = _testcerts.make_key("ec384")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                          encipher_only=False, decipher_only=False)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tcpls test intermediate")]))
+        .issuer_name(pki.ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.ca_key.public_key()), critical=False)
+        .sign(pki.ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def test_certificate_chains_with_intermediate_both_ways(gnutls_server, engine_server, pki, tmp_path):
+    """Leaf + intermediate sent by each side, verified up to the root only."""
+    from conftest import _write_certs, _write_key
+    from tcpls import _testcerts
+
+    icert, ikey = make_intermediate(pki)
+    leaf, lkey = _testcerts.make_leaf(icert, ikey, names=["localhost", "127.0.0.1"], key_type="ec256")
+    chain_file, key_file = _write_certs(tmp_path / "chain.pem", [leaf, icert]), _write_key(tmp_path / "leaf.key", lkey)
+    ccert, ckey = _testcerts.make_leaf(icert, ikey, names=["client.test"], key_type="ec256", client=True)
+    cchain, ckeyf = _write_certs(tmp_path / "cchain.pem", [ccert, icert]), _write_key(tmp_path / "c.key", ckey)
+
+    srv = gnutls_server("--x509certfile", chain_file, "--x509keyfile", key_file, "--priority", TLS13,
+                        "--require-client-cert", "--verify-client-cert", "--x509cafile", pki.ca_file)
+    cfg = client_cfg(pki)
+    cfg.load_cert_chain(cchain, ckeyf)
+    cl = EngineClient(srv.address, cfg)
+    cl.handshake()
+    assert cl.conn.peer_certificates == [leaf, icert]
+    cl.echo(b"chain\n")
+    cl.close()
+
+    scfg = TLSConfig(require_client_certificate=True)
+    scfg.load_cert_chain(chain_file, key_file)
+    scfg.load_verify_locations(pki.ca_file)
+    ours = engine_server(scfg)
+    c = run_gnutls_cli(ours.port, cli_args(pki, TLS13, "--x509certfile", cchain, "--x509keyfile", ckeyf), b"chain\n")
+    (info,) = ours.join()
+    assert completed(info).peer_certificate_subject == "CN=client.test"
+    assert info["conn"].peer_certificates == [ccert, icert]
+    assert "Got a certificate list of 2 certificates" in c.output and "The certificate is trusted" in c.output
+
+
+def test_default_gnutls_priorities_negotiate_tls13(gnutls_server, engine_server, pki):
+    """GnuTLS's default priority (TLS 1.2 and 1.3, all its groups and suites)."""
+    leaf = pki.leaf("ec256")
+    srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--disable-client-cert")
+    cl = EngineClient(srv.address, client_cfg(pki))
+    cl.handshake()
+    cl.echo(b"defaults\n")
+    cl.close()
+    srv.wait_output(r"- Version: TLS1\.3", "gnutls-serv's version report")
+    ours = engine_server(server_cfg(pki))
+    c = run_gnutls_cli(ours.port, ["--x509cafile", pki.ca_file, "localhost"], b"defaults\n")
+    assert completed(ours.join()[0]).version == 0x0304
+    assert "(TLS1.3-X.509)" in c.output
+
+
+def test_tls12_only_gnutls_peers_are_refused(gnutls_server, engine_server, pki):
+    """We speak TLS 1.3 only. A TLS 1.2-only gnutls-cli gets protocol_version
+    from us (RFC 9846 §4.2.1). A TLS 1.2-only gnutls-serv answers our
+    TLS 1.3-only ClientHello with handshake_failure (it finds no TLS 1.2
+    suite) where §4.2.1 asks for protocol_version; either way our client
+    fails with the peer's alert."""
+    ours = engine_server(server_cfg(pki))
+    c = GnutlsClient(ours.port, cli_args(pki, "NORMAL:-VERS-ALL:+VERS-TLS1.2"))
+    try:
+        c.finish()
+    finally:
+        c.stop()
+    (info,) = ours.join()
+    assert getattr(info.get("error"), "alert_name", None) == "protocol_version"
+    assert "Received alert [70]" in c.output
+
+    srv = gnutls_server(*serv_args(pki, priority="NORMAL:-VERS-ALL:+VERS-TLS1.2"))
+    cl = EngineClient(srv.address, client_cfg(pki))
+    with pytest.raises(RemoteAlert) as exc:
+        cl.handshake()
+    assert exc.value.alert_name in ("protocol_version", "handshake_failure")
+    cl.sock.close()
