@@ -618,7 +618,7 @@ EARLY_SEEN = r"decrypted early data with length: (\d+)"
 def test_client_early_data_accepted_by_gnutls_serv(gnutls_server, pki):
     """gnutls-serv decrypts and accepts our 0-RTT data (its ``-d 5`` trace says
     so), but its echo loop drops what gnutls_record_recv_early_data returned
-    (a gnutls-serv limitation, see docs/conformance.md): delivery exactly once
+    (a gnutls-serv limitation, see docs/interop-gnutls.md): delivery exactly once
     is asserted from the trace, and 1-RTT data still flows after it."""
     srv = resume_server(gnutls_server, pki, "-d", "5", "--earlydata", "--maxearlydata", "16384")
     sess = first_session(srv, pki)
@@ -1186,7 +1186,7 @@ def test_server_ocsp_staple_to_gnutls_cli(engine_server, pki, tmp_path):
 # A HelloRetryRequest rejects 0-RTT (RFC 9846 §4.2.10): the client's second
 # ClientHello is a plaintext record and the server skips the early data
 # records already in flight. GnuTLS 3.7.9 gets this wrong in both roles
-# (docs/conformance.md): gnutls-cli encrypts its second ClientHello under the
+# (docs/interop-gnutls.md): gnutls-cli encrypts its second ClientHello under the
 # client_early_traffic_secret, and gnutls-serv, having decrypted the early
 # data before its HelloRetryRequest, tries to decrypt the plaintext second
 # ClientHello and fails with bad_record_mac (OpenSSL's s_client meets the
