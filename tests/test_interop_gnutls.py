@@ -900,6 +900,7 @@ def test_server_post_handshake_auth_with_gnutls_cli(engine_server, pki):
     (done,) = [e for e in info["events"] if isinstance(e, ev.PostHandshakeAuthCompleted)]
     assert done.context == contexts[0] and done.peer_certificate_subject == "CN=client.test"
     assert info["data"] == b"after pha\n"
+    assert "*** Re-auth was performed." in c.output
 
 
 def test_server_post_handshake_auth_needs_the_offer(engine_server, pki):
@@ -1643,3 +1644,52 @@ def test_tls12_only_gnutls_peers_are_refused(gnutls_server, engine_server, pki):
         cl.handshake()
     assert exc.value.alert_name in ("protocol_version", "handshake_failure")
     cl.sock.close()
+
+
+# ====================================================================== adapters
+def test_sync_client_with_gnutls_serv(gnutls_server, pki):
+    from tcpls import sync
+
+    srv = gnutls_server(*serv_args(pki))
+    with sync.connect(srv.address, client_cfg(pki), server_name="localhost", timeout=T) as sock:
+        assert sock.version == "TLSv1.3"
+        data = text_lines(100000)
+        sock.sendall(data)
+        got = bytearray()
+        while len(got) < len(data):
+            chunk = sock.recv(65536)
+            assert chunk, f"EOF after {len(got)} bytes"
+            got += chunk
+        assert bytes(got) == data
+        sock.shutdown_write()  # our close_notify; gnutls-serv answers with its own
+        assert sock.recv(100) == b""
+
+
+def test_aio_server_with_gnutls_cli(pki):
+    import asyncio
+
+    from tcpls import aio
+
+    seen: list[bytes] = []
+    data = text_lines(20000)
+
+    async def handler(reader, writer):
+        while line := await reader.readline():
+            seen.append(line)
+            writer.write(line)
+            await writer.drain()
+        writer.close()  # after gnutls-cli's close_notify
+
+    async def main() -> GnutlsClient:
+        server = await aio.start_server(handler, "127.0.0.1", 0, config=server_cfg(pki))
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(None, run_gnutls_cli, port, cli_args(pki), data),
+                2 * T)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    c = asyncio.run(main())
+    assert b"".join(seen) == data and c.stdout.count(data) == 1
