@@ -992,6 +992,51 @@ def test_server_key_update_to_gnutls_cli(engine_server, pki):
     assert re.search(r"received TLS 1\.3 key update \(1\)[\s\S]*sending key update \(0\)", c.output)
 
 
+def test_key_updates_interleaved_with_bulk_data_our_client(gnutls_server, pki):
+    """KeyUpdates sent while 800 KB are in flight both ways: gnutls-serv's
+    answer lands between echoed records, under the old key before it and the
+    new one after; the echo must stay byte-exact. Two update_requested in a
+    row may get one answer (RFC 9846 §4.6.3)."""
+    srv = gnutls_server(*serv_args(pki), "-d", "4")
+    cl = EngineClient(srv.address, client_cfg(pki))
+    cl.handshake()
+    a, b = text_lines(400000), text_lines(400000)
+    cl.conn.send_data(a)
+    cl.conn.key_update(request_peer_update=True)
+    cl.conn.key_update(request_peer_update=True)
+    cl.conn.send_data(b)
+    cl.conn.key_update(request_peer_update=False)
+    cl.flush()
+    cl.read_until(lambda: len(cl.received()) >= len(a) + len(b), "the echo of 800 KB")
+    assert cl.received() == a + b
+    dirs = [e.direction for e in cl.of(ev.KeyUpdated)]
+    assert dirs.count("send") == 3 and dirs.count("receive") >= 1
+    cl.close()
+    wait_until(lambda: srv.output.count("received TLS 1.3 key update") == 3, T, "gnutls-serv's three KeyUpdates")
+
+
+def test_key_updates_while_our_server_streams(engine_server, pki):
+    """gnutls-cli updates its keys (^rekey^ asks us to update too) while our
+    server is streaming 1 MB to it."""
+    greeting = text_lines(1_000_000)
+    srv = engine_server(server_cfg(pki), after_handshake=lambda conn, info: conn.send_data(greeting))
+    c = GnutlsClient(srv.port, ["-d", "4", *cli_args(pki, TLS13, "--inline-commands")])
+    try:
+        c.send(b"^rekey^\n")
+        c.send(b"^rekey1^\n")
+        c.wait_stdout(greeting, "our 1 MB", timeout=3 * T)
+        c.send(b"after\n")
+        c.wait_stdout(b"after\n")
+        c.finish()
+    finally:
+        c.stop()
+    (info,) = srv.join()
+    ok(info)
+    assert [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)] == ["receive", "send", "receive"]
+    assert info["data"] == b"after\n" and c.stdout.count(greeting) == 1
+    assert c.output.count("Rekey was completed") == 2
+
+
 # ====================================================================== 7. exporters
 def test_client_exporter_matches_gnutls_serv(gnutls_server, pki):
     srv = gnutls_server(*serv_args(pki), "--keymatexport", "EXPORTER-tcpls-test", "--keymatexportsize", "48")
