@@ -672,6 +672,30 @@ def test_server_resumption_and_early_data_accepted(engine_server, pki, tmp_path)
     assert c.stdout.count(b"zero rtt from gnutls\n") == 1 and b"one rtt\n" in c.stdout
 
 
+def test_large_early_data_both_ways(gnutls_server, engine_server, pki, tmp_path):
+    """40 KB of 0-RTT data: several early data records, all delivered once."""
+    data = text_lines(40000)
+    srv = resume_server(gnutls_server, pki, "-d", "5", "--earlydata", "--maxearlydata", "65536")
+    sess = first_session(srv, pki)
+    assert sess.max_early_data == 65536
+    cl = EngineClient(srv.address, client_cfg(pki), session=sess, early=data)
+    cl.handshake()
+    assert cl.conn.early_data_accepted
+    cl.echo(b"after\n")
+    cl.close()
+    srv.wait_output(r"END OF EARLY DATA \(5\) was received", "gnutls-serv's EndOfEarlyData trace")
+    sizes = [int(n) for n in re.findall(EARLY_SEEN, srv.output)]
+    assert len(sizes) >= 3 and sum(sizes) == len(data)
+
+    ours = engine_server(server_cfg(pki, max_early_data=65536), connections=2)
+    early = tmp_path / "early.txt"
+    early.write_bytes(data)
+    run_gnutls_cli(ours.port, cli_args(pki, TLS13, "--resume", "--waitresumption", "--earlydata", str(early)),
+                   b"one rtt\n")
+    full, resumed = ours.join()
+    assert resumed["conn"].early_data_accepted and resumed["early"] == data and resumed["data"] == b"one rtt\n"
+
+
 def test_server_resumption_early_data_rejected(engine_server, pki, tmp_path):
     """Our server resumes but refuses the 0-RTT data (early_data_callback)."""
     offers = []
