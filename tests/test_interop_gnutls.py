@@ -45,6 +45,12 @@ GROUPS = {  # ours -> GnuTLS priority keyword
     NamedGroup.secp384r1: "GROUP-SECP384R1",
     NamedGroup.ffdhe2048: "GROUP-FFDHE2048",
 }
+KX_NAMES = {  # ours -> the key exchange in GnuTLS's "- Description:" line
+    NamedGroup.x25519: "ECDHE-X25519",
+    NamedGroup.secp256r1: "ECDHE-SECP256R1",
+    NamedGroup.secp384r1: "ECDHE-SECP384R1",
+    NamedGroup.ffdhe2048: "DHE-FFDHE2048",
+}
 SUITES = {  # ours -> GnuTLS cipher keyword
     CipherSuite.TLS_AES_128_GCM_SHA256: "AES-128-GCM",
     CipherSuite.TLS_AES_256_GCM_SHA384: "AES-256-GCM",
@@ -422,14 +428,6 @@ def completed(info: dict) -> ev.HandshakeComplete:
     return hc
 
 
-DESC = re.compile(r"- Description: \((TLS1\.3)-[^)]*\)-\(([^)]*)\)-(?:\(([^)]*)\)-)?\(([^)]*)\)")
-
-
-def gnutls_desc(text: str) -> list[tuple[str, str, str, str]]:
-    """GnuTLS's "- Description: (TLS1.3-X.509)-(ECDHE-X25519)-(sig)-(cipher)" lines."""
-    return [m.groups() for m in DESC.finditer(text)]
-
-
 # ====================================================================== 1. full handshakes
 # ---------------------------------------------------------------- our client -> gnutls-serv
 @pytest.mark.parametrize("group", list(GROUPS), ids=lambda g: g.name)
@@ -442,8 +440,7 @@ def test_client_groups(gnutls_server, pki, group):
     assert cl.conn.hello_retry == (group != NamedGroup.x25519)
     cl.echo(b"group test " + group.name.encode() + b"\n")
     cl.close()
-    kx = {NamedGroup.x25519: "ECDHE-X25519", NamedGroup.secp256r1: "ECDHE-SECP256R1",
-          NamedGroup.secp384r1: "ECDHE-SECP384R1", NamedGroup.ffdhe2048: "DHE-FFDHE2048"}[group]
+    kx = KX_NAMES[group]
     srv.wait_output(rf"- Description: \(TLS1\.3-X\.509\)-\({kx}\)", "gnutls-serv's description")
 
 
@@ -500,8 +497,7 @@ def test_server_groups(engine_server, pki, group):
     hc = completed(info)
     assert hc.group == group and not hc.hello_retry
     assert info["data"] == b"group " + group.name.encode() + b"\n"
-    kx = {NamedGroup.x25519: "ECDHE-X25519", NamedGroup.secp256r1: "ECDHE-SECP256R1",
-          NamedGroup.secp384r1: "ECDHE-SECP384R1", NamedGroup.ffdhe2048: "DHE-FFDHE2048"}[group]
+    kx = KX_NAMES[group]
     assert f"-({kx})-" in c.output
 
 
