@@ -155,8 +155,13 @@ class GnutlsClient:
         return (self._out.data() + self._err.data()).decode("latin-1")
 
     def send(self, data: bytes) -> None:
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
+        """Write to gnutls-cli's stdin; if it already exited (a failed
+        handshake), the bytes are dropped and the waits report its exit."""
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
 
     def wait_stdout(self, data: bytes, what: str = "echo", timeout: float = T) -> None:
         def seen() -> bool:
