@@ -1762,3 +1762,52 @@ def test_aio_server_with_gnutls_cli(pki):
 
     c = asyncio.run(main())
     assert b"".join(seen) == data and c.stdout.count(data) == 1
+
+
+def make_rsassa_pss_pki(tmp_path) -> tuple[str, str, str]:
+    """(CA file, leaf chain file, leaf key file) with RSASSA-PSS
+    (id-RSASSA-PSS) keys, made by GnuTLS's certtool: `cryptography` cannot
+    create such keys."""
+    (certtool,) = require_peer("certtool")
+
+    def run(*args: str) -> None:
+        subprocess.run([certtool, *args], check=True, capture_output=True, cwd=tmp_path, timeout=T)
+
+    (tmp_path / "ca.tmpl").write_text('cn = "tcpls pss CA"\nca\ncert_signing_key\nexpiration_days = 2\n')
+    (tmp_path / "leaf.tmpl").write_text(
+        'cn = "localhost"\ndns_name = "localhost"\ntls_www_server\nsigning_key\nexpiration_days = 2\n')
+    run("--generate-privkey", "--key-type", "rsa-pss", "--bits", "2048", "--outfile", "ca.key")
+    run("--generate-self-signed", "--load-privkey", "ca.key", "--template", "ca.tmpl", "--outfile", "ca.pem")
+    run("--generate-privkey", "--key-type", "rsa-pss", "--bits", "2048", "--outfile", "leaf.key")
+    run("--generate-certificate", "--load-privkey", "leaf.key", "--load-ca-certificate", "ca.pem",
+        "--load-ca-privkey", "ca.key", "--template", "leaf.tmpl", "--outfile", "leaf.pem")
+    return str(tmp_path / "ca.pem"), str(tmp_path / "leaf.pem"), str(tmp_path / "leaf.key")
+
+
+def test_rsassa_pss_certificates_both_ways(gnutls_server, engine_server, tmp_path):
+    """RSASSA-PSS keys sign with rsa_pss_pss_* (RFC 9846 §4.2.3), which GnuTLS
+    calls RSA-PSS-SHA256. gnutls-cli validates our chain and signature. Our
+    client checks gnutls-serv's CertificateVerify, but the chain only with
+    verification off: `cryptography`'s path validation refuses RSASSA-PSS
+    subject keys (unknown_ca otherwise; README)."""
+    ca, chain, key = make_rsassa_pss_pki(tmp_path)
+    cfg = TLSConfig()
+    cfg.load_cert_chain(chain, key)
+    ours = engine_server(cfg)
+    c = run_gnutls_cli(ours.port, ["--x509cafile", ca, "--priority", TLS13, "localhost"], b"pss\n")
+    ok(ours.join()[0])
+    assert "The certificate is trusted" in c.output and "-(RSA-PSS-SHA256)-" in c.output
+
+    srv = gnutls_server("--x509certfile", chain, "--x509keyfile", key, "--disable-client-cert", "--priority", TLS13)
+    cl = EngineClient(srv.address, TLSConfig(verify_peer=False))
+    cl.handshake()
+    cl.echo(b"pss\n")
+    cl.close()
+    srv.wait_output(r"- Description: .*\(RSA-PSS-SHA256\)", "gnutls-serv's signature scheme")
+    strict = TLSConfig()
+    strict.load_verify_locations(ca)
+    cl = EngineClient(srv.address, strict)
+    with pytest.raises(TLSError) as exc:
+        cl.handshake()
+    assert exc.value.alert_name == "unknown_ca"
+    cl.sock.close()
