@@ -1257,9 +1257,9 @@ def test_server_ocsp_staple_to_gnutls_cli(engine_server, pki, tmp_path):
 # ClientHello is a plaintext record and the server skips the early data
 # records already in flight. GnuTLS 3.7.9 gets this wrong in both roles
 # (docs/interop-gnutls.md): gnutls-cli encrypts its second ClientHello under the
-# client_early_traffic_secret, and gnutls-serv, having decrypted the early
-# data before its HelloRetryRequest, tries to decrypt the plaintext second
-# ClientHello and fails with bad_record_mac (OpenSSL's s_client meets the
+# client_early_traffic_secret, and gnutls-serv, still decrypting early data
+# after its HelloRetryRequest, tries to decrypt the plaintext second
+# ClientHello too and fails with bad_record_mac (OpenSSL's s_client meets the
 # same). The tests check our side behaves per the RFC either way.
 def test_server_hrr_with_gnutls_early_data(engine_server, pki, tmp_path):
     srv = engine_server(server_cfg(pki, max_early_data=16384, groups=[NamedGroup.secp384r1]), connections=2)
