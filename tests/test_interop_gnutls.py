@@ -1811,3 +1811,23 @@ def test_rsassa_pss_certificates_both_ways(gnutls_server, engine_server, tmp_pat
         cl.handshake()
     assert exc.value.alert_name == "unknown_ca"
     cl.sock.close()
+
+
+def test_client_picks_certificate_by_gnutls_serv_ca_names(gnutls_server, pki):
+    """gnutls-serv's CertificateRequest names our test CA (certificate_authorities,
+    RFC 9846 §4.2.4): of our two client certificates we must send the one it
+    names, not our first; gnutls-serv verifies it."""
+    from tcpls import _testcerts
+
+    other_ca, other_key = _testcerts.make_ca("some other CA")
+    wrong, wrong_key = _testcerts.make_leaf(other_ca, other_key, names=["client.test"], client=True)
+    cfg = client_cfg(pki, certificate_chain=[wrong], private_key=wrong_key,
+                     extra_certificates=[([pki.client.cert], pki.client.key)])
+    leaf = pki.leaf("ec256")
+    srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--priority", TLS13,
+                        "--require-client-cert", "--verify-client-cert", "--x509cafile", pki.ca_file, "-d", "4")
+    cl = EngineClient(srv.address, cfg)
+    cl.handshake()
+    cl.echo(b"the right certificate\n")
+    cl.close()
+    srv.wait_output(r"CERTIFICATE REQUEST was queued", "gnutls-serv's CertificateRequest")
