@@ -1369,7 +1369,7 @@ def test_cli_server_key_update_with_gnutls_cli(tcpls_cli_server, pki):
 # ====================================================================== more groups, suites, schemes, modes
 @pytest.mark.parametrize("group,name", [(NamedGroup.x448, "X448"), (NamedGroup.secp521r1, "SECP521R1"),
                                         (NamedGroup.ffdhe3072, "FFDHE3072"), (NamedGroup.ffdhe4096, "FFDHE4096")],
-                         ids=lambda v: str(v))
+                         ids=lambda v: getattr(v, "name", str(v)))
 def test_more_groups_both_ways(gnutls_server, engine_server, pki, group, name):
     priority = f"{TLS13}:-GROUP-ALL:+GROUP-{name}"
     srv = gnutls_server(*serv_args(pki, priority=priority))
@@ -1384,7 +1384,7 @@ def test_more_groups_both_ways(gnutls_server, engine_server, pki, group, name):
 
 
 @pytest.mark.parametrize("suite,name", [(CipherSuite.TLS_AES_128_CCM_SHA256, "AES-128-CCM"),
-                                        (CipherSuite.TLS_AES_128_CCM_8_SHA256, "AES-128-CCM-8")], ids=lambda v: str(v))
+                                        (CipherSuite.TLS_AES_128_CCM_8_SHA256, "AES-128-CCM-8")], ids=lambda v: getattr(v, "name", str(v)))
 def test_ccm_suites_both_ways(gnutls_server, engine_server, pki, suite, name):
     priority = f"{TLS13}:-CIPHER-ALL:+{name}"
     srv = gnutls_server(*serv_args(pki, priority=priority))
