@@ -123,6 +123,25 @@ def test_session_serialises():
     assert Run(c, s, T0 + 1, session=again).pump().client.session_resumed
 
 
+@pytest.mark.parametrize("suite", [SHA256, SHA384], ids=lambda x: x.name)
+def test_each_ticket_psk_is_the_one_the_server_sealed(suite):
+    """§4.6.1: PSK = HKDF-Expand-Label(resumption_secret, "resumption",
+    ticket_nonce, Hash.length): one per ticket, the same on both sides (the
+    client derives it when the session is first used)."""
+    from tcpls.tls.session import TicketState
+
+    c, s = configs(c_cipher_suites=[suite], s_num_tickets=3)
+    r, _ = first_session(c, s)
+    sessions = [e.session for e in r.of("client", ev.SessionTicketReceived)]
+    psks = [sess.psk for sess in sessions]
+    assert len(set(psks)) == 3 and all(len(p) == (48 if suite == SHA384 else 32) for p in psks)
+    for sess, psk in zip(sessions, psks):
+        state = TicketState.decode(s.ticket_keys.open(sess.ticket))
+        assert state is not None and state.psk == psk
+        assert Session.from_bytes(sess.to_bytes()).psk == psk
+        assert Run(c, s, T0 + 1, session=sess).pump().server.session_resumed
+
+
 def test_session_from_config():
     c, s = configs()
     _, sess = first_session(c, s)

@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 *Client side.* Every NewSessionTicket (RFC 9846 §4.6.1) becomes a
 :class:`Session`: the ticket (the PSK identity), the PSK derived from the
-resumption secret, ``ticket_age_add``, the lifetime and when the ticket was
+resumption secret (on first use of ``Session.psk``: most tickets a client
+receives are never used), ``ticket_age_add``, the lifetime and when the ticket was
 received, ``max_early_data_size`` and the parameters 0-RTT must reuse (suite,
 ALPN, SNI). ``Session.to_bytes()`` / ``Session.from_bytes()`` store it.
 An :class:`ExternalPSK` is a provisioned identity + key + hash (§4.2.11).
@@ -41,6 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .._buffer import Buffer
 from ..errors import DecodeError
+from .key_schedule import TLS13_LABEL_PREFIX, resumption_psk
 from .suites import suite_info
 
 __all__ = [
@@ -104,6 +106,26 @@ class Session:
     alpn_protocol: Optional[str] = None
     server_name: Optional[str] = None
 
+    @classmethod
+    def from_ticket(
+        cls,
+        *,
+        cipher_suite: int,
+        resumption_secret: bytes,
+        ticket_nonce: bytes,
+        label_prefix: bytes = TLS13_LABEL_PREFIX,
+        **fields: object,
+    ) -> "Session":
+        """A session from one NewSessionTicket whose PSK,
+        ``HKDF-Expand-Label(resumption_secret, "resumption", ticket_nonce, Hash.length)``
+        (RFC 9846 §4.6.1), is derived when :attr:`psk` is first read.
+
+        ``fields`` are the other constructor arguments (``ticket``, ``lifetime``, ...).
+        """
+        session = cls(cipher_suite=cipher_suite, psk=None, **fields)  # type: ignore[arg-type]
+        object.__setattr__(session, "_psk_inputs", (resumption_secret, ticket_nonce, label_prefix))
+        return session
+
     @property
     def hash_name(self) -> str:
         return suite_info(self.cipher_suite).hash_name
@@ -157,6 +179,26 @@ class Session:
             return s
         except (DecodeError, KeyError, UnicodeDecodeError) as exc:
             raise ValueError(f"invalid session encoding: {exc}") from None
+
+
+def _session_psk(self: Session) -> bytes:
+    psk = self.__dict__["psk"]
+    if psk is None:
+        secret, nonce, prefix = self.__dict__["_psk_inputs"]
+        psk = self.__dict__["psk"] = resumption_psk(self.hash_name, secret, nonce, prefix)
+    return psk
+
+
+def _set_session_psk(self: Session, value: bytes) -> None:
+    # Only the dataclass __init__ gets here (the frozen __setattr__ refuses
+    # assignments after construction).
+    self.__dict__["psk"] = value
+
+
+# ``Session.psk`` reads through a property so that Session.from_ticket can
+# leave the derivation for first use; the field (constructor argument,
+# equality, hash, serialisation) is unchanged.
+Session.psk = property(_session_psk, _set_session_psk, doc="The resumption PSK (§4.6.1).")  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,6 @@ from ..key_schedule import (
     HandshakeSecret,
     MasterSecret,
     finished_verify_data,
-    resumption_psk,
 )
 from ..session import MAX_TICKET_LIFETIME, Session
 from ..signatures import CLIENT_CONTEXT, SERVER_CONTEXT, choose_scheme, sign, signed_content
@@ -715,9 +714,12 @@ class ClientHandshake(LazyExporterSecret):
             assert suite is not None
             exts = dict(nst.extensions)
             max_early = X.decode_early_data_nst(exts[E.early_data]) if E.early_data in exts else 0
-            session = Session(
+            # §4.6.1: the ticket's PSK is derived when the session is used.
+            session = Session.from_ticket(
                 cipher_suite=suite.suite,
-                psk=resumption_psk(suite.hash_name, self.resumption_secret, nst.ticket_nonce, self.variant.label_prefix),
+                resumption_secret=self.resumption_secret,
+                ticket_nonce=bytes(nst.ticket_nonce),
+                label_prefix=self.variant.label_prefix,
                 ticket=nst.ticket,
                 ticket_age_add=nst.ticket_age_add,
                 lifetime=min(nst.ticket_lifetime, MAX_TICKET_LIFETIME),
