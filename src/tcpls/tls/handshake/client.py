@@ -128,6 +128,11 @@ class PskOffer:
 
 
 def _is_ip(name: str) -> bool:
+    # RFC 6066 §3: no SNI for IP literals. An IPv6 literal has a colon and an
+    # IPv4 one only digits and dots: anything else is a host name, known
+    # without ipaddress' parse (and its exception) on every ClientHello.
+    if ":" not in name and not name.replace(".", "").isdigit():
+        return False
     try:
         ipaddress.ip_address(name)
         return True
