@@ -33,6 +33,7 @@ since the epoch (wall-clock time, since tickets outlive processes).
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Optional, Protocol
@@ -65,6 +66,34 @@ _SESSION_MAGIC = b"TCPLS-S1"
 # states carry none and are not usable (a full handshake follows).
 _STATE_VERSION = 2
 _TLS_1_3 = 0x0304
+
+
+_STATE_HEAD = struct.Struct("!BHHB")
+_STATE_TAIL = struct.Struct("!IQII")
+_U16 = struct.Struct("!H")
+
+
+def _pack_str(s: Optional[str]) -> bytes:
+    if s is None:
+        return b"\x00\x00"
+    raw = s.encode("utf-8")
+    if len(raw) >= 0xFFFF:
+        raise ValueError("vector too long for its length prefix")
+    return _U16.pack(len(raw) + 1) + b"\x01" + raw
+
+
+def _unpack_str(data: bytes, pos: int) -> tuple[Optional[str], int]:
+    """``(string or None, position after it)``: the inverse of :func:`_pack_str`."""
+    (n,) = _U16.unpack_from(data, pos)
+    pos += 2
+    end = pos + n
+    if end > len(data):
+        raise DecodeError("string longer than the data")
+    if not n:
+        return None, pos
+    if data[pos] != 1:
+        raise DecodeError("bad string encoding")
+    return bytes(data[pos + 1 : end]).decode("utf-8"), end
 
 
 def _push_str(buf: Buffer, s: Optional[str]) -> None:
@@ -241,40 +270,51 @@ class TicketState:
     protocol_version: int = _TLS_1_3
 
     def encode(self) -> bytes:
-        buf = Buffer()
-        buf.push_uint8(_STATE_VERSION)
-        buf.push_uint16(self.protocol_version)
-        buf.push_uint16(self.cipher_suite)
-        buf.push_opaque(1, self.psk)
-        buf.push_uint32(self.ticket_age_add)
-        buf.push_uint64(int(self.created_at * 1000))
-        buf.push_uint32(self.lifetime)
-        buf.push_uint32(self.max_early_data)
-        _push_str(buf, self.alpn_protocol)
-        _push_str(buf, self.server_name)
-        return buf.data()
+        # One struct.pack per fixed part (a server seals num_tickets of these
+        # per handshake): u8 version, u16 protocol, u16 suite, psk<1>, u32
+        # age_add, u64 created_at (ms), u32 lifetime, u32 max_early_data, then
+        # ALPN and SNI as opaque<2> (empty: none; else 0x01 + UTF-8).
+        psk = self.psk
+        if len(psk) > 0xFF:
+            raise ValueError("vector too long for its length prefix")
+        return b"".join(
+            (
+                _STATE_HEAD.pack(_STATE_VERSION, self.protocol_version, self.cipher_suite, len(psk)),
+                psk,
+                _STATE_TAIL.pack(
+                    self.ticket_age_add, int(self.created_at * 1000), self.lifetime, self.max_early_data
+                ),
+                _pack_str(self.alpn_protocol),
+                _pack_str(self.server_name),
+            )
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Optional["TicketState"]:
+        """Inverse of :meth:`encode`; None for anything else (other version, bad encoding)."""
         try:
-            buf = Buffer(data)
-            if buf.pull_uint8() != _STATE_VERSION:
+            version, protocol_version, suite, n = _STATE_HEAD.unpack_from(data, 0)
+            if version != _STATE_VERSION:
                 return None
-            protocol_version = buf.pull_uint16()
-            st = cls(
+            pos = _STATE_HEAD.size + n
+            psk = bytes(data[_STATE_HEAD.size : pos])
+            age_add, created_ms, lifetime, max_early = _STATE_TAIL.unpack_from(data, pos)
+            alpn, pos = _unpack_str(data, pos + _STATE_TAIL.size)
+            server_name, pos = _unpack_str(data, pos)
+            if pos != len(data):
+                return None
+            return cls(
                 protocol_version=protocol_version,
-                cipher_suite=buf.pull_uint16(),
-                psk=buf.pull_opaque(1),
-                ticket_age_add=buf.pull_uint32(),
-                created_at=buf.pull_uint64() / 1000,
-                lifetime=buf.pull_uint32(),
-                max_early_data=buf.pull_uint32(),
-                alpn_protocol=_pull_str(buf),
-                server_name=_pull_str(buf),
+                cipher_suite=suite,
+                psk=psk,
+                ticket_age_add=age_add,
+                created_at=created_ms / 1000,
+                lifetime=lifetime,
+                max_early_data=max_early,
+                alpn_protocol=alpn,
+                server_name=server_name,
             )
-            buf.expect_end("ticket state")
-            return st
-        except (DecodeError, UnicodeDecodeError):
+        except (struct.error, DecodeError, UnicodeDecodeError):
             return None
 
 
