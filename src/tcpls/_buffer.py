@@ -19,6 +19,7 @@ T = TypeVar("T")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
+_TLV_HEADER = struct.Struct("!HH")
 
 
 class Buffer:
@@ -143,6 +144,41 @@ class Buffer:
         if end > self._end:
             raise DecodeError("vector longer than the enclosing data")
         return _PullBlock(self, n, end)
+
+    def pull_tlv_block(self, min_len: int = 0) -> list[tuple[int, bytes]]:
+        """``Entry entries<min_len..2^16-1>`` of ``struct { uint16 type; opaque
+        data<0..2^16-1>; } Entry`` (the TLS extension block, RFC 9846 §4.2),
+        in order, duplicates included.
+
+        What ``with pull_block(2, min_len)`` around ``pull_uint16()`` and
+        ``pull_opaque(2)`` reads, with the same errors, in one call: every
+        hello, EncryptedExtensions and NewSessionTicket has such a block.
+        """
+        data = self._data
+        pos = self._pos
+        if pos + 2 > self._end:
+            raise DecodeError("message is shorter than its encoding says")
+        n = _U16.unpack_from(data, pos)[0]
+        if n < min_len:
+            raise DecodeError(f"vector shorter than its minimum {min_len}")
+        pos += 2
+        end = pos + n
+        if end > self._end:
+            raise DecodeError("vector longer than the enclosing data")
+        entries = []
+        unpack = _TLV_HEADER.unpack_from
+        while pos < end:
+            if pos + 4 > end:
+                raise DecodeError("message is shorter than its encoding says")
+            entry_type, length = unpack(data, pos)
+            pos += 4
+            stop = pos + length
+            if stop > end:
+                raise DecodeError("message is shorter than its encoding says")
+            entries.append((entry_type, bytes(data[pos:stop])))
+            pos = stop
+        self._pos = end
+        return entries
 
     def pull_list(self, size: int, item: Callable[[], T], min_len: int = 0) -> list[T]:
         """A vector of items, each read by ``item()``."""

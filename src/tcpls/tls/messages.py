@@ -222,19 +222,16 @@ def get_extension(exts: Extensions, ext_type: int) -> bytes | None:
 # --------------------------------------------------------------------------
 def _pull_extensions(buf: Buffer, min_len: int = 0) -> Extensions:
     """``Extension extensions<min_len..2^16-1>``; rejects duplicate types."""
-    exts: Extensions = []
-    seen: set[int] = set()
-    with buf.pull_block(2, min_len):
-        while not buf.eof():
-            ext_type = buf.pull_uint16()
-            data = buf.pull_opaque(2)
+    exts = buf.pull_tlv_block(min_len)
+    if len({t for t, _ in exts}) != len(exts):
+        # §4.2: "There MUST NOT be more than one extension of the same type
+        # in a given extension block." Syntactically valid but inconsistent:
+        # illegal_parameter (§6.2).
+        seen: set[int] = set()
+        for ext_type, _ in exts:
             if ext_type in seen:
-                # §4.2: "There MUST NOT be more than one extension of the same
-                # type in a given extension block." Syntactically valid but
-                # inconsistent: illegal_parameter (§6.2).
                 raise IllegalParameter(f"duplicate extension {ext_type}")
             seen.add(ext_type)
-            exts.append((ext_type, data))
     return exts
 
 
