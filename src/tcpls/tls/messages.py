@@ -604,15 +604,22 @@ class HandshakeReader:
 
     def next_message(self) -> tuple[int, bytes] | None:
         """``(msg_type, full message bytes incl. header)`` or None if incomplete."""
-        length = self._check_header()
-        if length < 0:
-            return None
-        end = 4 + length
         buf = self._buf
-        if len(buf) < end:
+        have = len(buf)
+        if have < 4:
             return None
-        msg = bytes(buf[:end])
-        del buf[:end]
+        length = (buf[1] << 16) | (buf[2] << 8) | buf[3]  # _check_header, inlined
+        if length > self.max_message_size:
+            raise DecodeError(f"handshake message of {length} bytes exceeds the limit of {self.max_message_size}")
+        end = 4 + length
+        if have < end:
+            return None
+        if have == end:  # the usual case: a record ends with a message
+            msg = bytes(buf)
+            buf.clear()
+        else:
+            msg = bytes(buf[:end])
+            del buf[:end]
         return msg[0], msg
 
     def has_partial(self) -> bool:
