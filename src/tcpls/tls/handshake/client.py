@@ -68,6 +68,7 @@ from ..key_schedule import (
     HandshakeSecret,
     MasterSecret,
     finished_verify_data,
+    hash_len as _digest_size,
 )
 from ..session import MAX_TICKET_LIFETIME, Session
 from ..signatures import CLIENT_CONTEXT, SERVER_CONTEXT, choose_scheme, sign, signed_content
@@ -296,7 +297,7 @@ class ClientHandshake(LazyExporterSecret):
             if early:
                 exts.append((E.early_data, X.encode_empty()))
             ids = [X.PskIdentity(o.identity, o.obfuscated_age) for o in offers]
-            dummy = [bytes(hashlib.new(o.hash_name).digest_size) for o in offers]
+            dummy = [bytes(_digest_size(o.hash_name)) for o in offers]
             # §4.2.11: pre_shared_key MUST be the last extension.
             exts.append((E.pre_shared_key, X.encode_pre_shared_key_ch(X.OfferedPsks(ids, dummy))))
         self.offered = {t for t, _ in exts}
@@ -318,7 +319,7 @@ class ClientHandshake(LazyExporterSecret):
 
     def _bind(self, hello: bytes, offers: list[PskOffer]) -> bytes:
         """Compute the PSK binders over Truncate(ClientHello) (RFC 9846 §4.2.11.2)."""
-        truncated = hello[: -X.binders_block_length([hashlib.new(o.hash_name).digest_size for o in offers])]
+        truncated = hello[: -X.binders_block_length([_digest_size(o.hash_name) for o in offers])]
         binders = []
         for o in offers:
             if self.transcript.hash_name is None:
