@@ -165,19 +165,25 @@ class Buffer:
         end = pos + n
         if end > self._end:
             raise DecodeError("vector longer than the enclosing data")
+        self._pos = end
+        # One copy of the block (the data is often a memoryview), then each
+        # entry's body is a plain bytes slice of it.
+        raw = data[pos:end]
+        if type(raw) is not bytes:
+            raw = bytes(raw)
         entries = []
         unpack = _TLV_HEADER.unpack_from
-        while pos < end:
-            if pos + 4 > end:
+        pos = 0
+        while pos < n:
+            if pos + 4 > n:
                 raise DecodeError("message is shorter than its encoding says")
-            entry_type, length = unpack(data, pos)
+            entry_type, length = unpack(raw, pos)
             pos += 4
             stop = pos + length
-            if stop > end:
+            if stop > n:
                 raise DecodeError("message is shorter than its encoding says")
-            entries.append((entry_type, bytes(data[pos:stop])))
+            entries.append((entry_type, raw[pos:stop]))
             pos = stop
-        self._pos = end
         return entries
 
     def pull_list(self, size: int, item: Callable[[], T], min_len: int = 0) -> list[T]:
