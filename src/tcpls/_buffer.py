@@ -89,7 +89,10 @@ class Buffer:
         return (d[pos] << 16) | (d[pos + 1] << 8) | d[pos + 2]
 
     def pull_uint32(self) -> int:
-        pos = self._take(4)
+        pos = self._pos
+        if pos + 4 > self._end:
+            raise DecodeError("message is shorter than its encoding says")
+        self._pos = pos + 4
         return _U32.unpack_from(self._data, pos)[0]
 
     def pull_uint48(self) -> int:

@@ -111,14 +111,16 @@ def _u16_list(data: Data, prefix: int, min_len: int, max_len: int, what: str) ->
     if n < min_len or n > max_len or n & 1:
         raise DecodeError(f"{what}: bad vector length {n}")
     if size != prefix + n:
-        raise DecodeError("message is shorter than its encoding says" if size < prefix + n else f"trailing bytes after {what}")
+        short = size < prefix + n
+        raise DecodeError("message is shorter than its encoding says" if short else f"trailing bytes after {what}")
     return list(struct.unpack_from(f"!{n >> 1}H", data, prefix))
 
 
 def _u16_whole(data: Data) -> int:
     """A body that is exactly one ``uint16``."""
     if len(data) != 2:
-        raise DecodeError("message is shorter than its encoding says" if len(data) < 2 else "trailing bytes after extension")
+        short = len(data) < 2
+        raise DecodeError("message is shorter than its encoding says" if short else "trailing bytes after extension")
     return (data[0] << 8) | data[1]
 
 

@@ -365,7 +365,8 @@ def traffic_key_iv(suite: CipherSuiteInfo, secret: bytes, prefix: bytes = TLS13_
     """``(write_key, write_iv)`` for ``secret`` (RFC 9846 §7.3)."""
     algorithm, key_len, key_info = _fixed_info(suite.hash_name, LABEL_KEY, suite.key_len, prefix)
     _, iv_len, iv_info = _fixed_info(suite.hash_name, LABEL_IV, suite.iv_len, prefix)
-    return HKDFExpand(algorithm, key_len, key_info).derive(secret), HKDFExpand(algorithm, iv_len, iv_info).derive(secret)
+    key = HKDFExpand(algorithm, key_len, key_info).derive(secret)
+    return key, HKDFExpand(algorithm, iv_len, iv_info).derive(secret)
 
 
 def resumption_psk(

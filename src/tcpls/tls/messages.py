@@ -422,11 +422,16 @@ def _pull_new_session_ticket(buf: Buffer) -> NewSessionTicket:
     return NewSessionTicket(lifetime, age_add, nonce, ticket, _pull_extensions(buf))
 
 
+_NST_HEAD = struct.Struct("!IIB")
+
+
 def _push_new_session_ticket(buf: Buffer, m: NewSessionTicket) -> None:
-    buf.push_uint32(m.ticket_lifetime)
-    buf.push_uint32(m.ticket_age_add)
-    buf.push_opaque(1, m.ticket_nonce)
-    buf.push_opaque(2, m.ticket)
+    nonce, ticket = m.ticket_nonce, m.ticket
+    if len(nonce) > 0xFF or len(ticket) > 0xFFFF:
+        raise ValueError("vector too long for its length prefix")
+    # A server sends num_tickets of these per handshake: one pack, one join.
+    head = _NST_HEAD.pack(m.ticket_lifetime, m.ticket_age_add, len(nonce))
+    buf.push_bytes(b"".join((head, nonce, len(ticket).to_bytes(2, "big"), ticket)))
     _push_extensions(buf, m.extensions)
 
 

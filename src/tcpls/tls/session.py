@@ -348,8 +348,9 @@ class TicketKeys:
         with self._lock:
             if not self._keys or now - self._keys[0][2] >= self.rotation:
                 self._keys.insert(0, (os.urandom(self.NAME_LEN), AESGCM(AESGCM.generate_key(256)), now))
-            keep = self.rotation + self.max_lifetime
-            self._keys = [k for i, k in enumerate(self._keys) if i == 0 or now - k[2] < keep]
+            if len(self._keys) > 1:
+                keep = self.rotation + self.max_lifetime
+                self._keys = [k for i, k in enumerate(self._keys) if i == 0 or now - k[2] < keep]
             name, aead, _ = self._keys[0]
             return name, aead
 
