@@ -175,6 +175,35 @@ def test_psk_ke_mode_without_dhe():
     r.exchange()
 
 
+def test_psk_ke_only_client_sends_no_key_share_and_falls_back_with_hello_retry():
+    """§4.2.8/§4.2.9: offering a PSK for psk_ke only, the client sends an empty
+    client_shares; a server that refuses the ticket asks for a share with a
+    HelloRetryRequest and the full handshake follows."""
+    from tcpls.tls import extensions as X
+    from tcpls.tls import messages as M
+    from tcpls.tls.enums import ExtensionType
+
+    modes = [PskKeyExchangeMode.psk_ke]
+    c, s = configs(c_psk_key_exchange_modes=modes, s_psk_key_exchange_modes=modes)
+    first, sess = first_session(c, s)
+    assert first.client.group == NamedGroup.x25519  # no PSK offered: a share is sent
+    r = Run(c, s, T0 + 1, session=sess, start=False)
+    r.client.start_handshake(T0 + 1)
+    wire = r.client.data_to_send()
+    hello = M.decode_handshake(1, wire[5 + 4 :])
+    assert X.decode_key_share_ch(dict(hello.extensions)[ExtensionType.key_share]) == []
+    r.server.receive_data(wire, r.now)
+    r.pump()
+    assert r.client.session_resumed and not r.client.hello_retry and r.client.group is None
+    r.exchange()
+    # The ticket refused (other ticket keys): HelloRetryRequest for x25519, then a full handshake.
+    s2 = dataclasses.replace(s, ticket_keys=TicketKeys(), _cache={})
+    r2 = Run(c, s2, T0 + 2, session=sess).pump()
+    assert r2.client.handshake_complete and not r2.client.session_resumed
+    assert r2.client.hello_retry and r2.client.group == NamedGroup.x25519 and r2.client.peer_certificates
+    r2.exchange()
+
+
 def test_server_prefers_dhe_when_both_offered():
     both = [PskKeyExchangeMode.psk_dhe_ke, PskKeyExchangeMode.psk_ke]
     c, s = configs(c_psk_key_exchange_modes=both, s_psk_key_exchange_modes=both)

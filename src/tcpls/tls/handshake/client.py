@@ -261,10 +261,16 @@ class ClientHandshake(LazyExporterSecret):
         if early_data and self.psk_offers and self.psk_offers[0].session is self.session and self.can_send_early_data():
             self.early_data_state = "offered"
         groups = self.config.key_share_groups or self.config.groups[:1]
+        # §4.2.9: a client that takes psk_ke only and offers a PSK has no use
+        # for an (EC)DHE share if the server accepts it, so it sends an empty
+        # client_shares (§4.2.8); a server that refuses the PSK asks for a
+        # share with a HelloRetryRequest.
+        psk_only = bool(self.psk_offers) and PskKeyExchangeMode.psk_dhe_ke not in self.config.psk_key_exchange_modes
         for g in groups:
             if g not in self.config.groups:
                 raise ValueError(f"key_share group {g!r} is not in the configured groups")
-            self.key_shares[g] = KeyShare(g)
+            if not psk_only:
+                self.key_shares[g] = KeyShare(g)
         self._send_client_hello(cookie=None)
         self.state = ClientState.WAIT_SH
 
