@@ -16,7 +16,7 @@ x25519, no certificate, no signature); ``ssl`` resumes its ``SSLSession``.
 
 CPU time is ``time.process_time()``. Usage::
 
-    python benchmarks/bench_handshake.py [-n 200] [--resumed] [--breakdown] [--profile]
+    python benchmarks/bench_handshake.py [-n 200] [--resumed [--psk-modes psk_ke]] [--breakdown] [--profile]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 from tcpls import _testcerts  # noqa: E402
-from tcpls.tls.config import TLSConfig  # noqa: E402
+from tcpls.tls.config import TLSConfig, parse_psk_modes  # noqa: E402
 from tcpls.tls.connection import TLSConnection  # noqa: E402
 from tcpls.tls.enums import NamedGroup  # noqa: E402
 
@@ -57,10 +57,11 @@ def make_pki(tmp: str) -> dict:
 
 
 # ----------------------------------------------------------------- tcpls
-def tcpls_configs(paths: dict) -> tuple[TLSConfig, TLSConfig]:
-    server = TLSConfig(groups=[NamedGroup.x25519])
+def tcpls_configs(paths: dict, psk_modes: str = "psk_dhe_ke") -> tuple[TLSConfig, TLSConfig]:
+    modes = parse_psk_modes(psk_modes)
+    server = TLSConfig(groups=[NamedGroup.x25519], psk_key_exchange_modes=list(modes))
     server.load_cert_chain(paths["cert"], paths["key"])
-    client = TLSConfig(groups=[NamedGroup.x25519])
+    client = TLSConfig(groups=[NamedGroup.x25519], psk_key_exchange_modes=list(modes))
     client.load_verify_locations(paths["ca"])
     for cfg in (client, server):
         cfg.keylog_file = None
@@ -276,11 +277,19 @@ def main(argv=None) -> int:
         "--breakdown", action="store_true", help="also count and time the primitives one handshake pair runs"
     )
     ap.add_argument("--resumed", action="store_true", help="resumed (PSK-DHE, session ticket) handshakes instead of full ones")
+    ap.add_argument(
+        "--psk-modes",
+        default="psk_dhe_ke",
+        choices=("psk_dhe_ke", "psk_ke"),
+        help="PSK key exchange mode of both tcpls sides in --resumed (default psk_dhe_ke; ssl stays psk_dhe_ke)",
+    )
     args = ap.parse_args(argv)
+    if args.psk_modes != "psk_dhe_ke" and not args.resumed:
+        ap.error("--psk-modes only applies to --resumed")
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_pki(tmp)
-        c_cfg, s_cfg = tcpls_configs(paths)
+        c_cfg, s_cfg = tcpls_configs(paths, args.psk_modes)
         c_ctx, s_ctx = ssl_contexts(paths)
 
         t_session = ssl_sess = None
@@ -291,7 +300,8 @@ def main(argv=None) -> int:
         t_ssl = measure(lambda: ssl_handshake(c_ctx, s_ctx, ssl_sess), args.iterations)
 
         if args.resumed:
-            print(f"resumed handshake (session ticket, PSK + x25519), client+server; {args.iterations} iterations")
+            mode = "PSK + x25519" if args.psk_modes == "psk_dhe_ke" else "tcpls PSK only (psk_ke), ssl PSK + x25519"
+            print(f"resumed handshake (session ticket, {mode}), client+server; {args.iterations} iterations")
         else:
             print(f"full handshake, client+server, x25519 + ECDSA P-256, verification on; {args.iterations} iterations")
         print(f"  tcpls  {t_tcpls * 1e6:10.0f} us/handshake  ({1 / t_tcpls:8.1f} handshakes/s)")

@@ -343,6 +343,24 @@ def test_duplicate_extension_is_illegal_parameter() -> None:
         decode_handshake(11, cert)
 
 
+def test_malformed_extension_blocks_are_decode_errors() -> None:
+    """RFC 9846 §4.2 block syntax: a block longer than the message, an entry
+    header cut short, an entry body running past the block."""
+    good = encode_handshake_body(EncryptedExtensions([(0, b""), (16, b"\x00\x03abc")]))[1]
+    assert decode_handshake(8, good).extensions == [(0, b""), (16, b"\x00\x03abc")]
+    n = len(good) - 2
+    bad = (
+        (n + 1).to_bytes(2, "big") + good[2:],  # block longer than the message
+        b"\x00\x03" + good[2:5],  # 3 bytes left: no room for an entry header
+        b"\x00\x05\x00\x00\x00\x02\x00",  # entry body past the block
+        (n - 1).to_bytes(2, "big") + good[2:-1],  # last entry cut by the block length
+        b"\x00",  # no block length
+    )
+    for body in bad:
+        with pytest.raises(DecodeError):
+            decode_handshake(8, body)
+
+
 def test_pre_shared_key_must_be_last_in_client_hello() -> None:
     psk = ext.encode_pre_shared_key_ch(ext.OfferedPsks([ext.PskIdentity(b"id", 0)], [bytes(32)]))
     good = _ch_body(extensions=[(43, b"\x02\x03\x04"), (41, psk)])

@@ -217,6 +217,25 @@ def test_session_serialises():
     assert Run(c, s, T0 + 1, session=again).pump().client.session_resumed
 
 
+@pytest.mark.parametrize("suite", [SHA256, SHA384], ids=lambda x: x.name)
+def test_each_ticket_psk_is_the_one_the_server_sealed(suite):
+    """§4.6.1: PSK = HKDF-Expand-Label(resumption_secret, "resumption",
+    ticket_nonce, Hash.length): one per ticket, the same on both sides (the
+    client derives it when the session is first used)."""
+    from tcpls.tls.session import TicketState
+
+    c, s = configs(c_cipher_suites=[suite], s_num_tickets=3)
+    r, _ = first_session(c, s)
+    sessions = [e.session for e in r.of("client", ev.SessionTicketReceived)]
+    psks = [sess.psk for sess in sessions]
+    assert len(set(psks)) == 3 and all(len(p) == (48 if suite == SHA384 else 32) for p in psks)
+    for sess, psk in zip(sessions, psks):
+        state = TicketState.decode(s.ticket_keys.open(sess.ticket))
+        assert state is not None and state.psk == psk
+        assert Session.from_bytes(sess.to_bytes()).psk == psk
+        assert Run(c, s, T0 + 1, session=sess).pump().server.session_resumed
+
+
 def test_session_from_config():
     c, s = configs()
     _, sess = first_session(c, s)
@@ -248,6 +267,35 @@ def test_psk_ke_mode_without_dhe():
     r = Run(c, s, T0 + 1, session=sess).pump()
     assert r.client.session_resumed and r.client.group is None and r.server.group is None
     r.exchange()
+
+
+def test_psk_ke_only_client_sends_no_key_share_and_falls_back_with_hello_retry():
+    """§4.2.8/§4.2.9: offering a PSK for psk_ke only, the client sends an empty
+    client_shares; a server that refuses the ticket asks for a share with a
+    HelloRetryRequest and the full handshake follows."""
+    from tcpls.tls import extensions as X
+    from tcpls.tls import messages as M
+    from tcpls.tls.enums import ExtensionType
+
+    modes = [PskKeyExchangeMode.psk_ke]
+    c, s = configs(c_psk_key_exchange_modes=modes, s_psk_key_exchange_modes=modes)
+    first, sess = first_session(c, s)
+    assert first.client.group == NamedGroup.x25519  # no PSK offered: a share is sent
+    r = Run(c, s, T0 + 1, session=sess, start=False)
+    r.client.start_handshake(T0 + 1)
+    wire = r.client.data_to_send()
+    hello = M.decode_handshake(1, wire[5 + 4 :])
+    assert X.decode_key_share_ch(dict(hello.extensions)[ExtensionType.key_share]) == []
+    r.server.receive_data(wire, r.now)
+    r.pump()
+    assert r.client.session_resumed and not r.client.hello_retry and r.client.group is None
+    r.exchange()
+    # The ticket refused (other ticket keys): HelloRetryRequest for x25519, then a full handshake.
+    s2 = dataclasses.replace(s, ticket_keys=TicketKeys(), _cache={})
+    r2 = Run(c, s2, T0 + 2, session=sess).pump()
+    assert r2.client.handshake_complete and not r2.client.session_resumed
+    assert r2.client.hello_retry and r2.client.group == NamedGroup.x25519 and r2.client.peer_certificates
+    r2.exchange()
 
 
 def test_server_prefers_dhe_when_both_offered():

@@ -19,6 +19,7 @@ T = TypeVar("T")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
+_TLV_HEADER = struct.Struct("!HH")
 
 
 class Buffer:
@@ -88,7 +89,10 @@ class Buffer:
         return (d[pos] << 16) | (d[pos + 1] << 8) | d[pos + 2]
 
     def pull_uint32(self) -> int:
-        pos = self._take(4)
+        pos = self._pos
+        if pos + 4 > self._end:
+            raise DecodeError("message is shorter than its encoding says")
+        self._pos = pos + 4
         return _U32.unpack_from(self._data, pos)[0]
 
     def pull_uint48(self) -> int:
@@ -143,6 +147,47 @@ class Buffer:
         if end > self._end:
             raise DecodeError("vector longer than the enclosing data")
         return _PullBlock(self, n, end)
+
+    def pull_tlv_block(self, min_len: int = 0) -> list[tuple[int, bytes]]:
+        """``Entry entries<min_len..2^16-1>`` of ``struct { uint16 type; opaque
+        data<0..2^16-1>; } Entry`` (the TLS extension block, RFC 9846 §4.2),
+        in order, duplicates included.
+
+        What ``with pull_block(2, min_len)`` around ``pull_uint16()`` and
+        ``pull_opaque(2)`` reads, with the same errors, in one call: every
+        hello, EncryptedExtensions and NewSessionTicket has such a block.
+        """
+        data = self._data
+        pos = self._pos
+        if pos + 2 > self._end:
+            raise DecodeError("message is shorter than its encoding says")
+        n = _U16.unpack_from(data, pos)[0]
+        if n < min_len:
+            raise DecodeError(f"vector shorter than its minimum {min_len}")
+        pos += 2
+        end = pos + n
+        if end > self._end:
+            raise DecodeError("vector longer than the enclosing data")
+        self._pos = end
+        # One copy of the block (the data is often a memoryview), then each
+        # entry's body is a plain bytes slice of it.
+        raw = data[pos:end]
+        if type(raw) is not bytes:
+            raw = bytes(raw)
+        entries = []
+        unpack = _TLV_HEADER.unpack_from
+        pos = 0
+        while pos < n:
+            if pos + 4 > n:
+                raise DecodeError("message is shorter than its encoding says")
+            entry_type, length = unpack(raw, pos)
+            pos += 4
+            stop = pos + length
+            if stop > n:
+                raise DecodeError("message is shorter than its encoding says")
+            entries.append((entry_type, raw[pos:stop]))
+            pos = stop
+        return entries
 
     def pull_list(self, size: int, item: Callable[[], T], min_len: int = 0) -> list[T]:
         """A vector of items, each read by ``item()``."""

@@ -104,13 +104,24 @@ def _whole(data: Data, parse: Callable[[Buffer], T]) -> T:
 
 def _u16_list(data: Data, prefix: int, min_len: int, max_len: int, what: str) -> list[int]:
     """A ``uint16 x<min..max>`` vector with a ``prefix``-byte length, as the whole body."""
-    buf = Buffer(data)
-    n = buf.pull_length(prefix)
+    size = len(data)
+    if size < prefix:
+        raise DecodeError("message is shorter than its encoding says")
+    n = data[0] if prefix == 1 else (data[0] << 8) | data[1]
     if n < min_len or n > max_len or n & 1:
         raise DecodeError(f"{what}: bad vector length {n}")
-    raw = buf.pull_bytes(n)
-    buf.expect_end(what)
-    return list(struct.unpack(f"!{n >> 1}H", raw))
+    if size != prefix + n:
+        short = size < prefix + n
+        raise DecodeError("message is shorter than its encoding says" if short else f"trailing bytes after {what}")
+    return list(struct.unpack_from(f"!{n >> 1}H", data, prefix))
+
+
+def _u16_whole(data: Data) -> int:
+    """A body that is exactly one ``uint16``."""
+    if len(data) != 2:
+        short = len(data) < 2
+        raise DecodeError("message is shorter than its encoding says" if short else "trailing bytes after extension")
+    return (data[0] << 8) | data[1]
 
 
 def _encode_u16_list(values: list[int], prefix: int) -> bytes:
@@ -198,7 +209,7 @@ def encode_supported_versions_ch(versions: list[int]) -> bytes:
 
 def decode_supported_versions_sh(data: Data) -> int:
     """``ProtocolVersion selected_version`` (ServerHello and HelloRetryRequest)."""
-    return _whole(data, Buffer.pull_uint16)
+    return _u16_whole(data)
 
 
 def encode_supported_versions_sh(version: int) -> bytes:
@@ -251,13 +262,17 @@ def decode_key_share_ch(data: Data) -> list[tuple[int, bytes]]:
     handshake with an "illegal_parameter" alert": we do (IllegalParameter).
     """
 
-    def parse(buf: Buffer) -> list[tuple[int, bytes]]:
-        shares = buf.pull_list(2, lambda: _pull_key_share_entry(buf))
-        if len({g for g, _ in shares}) != len(shares):
-            raise IllegalParameter("key_share: two shares for the same group")
-        return shares
-
-    return _whole(data, parse)
+    # KeyShareEntry {NamedGroup group; opaque key_exchange<1..2^16-1>} has
+    # the layout of an extension entry: one block read.
+    buf = Buffer(data)
+    shares = buf.pull_tlv_block()
+    for _, key_exchange in shares:
+        if not key_exchange:
+            raise DecodeError("key_share: empty key_exchange")
+    if len({g for g, _ in shares}) != len(shares):
+        raise IllegalParameter("key_share: two shares for the same group")
+    buf.expect_end("extension")
+    return shares
 
 
 def encode_key_share_ch(shares: list[tuple[int, bytes]]) -> bytes:
@@ -275,7 +290,7 @@ def encode_key_share_sh(share: tuple[int, bytes]) -> bytes:
 
 def decode_key_share_hrr(data: Data) -> int:
     """``NamedGroup selected_group``."""
-    return _whole(data, Buffer.pull_uint16)
+    return _u16_whole(data)
 
 
 def encode_key_share_hrr(group: int) -> bytes:
@@ -308,10 +323,9 @@ def encode_alpn(protocols: list[bytes]) -> bytes:
 def decode_psk_key_exchange_modes(data: Data) -> list[int]:
     """``PskKeyExchangeMode ke_modes<1..255>``."""
 
-    def parse(buf: Buffer) -> list[int]:
-        return list(buf.pull_opaque(1, 1))
-
-    return _whole(data, parse)
+    if not data or len(data) != 1 + data[0] or not data[0]:
+        raise DecodeError("psk_key_exchange_modes: bad vector length")
+    return list(data[1:])
 
 
 def encode_psk_key_exchange_modes(modes: list[int]) -> bytes:
@@ -365,8 +379,14 @@ def decode_pre_shared_key_ch(data: Data) -> OfferedPsks:
     """
 
     def parse(buf: Buffer) -> OfferedPsks:
-        identities = buf.pull_list(2, lambda: _pull_psk_identity(buf), 7)
-        binders = buf.pull_list(2, lambda: buf.pull_opaque(1, 32, 255), 33)
+        identities = []
+        with buf.pull_block(2, 7):
+            while not buf.eof():
+                identities.append(_pull_psk_identity(buf))
+        binders = []
+        with buf.pull_block(2, 33):
+            while not buf.eof():
+                binders.append(buf.pull_opaque(1, 32, 255))
         if len(binders) != len(identities):
             raise IllegalParameter(
                 f"pre_shared_key: {len(identities)} identities but {len(binders)} binders"
@@ -408,7 +428,7 @@ def binders_block_length(binder_lengths: list[int]) -> int:
 
 def decode_pre_shared_key_sh(data: Data) -> int:
     """ServerHello form: ``uint16 selected_identity``."""
-    return _whole(data, Buffer.pull_uint16)
+    return _u16_whole(data)
 
 
 def encode_pre_shared_key_sh(selected_identity: int) -> bytes:

@@ -168,11 +168,43 @@ def hkdf_expand_label(
     return HKDFExpand(entry[0], length, b"".join((entry[1], bytes((len(context),)), context))).derive(secret)
 
 
+# Derive-Secret's HkdfLabel up to the context, with the context length byte
+# (a transcript hash is always Hash.length bytes), per (hash, label, prefix).
+_DERIVE_HEADS: dict[tuple[str, bytes, bytes], tuple[hashes.HashAlgorithm, int, bytes]] = {}
+
+
+_FIXED_INFOS: dict[tuple[str, bytes, "int | None", bytes], tuple[hashes.HashAlgorithm, int, bytes]] = {}
+
+
+def _fixed_info(
+    hash_name: str, label: bytes, length: "int | None", prefix: bytes
+) -> tuple[hashes.HashAlgorithm, int, bytes]:
+    """``(hash, length, whole HkdfLabel)`` of an HKDF-Expand-Label with an empty
+    context (``length`` None: Hash.length), for callers that run HKDFExpand
+    themselves: "key", "iv" (§7.3) and "finished" (§4.4.4) on every handshake."""
+    key = (hash_name, label, length, prefix)
+    entry = _FIXED_INFOS.get(key)
+    if entry is None:
+        n = _HASH_LENS[hash_name] if length is None else length
+        algorithm, head = _label_prefix(hash_name, label, n, prefix)
+        entry = (algorithm, n, head + b"\x00")
+        if len(_FIXED_INFOS) < _LABEL_CACHE_MAX:
+            _FIXED_INFOS[key] = entry
+    return entry
+
+
 def derive_secret(
     hash_name: str, secret: bytes, label: bytes, transcript_hash: bytes, prefix: bytes = TLS13_LABEL_PREFIX
 ) -> bytes:
     """Derive-Secret(Secret, Label, Messages) with ``Transcript-Hash(Messages)`` given."""
-    return hkdf_expand_label(hash_name, secret, label, transcript_hash, _HASH_LENS[hash_name], prefix)
+    entry = _DERIVE_HEADS.get((hash_name, label, prefix))
+    if entry is not None and len(transcript_hash) == entry[1]:
+        return HKDFExpand(entry[0], entry[1], entry[2] + transcript_hash).derive(secret)
+    n = _HASH_LENS[hash_name]
+    if entry is None and len(_DERIVE_HEADS) < _LABEL_CACHE_MAX:
+        algorithm, head = _label_prefix(hash_name, label, n, prefix)
+        _DERIVE_HEADS[(hash_name, label, prefix)] = (algorithm, n, head + bytes((n,)))
+    return hkdf_expand_label(hash_name, secret, label, transcript_hash, n, prefix)
 
 
 _CONSTANTS: dict[tuple[str, ...], bytes] = {}
@@ -309,8 +341,9 @@ def finished_verify_data(
     ``finished_key = HKDF-Expand-Label(BaseKey, "finished", "", Hash.length)``;
     ``verify_data = HMAC(finished_key, transcript_hash)``.
     """
-    finished_key = hkdf_expand_label(hash_name, base_key, LABEL_FINISHED, b"", _HASH_LENS[hash_name], prefix)
-    mac = _hmac.HMAC(finished_key, _algorithm(hash_name))
+    algorithm, n, info = _fixed_info(hash_name, LABEL_FINISHED, None, prefix)
+    finished_key = HKDFExpand(algorithm, n, info).derive(base_key)
+    mac = _hmac.HMAC(finished_key, algorithm)
     mac.update(transcript_hash)
     return mac.finalize()
 
@@ -330,11 +363,10 @@ def next_traffic_secret(hash_name: str, secret: bytes, prefix: bytes = TLS13_LAB
 
 def traffic_key_iv(suite: CipherSuiteInfo, secret: bytes, prefix: bytes = TLS13_LABEL_PREFIX) -> tuple[bytes, bytes]:
     """``(write_key, write_iv)`` for ``secret`` (RFC 9846 §7.3)."""
-    h = suite.hash_name
-    return (
-        hkdf_expand_label(h, secret, LABEL_KEY, b"", suite.key_len, prefix),
-        hkdf_expand_label(h, secret, LABEL_IV, b"", suite.iv_len, prefix),
-    )
+    algorithm, key_len, key_info = _fixed_info(suite.hash_name, LABEL_KEY, suite.key_len, prefix)
+    _, iv_len, iv_info = _fixed_info(suite.hash_name, LABEL_IV, suite.iv_len, prefix)
+    key = HKDFExpand(algorithm, key_len, key_info).derive(secret)
+    return key, HKDFExpand(algorithm, iv_len, iv_info).derive(secret)
 
 
 def resumption_psk(

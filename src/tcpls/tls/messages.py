@@ -222,19 +222,16 @@ def get_extension(exts: Extensions, ext_type: int) -> bytes | None:
 # --------------------------------------------------------------------------
 def _pull_extensions(buf: Buffer, min_len: int = 0) -> Extensions:
     """``Extension extensions<min_len..2^16-1>``; rejects duplicate types."""
-    exts: Extensions = []
-    seen: set[int] = set()
-    with buf.pull_block(2, min_len):
-        while not buf.eof():
-            ext_type = buf.pull_uint16()
-            data = buf.pull_opaque(2)
+    exts = buf.pull_tlv_block(min_len)
+    if len({t for t, _ in exts}) != len(exts):
+        # §4.2: "There MUST NOT be more than one extension of the same type
+        # in a given extension block." Syntactically valid but inconsistent:
+        # illegal_parameter (§6.2).
+        seen: set[int] = set()
+        for ext_type, _ in exts:
             if ext_type in seen:
-                # §4.2: "There MUST NOT be more than one extension of the same
-                # type in a given extension block." Syntactically valid but
-                # inconsistent: illegal_parameter (§6.2).
                 raise IllegalParameter(f"duplicate extension {ext_type}")
             seen.add(ext_type)
-            exts.append((ext_type, data))
     return exts
 
 
@@ -425,11 +422,16 @@ def _pull_new_session_ticket(buf: Buffer) -> NewSessionTicket:
     return NewSessionTicket(lifetime, age_add, nonce, ticket, _pull_extensions(buf))
 
 
+_NST_HEAD = struct.Struct("!IIB")
+
+
 def _push_new_session_ticket(buf: Buffer, m: NewSessionTicket) -> None:
-    buf.push_uint32(m.ticket_lifetime)
-    buf.push_uint32(m.ticket_age_add)
-    buf.push_opaque(1, m.ticket_nonce)
-    buf.push_opaque(2, m.ticket)
+    nonce, ticket = m.ticket_nonce, m.ticket
+    if len(nonce) > 0xFF or len(ticket) > 0xFFFF:
+        raise ValueError("vector too long for its length prefix")
+    # A server sends num_tickets of these per handshake: one pack, one join.
+    head = _NST_HEAD.pack(m.ticket_lifetime, m.ticket_age_add, len(nonce))
+    buf.push_bytes(b"".join((head, nonce, len(ticket).to_bytes(2, "big"), ticket)))
     _push_extensions(buf, m.extensions)
 
 
@@ -607,15 +609,22 @@ class HandshakeReader:
 
     def next_message(self) -> tuple[int, bytes] | None:
         """``(msg_type, full message bytes incl. header)`` or None if incomplete."""
-        length = self._check_header()
-        if length < 0:
-            return None
-        end = 4 + length
         buf = self._buf
-        if len(buf) < end:
+        have = len(buf)
+        if have < 4:
             return None
-        msg = bytes(buf[:end])
-        del buf[:end]
+        length = (buf[1] << 16) | (buf[2] << 8) | buf[3]  # _check_header, inlined
+        if length > self.max_message_size:
+            raise DecodeError(f"handshake message of {length} bytes exceeds the limit of {self.max_message_size}")
+        end = 4 + length
+        if have < end:
+            return None
+        if have == end:  # the usual case: a record ends with a message
+            msg = bytes(buf)
+            buf.clear()
+        else:
+            msg = bytes(buf[:end])
+            del buf[:end]
         return msg[0], msg
 
     def has_partial(self) -> bool:

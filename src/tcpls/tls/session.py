@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 *Client side.* Every NewSessionTicket (RFC 9846 §4.6.1) becomes a
 :class:`Session`: the ticket (the PSK identity), the PSK derived from the
-resumption secret, ``ticket_age_add``, the lifetime and when the ticket was
+resumption secret (on first use of ``Session.psk``: most tickets a client
+receives are never used), ``ticket_age_add``, the lifetime and when the ticket was
 received, ``max_early_data_size`` and the parameters 0-RTT must reuse (suite,
 ALPN, SNI). ``Session.to_bytes()`` / ``Session.from_bytes()`` store it.
 An :class:`ExternalPSK` is a provisioned identity + key + hash (§4.2.11).
@@ -32,6 +33,7 @@ since the epoch (wall-clock time, since tickets outlive processes).
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Optional, Protocol
@@ -41,6 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .._buffer import Buffer
 from ..errors import DecodeError
+from .key_schedule import TLS13_LABEL_PREFIX, resumption_psk
 from .suites import suite_info
 
 __all__ = [
@@ -67,6 +70,34 @@ _STATE_VERSION = 3
 _TLS_1_3 = 0x0304
 
 
+_STATE_HEAD = struct.Struct("!BHHB")
+_STATE_TAIL = struct.Struct("!IQII")
+_U16 = struct.Struct("!H")
+
+
+def _pack_str(s: Optional[str]) -> bytes:
+    if s is None:
+        return b"\x00\x00"
+    raw = s.encode("utf-8")
+    if len(raw) >= 0xFFFF:
+        raise ValueError("vector too long for its length prefix")
+    return _U16.pack(len(raw) + 1) + b"\x01" + raw
+
+
+def _unpack_str(data: bytes, pos: int) -> tuple[Optional[str], int]:
+    """``(string or None, position after it)``: the inverse of :func:`_pack_str`."""
+    (n,) = _U16.unpack_from(data, pos)
+    pos += 2
+    end = pos + n
+    if end > len(data):
+        raise DecodeError("string longer than the data")
+    if not n:
+        return None, pos
+    if data[pos] != 1:
+        raise DecodeError("bad string encoding")
+    return bytes(data[pos + 1 : end]).decode("utf-8"), end
+
+
 def _push_str(buf: Buffer, s: Optional[str]) -> None:
     buf.push_opaque(2, b"" if s is None else b"\x01" + s.encode("utf-8"))
 
@@ -77,6 +108,12 @@ def _push_certs(buf: Buffer, certs: tuple[bytes, ...]) -> None:
     for der in certs:
         inner.push_opaque(3, der)
     buf.push_opaque(3, inner.data())
+
+
+def _pack_certs(certs: tuple[bytes, ...]) -> bytes:
+    buf = Buffer()
+    _push_certs(buf, certs)
+    return buf.data()
 
 
 def _pull_certs(buf: Buffer) -> tuple[bytes, ...]:
@@ -129,6 +166,26 @@ class Session:
     alpn_protocol: Optional[str] = None
     server_name: Optional[str] = None
     peer_certificates: tuple[bytes, ...] = field(default=(), repr=False)
+
+    @classmethod
+    def from_ticket(
+        cls,
+        *,
+        cipher_suite: int,
+        resumption_secret: bytes,
+        ticket_nonce: bytes,
+        label_prefix: bytes = TLS13_LABEL_PREFIX,
+        **fields: object,
+    ) -> "Session":
+        """A session from one NewSessionTicket whose PSK,
+        ``HKDF-Expand-Label(resumption_secret, "resumption", ticket_nonce, Hash.length)``
+        (RFC 9846 §4.6.1), is derived when :attr:`psk` is first read.
+
+        ``fields`` are the other constructor arguments (``ticket``, ``lifetime``, ...).
+        """
+        session = cls(cipher_suite=cipher_suite, psk=None, **fields)  # type: ignore[arg-type]
+        object.__setattr__(session, "_psk_inputs", (resumption_secret, ticket_nonce, label_prefix))
+        return session
 
     @property
     def hash_name(self) -> str:
@@ -188,6 +245,26 @@ class Session:
             raise ValueError(f"invalid session encoding: {exc}") from None
 
 
+def _session_psk(self: Session) -> bytes:
+    psk = self.__dict__["psk"]
+    if psk is None:
+        secret, nonce, prefix = self.__dict__["_psk_inputs"]
+        psk = self.__dict__["psk"] = resumption_psk(self.hash_name, secret, nonce, prefix)
+    return psk
+
+
+def _set_session_psk(self: Session, value: bytes) -> None:
+    # Only the dataclass __init__ gets here (the frozen __setattr__ refuses
+    # assignments after construction).
+    self.__dict__["psk"] = value
+
+
+# ``Session.psk`` reads through a property so that Session.from_ticket can
+# leave the derivation for first use; the field (constructor argument,
+# equality, hash, serialisation) is unchanged.
+Session.psk = property(_session_psk, _set_session_psk, doc="The resumption PSK (§4.6.1).")  # type: ignore[assignment]
+
+
 @dataclass(frozen=True)
 class ExternalPSK:
     """An externally provisioned PSK (RFC 9846 §4.2.11).
@@ -231,43 +308,58 @@ class TicketState:
     peer_certificates: tuple[bytes, ...] = ()
 
     def encode(self) -> bytes:
-        buf = Buffer()
-        buf.push_uint8(_STATE_VERSION)
-        buf.push_uint16(self.protocol_version)
-        buf.push_uint16(self.cipher_suite)
-        buf.push_opaque(1, self.psk)
-        buf.push_uint32(self.ticket_age_add)
-        buf.push_uint64(int(self.created_at * 1000))
-        buf.push_uint32(self.lifetime)
-        buf.push_uint32(self.max_early_data)
-        _push_str(buf, self.alpn_protocol)
-        _push_str(buf, self.server_name)
-        _push_certs(buf, self.peer_certificates)
-        return buf.data()
+        # One struct.pack per fixed part (a server seals num_tickets of these
+        # per handshake): u8 version, u16 protocol, u16 suite, psk<1>, u32
+        # age_add, u64 created_at (ms), u32 lifetime, u32 max_early_data, then
+        # ALPN and SNI as opaque<2> (empty: none; else 0x01 + UTF-8).
+        psk = self.psk
+        if len(psk) > 0xFF:
+            raise ValueError("vector too long for its length prefix")
+        return b"".join(
+            (
+                _STATE_HEAD.pack(_STATE_VERSION, self.protocol_version, self.cipher_suite, len(psk)),
+                psk,
+                _STATE_TAIL.pack(
+                    self.ticket_age_add, int(self.created_at * 1000), self.lifetime, self.max_early_data
+                ),
+                _pack_str(self.alpn_protocol),
+                _pack_str(self.server_name),
+                _pack_certs(self.peer_certificates),
+            )
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Optional["TicketState"]:
+        """Inverse of :meth:`encode`; None for anything else (other version, bad encoding)."""
         try:
-            buf = Buffer(data)
-            version = buf.pull_uint8()
+            version, protocol_version, suite, n = _STATE_HEAD.unpack_from(data, 0)
             if version not in (2, _STATE_VERSION):
                 return None
-            protocol_version = buf.pull_uint16()
-            st = cls(
+            pos = _STATE_HEAD.size + n
+            psk = bytes(data[_STATE_HEAD.size : pos])
+            age_add, created_ms, lifetime, max_early = _STATE_TAIL.unpack_from(data, pos)
+            alpn, pos = _unpack_str(data, pos + _STATE_TAIL.size)
+            server_name, pos = _unpack_str(data, pos)
+            certs: tuple[bytes, ...] = ()
+            if version >= 3:
+                rest = Buffer(data[pos:])
+                certs = _pull_certs(rest)
+                rest.expect_end("ticket state")
+            elif pos != len(data):
+                return None
+            return cls(
                 protocol_version=protocol_version,
-                cipher_suite=buf.pull_uint16(),
-                psk=buf.pull_opaque(1),
-                ticket_age_add=buf.pull_uint32(),
-                created_at=buf.pull_uint64() / 1000,
-                lifetime=buf.pull_uint32(),
-                max_early_data=buf.pull_uint32(),
-                alpn_protocol=_pull_str(buf),
-                server_name=_pull_str(buf),
-                peer_certificates=_pull_certs(buf) if version >= 3 else (),
+                cipher_suite=suite,
+                psk=psk,
+                ticket_age_add=age_add,
+                created_at=created_ms / 1000,
+                lifetime=lifetime,
+                max_early_data=max_early,
+                alpn_protocol=alpn,
+                server_name=server_name,
+                peer_certificates=certs,
             )
-            buf.expect_end("ticket state")
-            return st
-        except (DecodeError, UnicodeDecodeError):
+        except (struct.error, DecodeError, UnicodeDecodeError):
             return None
 
 
@@ -301,8 +393,9 @@ class TicketKeys:
         with self._lock:
             if not self._keys or now - self._keys[0][2] >= self.rotation:
                 self._keys.insert(0, (os.urandom(self.NAME_LEN), AESGCM(AESGCM.generate_key(256)), now))
-            keep = self.rotation + self.max_lifetime
-            self._keys = [k for i, k in enumerate(self._keys) if i == 0 or now - k[2] < keep]
+            if len(self._keys) > 1:
+                keep = self.rotation + self.max_lifetime
+                self._keys = [k for i, k in enumerate(self._keys) if i == 0 or now - k[2] < keep]
             name, aead, _ = self._keys[0]
             return name, aead
 

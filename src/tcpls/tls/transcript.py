@@ -73,7 +73,9 @@ class Transcript:
         """Transcript-Hash of the messages so far (does not consume the state)."""
         if self._hash is None:
             raise InternalError("transcript hash requested before the hash is known")
-        return self._hash.copy().digest()
+        # hashlib's digest() leaves the running state untouched (it finishes
+        # a copy of its own): no copy() here.
+        return self._hash.digest()
 
     def digest_with(self, extra: bytes | bytearray | memoryview) -> bytes:
         """Transcript-Hash of the messages so far followed by ``extra``, without recording it.

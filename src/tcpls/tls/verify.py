@@ -86,10 +86,16 @@ def verify_server_chain(
         raise CertificateVerificationError(
             AlertDescription.bad_certificate, "certificate verify failed: no server name to check the certificate against"
         )
-    try:
-        subject: xv.Subject = xv.IPAddress(ipaddress.ip_address(server_name))
-    except ValueError:
+    subject: xv.Subject
+    # Only a name with a colon (IPv6) or of digits and dots (IPv4) can be an
+    # IP literal: host names skip ipaddress' parse and its exception.
+    if ":" not in server_name and not server_name.replace(".", "").isdigit():
         subject = xv.DNSName(server_name)
+    else:
+        try:
+            subject = xv.IPAddress(ipaddress.ip_address(server_name))
+        except ValueError:
+            subject = xv.DNSName(server_name)
     builder = xv.PolicyBuilder().store(_store(anchors))
     if now is not None:
         builder = builder.time(now)

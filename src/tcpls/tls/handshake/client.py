@@ -68,7 +68,7 @@ from ..key_schedule import (
     HandshakeSecret,
     MasterSecret,
     finished_verify_data,
-    resumption_psk,
+    hash_len as _digest_size,
 )
 from ..session import MAX_TICKET_LIFETIME, Session
 from ..signatures import CLIENT_CONTEXT, SERVER_CONTEXT, choose_scheme, sign, signed_content
@@ -129,6 +129,11 @@ class PskOffer:
 
 
 def _is_ip(name: str) -> bool:
+    # RFC 6066 §3: no SNI for IP literals. An IPv6 literal has a colon and an
+    # IPv4 one only digits and dots: anything else is a host name, known
+    # without ipaddress' parse (and its exception) on every ClientHello.
+    if ":" not in name and not name.replace(".", "").isdigit():
+        return False
     try:
         ipaddress.ip_address(name)
         return True
@@ -277,10 +282,16 @@ class ClientHandshake(LazyExporterSecret):
         if early_data and self.psk_offers and self.psk_offers[0].session is self.session and self.can_send_early_data():
             self.early_data_state = "offered"
         groups = self.config.key_share_groups or self.config.groups[:1]
+        # §4.2.9: a client that takes psk_ke only and offers a PSK has no use
+        # for an (EC)DHE share if the server accepts it, so it sends an empty
+        # client_shares (§4.2.8); a server that refuses the PSK asks for a
+        # share with a HelloRetryRequest.
+        psk_only = bool(self.psk_offers) and PskKeyExchangeMode.psk_dhe_ke not in self.config.psk_key_exchange_modes
         for g in groups:
             if g not in self.config.groups:
                 raise ValueError(f"key_share group {g!r} is not in the configured groups")
-            self.key_shares[g] = KeyShare(g)
+            if not psk_only:
+                self.key_shares[g] = KeyShare(g)
         self._send_client_hello(cookie=None)
         self.state = ClientState.WAIT_SH
 
@@ -313,7 +324,7 @@ class ClientHandshake(LazyExporterSecret):
             if early:
                 exts.append((E.early_data, X.encode_empty()))
             ids = [X.PskIdentity(o.identity, o.obfuscated_age) for o in offers]
-            dummy = [bytes(hashlib.new(o.hash_name).digest_size) for o in offers]
+            dummy = [bytes(_digest_size(o.hash_name)) for o in offers]
             # §4.2.11: pre_shared_key MUST be the last extension.
             exts.append((E.pre_shared_key, X.encode_pre_shared_key_ch(X.OfferedPsks(ids, dummy))))
         self.offered = {t for t, _ in exts}
@@ -335,7 +346,7 @@ class ClientHandshake(LazyExporterSecret):
 
     def _bind(self, hello: bytes, offers: list[PskOffer]) -> bytes:
         """Compute the PSK binders over Truncate(ClientHello) (RFC 9846 §4.2.11.2)."""
-        truncated = hello[: -X.binders_block_length([hashlib.new(o.hash_name).digest_size for o in offers])]
+        truncated = hello[: -X.binders_block_length([_digest_size(o.hash_name) for o in offers])]
         binders = []
         for o in offers:
             if self.transcript.hash_name is None:
@@ -741,9 +752,12 @@ class ClientHandshake(LazyExporterSecret):
             assert suite is not None
             exts = dict(nst.extensions)
             max_early = X.decode_early_data_nst(exts[E.early_data]) if E.early_data in exts else 0
-            session = Session(
+            # §4.6.1: the ticket's PSK is derived when the session is used.
+            session = Session.from_ticket(
                 cipher_suite=suite.suite,
-                psk=resumption_psk(suite.hash_name, self.resumption_secret, nst.ticket_nonce, self.variant.label_prefix),
+                resumption_secret=self.resumption_secret,
+                ticket_nonce=bytes(nst.ticket_nonce),
+                label_prefix=self.variant.label_prefix,
                 ticket=nst.ticket,
                 ticket_age_add=nst.ticket_age_add,
                 lifetime=min(nst.ticket_lifetime, MAX_TICKET_LIFETIME),

@@ -179,7 +179,7 @@ class ServerHandshake(LazyExporterSecret):
         self.sink = sink
         self.state = ServerState.START
         self.transcript = Transcript()
-        self.cookie_key = cookie_key or os.urandom(32)
+        self.cookie_key = cookie_key  # made on first use (HelloRetryRequest cookie)
         self.client_random = b""
         self.session_id = b""
         self.suite: Optional[CipherSuiteInfo] = None
@@ -423,7 +423,8 @@ class ServerHandshake(LazyExporterSecret):
                 # §2.2: the ticket carries the original client authentication.
                 self.peer_certificates = parse_certificates(list(chosen.resolved.state.peer_certificates))
         self.transcript.update(data)
-        self._client_hello_hash = self.transcript.digest()
+        if E.early_data in exts:  # the 0-RTT secrets' transcript (§7.1)
+            self._client_hello_hash = self.transcript.digest()
         accept_early = E.early_data in exts and self._accept_early_data(chosen)
         if E.early_data in exts:
             self.early_data_state = "accepted" if accept_early else "rejected"
@@ -595,6 +596,8 @@ class ServerHandshake(LazyExporterSecret):
         self.transcript.rewrite_for_hello_retry()
         if self.config.hello_retry_cookie:
             ch1_hash = self.transcript.digest()
+            if not self.cookie_key:
+                self.cookie_key = os.urandom(32)
             self.hrr_cookie = ch1_hash + hmac.digest(self.cookie_key, ch1_hash + group.to_bytes(2, "big"), "sha256")
         data = encode_hello_retry_request(self.variant, self.suite.suite, group, self.hrr_cookie, self.session_id)
         self.transcript.update(data)
