@@ -1,0 +1,417 @@
+"""TLS 1.3 interop with Java's JSSE (OpenJDK 17), both roles.
+
+``tests/peers/java/Peer.java`` is compiled once per session into a temporary
+directory; each JVM run batches several connections (JVM start-up costs about
+a second) and prints one ``RESULT`` line per connection. Our side runs the
+sans-IO engine over a non-blocking socket here in the test process
+(:class:`Ours`), so every test sees our engine's events (KeyUpdated,
+session_resumed, alerts) as well as what JSSE reports.
+
+JSSE has no 0-RTT, no external PSK, no exporter API and no post-handshake
+client authentication (it never offers post_handshake_auth, and its server
+never sends a post-handshake CertificateRequest); JSSE keeps a resumed
+session's creation time, which is how its side shows a resumption.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+from conftest import DEFAULT_TIMEOUT, _Drain, _stop, require_peer, wait_until
+from tcpls.errors import LocalProtocolError, ProtocolError, RemoteAlert, UsageError
+from tcpls.tls import events as ev
+from tcpls.tls.config import TLSConfig, parse_cipher_suites, parse_groups
+from tcpls.tls.connection import TLSConnection
+from tcpls.tls.enums import AlertDescription, NamedGroup
+from tcpls.tls.session import MemoryStore
+
+T = 15.0
+PEER_SRC = Path(__file__).resolve().parent / "peers" / "java" / "Peer.java"
+SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
+GROUPS = ("x25519", "secp256r1", "secp384r1", "ffdhe2048")
+KEY_TYPES = ("ec256", "ec384", "rsa2048", "ed25519")
+
+
+def pattern(n: int) -> bytes:
+    """What Peer.java sends: byte i = (i*7+3) & 0xff."""
+    return bytes((i * 7 + 3) & 0xFF for i in range(256)) * (n // 256) + bytes((i * 7 + 3) & 0xFF for i in range(n % 256))
+
+
+# ------------------------------------------------------------------ JSSE side
+@pytest.fixture(scope="session")
+def java(tmp_path_factory):
+    javac, java_bin = require_peer("javac", "java")
+    out = tmp_path_factory.mktemp("javapeer")
+    subprocess.run([javac, "-d", str(out), str(PEER_SRC)], check=True, capture_output=True, timeout=120)
+    return java_bin, str(out)
+
+
+def _props(props: dict[str, str]) -> list[str]:
+    base = {"jdk.tls.client.protocols": "TLSv1.3", "jdk.tls.server.protocols": "TLSv1.3"}
+    base.update(props)
+    return [f"-D{k}={v}" for k, v in base.items()]
+
+
+def _parse(text: str) -> list[dict[str, str]]:
+    results = []
+    for line in text.splitlines():
+        if not line.startswith("RESULT "):
+            continue
+        if " ok=0 err=" in line:
+            head, err = line.split(" err=", 1)
+            d = dict(kv.split("=", 1) for kv in head.split()[1:])
+            d["err"] = err
+        else:
+            d = dict(kv.split("=", 1) for kv in line.split()[1:])
+        results.append(d)
+    return results
+
+
+def java_client(java, port: int, conns: list[dict], props: Optional[dict] = None, timeout: float = 40.0) -> list[dict]:
+    """Run Peer client; ``conns[0]`` holds the shared options. One result per connection."""
+    java_bin, cp = java
+    args: list[str] = []
+    for i, c in enumerate(conns):
+        if i:
+            args.append(";")
+        if i == 0:
+            c = {"host": "127.0.0.1", "port": port, **c}
+        args += [f"{k}={v}" for k, v in c.items()]
+    p = subprocess.run(
+        [java_bin, *_props(props or {}), "-cp", cp, "Peer", "client", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    results = _parse(p.stdout)
+    assert len(results) == len(conns), f"java client: rc={p.returncode} out={p.stdout!r} err={p.stderr!r}"
+    return results
+
+
+class JavaServer:
+    def __init__(self, java, opts: dict, props: Optional[dict] = None) -> None:
+        java_bin, cp = java
+        self.count = int(opts.get("count", 1))
+        self.proc = subprocess.Popen(
+            [java_bin, *_props(props or {}), "-cp", cp, "Peer", "server", *(f"{k}={v}" for k, v in opts.items())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self._out, self._err = _Drain(self.proc.stdout), _Drain(self.proc.stderr)
+        found: list[int] = []
+
+        def ready() -> bool:
+            m = re.search(rb"^PORT (\d+)", self._out.data(), re.M)
+            if m is None and self.proc.poll() is not None:
+                raise RuntimeError(f"java server exited: {self._err.data()!r}")
+            if m:
+                found.append(int(m.group(1)))
+            return m is not None
+
+        wait_until(ready, T, "java server PORT")
+        self.port = found[0]
+
+    def results(self, n: Optional[int] = None) -> list[dict]:
+        """Wait for ``n`` (default: all) connection results."""
+        n = self.count if n is None else n
+        wait_until(lambda: len(_parse(self._out.data().decode())) >= n or self.proc.poll() is not None, T,
+                   "java server results")
+        res = _parse(self._out.data().decode())
+        assert len(res) >= n, f"java server: out={self._out.data()!r} err={self._err.data()!r}"
+        return res
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+@pytest.fixture
+def java_server(java):
+    started: list[JavaServer] = []
+
+    def start(opts: dict, props: Optional[dict] = None) -> JavaServer:
+        srv = JavaServer(java, opts, props)
+        started.append(srv)
+        return srv
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+# ------------------------------------------------------------------- our side
+class Ours:
+    """Our TLSConnection over a non-blocking socket, with every event kept."""
+
+    def __init__(self, sock: socket.socket, conn: TLSConnection) -> None:
+        sock.setblocking(False)
+        self.sock, self.conn = sock, conn
+        self.events: list[ev.Event] = []
+        self.data = bytearray()
+        self.error: Optional[BaseException] = None
+        self.peer_closed = False
+        self._out = bytearray()
+
+    def count(self, cls: type, **attrs) -> int:
+        return sum(1 for e in self.events if isinstance(e, cls) and all(getattr(e, k) == v for k, v in attrs.items()))
+
+    def _collect(self) -> None:
+        while (e := self.conn.next_event()) is not None:
+            if isinstance(e, ev.DataReceived):
+                self.data += e.data
+            else:
+                self.events.append(e)
+                if isinstance(e, ev.CloseNotifyReceived):
+                    self.peer_closed = True
+
+    def run(self, until: Callable[[], bool], timeout: float = T) -> None:
+        """Move bytes both ways until ``until()``; a protocol error is kept in ``error`` and raised."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._out += self.conn.data_to_send()
+            if until() and not self._out:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("interop peer did not answer in time")
+            r, w, _ = select.select([self.sock], [self.sock] if self._out else [], [], min(left, 0.5))
+            if w:
+                try:
+                    n = self.sock.send(self._out[: 1 << 20])
+                except (BrokenPipeError, ConnectionResetError):
+                    self._out.clear()
+                    n = 0
+                del self._out[:n]
+            if r:
+                try:
+                    chunk = self.sock.recv(1 << 18)
+                except ConnectionResetError:
+                    chunk = b""
+                try:
+                    if chunk:
+                        self.conn.receive_data(chunk, time.time())
+                    else:
+                        self.conn.receive_eof()
+                        self.peer_closed = True
+                except ProtocolError as exc:
+                    self.error = exc
+                    self._collect()
+                    self._drain_out()
+                    raise
+                self._collect()
+                if not chunk:
+                    return
+
+    def _drain_out(self) -> None:
+        self._out += self.conn.data_to_send()
+        self.sock.setblocking(True)
+        self.sock.settimeout(2)
+        try:
+            self.sock.sendall(self._out)
+        except OSError:
+            pass
+        self._out.clear()
+
+    def handshake(self) -> None:
+        self.conn.start_handshake(time.time())
+        self.run(lambda: self.conn.handshake_complete)
+
+    def close(self) -> None:
+        try:
+            if not self.conn.terminated:
+                self.conn.close()
+                self._drain_out()
+        finally:
+            self.sock.close()
+
+
+def our_config(pki, **kw) -> TLSConfig:
+    cfg = TLSConfig(**kw)
+    cfg.load_verify_locations(pki.ca_file)
+    return cfg
+
+
+def our_client(pki, port: int, *, data: bytes = b"", cert: bool = False, server_name: str = "localhost",
+               session=None, key_update: Optional[bool] = None, wait_ticket: bool = False, **kw) -> Ours:
+    """Connect, handshake, send ``data`` (a KeyUpdate in the middle if asked) and
+    read it back echoed, then close. Errors propagate (kept in ``.error``)."""
+    cfg = our_config(pki, **kw)
+    if cert:
+        cfg.load_cert_chain(pki.client.cert_file, pki.client.key_file)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=T)
+    ours = Ours(sock, TLSConnection(cfg, server_side=False, server_name=server_name, session=session))
+    try:
+        ours.handshake()
+        half = len(data) // 2
+        ours.conn.send_data(data[:half])
+        if key_update is not None:
+            ours.conn.key_update(key_update)
+        ours.conn.send_data(data[half:])
+        ours.run(lambda: len(ours.data) >= len(data))
+        if wait_ticket:
+            ours.run(lambda: ours.conn.session is not None)
+    finally:
+        ours.close()
+    return ours
+
+
+class OurServer:
+    """Accepts connections in a thread; each one echoes until close_notify."""
+
+    def __init__(self, pki, *, key_type: str = "ec256", cert: Optional[tuple[str, str]] = None,
+                 on_handshake: Optional[Callable[[Ours], None]] = None, **kw) -> None:
+        self.cfg = our_config(pki, **kw)
+        leaf = pki.leaf(key_type)
+        self.cfg.load_cert_chain(*(cert or (leaf.cert_file, leaf.key_file)))
+        self.on_handshake = on_handshake
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.lsock.settimeout(0.2)
+        self.port = self.lsock.getsockname()[1]
+        self.conns: list[Ours] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock, _ = self.lsock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            ours = Ours(sock, TLSConnection(self.cfg, server_side=True))
+            ours.done = False  # type: ignore[attr-defined]
+            self.conns.append(ours)
+            try:
+                ours.run(lambda: ours.conn.handshake_complete)
+                if self.on_handshake is not None:
+                    self.on_handshake(ours)
+                echoed = 0  # data may have come with the client's Finished
+                while True:
+                    ours.run(lambda: len(ours.data) > echoed or ours.peer_closed, timeout=T)
+                    ours.conn.send_data(bytes(ours.data[echoed:]))
+                    echoed = len(ours.data)
+                    if ours.peer_closed:
+                        break
+            except Exception as exc:  # noqa: BLE001 - recorded, asserted by the test
+                ours.error = ours.error or exc
+            finally:
+                try:
+                    ours.close()
+                except OSError:
+                    pass
+                ours.done = True  # type: ignore[attr-defined]
+
+    def wait(self, n: int) -> list[Ours]:
+        wait_until(lambda: len(self.conns) >= n and all(c.done for c in self.conns[:n]), T, f"{n} connections")
+        return self.conns[:n]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.lsock.close()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def our_server(pki):
+    started: list[OurServer] = []
+
+    def start(**kw) -> OurServer:
+        srv = OurServer(pki, **kw)
+        started.append(srv)
+        return srv
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def ok(r: dict) -> dict:
+    assert r.get("ok") == "1", r
+    return r
+
+
+def _alert(exc: BaseException) -> int:
+    assert isinstance(exc, ProtocolError), repr(exc)
+    return exc.alert
+
+
+def _name(alert: int) -> str:
+    return AlertDescription(alert).name
+
+
+# ======================================================= 1. full handshakes
+def test_jsse_client_each_certificate_type_and_suite(java, our_server, pki):
+    """JSSE client → our server: every suite JSSE offers, with ECDSA P-256/P-384,
+    RSA (rsa_pss_rsae) and Ed25519 certificates; chain and host name checked by
+    JSSE (HTTPS endpoint identification), SNI and ALPN seen by both sides."""
+    servers = {kt: our_server(key_type=kt, alpn_protocols=["h2", "http/1.1"]) for kt in KEY_TYPES}
+    conns = []
+    for kt in KEY_TYPES:
+        for suite in SUITES:
+            conns.append({"port": servers[kt].port, "suites": suite, "alpn": "http/1.1", "fresh": 1, "send": 20000})
+    conns[0]["ca"] = pki.ca_file
+    results = java_client(java, 0, conns)
+    for i, (kt, suite) in enumerate((kt, s) for kt in KEY_TYPES for s in SUITES):
+        r = ok(results[i])
+        assert (r["proto"], r["suite"], r["alpn"], r["echoed"]) == ("TLSv1.3", suite, "http/1.1", "ok"), (kt, r)
+        assert r["peer"] == "CN=localhost", r
+    for kt in KEY_TYPES:
+        seen = servers[kt].wait(3)
+        for suite, ours in zip(SUITES, seen):
+            assert ours.error is None, (kt, ours.error)
+            assert ours.conn.cipher_suite.name == suite
+            assert ours.conn.alpn_protocol == "http/1.1" and ours.conn.server_name == "localhost"
+            assert bytes(ours.data) == pattern(20000)
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_our_client_each_suite_and_group(java, java_server, pki, key_type):
+    """Our client → JSSE server (one certificate type per JVM): each suite,
+    each group (x25519, P-256, P-384, ffdhe2048) forced by our offer, SNI and
+    ALPN reported by JSSE, the chain verified by us."""
+    leaf = pki.leaf(key_type)
+    srv = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "ca": pki.ca_file, "alpn": "h2",
+                       "count": len(SUITES) + len(GROUPS)})
+    seen = []
+    for suite in SUITES:
+        seen.append(our_client(pki, srv.port, data=pattern(30000), cipher_suites=parse_cipher_suites(suite),
+                               alpn_protocols=["h2", "http/1.1"]))
+    for group in GROUPS:
+        seen.append(our_client(pki, srv.port, data=b"group " + group.encode(), groups=parse_groups(group)))
+    results = srv.results()
+    for i, suite in enumerate(SUITES):
+        r, ours = ok(results[i]), seen[i]
+        assert (r["suite"], r["alpn"], r["sni"], r["bytes"]) == (suite, "h2", "localhost", "30000"), r
+        assert ours.conn.cipher_suite.name == suite and ours.conn.alpn_protocol == "h2"
+        assert bytes(ours.data) == pattern(30000)
+        assert ours.conn.peer_certificates[0].subject.rfc4514_string() == "CN=localhost"
+    for i, group in enumerate(GROUPS, len(SUITES)):
+        ok(results[i])
+        ours = seen[i]
+        assert ours.conn.group.name == group and not ours.conn.hello_retry
+        assert bytes(ours.data) == b"group " + group.encode()
+
+
+def test_jsse_client_each_group(java, our_server, pki):
+    """JSSE client (default groups) → our server limited to one group: the
+    group is negotiated, with a HelloRetryRequest from us when JSSE's first
+    key share is not for it."""
+    servers = {g: our_server(groups=parse_groups(g)) for g in GROUPS}
+    conns = [{"port": servers[g].port, "fresh": 1, "send": 5000} for g in GROUPS]
+    conns[0]["ca"] = pki.ca_file
+    results = java_client(java, 0, conns)
+    for g, r in zip(GROUPS, results):
+        assert ok(r)["echoed"] == "ok", (g, r)
+        (ours,) = servers[g].wait(1)
+        assert ours.error is None and ours.conn.group.name == g
+        # JSSE's first ClientHello carries x25519 and secp256r1 key shares.
+        assert ours.conn.hello_retry == (g in ("secp384r1", "ffdhe2048")), g
+        assert bytes(ours.data) == pattern(5000)
