@@ -415,3 +415,66 @@ def test_jsse_client_each_group(java, our_server, pki):
         # JSSE's first ClientHello carries x25519 and secp256r1 key shares.
         assert ours.conn.hello_retry == (g in ("secp384r1", "ffdhe2048")), g
         assert bytes(ours.data) == pattern(5000)
+
+
+# ================================================== 2. HelloRetryRequest
+def test_hello_retry_both_ways(java, java_server, our_server, pki):
+    """We ask JSSE for another key share (with and without an HRR cookie), and
+    JSSE, configured for secp384r1/ffdhe2048 only, asks ours."""
+    plain = our_server(groups=parse_groups("secp384r1"))
+    cookie = our_server(groups=parse_groups("ffdhe2048"), hello_retry_cookie=True)
+    results = java_client(java, 0, [{"port": plain.port, "ca": pki.ca_file, "send": 1000},
+                                    {"port": cookie.port, "fresh": 1, "send": 1000}])
+    for srv, group, r in ((plain, "secp384r1", results[0]), (cookie, "ffdhe2048", results[1])):
+        assert ok(r)["echoed"] == "ok"
+        (ours,) = srv.wait(1)
+        assert ours.error is None and ours.conn.hello_retry and ours.conn.group.name == group
+
+    leaf = pki.leaf("ec256")
+    srv = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "count": 2},
+                      {"jdk.tls.namedGroups": "secp384r1,ffdhe2048"})
+    first = our_client(pki, srv.port, data=b"hrr")  # offers an x25519 key share only
+    second = our_client(pki, srv.port, data=b"hrr ffdhe", groups=parse_groups("x25519,ffdhe2048"))
+    for r in srv.results():
+        ok(r)
+    assert first.conn.hello_retry and first.conn.group == NamedGroup.secp384r1 and bytes(first.data) == b"hrr"
+    assert second.conn.hello_retry and second.conn.group == NamedGroup.ffdhe2048 and bytes(second.data) == b"hrr ffdhe"
+
+
+# ========================================================= 3. resumption
+def test_jsse_client_resumes_with_our_tickets(java, our_server, pki):
+    """JSSE's session cache resumes with our stateless and our stateful
+    (single-use, server-side store) tickets: our server reports the PSK
+    accepted, JSSE the original session's creation time."""
+    stateless = our_server()
+    stateful = our_server(ticket_store=MemoryStore())
+    results = java_client(java, 0, [
+        {"port": stateless.port, "ca": pki.ca_file, "send": 100},
+        {"port": stateless.port, "send": 100},
+        {"port": stateful.port, "send": 100},
+        {"port": stateful.port, "send": 100},
+    ])
+    for r in results:
+        assert ok(r)["echoed"] == "ok", r
+    for srv, (a, b) in ((stateless, results[:2]), (stateful, results[2:])):
+        first, second = srv.wait(2)
+        assert not first.conn.session_resumed and second.conn.session_resumed
+        assert second.error is None and bytes(second.data) == pattern(100)
+        assert a["created"] == b["created"], (a, b)  # JSSE: same session, resumed
+    assert results[0]["created"] != results[2]["created"]
+
+
+@pytest.mark.parametrize("tickets", ["stateless", "stateful"])
+def test_our_client_resumes_with_jsse_tickets(java, java_server, pki, tickets):
+    """Our client resumes with JSSE's tickets: stateless (the JDK 17 default) and
+    stateful (jdk.tls.server.enableSessionTicketExtension=false)."""
+    leaf = pki.leaf("ec256")
+    props = {"jdk.tls.server.enableSessionTicketExtension": "true" if tickets == "stateless" else "false"}
+    srv = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "count": 2}, props)
+    first = our_client(pki, srv.port, data=b"first", wait_ticket=True)
+    assert first.count(ev.SessionTicketReceived) >= 1
+    second = our_client(pki, srv.port, data=b"second", session=first.conn.session)
+    a, b = (ok(r) for r in srv.results())
+    assert not first.conn.session_resumed and second.conn.session_resumed
+    assert bytes(second.data) == b"second"
+    assert a["created"] == b["created"], (a, b)  # JSSE resumed the first session
