@@ -478,3 +478,122 @@ def test_our_client_resumes_with_jsse_tickets(java, java_server, pki, tickets):
     assert not first.conn.session_resumed and second.conn.session_resumed
     assert bytes(second.data) == b"second"
     assert a["created"] == b["created"], (a, b)  # JSSE resumed the first session
+
+
+# ================================================= 4. client certificates
+def test_jsse_server_client_auth(java, java_server, pki):
+    """JSSE server with setNeedClientAuth / setWantClientAuth: our client's
+    certificate is verified and reported by JSSE; without one, "need" fails
+    (JSSE sends bad_certificate where RFC 9846 §4.4.2.4 says certificate_required) and "want" goes on anonymously."""
+    leaf = pki.leaf("ec256")
+    base = {"cert": leaf.cert_file, "key": leaf.key_file, "ca": pki.ca_file, "count": 2}
+    need = java_server({**base, "clientauth": "need"})
+    with_cert = our_client(pki, need.port, data=b"need", cert=True)
+    with pytest.raises(RemoteAlert) as exc:
+        our_client(pki, need.port, data=b"no cert")
+    # RFC 9846 §4.4.2.4 names certificate_required; JSSE 17 sends bad_certificate.
+    assert exc.value.alert == AlertDescription.bad_certificate
+    r_cert, r_none = need.results()
+    assert ok(r_cert)["peer"] == "CN=client.test" and bytes(with_cert.data) == b"need"
+    assert r_none["ok"] == "0" and "certificate" in r_none["err"].lower(), r_none
+
+    want = java_server({**base, "clientauth": "want"})
+    anon = our_client(pki, want.port, data=b"anon")
+    named = our_client(pki, want.port, data=b"named", cert=True)
+    r_anon, r_named = want.results()
+    assert ok(r_anon)["peer"] == "-" and bytes(anon.data) == b"anon"
+    assert ok(r_named)["peer"] == "CN=client.test" and bytes(named.data) == b"named"
+
+
+def test_our_server_client_auth(java, our_server, pki):
+    """Our server requiring / requesting a client certificate: JSSE's key
+    manager picks its certificate from our certificate_authorities and
+    signature_algorithms; without one, a required certificate fails with
+    certificate_required, reported by JSSE."""
+    required = our_server(require_client_certificate=True, request_client_certificate=True)
+    optional = our_server(request_client_certificate=True)
+    client = {"cert": pki.client.cert_file, "key": pki.client.key_file}
+    results = java_client(java, 0, [
+        {"port": required.port, "ca": pki.ca_file, "auth": 1, "send": 100, **client},
+        {"port": required.port, "fresh": 1, "auth": 0, "send": 100},
+        {"port": optional.port, "fresh": 1, "auth": 0, "send": 100},
+        {"port": optional.port, "fresh": 1, "auth": 1, "send": 100},
+    ])
+    good, refused = required.wait(2)
+    assert ok(results[0])["echoed"] == "ok"
+    assert good.error is None and good.conn.peer_certificates[0].subject.rfc4514_string() == "CN=client.test"
+    assert isinstance(refused.error, LocalProtocolError) and refused.error.alert == AlertDescription.certificate_required
+    assert results[1]["ok"] == "0" and "certificate_required" in results[1]["err"], results[1]
+    anon, named = optional.wait(2)
+    assert ok(results[2])["echoed"] == "ok" and anon.error is None and anon.conn.peer_certificates == []
+    assert ok(results[3])["echoed"] == "ok" and named.conn.peer_certificates[0].subject.rfc4514_string() == "CN=client.test"
+
+
+# ============================================================ 5. KeyUpdate
+BIG = 4 << 20
+
+
+def test_jsse_initiates_key_updates(java, java_server, our_server, pki):
+    """JSSE's SSLSocket.startHandshake() on a TLS 1.3 connection sends a
+    KeyUpdate (update_requested): we switch keys, answer each, and 4 MiB
+    flow both ways across them, in both roles."""
+    srv = our_server()
+    (r,) = java_client(java, 0, [{"port": srv.port, "ca": pki.ca_file, "send": BIG, "keyupdate": 3}])
+    assert ok(r)["echoed"] == "ok"
+    (ours,) = srv.wait(1)
+    assert ours.error is None and bytes(ours.data) == pattern(BIG)
+    assert ours.count(ev.KeyUpdated, direction="receive") == 3
+    assert ours.count(ev.KeyUpdated, direction="send") == 3  # our answers
+
+    leaf = pki.leaf("ec256")
+    jsrv = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "keyupdate": 2})
+    data = os.urandom(BIG)
+    client = our_client(pki, jsrv.port, data=data)
+    assert ok(jsrv.results()[0])["bytes"] == str(BIG)
+    assert bytes(client.data) == data
+    assert client.count(ev.KeyUpdated, direction="receive") == 2
+    assert client.count(ev.KeyUpdated, direction="send") == 2
+
+
+@pytest.mark.parametrize("requested", [True, False], ids=["update_requested", "update_not_requested"])
+def test_we_initiate_key_update(java, java_server, our_server, pki, requested):
+    """Our KeyUpdate in the middle of 4 MiB: JSSE decrypts what follows (the
+    echo is byte-exact) and answers with its own KeyUpdate only when asked."""
+    leaf = pki.leaf("ec256")
+    jsrv = java_server({"cert": leaf.cert_file, "key": leaf.key_file})
+    data = os.urandom(BIG)
+    client = our_client(pki, jsrv.port, data=data, key_update=requested)
+    assert ok(jsrv.results()[0])["bytes"] == str(BIG)
+    assert bytes(client.data) == data
+    assert client.count(ev.KeyUpdated, direction="send") == 1
+    assert client.count(ev.KeyUpdated, direction="receive") == (1 if requested else 0)
+
+    # Our server updates right after the handshake; the JSSE client's data
+    # still arrive and are echoed.
+    srv = our_server(on_handshake=lambda ours: ours.conn.key_update(requested))
+    (r,) = java_client(java, 0, [{"port": srv.port, "ca": pki.ca_file, "send": 100000}])
+    assert ok(r)["echoed"] == "ok"
+    (ours,) = srv.wait(1)
+    assert ours.error is None and bytes(ours.data) == pattern(100000)
+    assert ours.count(ev.KeyUpdated, direction="receive") == (1 if requested else 0)
+
+
+# ================================================ 7. post-handshake auth
+def test_jsse_client_does_not_offer_post_handshake_auth(java, our_server, pki):
+    """JSSE implements no post-handshake authentication: even with a client
+    certificate configured it does not offer post_handshake_auth, so our
+    server refuses to send a post-handshake CertificateRequest (§4.6.2) and
+    the connection goes on."""
+    outcome: list[BaseException] = []
+
+    def try_pha(ours: Ours) -> None:
+        with pytest.raises(UsageError, match="post_handshake_auth") as exc:
+            ours.conn.request_client_certificate()
+        outcome.append(exc.value)
+
+    srv = our_server(on_handshake=try_pha)
+    (r,) = java_client(java, 0, [{"port": srv.port, "ca": pki.ca_file, "auth": 1, "send": 100,
+                                  "cert": pki.client.cert_file, "key": pki.client.key_file}])
+    assert ok(r)["echoed"] == "ok"
+    (ours,) = srv.wait(1)
+    assert ours.error is None and len(outcome) == 1
