@@ -29,10 +29,11 @@ import pytest
 
 from conftest import DEFAULT_TIMEOUT, _Drain, _stop, require_peer, wait_until
 from tcpls.errors import LocalProtocolError, ProtocolError, RemoteAlert, UsageError
+from tcpls import sync as tcpls_sync
 from tcpls.tls import events as ev
 from tcpls.tls.config import TLSConfig, parse_cipher_suites, parse_groups
 from tcpls.tls.connection import TLSConnection
-from tcpls.tls.enums import AlertDescription, NamedGroup
+from tcpls.tls.enums import AlertDescription, NamedGroup, SignatureScheme
 from tcpls.tls.session import MemoryStore
 
 T = 15.0
@@ -56,10 +57,14 @@ def java(tmp_path_factory):
     return java_bin, str(out)
 
 
+# Faster JVM start-up (C1 only, serial GC): every run is short.
+JVM_FLAGS = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xshare:auto"]
+
+
 def _props(props: dict[str, str]) -> list[str]:
     base = {"jdk.tls.client.protocols": "TLSv1.3", "jdk.tls.server.protocols": "TLSv1.3"}
     base.update(props)
-    return [f"-D{k}={v}" for k, v in base.items()]
+    return [*JVM_FLAGS, *(f"-D{k}={v}" for k, v in base.items())]
 
 
 def _parse(text: str) -> list[dict[str, str]]:
@@ -372,21 +377,40 @@ def test_jsse_client_each_certificate_type_and_suite(java, our_server, pki):
             assert bytes(ours.data) == pattern(20000)
 
 
-@pytest.mark.parametrize("key_type", KEY_TYPES)
-def test_our_client_each_suite_and_group(java, java_server, pki, key_type):
-    """Our client → JSSE server (one certificate type per JVM): each suite,
-    each group (x25519, P-256, P-384, ffdhe2048) forced by our offer, SNI and
-    ALPN reported by JSSE, the chain verified by us."""
-    leaf = pki.leaf(key_type)
-    srv = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "ca": pki.ca_file, "alpn": "h2",
-                       "count": len(SUITES) + len(GROUPS)})
+# The signature scheme our client accepts selects JSSE's certificate.
+SCHEME_OF = {"ec256": "ecdsa_secp256r1_sha256", "ec384": "ecdsa_secp384r1_sha384",
+             "rsa2048": "rsa_pss_rsae_sha256", "ed25519": "ed25519"}
+
+
+def test_our_client_each_certificate_suite_and_group(java, java_server, pki):
+    """Our client → JSSE server: each certificate type (JSSE picks it by our
+    signature_algorithms), each suite, each group (x25519, P-256, P-384,
+    ffdhe2048) forced by our offer; SNI and ALPN reported by JSSE, the chain
+    and name verified by us.
+
+    JSSE 17 cannot choose between two EC certificates by curve (offered only
+    ecdsa_secp384r1_sha384 with a P-256 and a P-384 entry, it fails with
+    internal_error), so the P-384 certificate has its own JVM."""
+    mixed = ("ec256", "rsa2048", "ed25519")
+    files = lambda kts: {"cert": ",".join(pki.leaf(k).cert_file for k in kts),  # noqa: E731
+                         "key": ",".join(pki.leaf(k).key_file for k in kts)}
+    srv = java_server({**files(mixed), "alpn": "h2", "count": len(mixed) + len(SUITES) + len(GROUPS)})
+    srv384 = java_server({**files(["ec384"]), "alpn": "h2", "count": 1})
     seen = []
+    for kt in KEY_TYPES:
+        port = srv384.port if kt == "ec384" else srv.port
+        ours = our_client(pki, port, data=pattern(3000), signature_schemes=[SignatureScheme[SCHEME_OF[kt]]])
+        assert ours.conn.peer_certificates[0] == pki.leaf(kt).cert, kt
+        assert bytes(ours.data) == pattern(3000)
     for suite in SUITES:
         seen.append(our_client(pki, srv.port, data=pattern(30000), cipher_suites=parse_cipher_suites(suite),
                                alpn_protocols=["h2", "http/1.1"]))
     for group in GROUPS:
         seen.append(our_client(pki, srv.port, data=b"group " + group.encode(), groups=parse_groups(group)))
     results = srv.results()
+    for r in results[: len(mixed)] + srv384.results():
+        assert ok(r)["bytes"] == "3000" and r["sni"] == "localhost", r
+    results = results[len(mixed):]
     for i, suite in enumerate(SUITES):
         r, ours = ok(results[i]), seen[i]
         assert (r["suite"], r["alpn"], r["sni"], r["bytes"]) == (suite, "h2", "localhost", "30000"), r
@@ -597,3 +621,57 @@ def test_jsse_client_does_not_offer_post_handshake_auth(java, our_server, pki):
     assert ok(r)["echoed"] == "ok"
     (ours,) = srv.wait(1)
     assert ours.error is None and len(outcome) == 1
+
+
+# ============================================================ 8. errors
+def test_jsse_client_rejects_our_certificate(java, our_server, pki):
+    """An untrusted CA and a wrong host name: JSSE aborts and we report the
+    alert it sent; likewise an ALPN offer we do not support."""
+    untrusted = our_server(cert=(pki.untrusted.cert_file, pki.untrusted.key_file))
+    named = our_server()
+    alpn = our_server(alpn_protocols=["h2"])
+    results = java_client(java, 0, [
+        {"port": untrusted.port, "ca": pki.ca_file, "send": 10},
+        {"port": named.port, "fresh": 1, "sni": "wrong.example", "send": 10},
+        {"port": alpn.port, "fresh": 1, "alpn": "http/1.1", "send": 10},
+    ])
+    assert results[0]["ok"] == "0" and "PKIX" in results[0]["err"], results[0]
+    assert results[1]["ok"] == "0" and "wrong.example" in results[1]["err"], results[1]
+    assert results[2]["ok"] == "0" and "no_application_protocol" in results[2]["err"], results[2]
+    for srv, alert in ((untrusted, "certificate_unknown"), (named, "certificate_unknown")):
+        (ours,) = srv.wait(1)
+        assert isinstance(ours.error, RemoteAlert) and _name(ours.error.alert) == alert, ours.error
+    (ours,) = alpn.wait(1)
+    assert isinstance(ours.error, LocalProtocolError)
+    assert ours.error.alert == AlertDescription.no_application_protocol
+
+
+def refused(pki, port: int, exc_type: type, **kw) -> ProtocolError:
+    """Connect with the blocking adapter (``tcpls.sync``, which lingers after
+    sending an alert so the peer reads it) and return the handshake error."""
+    with pytest.raises(exc_type) as info:
+        with tcpls_sync.connect(("127.0.0.1", port), our_config(pki, **kw), server_name=kw.get("server_name", "localhost"),
+                                timeout=T) as sock:
+            sock.sendall(b"x")
+            sock.recv(1)
+    return info.value
+
+
+def test_our_client_rejects_jsse_certificate(java, java_server, pki):
+    """An untrusted CA and a wrong host name: we abort with the alert JSSE
+    then reports; an ALPN mismatch refused by JSSE reaches us as its alert."""
+    srv = java_server({"cert": pki.untrusted.cert_file, "key": pki.untrusted.key_file, "count": 1})
+    untrusted = refused(pki, srv.port, LocalProtocolError)
+    (r,) = srv.results()
+    assert untrusted.alert == AlertDescription.unknown_ca
+    assert r["ok"] == "0" and "Received fatal alert: unknown_ca" in r["err"], r
+
+    leaf = pki.leaf("ec256")
+    srv = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "alpn": "h2", "count": 2})
+    wrong_name = refused(pki, srv.port, LocalProtocolError, server_name="wrong.example")
+    no_alpn = refused(pki, srv.port, RemoteAlert, alpn_protocols=["http/1.1"])
+    r_name, r_alpn = srv.results()
+    assert wrong_name.alert == AlertDescription.bad_certificate
+    assert r_name["ok"] == "0" and "Received fatal alert: bad_certificate" in r_name["err"], r_name
+    assert no_alpn.alert == AlertDescription.no_application_protocol
+    assert r_alpn["ok"] == "0" and "No matching application layer protocol" in r_alpn["err"], r_alpn

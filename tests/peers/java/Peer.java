@@ -5,7 +5,9 @@
 //
 // Options (client: per connection, the first group's values are inherited;
 // server: global):
-//   cert=PEM key=PEM   our certificate chain and PKCS#8 key (client: used only with auth=1)
+//   cert=PEM key=PEM   our certificate chain and PKCS#8 key (client: used only with
+//                      auth=1); server: comma lists, JSSE picks by the client's
+//                      signature_algorithms
 //   ca=PEM             trusted CAs (absent: trust nothing)
 //   host= port=        where to connect (client)
 //   sni=NAME           server_name to send and verify (client, default localhost)
@@ -74,8 +76,11 @@ public class Peer {
         if (withCert && o.containsKey("cert")) {
             KeyStore ks = KeyStore.getInstance("PKCS12");
             ks.load(null, null);
-            List<X509Certificate> chain = readCerts(o.get("cert"));
-            ks.setKeyEntry("me", readKey(o.get("key")), PW, chain.toArray(new X509Certificate[0]));
+            String[] certs = o.get("cert").split(","), keys = o.get("key").split(",");
+            for (int i = 0; i < certs.length; i++) {
+                List<X509Certificate> chain = readCerts(certs[i]);
+                ks.setKeyEntry("me" + i, readKey(keys[i]), PW, chain.toArray(new X509Certificate[0]));
+            }
             KeyManagerFactory kmf = KeyManagerFactory.getInstance("PKIX");
             kmf.init(ks, PW);
             kms = kmf.getKeyManagers();
@@ -164,11 +169,15 @@ public class Peer {
                 ctx = auth ? sharedAuth : shared;
             }
             StringBuilder line = new StringBuilder("RESULT n=" + n);
-            try (SSLSocket s = (SSLSocket) ctx.getSocketFactory().createSocket(o.get("host"), Integer.parseInt(o.get("port")))) {
+            String sni = o.getOrDefault("sni", "localhost");
+            int port = Integer.parseInt(o.get("port"));
+            // Layered on a plain socket so that the peer host JSSE checks the
+            // certificate against (and caches sessions under) is the SNI name.
+            Socket plain = new Socket(o.get("host"), port);
+            try (SSLSocket s = (SSLSocket) ctx.getSocketFactory().createSocket(plain, sni, port, true)) {
                 s.setSoTimeout(15000);
                 configure(s, o);
                 SSLParameters p = s.getSSLParameters();
-                String sni = o.getOrDefault("sni", "localhost");
                 p.setServerNames(List.of(new SNIHostName(sni)));
                 if (!"0".equals(o.get("verify"))) p.setEndpointIdentificationAlgorithm("HTTPS");
                 s.setSSLParameters(p);
