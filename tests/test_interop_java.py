@@ -675,3 +675,28 @@ def test_our_client_rejects_jsse_certificate(java, java_server, pki):
     assert r_name["ok"] == "0" and "Received fatal alert: bad_certificate" in r_name["err"], r_name
     assert no_alpn.alert == AlertDescription.no_application_protocol
     assert r_alpn["ok"] == "0" and "No matching application layer protocol" in r_alpn["err"], r_alpn
+
+
+# ============================================== 6. automatic key updates
+def test_jsse_key_limits_trigger_key_updates(java, java_server, our_server, pki, tmp_path):
+    """With a small jdk.tls.keyLimits (a security property), JSSE updates its
+    sending key by itself after each MiB, in both roles; we follow every
+    update and 4 MiB stay byte-exact."""
+    limits = tmp_path / "java.security"
+    limits.write_text("jdk.tls.keyLimits=AES/GCM/NoPadding KeyUpdate 2^20\n")
+    props = {"java.security.properties": str(limits)}
+
+    srv = our_server()
+    (r,) = java_client(java, 0, [{"port": srv.port, "ca": pki.ca_file, "send": BIG}], props)
+    assert ok(r)["echoed"] == "ok"
+    (ours,) = srv.wait(1)
+    assert ours.error is None and bytes(ours.data) == pattern(BIG)
+    assert ours.count(ev.KeyUpdated, direction="receive") >= 3
+
+    leaf = pki.leaf("ec256")
+    jsrv = java_server({"cert": leaf.cert_file, "key": leaf.key_file}, props)
+    data = os.urandom(BIG)
+    client = our_client(pki, jsrv.port, data=data)
+    assert ok(jsrv.results()[0])["bytes"] == str(BIG)
+    assert bytes(client.data) == data
+    assert client.count(ev.KeyUpdated, direction="receive") >= 3
