@@ -198,7 +198,8 @@ def test_our_client_resumes_with_s_server(openssl_server, pki, suite):
 
     c2 = EngineClient(srv.address, cfg, session=sess)
     c2.handshake()
-    assert c2.conn.session_resumed and not c2.conn.peer_certificates
+    # Authenticated by the PSK (RFC 9846 §2.2): the certificates are the session's.
+    assert c2.conn.session_resumed and c2.conn.peer_certificates == c1.conn.peer_certificates
     assert c2.conn.cipher_suite == CipherSuite[suite]
     assert c2.of(ev.HandshakeComplete)[0].session_resumed
     rev_exchange(c2, b"resumed connection")

@@ -92,7 +92,10 @@ def test_server_sends_two_tickets_by_default_and_resumption_works():
     r2 = Run(c, s, T0 + 5, session=sess).pump()
     assert r2.client.session_resumed and r2.server.session_resumed
     hc = r2.of("client", ev.HandshakeComplete)[0]
-    assert hc.session_resumed and hc.peer_certificate_subject is None
+    # §2.2: the PSK stands for the original authentication: the resumed
+    # connection reports the server certificate the session was made with.
+    assert hc.session_resumed and hc.peer_certificate_subject == "CN=localhost"
+    assert r2.client.peer_certificates == r.client.peer_certificates
     assert r2.of("server", ev.HandshakeComplete)[0].session_resumed
     assert r2.client.alpn_protocol == "h2"
     assert r2.client.group == NamedGroup.x25519  # psk_dhe_ke by default
@@ -108,6 +111,60 @@ def test_num_tickets(n):
     c, s = configs(s_num_tickets=n)
     r = Run(c, s).pump()
     assert len(r.of("client", ev.SessionTicketReceived)) == n
+
+
+def test_resumed_server_reports_the_ticket_holders_client_certificate():
+    """A ticket issued after client authentication carries the client's
+    chain: the resumed connection (no Certificate message) reports it, as it
+    must not make an authenticated client look anonymous (§2.2)."""
+    from tlspair import client_cert
+
+    cert, key = client_cert("ec256")
+    c, s = configs(s_require_client_certificate=True)
+    c.certificate_chain, c.private_key = [cert], key
+    r, sess = first_session(c, s)
+    assert r.server.peer_certificates == [cert]
+    r2 = Run(c, s, T0 + 5, session=sess).pump()
+    assert r2.server.session_resumed and r2.server.peer_certificates == [cert]
+    assert r2.of("server", ev.HandshakeComplete)[0].peer_certificate_subject == cert.subject.rfc4514_string()
+    # and the tickets of the resumed connection carry it on
+    r3 = Run(c, s, T0 + 10, session=r2.client.session).pump()
+    assert r3.server.session_resumed and r3.server.peer_certificates == [cert]
+
+
+def test_resumed_without_client_authentication_reports_no_client_certificate():
+    c, s = configs()
+    _, sess = first_session(c, s)
+    r2 = Run(c, s, T0 + 5, session=sess).pump()
+    assert r2.server.session_resumed and r2.server.peer_certificates == []
+
+
+def test_session_saved_before_peer_certificates_still_loads():
+    """Sessions written without the certificate field (older files) load,
+    with no peer certificates, and still resume."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    c, s = configs()
+    r, sess = first_session(c, s)
+    der = r.client.peer_certificates[0].public_bytes(Encoding.DER)
+    assert sess.peer_certificates == (der,)
+    old = dataclasses.replace(sess, peer_certificates=()).to_bytes()[:-3]  # no certificate list at all
+    loaded = Session.from_bytes(old)
+    assert loaded.peer_certificates == () and loaded.ticket == sess.ticket
+    assert Run(c, s, T0 + 1, session=loaded).pump().client.session_resumed
+
+
+def test_ticket_state_of_version_2_still_decodes():
+    """Tickets sealed before the client chain was added (state version 2)
+    still resume, without client certificates."""
+    from tcpls.tls.session import TicketState
+
+    st = TicketState(cipher_suite=SHA256, psk=b"k" * 32, ticket_age_add=7, created_at=T0, lifetime=3600,
+                     peer_certificates=(b"\x30\x03abc",))
+    assert TicketState.decode(st.encode()) == st
+    v2 = b"\x02" + dataclasses.replace(st, peer_certificates=()).encode()[1:-3]
+    assert TicketState.decode(v2) == dataclasses.replace(st, peer_certificates=())
+    assert TicketState.decode(st.encode()[:-1]) is None
 
 
 def test_session_serialises():

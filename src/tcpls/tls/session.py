@@ -61,12 +61,33 @@ MAX_TICKET_LIFETIME = 604800
 _SESSION_MAGIC = b"TCPLS-S1"
 # 2: the protocol version (TLS 1.3 / DTLS 1.3) is part of the state; older
 # states carry none and are not usable (a full handshake follows).
-_STATE_VERSION = 2
+# 3: the client's certificate chain follows (version 2 states still resume,
+# without it).
+_STATE_VERSION = 3
 _TLS_1_3 = 0x0304
 
 
 def _push_str(buf: Buffer, s: Optional[str]) -> None:
     buf.push_opaque(2, b"" if s is None else b"\x01" + s.encode("utf-8"))
+
+
+def _push_certs(buf: Buffer, certs: tuple[bytes, ...]) -> None:
+    """DER certificates as ``opaque certs<0..2^24-1>`` of ``opaque cert<1..2^24-1>``."""
+    inner = Buffer()
+    for der in certs:
+        inner.push_opaque(3, der)
+    buf.push_opaque(3, inner.data())
+
+
+def _pull_certs(buf: Buffer) -> tuple[bytes, ...]:
+    inner = Buffer(buf.pull_opaque(3))
+    out = []
+    while not inner.eof():
+        der = inner.pull_opaque(3)
+        if not der:
+            raise DecodeError("empty certificate")
+        out.append(der)
+    return tuple(out)
 
 
 def _pull_str(buf: Buffer) -> Optional[str]:
@@ -92,6 +113,10 @@ class Session:
         max_early_data: bytes of 0-RTT data allowed (0: none).
         alpn_protocol: ALPN of the issuing connection (0-RTT must reuse it).
         server_name: SNI of the issuing connection.
+        peer_certificates: the server's certificate chain (DER, leaf first)
+            as verified on the issuing connection; a connection resumed with
+            this session reports it as its peer's (RFC 9846 §2.2: the PSK
+            carries the original authentication).
     """
 
     cipher_suite: int
@@ -103,6 +128,7 @@ class Session:
     max_early_data: int = 0
     alpn_protocol: Optional[str] = None
     server_name: Optional[str] = None
+    peer_certificates: tuple[bytes, ...] = field(default=(), repr=False)
 
     @property
     def hash_name(self) -> str:
@@ -131,6 +157,7 @@ class Session:
         buf.push_uint32(self.max_early_data)
         _push_str(buf, self.alpn_protocol)
         _push_str(buf, self.server_name)
+        _push_certs(buf, self.peer_certificates)
         return buf.data()
 
     @classmethod
@@ -152,6 +179,8 @@ class Session:
                 max_early_data=buf.pull_uint32(),
                 alpn_protocol=_pull_str(buf),
                 server_name=_pull_str(buf),
+                # Absent from sessions saved before it was added.
+                peer_certificates=() if buf.eof() else _pull_certs(buf),
             )
             buf.expect_end("session")
             return s
@@ -197,6 +226,9 @@ class TicketState:
     #: value: 0x0304 TLS 1.3, 0xfefc DTLS 1.3). A ticket resumes only a
     #: connection of the same protocol.
     protocol_version: int = _TLS_1_3
+    #: The client's certificate chain (DER, leaf first) if it authenticated:
+    #: a resumed connection reports it as its peer's (RFC 9846 §2.2).
+    peer_certificates: tuple[bytes, ...] = ()
 
     def encode(self) -> bytes:
         buf = Buffer()
@@ -210,13 +242,15 @@ class TicketState:
         buf.push_uint32(self.max_early_data)
         _push_str(buf, self.alpn_protocol)
         _push_str(buf, self.server_name)
+        _push_certs(buf, self.peer_certificates)
         return buf.data()
 
     @classmethod
     def decode(cls, data: bytes) -> Optional["TicketState"]:
         try:
             buf = Buffer(data)
-            if buf.pull_uint8() != _STATE_VERSION:
+            version = buf.pull_uint8()
+            if version not in (2, _STATE_VERSION):
                 return None
             protocol_version = buf.pull_uint16()
             st = cls(
@@ -229,6 +263,7 @@ class TicketState:
                 max_early_data=buf.pull_uint32(),
                 alpn_protocol=_pull_str(buf),
                 server_name=_pull_str(buf),
+                peer_certificates=_pull_certs(buf) if version >= 3 else (),
             )
             buf.expect_end("ticket state")
             return st

@@ -175,6 +175,7 @@ class ClientHandshake(LazyExporterSecret):
         self.group: Optional[int] = None
         self.alpn_protocol: Optional[str] = None
         self.peer_certificates: list[x509.Certificate] = []
+        self._peer_certificates_der: tuple[bytes, ...] = ()  # as received, kept in our sessions
         self.certificate_request: Optional[M.CertificateRequest] = None
         self.ocsp_response: Optional[bytes] = None  # stapled to the server's leaf (RFC 6066 §8)
         self.peer_record_size_limit: Optional[int] = None  # RFC 8449, from EncryptedExtensions
@@ -434,6 +435,10 @@ class ClientHandshake(LazyExporterSecret):
                 raise IllegalParameter("server selected a cipher suite whose hash does not match the PSK's")
             self.selected_psk = offer
             self.session_resumed = True
+            if offer.session is not None:
+                # §2.2: the session carries the server's original authentication.
+                self._peer_certificates_der = offer.session.peer_certificates
+                self.peer_certificates = parse_certificates(self._peer_certificates_der)
             psk = offer.psk
             early = offer.early()
         shared: Optional[bytes] = None
@@ -589,7 +594,8 @@ class ClientHandshake(LazyExporterSecret):
         leaf_exts = dict(msg.certificate_list[0].extensions)
         if E.status_request in leaf_exts:
             self.ocsp_response = X.decode_status_request_cert_entry(leaf_exts[E.status_request])
-        self.peer_certificates = parse_certificates([e.cert_data for e in msg.certificate_list])
+        self._peer_certificates_der = tuple(bytes(e.cert_data) for e in msg.certificate_list)
+        self.peer_certificates = parse_certificates(self._peer_certificates_der)
         if self.config.verify_peer:
             anchors = self.config.get_trust_anchors()
             name = self.server_name if self.config.check_hostname else None
@@ -725,6 +731,7 @@ class ClientHandshake(LazyExporterSecret):
                 max_early_data=max_early,
                 alpn_protocol=self.alpn_protocol,
                 server_name=self.server_name,
+                peer_certificates=self._peer_certificates_der,
             )
         self.on_ticket(nst, session)
 

@@ -32,6 +32,7 @@ from enum import Enum, auto
 from typing import Any, Callable, Optional
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from ...errors import (
     DecryptError,
@@ -418,6 +419,9 @@ class ServerHandshake(LazyExporterSecret):
             self.chosen_psk = chosen
             self.session_resumed = True
             self.psk_identity = offered_psks.identities[chosen.index].identity
+            if chosen.resolved.state is not None:
+                # §2.2: the ticket carries the original client authentication.
+                self.peer_certificates = parse_certificates(list(chosen.resolved.state.peer_certificates))
         self.transcript.update(data)
         self._client_hello_hash = self.transcript.digest()
         accept_early = E.early_data in exts and self._accept_early_data(chosen)
@@ -812,6 +816,7 @@ class ServerHandshake(LazyExporterSecret):
             alpn_protocol=self.alpn_protocol,
             server_name=self.server_name,
             protocol_version=self.variant.version,
+            peer_certificates=tuple(c.public_bytes(Encoding.DER) for c in self.peer_certificates),
         )
         if cfg.ticket_store is not None:
             ticket = os.urandom(32)
