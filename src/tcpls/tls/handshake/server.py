@@ -823,6 +823,10 @@ class ServerHandshake(LazyExporterSecret):
             cfg.ticket_store.put(ticket, state.encode(), self.now, cfg.ticket_lifetime + _AGE_TOLERANCE)
         else:
             ticket = cfg.ticket_keys.seal(state.encode(), self.now)
+            if len(ticket) > 0xFFFF:
+                # ticket<1..2^16-1> (§4.6.1) cannot hold this client's chain;
+                # a ticket without it would resume the client as anonymous.
+                return
         exts: list[tuple[int, bytes]] = []
         if cfg.max_early_data > 0:
             exts.append((E.early_data, X.encode_early_data_nst(cfg.max_early_data)))
