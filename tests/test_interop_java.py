@@ -242,13 +242,13 @@ def our_config(pki, **kw) -> TLSConfig:
     return cfg
 
 
-def our_client(pki, port: int, *, data: bytes = b"", cert: bool = False, server_name: str = "localhost",
+def our_client(pki, port: int, *, data: bytes = b"", cert: "bool | tuple[str, str]" = False, server_name: str = "localhost",
                session=None, key_update: Optional[bool] = None, wait_ticket: bool = False, **kw) -> Ours:
     """Connect, handshake, send ``data`` (a KeyUpdate in the middle if asked) and
     read it back echoed, then close. Errors propagate (kept in ``.error``)."""
     cfg = our_config(pki, **kw)
     if cert:
-        cfg.load_cert_chain(pki.client.cert_file, pki.client.key_file)
+        cfg.load_cert_chain(*(cert if isinstance(cert, tuple) else (pki.client.cert_file, pki.client.key_file)))
     sock = socket.create_connection(("127.0.0.1", port), timeout=T)
     ours = Ours(sock, TLSConnection(cfg, server_side=False, server_name=server_name, session=session))
     try:
@@ -700,3 +700,150 @@ def test_jsse_key_limits_trigger_key_updates(java, java_server, our_server, pki,
     assert ok(jsrv.results()[0])["bytes"] == str(BIG)
     assert bytes(client.data) == data
     assert client.count(ev.KeyUpdated, direction="receive") >= 3
+
+
+# ============================================ chains, RSA-PSS, client keys
+@pytest.fixture(scope="module")
+def more_pki(pki, tmp_path_factory):
+    """Chains through an intermediate CA, RSA and Ed25519 client certificates,
+    and an RSASSA-PSS (id-RSASSA-PSS key) CA and server certificate."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    from conftest import _write_certs, _write_key
+    from tcpls import _testcerts
+
+    d = tmp_path_factory.mktemp("morepki")
+    key = _testcerts.make_key("ec256")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    inter = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tcpls test intermediate")]))
+        .issuer_name(pki.ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.ca_key.public_key()), critical=False)
+        .sign(pki.ca_key, hashes.SHA256())
+    )
+    files = {}
+
+    def leaf(name, issuer, issuer_key, chain_tail, key_type, client, names):
+        cert, k = _testcerts.make_leaf(issuer, issuer_key, names=names, key_type=key_type, client=client)
+        files[name] = (_write_certs(d / f"{name}.pem", [cert, *chain_tail]), _write_key(d / f"{name}.key", k))
+        return cert
+
+    leaf("server-chain", inter, key, [inter], "rsa2048", False, ["localhost", "127.0.0.1"])
+    leaf("client-rsa-chain", inter, key, [inter], "rsa2048", True, ["client-rsa.test"])
+    leaf("client-ed25519", pki.ca_cert, pki.ca_key, [], "ed25519", True, ["client-ed25519.test"])
+
+    def sh(*args):
+        subprocess.run(args, check=True, capture_output=True, cwd=d, timeout=60)
+
+    sh("openssl", "req", "-x509", "-newkey", "rsa-pss", "-pkeyopt", "rsa_keygen_bits:2048", "-nodes",
+       "-keyout", "pss-ca.key", "-out", "pss-ca.pem", "-days", "2", "-subj", "/CN=pss test CA",
+       "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    sh("openssl", "req", "-newkey", "rsa-pss", "-pkeyopt", "rsa_keygen_bits:2048", "-nodes",
+       "-keyout", "pss.key", "-out", "pss.csr", "-subj", "/CN=localhost")
+    (d / "ext.cnf").write_text("basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                               "extendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n")
+    sh("openssl", "x509", "-req", "-in", "pss.csr", "-CA", "pss-ca.pem", "-CAkey", "pss-ca.key", "-CAcreateserial",
+       "-out", "pss.pem", "-days", "2", "-extfile", "ext.cnf", "-sigopt", "rsa_padding_mode:pss")
+    files["pss"] = (str(d / "pss.pem"), str(d / "pss.key"))
+    files["pss-ca"] = str(d / "pss-ca.pem")
+    return files
+
+
+def test_certificate_chains_and_client_key_types(java, java_server, our_server, pki, more_pki):
+    """Server and client chains through an intermediate CA (only the root is
+    trusted), and RSA / Ed25519 client certificates, verified both ways."""
+    ours_srv = our_server(cert=more_pki["server-chain"], require_client_certificate=True,
+                          request_client_certificate=True)
+    rsa_chain, ed = more_pki["client-rsa-chain"], more_pki["client-ed25519"]
+    results = java_client(java, 0, [
+        {"port": ours_srv.port, "ca": pki.ca_file, "auth": 1, "cert": rsa_chain[0], "key": rsa_chain[1], "send": 100},
+        {"port": ours_srv.port, "fresh": 1, "auth": 1, "cert": ed[0], "key": ed[1], "send": 100},
+    ])
+    for r in results:
+        assert ok(r)["echoed"] == "ok" and r["peerchain"] == "2", r
+    a, b = ours_srv.wait(2)
+    assert [c.subject.rfc4514_string() for c in a.conn.peer_certificates] == [
+        "CN=client-rsa.test", "CN=tcpls test intermediate"]
+    assert b.conn.peer_certificates[0].subject.rfc4514_string() == "CN=client-ed25519.test"
+
+    server_chain = more_pki["server-chain"]
+    srv = java_server({"cert": server_chain[0], "key": server_chain[1], "ca": pki.ca_file, "clientauth": "need",
+                       "count": 2})
+    first = our_client(pki, srv.port, data=b"rsa chain", cert=rsa_chain)
+    second = our_client(pki, srv.port, data=b"ed25519", cert=ed)
+    r1, r2 = srv.results()
+    assert ok(r1)["peer"] == "CN=client-rsa.test" and r1["peerchain"] == "2"
+    assert ok(r2)["peer"] == "CN=client-ed25519.test"
+    assert [c.subject.rfc4514_string() for c in first.conn.peer_certificates] == [
+        "CN=localhost", "CN=tcpls test intermediate"]
+    assert bytes(first.data) == b"rsa chain" and bytes(second.data) == b"ed25519"
+
+
+def test_rsassa_pss_certificates(java, java_server, our_server, pki, more_pki):
+    """A certificate whose key is RSASSA-PSS signs with rsa_pss_pss_sha256:
+    JSSE verifies ours, and we verify JSSE's CertificateVerify. (Our client
+    cannot validate a chain with RSASSA-PSS keys, which ``cryptography``'s path
+    validation refuses, so that side runs without chain validation.)"""
+    srv = our_server(cert=more_pki["pss"])
+    (r,) = java_client(java, 0, [{"port": srv.port, "ca": more_pki["pss-ca"], "send": 100}])
+    assert ok(r)["echoed"] == "ok" and r["peer"] == "CN=localhost"
+    (ours,) = srv.wait(1)
+    assert ours.error is None
+
+    jsrv = java_server({"cert": more_pki["pss"][0], "key": more_pki["pss"][1]})
+    client = our_client(pki, jsrv.port, data=b"pss", verify_peer=False,
+                        signature_schemes=[SignatureScheme.rsa_pss_pss_sha256])
+    ok(jsrv.results()[0])
+    assert bytes(client.data) == b"pss"
+    assert client.conn.peer_certificates[0].subject.rfc4514_string() == "CN=localhost"
+
+
+def test_resumption_after_hello_retry_and_with_client_auth(java, java_server, our_server, pki):
+    """Resumption combined with a HelloRetryRequest (the PSK binder covers
+    the retry) and with client certificates (no CertificateRequest when
+    resuming; the resumed session keeps the client's identity), both ways."""
+    hrr = our_server(groups=parse_groups("secp384r1"))
+    auth = our_server(require_client_certificate=True, request_client_certificate=True)
+    client = {"cert": pki.client.cert_file, "key": pki.client.key_file}
+    results = java_client(java, 0, [
+        {"port": hrr.port, "ca": pki.ca_file, "send": 100, **client},
+        {"port": hrr.port, "send": 100},
+        {"port": auth.port, "auth": 1, "send": 100},
+        {"port": auth.port, "auth": 1, "send": 100},
+    ])
+    for r in results:
+        assert ok(r)["echoed"] == "ok", r
+    assert results[0]["created"] == results[1]["created"] and results[2]["created"] == results[3]["created"]
+    first, second = hrr.wait(2)
+    assert first.conn.hello_retry and second.conn.hello_retry and second.conn.session_resumed
+    first, second = auth.wait(2)
+    assert not first.conn.session_resumed and second.conn.session_resumed and second.error is None
+    assert second.conn.peer_certificates[0].subject.rfc4514_string() == "CN=client.test"
+
+    leaf = pki.leaf("ec256")
+    jhrr = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "count": 2}, {"jdk.tls.namedGroups": "secp384r1"})
+    a = our_client(pki, jhrr.port, data=b"a", wait_ticket=True)
+    b = our_client(pki, jhrr.port, data=b"b", session=a.conn.session)
+    ra, rb = (ok(r) for r in jhrr.results())
+    assert a.conn.hello_retry and b.conn.hello_retry and b.conn.session_resumed and ra["created"] == rb["created"]
+
+    jauth = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "ca": pki.ca_file, "clientauth": "need",
+                         "count": 2})
+    a = our_client(pki, jauth.port, data=b"a", cert=True, wait_ticket=True)
+    b = our_client(pki, jauth.port, data=b"b", cert=True, session=a.conn.session)
+    ra, rb = (ok(r) for r in jauth.results())
+    assert b.conn.session_resumed and ra["created"] == rb["created"]
+    assert ra["peer"] == rb["peer"] == "CN=client.test"
+    assert b.conn.peer_certificates == a.conn.peer_certificates == [leaf.cert]  # the server's, kept
