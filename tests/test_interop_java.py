@@ -847,3 +847,100 @@ def test_resumption_after_hello_retry_and_with_client_auth(java, java_server, ou
     assert b.conn.session_resumed and ra["created"] == rb["created"]
     assert ra["peer"] == rb["peer"] == "CN=client.test"
     assert b.conn.peer_certificates == a.conn.peer_certificates == [leaf.cert]  # the server's, kept
+
+
+# ========================================= the blocking and asyncio adapters
+def test_sync_adapter_both_roles(java, java_server, pki):
+    """``tcpls.sync`` as client and server with JSSE: 4 MiB echoed while
+    KeyUpdates cross (JSSE's and ours, both requesting an answer)."""
+    leaf = pki.leaf("ec256")
+    jsrv = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "keyupdate": 2})
+    data = os.urandom(BIG)
+    with tcpls_sync.connect(("127.0.0.1", jsrv.port), our_config(pki), server_name="localhost", timeout=T) as sock:
+        def write() -> None:
+            sock.sendall(data[: BIG // 2])
+            sock.key_update(True)
+            sock.sendall(data[BIG // 2:])
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        got = bytearray()
+        while len(got) < BIG and (chunk := sock.recv(1 << 18)):
+            got += chunk
+        writer.join(T)
+    assert bytes(got) == data and ok(jsrv.results()[0])["bytes"] == str(BIG)
+
+    cfg = our_config(pki)
+    cfg.load_cert_chain(leaf.cert_file, leaf.key_file)
+    done: list = []
+    with tcpls_sync.create_server(("127.0.0.1", 0), cfg) as listener:
+        listener.settimeout(T)
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(T)
+                conn.key_update(True)
+                n = 0
+                while chunk := conn.recv(1 << 18):
+                    conn.sendall(chunk)
+                    n += len(chunk)
+                done.append(n)
+
+        server = threading.Thread(target=serve)
+        server.start()
+        (r,) = java_client(java, listener.getsockname()[1],
+                           [{"ca": pki.ca_file, "send": BIG, "keyupdate": 2}])
+        server.join(T)
+    assert ok(r)["echoed"] == "ok" and done == [BIG]
+
+
+def test_asyncio_adapter_both_roles(java, java_server, pki):
+    """``tcpls.aio`` streams as client and server with JSSE, 1 MiB each way."""
+    import asyncio
+
+    from tcpls import aio
+
+    leaf = pki.leaf("ec256")
+    jsrv = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "alpn": "h2", "keyupdate": 1})
+    data = os.urandom(1 << 20)
+
+    async def client() -> bytes:
+        cfg = our_config(pki, alpn_protocols=["h2"])
+        reader, writer = await aio.open_connection("127.0.0.1", jsrv.port, config=cfg, server_hostname="localhost")
+        assert writer.get_extra_info("alpn_protocol") == "h2"
+        writer.write(data)
+        await writer.drain()
+        got = await reader.readexactly(len(data))
+        writer.close()
+        return got
+
+    assert asyncio.run(asyncio.wait_for(client(), T)) == data
+    assert ok(jsrv.results()[0])["bytes"] == str(1 << 20)
+
+    cfg = our_config(pki)
+    cfg.load_cert_chain(leaf.cert_file, leaf.key_file)
+    echoed: list[int] = []
+
+    async def handle(reader, writer) -> None:
+        n = 0
+        while chunk := await reader.read(1 << 16):
+            writer.write(chunk)
+            await writer.drain()
+            n += len(chunk)
+        echoed.append(n)
+        writer.close()
+
+    async def serve() -> list[dict]:
+        server = await aio.start_server(handle, "127.0.0.1", 0, config=cfg)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            results = await asyncio.to_thread(java_client, java, port,
+                                              [{"ca": pki.ca_file, "send": 1 << 20, "keyupdate": 1}])
+            deadline = time.monotonic() + T
+            while not echoed and time.monotonic() < deadline:  # the handler sees the close_notify
+                await asyncio.sleep(0.01)
+            return results
+
+    (r,) = asyncio.run(asyncio.wait_for(serve(), 60))
+    assert ok(r)["echoed"] == "ok" and echoed == [1 << 20]
