@@ -944,3 +944,26 @@ def test_asyncio_adapter_both_roles(java, java_server, pki):
 
     (r,) = asyncio.run(asyncio.wait_for(serve(), 60))
     assert ok(r)["echoed"] == "ok" and echoed == [1 << 20]
+
+
+# ==================================================== names and tickets
+def test_ip_address_without_sni_and_0rtt_tickets(java, java_server, our_server, pki):
+    """Connecting to 127.0.0.1 sends no SNI (RFC 6066 §3 forbids IP
+    literals) and the certificate is checked against its IP address, both
+    ways. A server offering 0-RTT puts early_data in its tickets: JSSE, which
+    has no 0-RTT, still resumes with them."""
+    srv = our_server(max_early_data=16384)
+    results = java_client(java, 0, [{"port": srv.port, "ca": pki.ca_file, "sni": "-", "send": 100},
+                                    {"port": srv.port, "sni": "-", "send": 100}])
+    a, b = srv.wait(2)
+    for r in results:
+        assert ok(r)["echoed"] == "ok" and "sni" not in r, r
+    assert a.conn.server_name is None and not a.conn.session_resumed
+    assert b.conn.session_resumed and results[0]["created"] == results[1]["created"]
+
+    leaf = pki.leaf("ec256")
+    jsrv = java_server({"cert": leaf.cert_file, "key": leaf.key_file})
+    ours = our_client(pki, jsrv.port, data=b"by address", server_name="127.0.0.1")
+    (r,) = jsrv.results()
+    assert ok(r)["bytes"] == "10" and "sni" not in r, r
+    assert bytes(ours.data) == b"by address"

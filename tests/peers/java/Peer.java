@@ -10,7 +10,8 @@
 //                      signature_algorithms
 //   ca=PEM             trusted CAs (absent: trust nothing)
 //   host= port=        where to connect (client)
-//   sni=NAME           server_name to send and verify (client, default localhost)
+//   sni=NAME           server_name to send and verify (client, default localhost;
+//                      "-": none, the certificate is checked against host)
 //   verify=0           client: skip the host name check (chain is still checked)
 //   suites=A,B         enabled cipher suites
 //   alpn=A,B           ALPN protocols (offered / accepted)
@@ -170,15 +171,16 @@ public class Peer {
             }
             StringBuilder line = new StringBuilder("RESULT n=" + n);
             String sni = o.getOrDefault("sni", "localhost");
+            boolean noSni = sni.equals("-");
             int port = Integer.parseInt(o.get("port"));
             // Layered on a plain socket so that the peer host JSSE checks the
             // certificate against (and caches sessions under) is the SNI name.
             Socket plain = new Socket(o.get("host"), port);
-            try (SSLSocket s = (SSLSocket) ctx.getSocketFactory().createSocket(plain, sni, port, true)) {
+            try (SSLSocket s = (SSLSocket) ctx.getSocketFactory().createSocket(plain, noSni ? o.get("host") : sni, port, true)) {
                 s.setSoTimeout(15000);
                 configure(s, o);
                 SSLParameters p = s.getSSLParameters();
-                p.setServerNames(List.of(new SNIHostName(sni)));
+                p.setServerNames(noSni ? List.of() : List.of(new SNIHostName(sni)));
                 if (!"0".equals(o.get("verify"))) p.setEndpointIdentificationAlgorithm("HTTPS");
                 s.setSSLParameters(p);
                 s.startHandshake();
