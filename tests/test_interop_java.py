@@ -967,3 +967,30 @@ def test_ip_address_without_sni_and_0rtt_tickets(java, java_server, our_server, 
     (r,) = jsrv.results()
     assert ok(r)["bytes"] == "10" and "sni" not in r, r
     assert bytes(ours.data) == b"by address"
+
+
+# ================================================================ the CLI
+def test_cli_client_and_server(java, java_server, tcpls_cli_server, pki, tmp_path):
+    """``tcpls client`` (``--sess-out``/``--sess-in``, ``--key-update``)
+    against a JSSE server, and a JSSE client against ``tcpls server --echo
+    --key-update``: data echoed exactly, sessions resumed as both sides see."""
+    from conftest import run_tcpls_cli
+
+    leaf = pki.leaf("ec256")
+    jsrv = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "count": 2})
+    sess = tmp_path / "session"
+    data = os.urandom(300000)
+    base = ["client", "127.0.0.1", str(jsrv.port), "--cafile", pki.ca_file, "--sni", "localhost", "-v"]
+    first = run_tcpls_cli([*base, "--sess-out", str(sess)], data)
+    second = run_tcpls_cli([*base, "--sess-in", str(sess), "--key-update"], data)
+    for p in (first, second):
+        assert p.returncode == 0 and p.stdout == data, p.stderr
+    assert b"resumed: True" in second.stderr
+    a, b = (ok(r) for r in jsrv.results())
+    assert a["created"] == b["created"] and b["bytes"] == str(len(data))
+
+    srv = tcpls_cli_server("--cert", leaf.cert_file, "--key", leaf.key_file, "--echo", "--key-update")
+    results = java_client(java, srv.port, [{"ca": pki.ca_file, "send": 300000}, {"send": 1000}])
+    for r in results:
+        assert ok(r)["echoed"] == "ok", r
+    assert results[0]["created"] == results[1]["created"]
