@@ -994,3 +994,35 @@ def test_cli_client_and_server(java, java_server, tcpls_cli_server, pki, tmp_pat
     for r in results:
         assert ok(r)["echoed"] == "ok", r
     assert results[0]["created"] == results[1]["created"]
+
+
+def test_no_common_parameters(java, java_server, our_server, pki):
+    """No common suite, group or signature scheme: handshake_failure
+    (RFC 9846 §4.1.1), sent by whichever side is the server and reported by
+    the other (but see JSSE's alert for no common group below)."""
+    suite = our_server(cipher_suites=parse_cipher_suites("TLS_CHACHA20_POLY1305_SHA256"))
+    group = our_server(groups=parse_groups("secp521r1"))
+    results = java_client(java, 0, [
+        {"port": suite.port, "ca": pki.ca_file, "suites": "TLS_AES_128_GCM_SHA256", "send": 10},
+        {"port": group.port, "fresh": 1, "suites": "TLS_AES_128_GCM_SHA256,TLS_CHACHA20_POLY1305_SHA256", "send": 10},
+    ], {"jdk.tls.namedGroups": "x25519,secp256r1"})
+    for srv, r in ((suite, results[0]), (group, results[1])):
+        assert r["ok"] == "0" and "Received fatal alert: handshake_failure" in r["err"], r
+        (ours,) = srv.wait(1)
+        assert isinstance(ours.error, LocalProtocolError) and ours.error.alert == AlertDescription.handshake_failure
+
+    leaf = pki.leaf("ec256")
+    jsrv = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "suites": "TLS_AES_256_GCM_SHA384", "count": 3},
+                       {"jdk.tls.namedGroups": "secp384r1"})
+    errors = [
+        refused(pki, jsrv.port, RemoteAlert, cipher_suites=parse_cipher_suites("TLS_AES_128_GCM_SHA256")),
+        refused(pki, jsrv.port, RemoteAlert, groups=parse_groups("x25519,secp256r1")),
+        refused(pki, jsrv.port, RemoteAlert, signature_schemes=[SignatureScheme.ed25519]),
+    ]
+    # RFC 9846 §4.1.1 wants handshake_failure or insufficient_security; for
+    # "No common named group" JSSE 17 sends unexpected_message.
+    expected = [AlertDescription.handshake_failure, AlertDescription.unexpected_message,
+                AlertDescription.handshake_failure]
+    for e, r, alert in zip(errors, jsrv.results(), expected):
+        assert r["ok"] == "0", r
+        assert e.alert == alert, (e, r)
