@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from conftest import DEFAULT_TIMEOUT, _Drain, _stop, require_peer, wait_until
-from tcpls.errors import LocalProtocolError, ProtocolError, RemoteAlert, UsageError
+from conftest import _Drain, _stop, require_peer, wait_until
 from tcpls import sync as tcpls_sync
+from tcpls.errors import LocalProtocolError, ProtocolError, RemoteAlert, UsageError
 from tcpls.tls import events as ev
-from tcpls.tls.config import TLSConfig, parse_cipher_suites, parse_groups
+from tcpls.tls.config import TLSConfig, load_certificate_files, parse_cipher_suites, parse_groups
 from tcpls.tls.connection import TLSConnection
 from tcpls.tls.enums import AlertDescription, NamedGroup, SignatureScheme
 from tcpls.tls.session import MemoryStore
@@ -341,11 +342,6 @@ def our_server(pki):
 def ok(r: dict) -> dict:
     assert r.get("ok") == "1", r
     return r
-
-
-def _alert(exc: BaseException) -> int:
-    assert isinstance(exc, ProtocolError), repr(exc)
-    return exc.alert
 
 
 def _name(alert: int) -> str:
@@ -756,6 +752,13 @@ def more_pki(pki, tmp_path_factory):
                                "extendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n")
     sh("openssl", "x509", "-req", "-in", "pss.csr", "-CA", "pss-ca.pem", "-CAkey", "pss-ca.key", "-CAcreateserial",
        "-out", "pss.pem", "-days", "2", "-extfile", "ext.cnf", "-sigopt", "rsa_padding_mode:pss")
+    # A ~20 KB certificate (1000 names): its Certificate message spans records.
+    leaf("server-big", pki.ca_cert, pki.ca_key, [], "ec256", False,
+         ["localhost", "127.0.0.1", *(f"host{i}.example" for i in range(1000))])
+    leaf("client-big", pki.ca_cert, pki.ca_key, [], "ec256", True, ["client-big.test", *(f"c{i}.example" for i in range(1000))])
+    # A client certificate from another CA, to choose by certificate_authorities.
+    other_ca, other_key = _testcerts.make_ca("other CA")
+    leaf("client-other", other_ca, other_key, [], "ec256", True, ["client-other.test"])
     files["pss"] = (str(d / "pss.pem"), str(d / "pss.key"))
     files["pss-ca"] = str(d / "pss-ca.pem")
     return files
@@ -1026,3 +1029,41 @@ def test_no_common_parameters(java, java_server, our_server, pki):
     for e, r, alert in zip(errors, jsrv.results(), expected):
         assert r["ok"] == "0", r
         assert e.alert == alert, (e, r)
+
+
+def test_large_certificates_span_records(java, java_server, our_server, pki, more_pki):
+    """~20 KB server and client certificates: Certificate messages larger
+    than a record (RFC 9846 §5.1 fragmentation) reassembled both ways."""
+    big_client = more_pki["client-big"]
+    srv = our_server(cert=more_pki["server-big"], require_client_certificate=True, request_client_certificate=True)
+    (r,) = java_client(java, 0, [{"port": srv.port, "ca": pki.ca_file, "auth": 1, "send": 100,
+                                  "cert": big_client[0], "key": big_client[1]}])
+    assert ok(r)["echoed"] == "ok" and r["peer"] == "CN=localhost"
+    (ours,) = srv.wait(1)
+    assert ours.conn.peer_certificates[0].subject.rfc4514_string() == "CN=client-big.test"
+
+    big_server = more_pki["server-big"]
+    jsrv = java_server({"cert": big_server[0], "key": big_server[1], "ca": pki.ca_file, "clientauth": "need"})
+    client = our_client(pki, jsrv.port, data=b"big", cert=big_client)
+    assert ok(jsrv.results()[0])["peer"] == "CN=client-big.test"
+    assert client.conn.peer_certificates[0].subject.rfc4514_string() == "CN=localhost"
+    assert len(client.conn.peer_certificates[0].public_bytes(Encoding.DER)) > 16384
+
+
+def test_client_certificate_chosen_by_certificate_authorities(java, java_server, our_server, pki, more_pki):
+    """With certificates from two CAs, each client sends the one issued under
+    a CA named in the server's CertificateRequest (certificate_authorities,
+    RFC 9846 §4.2.4), both ways."""
+    other, mine = more_pki["client-other"], (pki.client.cert_file, pki.client.key_file)
+    srv = our_server(require_client_certificate=True, request_client_certificate=True)
+    (r,) = java_client(java, 0, [{"port": srv.port, "ca": pki.ca_file, "auth": 1, "send": 100,
+                                  "cert": f"{other[0]},{mine[0]}", "key": f"{other[1]},{mine[1]}"}])
+    assert ok(r)["echoed"] == "ok"
+    (ours,) = srv.wait(1)
+    assert ours.conn.peer_certificates[0].subject.rfc4514_string() == "CN=client.test"
+
+    leaf = pki.leaf("ec256")
+    jsrv = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "ca": pki.ca_file, "clientauth": "need"})
+    client = our_client(pki, jsrv.port, data=b"ca", cert=other, extra_certificates=[load_certificate_files(*mine)])
+    assert ok(jsrv.results()[0])["peer"] == "CN=client.test"
+    assert bytes(client.data) == b"ca"
