@@ -40,7 +40,7 @@ from tcpls.tls.session import MemoryStore
 T = 15.0
 PEER_SRC = Path(__file__).resolve().parent / "peers" / "java" / "Peer.java"
 SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
-GROUPS = ("x25519", "secp256r1", "secp384r1", "ffdhe2048")
+GROUPS = ("x25519", "x448", "secp256r1", "secp384r1", "secp521r1", "ffdhe2048", "ffdhe3072", "ffdhe4096")
 KEY_TYPES = ("ec256", "ec384", "rsa2048", "ed25519")
 
 
@@ -380,8 +380,8 @@ SCHEME_OF = {"ec256": "ecdsa_secp256r1_sha256", "ec384": "ecdsa_secp384r1_sha384
 
 def test_our_client_each_certificate_suite_and_group(java, java_server, pki):
     """Our client → JSSE server: each certificate type (JSSE picks it by our
-    signature_algorithms), each suite, each group (x25519, P-256, P-384,
-    ffdhe2048) forced by our offer; SNI and ALPN reported by JSSE, the chain
+    signature_algorithms), each suite, each group both support (x25519, x448,
+    P-256, P-384, P-521, ffdhe2048/3072/4096) forced by our offer; SNI and ALPN reported by JSSE, the chain
     and name verified by us.
 
     JSSE 17 cannot choose between two EC certificates by curve (offered only
@@ -421,9 +421,10 @@ def test_our_client_each_certificate_suite_and_group(java, java_server, pki):
 
 
 def test_jsse_client_each_group(java, our_server, pki):
-    """JSSE client (default groups) → our server limited to one group: the
-    group is negotiated, with a HelloRetryRequest from us when JSSE's first
-    key share is not for it."""
+    """JSSE client (default groups) → our server limited to one group (each
+    of x25519, x448, P-256, P-384, P-521, ffdhe2048/3072/4096): the group is
+    negotiated, with a HelloRetryRequest from us when JSSE sent no key share
+    for it."""
     servers = {g: our_server(groups=parse_groups(g)) for g in GROUPS}
     conns = [{"port": servers[g].port, "fresh": 1, "send": 5000} for g in GROUPS]
     conns[0]["ca"] = pki.ca_file
@@ -433,7 +434,7 @@ def test_jsse_client_each_group(java, our_server, pki):
         (ours,) = servers[g].wait(1)
         assert ours.error is None and ours.conn.group.name == g
         # JSSE's first ClientHello carries x25519 and secp256r1 key shares.
-        assert ours.conn.hello_retry == (g in ("secp384r1", "ffdhe2048")), g
+        assert ours.conn.hello_retry == (g not in ("x25519", "secp256r1")), g
         assert bytes(ours.data) == pattern(5000)
 
 
