@@ -1,8 +1,8 @@
 """TLS 1.3 interop with Java's JSSE (OpenJDK 17), both roles.
 
 ``tests/peers/java/Peer.java`` is compiled once per session into a temporary
-directory; each JVM run batches several connections (JVM start-up costs about
-a second) and prints one ``RESULT`` line per connection. Our side runs the
+directory; each JVM run batches several connections (JVM start-up costs
+0.4-1 s) and prints one ``RESULT`` line per connection. Our side runs the
 sans-IO engine over a non-blocking socket here in the test process
 (:class:`Ours`), so every test sees our engine's events (KeyUpdated,
 session_resumed, alerts) as well as what JSSE reports.
@@ -713,6 +713,7 @@ def more_pki(pki, tmp_path_factory):
     from conftest import _write_certs, _write_key
     from tcpls import _testcerts
 
+    require_peer("openssl")  # makes the RSASSA-PSS keys
     d = tmp_path_factory.mktemp("morepki")
     key = _testcerts.make_key("ec256")
     now = datetime.datetime.now(datetime.timezone.utc)
