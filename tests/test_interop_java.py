@@ -1073,3 +1073,44 @@ def test_client_certificate_chosen_by_certificate_authorities(java, java_server,
     client = our_client(pki, jsrv.port, data=b"ca", cert=other, extra_certificates=[load_certificate_files(*mine)])
     assert ok(jsrv.results()[0])["peer"] == "CN=client.test"
     assert bytes(client.data) == b"ca"
+
+
+# ======================================================== OCSP stapling
+def _ocsp_response(pki, cert, revoked: bool = False) -> bytes:
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509 import ReasonFlags, ocsp
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    status = ocsp.OCSPCertStatus.REVOKED if revoked else ocsp.OCSPCertStatus.GOOD
+    return (
+        ocsp.OCSPResponseBuilder()
+        .add_response(cert=cert, issuer=pki.ca_cert, algorithm=hashes.SHA1(), cert_status=status,
+                      this_update=now - datetime.timedelta(minutes=5), next_update=now + datetime.timedelta(days=1),
+                      revocation_time=now - datetime.timedelta(minutes=10) if revoked else None,
+                      revocation_reason=ReasonFlags.key_compromise if revoked else None)
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, pki.ca_cert)
+        .sign(pki.ca_key, hashes.SHA256())
+        .public_bytes(Encoding.DER)
+    )
+
+
+def test_jsse_client_checks_revocation_with_our_stapled_ocsp_response(java, our_server, pki):
+    """A JSSE client checking revocation asks for OCSP stapling (status_request)
+    and accepts our certificate on the strength of the response we staple; the
+    same client refuses a stapled "revoked" response and fails against a
+    server that staples nothing (there is no responder to ask)."""
+    leaf = pki.leaf("ec256").cert
+    good = our_server(ocsp_response=_ocsp_response(pki, leaf))
+    revoked = our_server(ocsp_response=_ocsp_response(pki, leaf, revoked=True))
+    plain = our_server()
+    results = java_client(java, 0, [{"port": good.port, "ca": pki.ca_file, "revocation": 1, "send": 100},
+                                    {"port": revoked.port, "fresh": 1, "send": 100},
+                                    {"port": plain.port, "fresh": 1, "send": 100}])
+    assert ok(results[0])["echoed"] == "ok"
+    assert results[1]["ok"] == "0" and "revoked" in results[1]["err"].lower(), results[1]
+    assert results[2]["ok"] == "0" and "revocation" in results[2]["err"].lower(), results[2]
+    (refused_conn,) = revoked.wait(1)  # JSSE's alert for the revoked status, reported by us
+    assert isinstance(refused_conn.error, RemoteAlert)
+    assert refused_conn.error.alert == AlertDescription.bad_certificate_status_response

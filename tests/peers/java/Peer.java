@@ -20,6 +20,7 @@
 //   keyupdate=K        client: K x startHandshake() (a KeyUpdate on TLS 1.3)
 //                      after half of the data; server: K times after the first read
 //   fresh=1            client: new SSLContext (empty session cache) for this connection
+//   revocation=1       client: check revocation (OCSP, from a stapled response)
 //   auth=1             client: offer our certificate
 //   clientauth=need|want|none   server
 //   count=N            server: connections to serve
@@ -93,7 +94,14 @@ public class Peer {
             for (X509Certificate c : readCerts(o.get("ca"))) ts.setCertificateEntry("ca" + i++, c);
         }
         TrustManagerFactory tmf = TrustManagerFactory.getInstance("PKIX");
-        tmf.init(ts);
+        if ("1".equals(o.get("revocation"))) {
+            // Revocation checked, from the stapled OCSP response only (no responder to ask).
+            PKIXBuilderParameters pb = new PKIXBuilderParameters(ts, new X509CertSelector());
+            pb.setRevocationEnabled(true);
+            tmf.init(new CertPathTrustManagerParameters(pb));
+        } else {
+            tmf.init(ts);
+        }
         SSLContext ctx = SSLContext.getInstance("TLSv1.3");
         ctx.init(kms, tmf.getTrustManagers(), null);
         return ctx;
