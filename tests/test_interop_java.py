@@ -1114,3 +1114,20 @@ def test_jsse_client_checks_revocation_with_our_stapled_ocsp_response(java, our_
     (refused_conn,) = revoked.wait(1)  # JSSE's alert for the revoked status, reported by us
     assert isinstance(refused_conn.error, RemoteAlert)
     assert refused_conn.error.alert == AlertDescription.bad_certificate_status_response
+
+
+def test_extensions_jsse_does_not_implement(java, java_server, pki):
+    """Our client offering record_size_limit (RFC 8449), certificate
+    compression (RFC 8879) and status_request to a JSSE server, which
+    implements none of them: it ignores them, so we keep full-size records
+    (JSSE's 16 KB records are accepted) and an uncompressed, unstapled
+    certificate."""
+    from tcpls.tls.enums import CertificateCompressionAlgorithm as CCA
+
+    leaf = pki.leaf("ec256")
+    jsrv = java_server({"cert": leaf.cert_file, "key": leaf.key_file})
+    data = os.urandom(200000)
+    ours = our_client(pki, jsrv.port, data=data, record_size_limit=1024, certificate_compression=[CCA.zlib],
+                      request_ocsp=True)
+    assert ok(jsrv.results()[0])["bytes"] == str(len(data))
+    assert bytes(ours.data) == data and ours.conn.ocsp_response is None
