@@ -233,8 +233,23 @@ class Ours:
             if not self.conn.terminated:
                 self.conn.close()
                 self._drain_out()
+            elif self.error is not None:
+                self._linger()
         finally:
             self.sock.close()
+
+    def _linger(self, seconds: float = 2.0) -> None:
+        """After our fatal alert, like the adapters: FIN, then read and drop
+        the peer's input for a while, so that closing with unread data does
+        not reset the connection (and destroy the alert) under the peer."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            self.sock.settimeout(seconds)
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and self.sock.recv(65536):
+                pass
+        except OSError:
+            pass
 
 
 def our_config(pki, **kw) -> TLSConfig:
@@ -1131,3 +1146,24 @@ def test_extensions_jsse_does_not_implement(java, java_server, pki):
                       request_ocsp=True)
     assert ok(jsrv.results()[0])["bytes"] == str(len(data))
     assert bytes(ours.data) == data and ours.conn.ocsp_response is None
+
+
+def test_client_certificate_from_untrusted_ca(java, java_server, our_server, pki, more_pki):
+    """A client certificate issued by a CA the server does not trust: the
+    server's alert is reported by the client, both ways. (Our server names no
+    CA here, so JSSE's key manager sends the certificate anyway.)"""
+    other = more_pki["client-other"]
+    srv = our_server(require_client_certificate=True, request_client_certificate=True, certificate_authorities=[])
+    (r,) = java_client(java, 0, [{"port": srv.port, "ca": pki.ca_file, "auth": 1, "send": 10,
+                                  "cert": other[0], "key": other[1]}])
+    (ours,) = srv.wait(1)
+    assert isinstance(ours.error, LocalProtocolError) and ours.error.alert == AlertDescription.unknown_ca, ours.error
+    assert r["ok"] == "0" and "Received fatal alert: unknown_ca" in r["err"], r
+
+    leaf = pki.leaf("ec256")
+    jsrv = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "ca": pki.ca_file, "clientauth": "need"})
+    with pytest.raises(RemoteAlert) as exc:
+        our_client(pki, jsrv.port, data=b"x", cert=other)
+    (r,) = jsrv.results()
+    assert r["ok"] == "0" and "PKIX" in r["err"], r
+    assert exc.value.alert == AlertDescription.certificate_unknown, exc.value
