@@ -693,7 +693,9 @@ def test_our_client_rejects_jsse_certificate(java, java_server, pki):
 def test_jsse_key_limits_trigger_key_updates(java, java_server, our_server, pki, tmp_path):
     """With a small jdk.tls.keyLimits (a security property), JSSE updates its
     sending key by itself after each MiB, in both roles; we follow every
-    update and 4 MiB stay byte-exact."""
+    update and 4 MiB stay byte-exact. (Past its read limit a JSSE client asks
+    for a KeyUpdate with every record it reads until our answer arrives:
+    100-200 requests per 4 MiB here, each answered.)"""
     limits = tmp_path / "java.security"
     limits.write_text("jdk.tls.keyLimits=AES/GCM/NoPadding KeyUpdate 2^20\n")
     props = {"java.security.properties": str(limits)}
