@@ -16,13 +16,16 @@ from hypothesis import strategies as st
 
 from tcpls.errors import LocalProtocolError
 from tcpls.tls import messages as M
-from tcpls.tls.connection import TLSConnection
+from tcpls.tls.connection import MAX_HANDSHAKE_CCS, TLSConnection
 from tcpls.tls.enums import AlertDescription as A
 from tcpls.tls.enums import HandshakeType as H
+from tcpls.tls.enums import NamedGroup
 from tcpls.tls.protection import RecordEncryptor
 from tcpls.tls.record import encode_plaintext_records
 
 from tlspair import configs
+
+CCS = b"\x14\x03\x03\x00\x01\x01"
 
 
 class Recorder:
@@ -237,14 +240,31 @@ def test_record_between_handshake_fragments():
     _expect_unexpected(server, b"".join(out))
 
 
-def test_second_change_cipher_spec_is_refused():
+def test_change_cipher_spec_after_hello_retry_and_after_server_hello():
+    """RFC 9846 §5, appendix D.4: a CCS may come "at any time" in the
+    handshake and is dropped. Java's JSSE server sends one after its
+    HelloRetryRequest and another after its ServerHello."""
+    c, s = configs(s_groups=[NamedGroup.secp384r1])
+    client = TLSConnection(c, server_side=False, server_name="localhost")
+    server = TLSConnection(s, server_side=True)
+    client.start_handshake()
+    server.receive_data(client.data_to_send())  # -> HelloRetryRequest + CCS
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())  # second ClientHello (+ the client's CCS)
+    client.receive_data(CCS + server.data_to_send())  # a second CCS from the server
+    assert client.handshake_complete and client.hello_retry
+    server.receive_data(client.data_to_send())
+    assert server.handshake_complete
+
+
+def test_change_cipher_spec_flood_is_refused():
     c, s = configs()
     client = TLSConnection(c, server_side=False, server_name="localhost")
     server = TLSConnection(s, server_side=True)
     client.start_handshake()
     server.receive_data(client.data_to_send())
-    server.receive_data(b"\x14\x03\x03\x00\x01\x01")  # the compatibility CCS is dropped
-    _expect_unexpected(server, b"\x14\x03\x03\x00\x01\x01")
+    server.receive_data(CCS * MAX_HANDSHAKE_CCS)  # dropped
+    _expect_unexpected(server, CCS)
 
 
 def test_plaintext_application_data_during_handshake_any_version():
