@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tcpls.errors import LocalProtocolError
 from tcpls.tls import messages as M
-from tcpls.tls.connection import MAX_HANDSHAKE_CCS, TLSConnection
+from tcpls.tls.connection import TLSConnection
 from tcpls.tls.enums import AlertDescription as A
 from tcpls.tls.enums import HandshakeType as H
 from tcpls.tls.enums import NamedGroup
@@ -251,19 +251,24 @@ def test_change_cipher_spec_after_hello_retry_and_after_server_hello():
     server.receive_data(client.data_to_send())  # -> HelloRetryRequest + CCS
     client.receive_data(server.data_to_send())
     server.receive_data(client.data_to_send())  # second ClientHello (+ the client's CCS)
-    client.receive_data(CCS + server.data_to_send())  # a second CCS from the server
+    flight = server.data_to_send()
+    sh_end = 5 + int.from_bytes(flight[3:5], "big")
+    assert flight[0] == 22 and flight[sh_end] == 23  # ServerHello, then protected records
+    client.receive_data(flight[:sh_end] + CCS + flight[sh_end:])  # a second CCS, after ServerHello
     assert client.handshake_complete and client.hello_retry
     server.receive_data(client.data_to_send())
     assert server.handshake_complete
 
 
-def test_change_cipher_spec_flood_is_refused():
+def test_two_change_cipher_specs_in_a_row_are_refused():
+    """Compatibility mode never sends two CCS records without a handshake
+    record between them (appendix D.4)."""
     c, s = configs()
     client = TLSConnection(c, server_side=False, server_name="localhost")
     server = TLSConnection(s, server_side=True)
     client.start_handshake()
     server.receive_data(client.data_to_send())
-    server.receive_data(CCS * MAX_HANDSHAKE_CCS)  # dropped
+    server.receive_data(CCS)  # the compatibility CCS is dropped
     _expect_unexpected(server, CCS)
 
 

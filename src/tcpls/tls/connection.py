@@ -61,10 +61,6 @@ _CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
 # RFC 9846 §5.5: stay far below the AEAD confidentiality limits
 # (2^24.5 full-size records for AES-GCM) by updating keys early.
 KEY_UPDATE_AFTER_RECORDS = 1 << 23
-# change_cipher_spec records dropped during one handshake before the peer is
-# considered to be flooding us (RFC 9846 §5 allows them "at any time" in the
-# handshake; middlebox compatibility sends one or two per side).
-MAX_HANDSHAKE_CCS = 8
 
 
 class TLSConnection(HandshakeQueries):
@@ -96,7 +92,7 @@ class TLSConnection(HandshakeQueries):
         self._pending_close = False
         self._keylog_path = config.get_keylog_file()
         self._started = False
-        self._ccs_received = 0  # dropped change_cipher_spec records (§5)
+        self._ccs_since_handshake = False  # a CCS dropped since the last handshake record (§5)
         self._now = 0.0
         # 0-RTT (RFC 9846 §4.2.10). Client: data queued before the ClientHello,
         # what was sent, and whether the write key is the early one.
@@ -415,18 +411,19 @@ class TLSConnection(HandshakeQueries):
             raise UnexpectedMessage("invalid change_cipher_spec")
         if self.handshake_complete or (self.server_side and self._hs.state.name == "START"):
             raise UnexpectedMessage("change_cipher_spec outside the handshake")
-        # §5 and appendix D.4: every one is dropped, not just the first;
-        # "either side can send change_cipher_spec at any time during the
-        # handshake". A server may send one after HelloRetryRequest and
-        # another after ServerHello (Java's JSSE does). Only a flood, which no
-        # compatibility mode needs, is refused.
-        self._ccs_received += 1
-        if self._ccs_received > MAX_HANDSHAKE_CCS:
-            raise UnexpectedMessage("too many change_cipher_spec records")
+        # §5 and appendix D.4: each one is dropped, not just the first: a
+        # server may send one after HelloRetryRequest and another after
+        # ServerHello (Java's JSSE does). Compatibility mode puts a CCS next
+        # to a handshake message, never two in a row, so two without a
+        # handshake record between them are refused, as OpenSSL does.
+        if self._ccs_since_handshake:
+            raise UnexpectedMessage("two change_cipher_spec records in a row")
+        self._ccs_since_handshake = True
 
     def _receive_handshake(self, payload: bytes | memoryview) -> None:
         if not payload:
             raise UnexpectedMessage("empty handshake record")
+        self._ccs_since_handshake = False
         hs_reader = self._hs_reader
         hs_reader.feed(payload)
         while True:
