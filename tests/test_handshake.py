@@ -263,6 +263,36 @@ def test_key_update(requested):
     assert p.received("server").endswith(b"x") and p.received("client").endswith(b"y")
 
 
+def test_key_update_requests_received_while_silent_get_one_answer():
+    """RFC 9846 §4.6.3: KeyUpdates with update_requested that arrive while
+    the receiver has sent nothing get a single update in reply."""
+    p = make_pair(*configs())
+
+    def deliver(src, dst, events):
+        dst.receive_data(src.data_to_send())
+        p._drain(dst, events)
+
+    def updates(events, direction):
+        return sum(1 for e in events if isinstance(e, ev.KeyUpdated) and e.direction == direction)
+
+    for _ in range(3):
+        p.client.key_update(True)
+    p.client.send_data(b"ping")
+    deliver(p.client, p.server, p.server_events)
+    assert updates(p.server_events, "receive") == 3
+    assert updates(p.server_events, "send") == 1
+    p.server.send_data(b"pong")
+    deliver(p.server, p.client, p.client_events)
+    # Once the answer has gone out, a new request gets a new answer.
+    p.client.key_update(True)
+    deliver(p.client, p.server, p.server_events)
+    p.server.send_data(b"again")
+    deliver(p.server, p.client, p.client_events)
+    assert updates(p.server_events, "send") == updates(p.client_events, "receive") == 2
+    assert p.received("client") == b"pongagain"
+    assert p.received("server") == b"ping"
+
+
 def test_tampered_record_is_bad_record_mac():
     p = make_pair(*configs())
     p.client.send_data(b"secret")

@@ -571,15 +571,16 @@ BIG = 4 << 20
 
 def test_jsse_initiates_key_updates(java, java_server, our_server, pki):
     """JSSE's SSLSocket.startHandshake() on a TLS 1.3 connection sends a
-    KeyUpdate (update_requested): we switch keys, answer each, and 4 MiB
-    flow both ways across them, in both roles."""
+    KeyUpdate (update_requested): we switch keys and answer, and 4 MiB
+    flow both ways across them, in both roles. Requests that arrive while
+    we have sent nothing get one answer between them (RFC 9846 §4.6.3)."""
     srv = our_server()
     (r,) = java_client(java, 0, [{"port": srv.port, "ca": pki.ca_file, "send": BIG, "keyupdate": 3}])
     assert ok(r)["echoed"] == "ok"
     (ours,) = srv.wait(1)
     assert ours.error is None and bytes(ours.data) == pattern(BIG)
     assert ours.count(ev.KeyUpdated, direction="receive") == 3
-    assert ours.count(ev.KeyUpdated, direction="send") == 3  # our answers
+    assert 1 <= ours.count(ev.KeyUpdated, direction="send") <= 3  # our answers
 
     leaf = pki.leaf("ec256")
     jsrv = java_server({"cert": leaf.cert_file, "key": leaf.key_file, "keyupdate": 2})
@@ -588,7 +589,7 @@ def test_jsse_initiates_key_updates(java, java_server, our_server, pki):
     assert ok(jsrv.results()[0])["bytes"] == str(BIG)
     assert bytes(client.data) == data
     assert client.count(ev.KeyUpdated, direction="receive") == 2
-    assert client.count(ev.KeyUpdated, direction="send") == 2
+    assert 1 <= client.count(ev.KeyUpdated, direction="send") <= 2
 
 
 @pytest.mark.parametrize("requested", [True, False], ids=["update_requested", "update_not_requested"])

@@ -93,6 +93,7 @@ class TLSConnection(HandshakeQueries):
         self._keylog_path = config.get_keylog_file()
         self._started = False
         self._ccs_since_handshake = False  # a CCS dropped since the last handshake record (§5)
+        self._answered_key_update = False  # our last KeyUpdate answered the peer's request
         self._now = 0.0
         # 0-RTT (RFC 9846 §4.2.10). Client: data queued before the ClientHello,
         # what was sent, and whether the write key is the early one.
@@ -577,7 +578,15 @@ class TLSConnection(HandshakeQueries):
         dec.update(next_traffic_secret(self._suite.hash_name, dec.secret))
         self._emit(ev.KeyUpdated("receive"))
         if requested and not self.local_closed:
-            self._send_key_update(False)
+            # §4.6.3: an implementation "which receives multiple KeyUpdates
+            # while it is silent [responds] with a single update": if our
+            # last answer is still queued, with nothing sealed after it, it
+            # serves this request too.
+            enc = self._encryptor
+            assert enc is not None
+            if not (self._answered_key_update and enc.seq == 0 and self._out):
+                self._send_key_update(False)
+                self._answered_key_update = True
 
     def _send_key_update(self, request_peer: bool) -> None:
         enc = self._encryptor
@@ -585,6 +594,7 @@ class TLSConnection(HandshakeQueries):
         req = KeyUpdateRequest.update_requested if request_peer else KeyUpdateRequest.update_not_requested
         enc.seal(_CT_HANDSHAKE, M.encode_handshake(M.KeyUpdate(req)), self._out)
         enc.update(next_traffic_secret(self._suite.hash_name, enc.secret))
+        self._answered_key_update = False
         self._emit(ev.KeyUpdated("send"))
 
     def _traffic_secret(self, direction: str) -> bytes:
