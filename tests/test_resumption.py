@@ -176,6 +176,25 @@ def test_resumed_without_client_authentication_reports_no_client_certificate():
     assert r2.server.session_resumed and r2.server.peer_certificates == []
 
 
+def test_server_requiring_client_certificates_ignores_tickets_without_one():
+    """A ticket issued without client authentication (by a fleet member that
+    does not require it, sharing the ticket keys) must not let a client skip
+    the authentication this server requires: full handshake, certificate asked."""
+    from tlspair import client_cert
+
+    cert, key = client_cert("ec256")
+    c, s = configs()
+    _, sess = first_session(c, s)
+    strict = dataclasses.replace(s, require_client_certificate=True)
+    c.certificate_chain, c.private_key = [cert], key
+    r2 = Run(c, strict, T0 + 5, session=sess).pump()
+    assert r2.client.handshake_complete and not r2.server.session_resumed
+    assert r2.server.peer_certificates == [cert]
+    # its tickets carry the certificate, and do resume on the strict server
+    r3 = Run(c, strict, T0 + 10, session=r2.client.session).pump()
+    assert r3.server.session_resumed and r3.server.peer_certificates == [cert]
+
+
 def test_session_saved_before_peer_certificates_still_loads():
     """Sessions written without the certificate field (older files) load,
     with no peer certificates, and still resume."""

@@ -477,6 +477,11 @@ class ServerHandshake(LazyExporterSecret):
             # A ticket from a TLS connection never resumes a DTLS one, nor the
             # reverse: not selected (§4.2.11), a full handshake follows.
             pass
+        elif state is not None and cfg.require_client_certificate and not state.peer_certificates:
+            # A ticket from a connection without a client certificate (another
+            # server of the fleet, or an older ticket) must not skip the client
+            # authentication this server requires: full handshake instead.
+            pass
         elif state is not None and state.cipher_suite in SUITES:
             age = now - state.created_at
             client_age = ((obfuscated_age - state.ticket_age_add) & 0xFFFFFFFF) / 1000
