@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
+from cryptography.hazmat.primitives import serialization
 import pytest
 
 from conftest import _Drain, _stop, free_port, require_peer, wait_until
@@ -590,7 +591,10 @@ def test_client_resumes_with_gnutls_serv(gnutls_server, pki, suite):
     sess = first_session(srv, pki)
     cl = EngineClient(srv.address, client_cfg(pki), session=sess)
     cl.handshake()
-    assert cl.conn.session_resumed and not cl.conn.peer_certificates and cl.conn.cipher_suite == suite
+    assert cl.conn.session_resumed and cl.conn.cipher_suite == suite
+    # the resumed connection reports the chain of the original one (§2.2)
+    ders = [c.public_bytes(serialization.Encoding.DER) for c in cl.conn.peer_certificates]
+    assert ders and ders == list(sess.peer_certificates)
     cl.echo(b"second\n")
     cl.close()
     srv.wait_output(r"\*\*\* This is a resumed session", "gnutls-serv's resumption report")
