@@ -204,8 +204,12 @@ def test_flight_respects_datagram_size_and_burst_limit() -> None:
     assert all(len(d) <= 500 for d in datagrams)
     frags = [f for ct, fs in _sniff(datagrams) for f in fs]  # type: ignore[union-attr]
     assert b"".join(f.body for f in frags if f.message_seq == 1) == body
-    # Several records share a datagram when they fit (EE + the first certificate bytes).
-    assert len(_sniff(datagrams[:1])) == 2
+    # Fragments of one epoch share a record when they fit (§5.5): EE and the
+    # first certificate bytes are one record; every datagram is one record.
+    first = _sniff(datagrams[:1])
+    assert len(first) == 1
+    assert [(f.message_seq, f.fragment_offset) for f in first[0][1]] == [(0, 0), (1, 0)]  # type: ignore[union-attr]
+    assert all(len(_sniff([d])) == 1 for d in datagrams)
     limited = HandshakeTransport(layer, max_datagram_size=500, max_records_per_transmission=10)
     limited.send_message(HT.certificate, body)
     limited.end_flight(0.0)
