@@ -301,6 +301,62 @@ def test_partial_retransmission_after_an_ack() -> None:
     assert a.timeout == 1.0  # retransmitted data: the RTT sample is not used (§5.8.2)
 
 
+def test_partial_ack_of_a_flight_sharing_records_resends_only_what_was_lost() -> None:
+    # Three messages of one epoch: they share records (§5.5), one record per
+    # datagram here; the middle datagram is lost.
+    a, b = _pair(max_datagram_size=400, max_records_per_transmission=None)
+    messages = [(HT.encrypted_extensions, b"ee" * 10), (HT.certificate, bytes(range(256)) * 3), (HT.finished, b"f" * 32)]
+    for t, body in messages:
+        a.send_message(t, body)
+    a.end_flight(0.0)
+    datagrams = a.datagrams_to_send()
+    assert len(datagrams) == 3 and all(len(_sniff([d])) == 1 for d in datagrams)
+    first = [f.message_seq for _, fs in _sniff(datagrams[:1]) for f in fs]  # type: ignore[union-attr]
+    last = [f.message_seq for _, fs in _sniff(datagrams[2:]) for f in fs]  # type: ignore[union-attr]
+    assert first == [0, 1] and last == [1, 2]
+    b.receive_datagram(datagrams[0], 0.1)
+    b.receive_datagram(datagrams[2], 0.1)  # out of order: ACK at once (§7.1)
+    assert b.next_message() is not None and b.next_message() is None  # EE only
+    acks = b.datagrams_to_send()
+    a.receive_datagram(acks[0], 0.2)
+    resent = a.datagrams_to_send()
+    got = [(f.message_seq, f.fragment_offset, f.end) for _, fs in _sniff(resent) for f in fs]  # type: ignore[union-attr]
+    lost = [(f.message_seq, f.fragment_offset, f.end) for _, fs in _sniff(datagrams[1:2]) for f in fs]  # type: ignore[union-attr]
+    assert got == lost
+    for d in resent:
+        b.receive_datagram(d, 0.3)
+    out = []
+    while (m := b.next_message()) is not None:
+        out.append((m.msg_type, m.body))
+    assert out == messages[1:]
+
+
+def test_whole_message_after_buffered_fragments_is_checked_against_them() -> None:
+    a, b = _pair()
+    body = bytes(range(40))
+
+    def record(frag: HandshakeFragment) -> bytes:
+        return a.records.seal(CT_HANDSHAKE, frag.encode(), 2)[1]
+
+    b.receive_datagram(record(HandshakeFragment(HT.certificate, 40, 0, 0, body[:10])), 0.0)
+    assert b.next_message() is None
+    # The whole message again, with bytes that differ from the buffered ones (§5.5).
+    with pytest.raises(IllegalParameter):
+        b.receive_datagram(record(HandshakeFragment(HT.certificate, 40, 0, 0, b"x" + body[1:])), 0.0)
+    a, b = _pair()
+    b.receive_datagram(record(HandshakeFragment(HT.certificate, 40, 0, 0, body[:10])), 0.0)
+    b.receive_datagram(record(HandshakeFragment(HT.certificate, 40, 0, 0, body)), 0.0)
+    msg = b.next_message()
+    assert msg is not None and (msg.msg_type, msg.body, msg.message_seq) == (HT.certificate, body, 0)
+    assert msg.tls_bytes() == tls_message(HT.certificate, body)
+    # A duplicate whole copy is not delivered twice; the next message is.
+    b.receive_datagram(record(HandshakeFragment(HT.certificate, 40, 0, 0, body)), 0.0)
+    b.receive_datagram(record(HandshakeFragment(HT.finished, 3, 1, 0, b"fin")), 0.0)
+    msg = b.next_message()
+    assert msg is not None and (msg.msg_type, msg.body, msg.tls_bytes()) == (HT.finished, b"fin", tls_message(HT.finished, b"fin"))
+    assert b.next_message() is None
+
+
 def test_acks_wait_until_dtls13_is_negotiated() -> None:
     a, b = _pair()
     b.acks_enabled = False

@@ -125,10 +125,28 @@ class _Hello:
     extensions: dict[int, bytes]
 
 
+#: The last datagram :func:`_read_client_hello` read, and what it found: an
+#: endpoint checks a ClientHello's cookie statelessly, then hands the same
+#: datagram to the new connection, which reads it again (one entry, replaced
+#: whole, so threads sharing it see either the old or the new pair).
+_last_hello: Optional[tuple[bytes, Optional[_Hello]]] = None
+
+
 def _read_client_hello(datagram: bytes | bytearray | memoryview) -> Optional[_Hello]:
     """The DTLS 1.3 ClientHello that ``datagram`` carries whole, in one or
     several fragments and records (§5.5; see :class:`ClientHelloReassembler`
     for one spread over several datagrams); None for anything else."""
+    global _last_hello
+    data = bytes(datagram)
+    last = _last_hello
+    if last is not None and last[0] == data:
+        return last[1]
+    found = _parse_client_hello(data)
+    _last_hello = (data, found)
+    return found
+
+
+def _parse_client_hello(datagram: bytes) -> Optional[_Hello]:
     try:
         found = collect_client_hello(datagram)
         if found is None:
