@@ -331,6 +331,38 @@ def test_partial_ack_of_a_flight_sharing_records_resends_only_what_was_lost() ->
     assert out == messages[1:]
 
 
+def test_messages_sharing_a_record_are_acknowledged_once() -> None:
+    # Two post-handshake messages in one record (e.g. two NewSessionTickets):
+    # the state machine asks for an ACK after each; one ACK covers the record.
+    a, b = _pair()
+    for t in (a, b):
+        _install(t.records, 3)
+    a.send_message(HT.new_session_ticket, b"t1" * 20, epoch=3)
+    a.send_message(HT.new_session_ticket, b"t2" * 20, epoch=3)
+    a.end_flight(0.0, expect_response=False, responds=False)
+    (datagram,) = a.datagrams_to_send()
+    b.receive_datagram(datagram, 0.1)
+    while b.next_message() is not None:
+        b.send_ack(0.1)
+    acks = b.datagrams_to_send()
+    assert len(acks) == 1
+    ((ct, data),) = _sniff(acks)
+    assert ct == CT_ACK and len(decode_ack(data)) == 1  # type: ignore[arg-type]
+    # That ACK is lost: a's retransmission is acknowledged again.
+    now = a.get_timer()
+    assert now is not None
+    a.handle_timer(now)
+    (again,) = a.datagrams_to_send()
+    b.receive_datagram(again, now)
+    assert b.next_message() is None
+    timer = b.get_timer()  # at most one immediate ACK per ACK delay (§7.1)
+    if timer is not None:
+        b.handle_timer(timer)
+    (ack,) = b.datagrams_to_send()
+    a.receive_datagram(ack, now + 0.5)
+    assert a.state is FlightState.FINISHED
+
+
 def test_whole_message_after_buffered_fragments_is_checked_against_them() -> None:
     a, b = _pair()
     body = bytes(range(40))

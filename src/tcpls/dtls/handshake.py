@@ -619,6 +619,8 @@ class HandshakeTransport:
         self._preparing: list[_OutMessage] = []
         self._flights: list[_Flight] = []
         self._ack_pending: set[RecordNumber] = set()
+        #: Records were added to ``_ack_pending`` since the last ACK we sent.
+        self._ack_news = False
         self._ack_at: float | None = None
         self._last_ack_at: float | None = None
         self._records_in: deque[ReceivedRecord] = deque()
@@ -713,6 +715,7 @@ class HandshakeTransport:
         self._preparing = []
         # Starting our next flight implicitly acknowledges the peer's (§7).
         self._ack_pending.clear()
+        self._ack_news = False
         self._ack_at = None
         flight.first_sent = now
         flight.peer_seq = self.reassembler.next_seq
@@ -751,7 +754,12 @@ class HandshakeTransport:
 
         For flights that need an explicit ACK (the client's last flight,
         post-handshake messages; §7.1) or when the response will be slow.
+        Nothing is sent when an ACK already went out at this same ``now``
+        and no record arrived since (several messages of one record each ask
+        for an ACK); a later call sends again (e.g. a probe after a lost ACK).
         """
+        if not self._ack_news and self._last_ack_at == now:
+            return
         self._ack_at = now
         self._maybe_send_ack(now)
 
@@ -1089,6 +1097,7 @@ class HandshakeTransport:
                 if flight.expect_response:
                     self._flight_done(flight, now)
             self._ack_pending.add(rec.number)
+            self._ack_news = True
             if self._ack_at is None:
                 self._ack_at = now + self.ack_delay_factor * self.timeout
             return FragmentStatus.OUT_OF_ORDER in statuses, False
@@ -1100,6 +1109,7 @@ class HandshakeTransport:
         # last flight, whose ACK was lost; §5.8.1 FINISHED state, §7):
         # acknowledge again.
         self._ack_pending.add(rec.number)
+        self._ack_news = True
         return True, False
 
     def _on_ack(self, rec: ReceivedRecord, now: float) -> None:
@@ -1161,6 +1171,7 @@ class HandshakeTransport:
             numbers = numbers[-room:]
             self._ack_pending = set(numbers)
         _, record = self.records.seal(CT_ACK, encode_ack(numbers), epoch)
+        self._ack_news = False
         self._flush()
         self._datagrams.append(record)
 
