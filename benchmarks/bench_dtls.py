@@ -775,7 +775,10 @@ def wolfssl_client_vs_servers(seconds: int) -> Optional[dict]:
         print("wolfSSL client comparison skipped: no tls_bench (run `./run wolfssl` or tools/wolfssl/build.sh)")
         return None
     common = ["-u", "-g", "-l", "TLS13-AES128-GCM-SHA256", "-t", str(seconds), "-p", "1024", "-S", "1024"]
-    timeout = 60 + 40 * seconds
+    # tls_bench's client waits on a blocking socket: a lost datagram can
+    # stall it for good (seen at a group change against both servers), so
+    # it is stopped after a bounded time; its missing rows print as such.
+    timeout = 30 + 15 * seconds
     result = {}
     server, port = start_tcpls_dtls_server(os.path.join(d, "certs", "server-cert.pem"),
                                            os.path.join(d, "certs", "server-key.pem"))
