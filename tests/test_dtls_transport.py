@@ -204,8 +204,12 @@ def test_flight_respects_datagram_size_and_burst_limit() -> None:
     assert all(len(d) <= 500 for d in datagrams)
     frags = [f for ct, fs in _sniff(datagrams) for f in fs]  # type: ignore[union-attr]
     assert b"".join(f.body for f in frags if f.message_seq == 1) == body
-    # Several records share a datagram when they fit (EE + the first certificate bytes).
-    assert len(_sniff(datagrams[:1])) == 2
+    # Fragments of one epoch share a record when they fit (§5.5): EE and the
+    # first certificate bytes are one record; every datagram is one record.
+    first = _sniff(datagrams[:1])
+    assert len(first) == 1
+    assert [(f.message_seq, f.fragment_offset) for f in first[0][1]] == [(0, 0), (1, 0)]  # type: ignore[union-attr]
+    assert all(len(_sniff([d])) == 1 for d in datagrams)
     limited = HandshakeTransport(layer, max_datagram_size=500, max_records_per_transmission=10)
     limited.send_message(HT.certificate, body)
     limited.end_flight(0.0)
@@ -295,6 +299,94 @@ def test_partial_retransmission_after_an_ack() -> None:
         a.receive_datagram(d, 0.6)
     assert a.state is FlightState.FINISHED and a.get_timer() is None
     assert a.timeout == 1.0  # retransmitted data: the RTT sample is not used (§5.8.2)
+
+
+def test_partial_ack_of_a_flight_sharing_records_resends_only_what_was_lost() -> None:
+    # Three messages of one epoch: they share records (§5.5), one record per
+    # datagram here; the middle datagram is lost.
+    a, b = _pair(max_datagram_size=400, max_records_per_transmission=None)
+    messages = [(HT.encrypted_extensions, b"ee" * 10), (HT.certificate, bytes(range(256)) * 3), (HT.finished, b"f" * 32)]
+    for t, body in messages:
+        a.send_message(t, body)
+    a.end_flight(0.0)
+    datagrams = a.datagrams_to_send()
+    assert len(datagrams) == 3 and all(len(_sniff([d])) == 1 for d in datagrams)
+    first = [f.message_seq for _, fs in _sniff(datagrams[:1]) for f in fs]  # type: ignore[union-attr]
+    last = [f.message_seq for _, fs in _sniff(datagrams[2:]) for f in fs]  # type: ignore[union-attr]
+    assert first == [0, 1] and last == [1, 2]
+    b.receive_datagram(datagrams[0], 0.1)
+    b.receive_datagram(datagrams[2], 0.1)  # out of order: ACK at once (§7.1)
+    assert b.next_message() is not None and b.next_message() is None  # EE only
+    acks = b.datagrams_to_send()
+    a.receive_datagram(acks[0], 0.2)
+    resent = a.datagrams_to_send()
+    got = [(f.message_seq, f.fragment_offset, f.end) for _, fs in _sniff(resent) for f in fs]  # type: ignore[union-attr]
+    lost = [(f.message_seq, f.fragment_offset, f.end) for _, fs in _sniff(datagrams[1:2]) for f in fs]  # type: ignore[union-attr]
+    assert got == lost
+    for d in resent:
+        b.receive_datagram(d, 0.3)
+    out = []
+    while (m := b.next_message()) is not None:
+        out.append((m.msg_type, m.body))
+    assert out == messages[1:]
+
+
+def test_messages_sharing_a_record_are_acknowledged_once() -> None:
+    # Two post-handshake messages in one record (e.g. two NewSessionTickets):
+    # the state machine asks for an ACK after each; one ACK covers the record.
+    a, b = _pair()
+    for t in (a, b):
+        _install(t.records, 3)
+    a.send_message(HT.new_session_ticket, b"t1" * 20, epoch=3)
+    a.send_message(HT.new_session_ticket, b"t2" * 20, epoch=3)
+    a.end_flight(0.0, expect_response=False, responds=False)
+    (datagram,) = a.datagrams_to_send()
+    b.receive_datagram(datagram, 0.1)
+    while b.next_message() is not None:
+        b.send_ack(0.1)
+    acks = b.datagrams_to_send()
+    assert len(acks) == 1
+    ((ct, data),) = _sniff(acks)
+    assert ct == CT_ACK and len(decode_ack(data)) == 1  # type: ignore[arg-type]
+    # That ACK is lost: a's retransmission is acknowledged again.
+    now = a.get_timer()
+    assert now is not None
+    a.handle_timer(now)
+    (again,) = a.datagrams_to_send()
+    b.receive_datagram(again, now)
+    assert b.next_message() is None
+    timer = b.get_timer()  # at most one immediate ACK per ACK delay (§7.1)
+    if timer is not None:
+        b.handle_timer(timer)
+    (ack,) = b.datagrams_to_send()
+    a.receive_datagram(ack, now + 0.5)
+    assert a.state is FlightState.FINISHED
+
+
+def test_whole_message_after_buffered_fragments_is_checked_against_them() -> None:
+    a, b = _pair()
+    body = bytes(range(40))
+
+    def record(frag: HandshakeFragment) -> bytes:
+        return a.records.seal(CT_HANDSHAKE, frag.encode(), 2)[1]
+
+    b.receive_datagram(record(HandshakeFragment(HT.certificate, 40, 0, 0, body[:10])), 0.0)
+    assert b.next_message() is None
+    # The whole message again, with bytes that differ from the buffered ones (§5.5).
+    with pytest.raises(IllegalParameter):
+        b.receive_datagram(record(HandshakeFragment(HT.certificate, 40, 0, 0, b"x" + body[1:])), 0.0)
+    a, b = _pair()
+    b.receive_datagram(record(HandshakeFragment(HT.certificate, 40, 0, 0, body[:10])), 0.0)
+    b.receive_datagram(record(HandshakeFragment(HT.certificate, 40, 0, 0, body)), 0.0)
+    msg = b.next_message()
+    assert msg is not None and (msg.msg_type, msg.body, msg.message_seq) == (HT.certificate, body, 0)
+    assert msg.tls_bytes() == tls_message(HT.certificate, body)
+    # A duplicate whole copy is not delivered twice; the next message is.
+    b.receive_datagram(record(HandshakeFragment(HT.certificate, 40, 0, 0, body)), 0.0)
+    b.receive_datagram(record(HandshakeFragment(HT.finished, 3, 1, 0, b"fin")), 0.0)
+    msg = b.next_message()
+    assert msg is not None and (msg.msg_type, msg.body, msg.tls_bytes()) == (HT.finished, b"fin", tls_message(HT.finished, b"fin"))
+    assert b.next_message() is None
 
 
 def test_acks_wait_until_dtls13_is_negotiated() -> None:

@@ -125,10 +125,28 @@ class _Hello:
     extensions: dict[int, bytes]
 
 
+#: The last datagram :func:`_read_client_hello` read, and what it found: an
+#: endpoint checks a ClientHello's cookie statelessly, then hands the same
+#: datagram to the new connection, which reads it again (one entry, replaced
+#: whole, so threads sharing it see either the old or the new pair).
+_last_hello: Optional[tuple[bytes, Optional[_Hello]]] = None
+
+
 def _read_client_hello(datagram: bytes | bytearray | memoryview) -> Optional[_Hello]:
     """The DTLS 1.3 ClientHello that ``datagram`` carries whole, in one or
     several fragments and records (§5.5; see :class:`ClientHelloReassembler`
     for one spread over several datagrams); None for anything else."""
+    global _last_hello
+    data = bytes(datagram)
+    last = _last_hello
+    if last is not None and last[0] == data:
+        return last[1]
+    found = _parse_client_hello(data)
+    _last_hello = (data, found)
+    return found
+
+
+def _parse_client_hello(datagram: bytes) -> Optional[_Hello]:
     try:
         found = collect_client_hello(datagram)
         if found is None:
@@ -202,10 +220,24 @@ def _cookie_of(hello: _Hello) -> Optional[bytes]:
         return b""
 
 
+_last_secret: Optional[tuple[bytes, CookieSecret]] = None
+
+
 def _as_secret(secret: Union[CookieSecret, bytes, None]) -> CookieSecret:
+    global _last_secret
     if isinstance(secret, CookieSecret):
         return secret
-    return CookieSecret(secret)
+    if secret is None:
+        return CookieSecret(None)
+    # Connections created one by one with the same raw secret share one
+    # CookieSecret, and with it the derived MAC keys (one HMAC per period,
+    # not one per connection).
+    last = _last_secret
+    if last is not None and last[0] == secret:
+        return last[1]
+    made = CookieSecret(bytes(secret))
+    _last_secret = (bytes(secret), made)
+    return made
 
 
 def _hello_retry_datagram(
@@ -331,8 +363,12 @@ class DTLSConnection(HandshakeQueries):
         self.config = config
         self.is_client = is_client
         self.client_address = client_address
-        self._cookie_secret = _as_secret(cookie_secret)
         self._require_cookie = require_cookie and not is_client
+        # Only a server that asks for cookies uses the secret (a client or a
+        # cookieless server skips the key setup; a secret passed is still checked).
+        self._cookie_secret: Optional[CookieSecret] = (
+            _as_secret(cookie_secret) if cookie_secret is not None or self._require_cookie else None
+        )
         self._local_cid = connection_id
         self._key_update_after = key_update_after
         self._max_datagram_size = max_datagram_size
@@ -359,10 +395,9 @@ class DTLSConnection(HandshakeQueries):
         self._key_update_requested = False
         self._close_number: Optional[RecordNumber] = None
         self._hello_accepted = not self._require_cookie
-        # A ClientHello fragmented over datagrams, before the cookie (§5.5).
-        self._hello_reassembler = ClientHelloReassembler(
-            max_entries=1, max_message_size=min(config.max_handshake_message_size, 1 << 16), timeout=60.0
-        )
+        # A ClientHello fragmented over datagrams, before the cookie (§5.5);
+        # created when a first datagram does not carry a whole ClientHello.
+        self._hello_reassembler: Optional[ClientHelloReassembler] = None
         # Anti-amplification before address validation (§5.1).
         self._address_validated = self._require_cookie
         self._bytes_received = 0
@@ -861,34 +896,46 @@ class DTLSConnection(HandshakeQueries):
         """Server before a valid cookie (§5.1): stateless until it comes,
         except for a small buffer that reassembles a ClientHello fragmented
         over several datagrams (§5.5)."""
-        whole = self._hello_reassembler.add(None, data, now)
-        if whole is None:
-            self._transport.drops["not a complete ClientHello"] += 1
-            return
-        data = whole
-        hello = _read_client_hello(data)
+        reassembler = self._hello_reassembler
+        # The usual case: a whole ClientHello and nothing buffered.
+        hello = _read_client_hello(data) if reassembler is None or not len(reassembler) else None
         if hello is None:
-            self._transport.drops["not a complete ClientHello"] += 1
-            return
+            if reassembler is None:
+                reassembler = self._hello_reassembler = ClientHelloReassembler(
+                    max_entries=1,
+                    max_message_size=min(self.config.max_handshake_message_size, 1 << 16),
+                    timeout=60.0,
+                )
+            whole = reassembler.add(None, data, now)
+            if whole is None:
+                self._transport.drops["not a complete ClientHello"] += 1
+                return
+            data = whole
+            hello = _read_client_hello(data)
+            if hello is None:
+                self._transport.drops["not a complete ClientHello"] += 1
+                return
         cookie = _cookie_of(hello)
         if cookie is None:
+            assert self._cookie_secret is not None
             reply = _hello_retry_datagram(self.config, hello, self.client_address, self._cookie_secret, now)
             if reply is None:
                 # Nothing in common: let the state machine say why.
                 self._hello_accepted = True
-                self._hello_reassembler.discard(None)
+                self._hello_reassembler = None
                 self._receive(data, now)
                 return
             self.hello_retries_sent += 1
             self._transport.queue_datagram(reply)
             return
+        assert self._cookie_secret is not None
         contents = self._cookie_secret.open(cookie, self.client_address, now)
         if contents is None:
             raise IllegalParameter("invalid or expired cookie")  # §5.1
         hs = self._hs
         assert isinstance(hs, ServerHandshake)
         self._hello_accepted = True
-        self._hello_reassembler.discard(None)
+        self._hello_reassembler = None
         # Our stateless HelloRetryRequest was message 0 (§5.2).
         self._transport.resume_after_stateless_retry(hello.message_seq, 1)
         hs.restore_hello_retry(contents.suite, contents.group, contents.client_hello_hash, cookie)

@@ -949,10 +949,16 @@ class CookieResponder:
         self.reassembler = reassembler if reassembler is not None else ClientHelloReassembler()
 
     def check(self, data: bytes, addr: Address, now: float) -> tuple[StatelessVerdict, Optional[bytes]]:
-        from .connection import cookie_is_valid, stateless_hello_retry
+        from .connection import _read_client_hello, cookie_is_valid, stateless_hello_retry
 
-        self.reassembler.expire(now)
-        hello = self.reassembler.add(addr, data, now)
+        reassembler = self.reassembler
+        reassembler.expire(now)
+        whole = _read_client_hello(data)  # the usual case: one datagram (parsed once, see there)
+        if whole is not None and len(whole.data) - 4 <= reassembler.max_message_size:
+            reassembler.discard(addr)
+            hello: Optional[bytes] = data
+        else:
+            hello = reassembler.add(addr, data, now)
         if hello is None:
             return StatelessVerdict.DROP, None
         reply = stateless_hello_retry(self.config, hello, addr, self.secret, now)

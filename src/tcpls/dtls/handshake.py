@@ -72,6 +72,7 @@ from ..errors import DecodeError, IllegalParameter, InternalError, LocalProtocol
 from .record import (
     CT_ACK,
     CT_HANDSHAKE,
+    MAX_PLAINTEXT,
     CiphertextRecord,
     DropReason,
     PlaintextRecord,
@@ -87,6 +88,7 @@ __all__ = [
     "HANDSHAKE_HEADER_LEN",
     "HandshakeFragment",
     "parse_fragments",
+    "fragment_headers",
     "fragment_message",
     "tls_message",
     "split_tls_message",
@@ -161,19 +163,45 @@ def parse_fragments(payload: bytes | bytearray | memoryview) -> list[HandshakeFr
         UnexpectedMessage: empty payload (as for TLS, a handshake record is never empty).
         DecodeError: truncated header or body, or a fragment outside its message.
     """
-    if not len(payload):
+    data = bytes(payload)
+    return [
+        HandshakeFragment(msg_type, length, seq, offset, data[start:end])
+        for msg_type, length, seq, offset, start, end in fragment_headers(data)
+    ]
+
+
+def fragment_headers(data: bytes) -> list[tuple[int, int, int, int, int, int]]:
+    """The fragments of one handshake record's payload as
+    ``(msg_type, length, message_seq, fragment_offset, start, end)``, where
+    ``data[start:end]`` is the fragment body (so ``data[start - 12:start - 8]``
+    is the TLS-format header of its message). Same checks as
+    :func:`parse_fragments`, without building fragment objects.
+
+    Raises:
+        UnexpectedMessage: empty payload.
+        DecodeError: truncated header or body, or a fragment outside its message.
+    """
+    n = len(data)
+    if not n:
         raise UnexpectedMessage("empty handshake record")
-    buf = Buffer(bytes(payload))
-    out: list[HandshakeFragment] = []
-    while not buf.eof():
-        msg_type = buf.pull_uint8()
-        length = buf.pull_uint24()
-        message_seq = buf.pull_uint16()
-        offset = buf.pull_uint24()
-        frag_len = buf.pull_uint24()
-        if offset + frag_len > length:
+    out = []
+    pos = 0
+    from_bytes = int.from_bytes
+    while pos < n:
+        start = pos + HANDSHAKE_HEADER_LEN
+        if start > n:
+            raise DecodeError("truncated handshake fragment header")
+        # msg_type(1) length(3) message_seq(2) fragment_offset(3) fragment_length(3)
+        v = from_bytes(data[pos:start], "big")
+        length = (v >> 64) & _MAX_UINT24
+        offset = (v >> 24) & _MAX_UINT24
+        end = start + (v & _MAX_UINT24)
+        if end > n:
+            raise DecodeError("truncated handshake fragment")
+        if offset + end - start > length:
             raise DecodeError("handshake fragment extends past the end of its message")
-        out.append(HandshakeFragment(msg_type, length, message_seq, offset, buf.pull_bytes(frag_len)))
+        out.append((v >> 88, length, (v >> 48) & 0xFFFF, offset, start, end))
+        pos = end
     return out
 
 
@@ -328,10 +356,14 @@ class ReceivedMessage:
     body: bytes
     message_seq: int
     epoch: int
+    #: The TLS-format message, when the receiver had it at hand (a message
+    #: that arrived in one fragment); :meth:`tls_bytes` builds it otherwise.
+    tls: bytes | None = field(default=None, compare=False, repr=False)
 
     def tls_bytes(self) -> bytes:
         """The TLS-format message for the transcript (§5.2)."""
-        return tls_message(self.msg_type, self.body)
+        tls = self.tls
+        return tls if tls is not None else tls_message(self.msg_type, self.body)
 
 
 class FragmentStatus(enum.Enum):
@@ -430,6 +462,22 @@ class Reassembler:
         self._deliver()
         return FragmentStatus.ACCEPTED if in_order else FragmentStatus.OUT_OF_ORDER
 
+    def add_whole(self, msg_type: int, seq: int, epoch: int, tls: bytes) -> bool:
+        """Fast path for a message that arrived in one fragment: deliver it
+        without reassembly buffers when it is the next one expected and no
+        fragment of it is buffered. Returns False (nothing done) otherwise;
+        the caller then goes through :meth:`add`.
+
+        ``tls`` is the TLS-format message (4-byte header, then the body).
+        """
+        if seq != self.next_seq or seq in self._partials or len(tls) - 4 > self.max_message_size:
+            return False
+        self._ready.append(ReceivedMessage(msg_type, tls[4:], seq, epoch, tls))
+        self.next_seq = seq + 1
+        if self._partials:
+            self._deliver()
+        return True
+
     def _next_size(self) -> int:
         nxt = self._partials.get(self.next_seq)
         return nxt.length if nxt is not None else 0
@@ -464,13 +512,17 @@ class FlightState(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass(slots=True)
 class _OutMessage:
-    msg_type: int
-    body: bytes
-    message_seq: int
-    epoch: int
-    acked: _Ranges = field(default_factory=_Ranges)
+    __slots__ = ("msg_type", "body", "message_seq", "epoch", "acked", "prefix")
+
+    def __init__(self, msg_type: int, body: bytes, message_seq: int, epoch: int) -> None:
+        self.msg_type = msg_type
+        self.body = body
+        self.message_seq = message_seq
+        self.epoch = epoch
+        self.acked = _Ranges()
+        #: The first 6 bytes of each fragment header: msg_type, length, message_seq (§5.2).
+        self.prefix = ((msg_type << 40) | (len(body) << 16) | message_seq).to_bytes(6, "big")
 
     def unacked(self) -> list[tuple[int, int]]:
         n = len(self.body)
@@ -567,6 +619,8 @@ class HandshakeTransport:
         self._preparing: list[_OutMessage] = []
         self._flights: list[_Flight] = []
         self._ack_pending: set[RecordNumber] = set()
+        #: Records were added to ``_ack_pending`` since the last ACK we sent.
+        self._ack_news = False
         self._ack_at: float | None = None
         self._last_ack_at: float | None = None
         self._records_in: deque[ReceivedRecord] = deque()
@@ -626,7 +680,10 @@ class HandshakeTransport:
 
     def send_tls_message(self, data: bytes, *, epoch: int | None = None) -> int:
         """:meth:`send_message` for a TLS-format message (4-byte header)."""
-        msg_type, body = split_tls_message(data)
+        if len(data) < _TLS_HEADER_LEN or int.from_bytes(data[1:4], "big") != len(data) - _TLS_HEADER_LEN:
+            msg_type, body = split_tls_message(data)  # raises DecodeError
+        else:
+            msg_type, body = data[0], bytes(data[4:])
         return self.send_message(msg_type, body, epoch=epoch)
 
     def end_flight(
@@ -658,6 +715,7 @@ class HandshakeTransport:
         self._preparing = []
         # Starting our next flight implicitly acknowledges the peer's (§7).
         self._ack_pending.clear()
+        self._ack_news = False
         self._ack_at = None
         flight.first_sent = now
         flight.peer_seq = self.reassembler.next_seq
@@ -696,12 +754,22 @@ class HandshakeTransport:
 
         For flights that need an explicit ACK (the client's last flight,
         post-handshake messages; §7.1) or when the response will be slow.
+        Nothing is sent when an ACK already went out at this same ``now``
+        and no record arrived since (several messages of one record each ask
+        for an ACK); a later call sends again (e.g. a probe after a lost ACK).
         """
+        if not self._ack_news and self._last_ack_at == now:
+            return
         self._ack_at = now
         self._maybe_send_ack(now)
 
     def _transmit(self, flight: _Flight, before: int | None = None) -> None:
         """SENDING: the unacknowledged parts of ``flight``, packed into datagrams.
+
+        Consecutive fragments of the same epoch share a record while they
+        fit in the datagram (§5.5 allows several handshake fragments per
+        record): fewer records to protect, open and acknowledge. A record
+        never spans datagrams.
 
         With ``before``, only the parts whose last transmission was in a
         record sent before position ``before`` (records sent after the newest
@@ -713,31 +781,71 @@ class HandshakeTransport:
             todo = [msg.unacked() for msg in flight.messages]
         else:
             todo = self._presumed_lost(flight, before)
+        records = self.records
+        max_datagram = self.max_datagram_size
+        pending = self._pending_records
+        used = sum(len(r) for r in pending)  # bytes of the datagram being filled
+        # The record being filled: its epoch, fragments, ranges and size.
+        rec_epoch = -1
+        parts: list[bytes] = []
+        ranges: list[tuple[int, int, int]] = []
+        rec_size = 0
+        rec_overhead = 0
+
+        def close_record() -> None:
+            nonlocal used, parts, ranges, rec_size
+            number, record = records.seal(CT_HANDSHAKE, b"".join(parts), rec_epoch)
+            flight.sent[number] = ranges
+            flight.order[number] = len(flight.order)
+            pending.append(record)
+            used += len(record)
+            parts, ranges, rec_size = [], [], 0
+
         for index, msg in enumerate(flight.messages):
-            overhead = self.records.overhead(msg.epoch) + HANDSHAKE_HEADER_LEN
-            for start, end in todo[index]:
+            spans = todo[index]
+            if not spans:
+                continue
+            epoch = msg.epoch
+            if parts and epoch != rec_epoch:
+                close_record()
+            if not parts:
+                rec_epoch = epoch
+                rec_overhead = records.overhead(epoch)
+            body = msg.body
+            for start, end in spans:
                 pos = start
                 while True:
-                    if budget is not None and budget <= 0:
-                        self._flush()
-                        return
-                    space = self._space_left()
-                    if space < overhead + min(end - pos, 32):
-                        self._flush()
-                        space = self.max_datagram_size
-                    chunk = min(end - pos, space - overhead)
+                    want = HANDSHAKE_HEADER_LEN + min(end - pos, 32)
+                    if parts and used + rec_overhead + rec_size + want > max_datagram:
+                        close_record()
+                    if not parts:
+                        if budget is not None and budget <= 0:
+                            self._pending_records = pending
+                            self._flush()
+                            return
+                        if used + rec_overhead + want > max_datagram:
+                            self._pending_records = pending
+                            self._flush()
+                            pending = self._pending_records
+                            used = 0
+                        if budget is not None:
+                            budget -= 1
+                    space = min(max_datagram - used - rec_overhead, MAX_PLAINTEXT) - rec_size - HANDSHAKE_HEADER_LEN
+                    chunk = min(end - pos, space)
                     if chunk < 0 or (chunk == 0 and end > pos):
                         raise ValueError("max_datagram_size too small for a handshake fragment")
-                    frag = HandshakeFragment(msg.msg_type, len(msg.body), msg.message_seq, pos, msg.body[pos : pos + chunk])
-                    number, record = self.records.seal(CT_HANDSHAKE, frag.encode(), msg.epoch)
-                    flight.sent[number] = [(index, pos, pos + chunk)]
-                    flight.order[number] = len(flight.order)
-                    self._pending_records.append(record)
-                    if budget is not None:
-                        budget -= 1
-                    pos += chunk
+                    stop = pos + chunk
+                    header = msg.prefix + ((pos << 24) | chunk).to_bytes(6, "big")
+                    parts.append(header)
+                    parts.append(body if chunk == len(body) else body[pos:stop])
+                    ranges.append((index, pos, stop))
+                    rec_size += HANDSHAKE_HEADER_LEN + chunk
+                    pos = stop
                     if pos >= end:
                         break
+        if parts:
+            close_record()
+        self._pending_records = pending
         self._flush()
 
     @staticmethod
@@ -956,17 +1064,29 @@ class HandshakeTransport:
     def _on_handshake_record(self, rec: ReceivedRecord, now: float) -> tuple[bool, bool]:
         """Returns ``(send an ACK now, retransmit our response flight)``."""
         epoch = rec.number.epoch
+        data = rec.data
         statuses = []
         old_seqs = []
-        for frag in parse_fragments(rec.data):
-            if not handshake_type_allowed(epoch, frag.msg_type):
+        reassembler = self.reassembler
+        for msg_type, length, seq, offset, start, end in fragment_headers(data):
+            if not handshake_type_allowed(epoch, msg_type):
                 self.drops["handshake type not allowed in epoch"] += 1
                 statuses.append(FragmentStatus.DROPPED)
                 continue
-            status = self.reassembler.add(frag, epoch)
+            # A whole message, the next one expected (the usual case): no
+            # reassembly buffers, and the TLS-format message is cut out of
+            # the record directly (its 4-byte header is the fragment's first).
+            if (
+                offset == 0
+                and end - start == length
+                and reassembler.add_whole(msg_type, seq, epoch, data[start - 12 : start - 8] + data[start:end])
+            ):
+                statuses.append(FragmentStatus.ACCEPTED)
+                continue
+            status = reassembler.add(HandshakeFragment(msg_type, length, seq, offset, data[start:end]), epoch)
             statuses.append(status)
             if status is FragmentStatus.OLD:
-                old_seqs.append(frag.message_seq)
+                old_seqs.append(seq)
         if FragmentStatus.DROPPED in statuses:
             return False, False  # not fully buffered: must not be acknowledged (§7)
         new = [s for s in statuses if s is not FragmentStatus.OLD]
@@ -977,6 +1097,7 @@ class HandshakeTransport:
                 if flight.expect_response:
                     self._flight_done(flight, now)
             self._ack_pending.add(rec.number)
+            self._ack_news = True
             if self._ack_at is None:
                 self._ack_at = now + self.ack_delay_factor * self.timeout
             return FragmentStatus.OUT_OF_ORDER in statuses, False
@@ -988,6 +1109,7 @@ class HandshakeTransport:
         # last flight, whose ACK was lost; §5.8.1 FINISHED state, §7):
         # acknowledge again.
         self._ack_pending.add(rec.number)
+        self._ack_news = True
         return True, False
 
     def _on_ack(self, rec: ReceivedRecord, now: float) -> None:
@@ -1049,6 +1171,7 @@ class HandshakeTransport:
             numbers = numbers[-room:]
             self._ack_pending = set(numbers)
         _, record = self.records.seal(CT_ACK, encode_ack(numbers), epoch)
+        self._ack_news = False
         self._flush()
         self._datagrams.append(record)
 
