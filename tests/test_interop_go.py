@@ -1,14 +1,15 @@
 """Interop with Go's crypto/tls (the ``go`` toolchain, standard library only).
 
-Two small Go programs in ``tests/peers/go/`` are built once per test session
-into a temporary directory (``GO111MODULE=off``, ``CGO_ENABLED=0``, caches
-under that directory, so no network and no C compiler are needed):
+One small Go program in ``tests/peers/go/peer/`` is built once per test
+session into a temporary directory (``GO111MODULE=off``, ``CGO_ENABLED=0``,
+caches under that directory, so no network and no C compiler are needed) and
+run in one of two modes:
 
-* ``server``: an echo server; flags choose the certificate (and OCSP
+* ``-mode server``: an echo server; flags choose the certificate (and OCSP
   staple), ``CurvePreferences``, ALPN, client authentication, how many
   connections to serve (its tickets let later ones resume) and exporter
   values to print;
-* ``client``: sends a fixed pattern while reading the echo back, then
+* ``-mode client``: sends a fixed pattern while reading the echo back, then
   half-closes with close_notify and checks the echo byte for byte; flags as
   above, plus ``-conns`` connections sharing one ``ClientSessionCache``.
 
@@ -73,8 +74,8 @@ def pattern(n: int) -> bytes:
 
 # ------------------------------------------------------------ Go programs
 @pytest.fixture(scope="session")
-def go_peers(tmp_path_factory) -> dict[str, str]:
-    """Build the Go client and server once per session; paths by name."""
+def go_peer(tmp_path_factory) -> str:
+    """Build the Go peer (client and server modes) once per session; its path."""
     (go,) = require_peer("go")
     d = tmp_path_factory.mktemp("go")
     env = dict(os.environ)
@@ -82,14 +83,11 @@ def go_peers(tmp_path_factory) -> dict[str, str]:
         GO111MODULE="off", GOFLAGS="", CGO_ENABLED="0", GOCACHE=str(d / "cache"), GOPATH=str(d / "gopath"),
         GOTMPDIR="", HOME=str(d), GOTOOLCHAIN="local",
     )
-    out = {}
-    for name in ("client", "server"):
-        exe = d / name
-        r = subprocess.run([go, "build", "-o", str(exe), "."], cwd=str(PEERS / name), env=env,
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, f"go build {name} failed:\n{r.stderr}"
-        out[name] = str(exe)
-    return out
+    exe = d / "peer"
+    r = subprocess.run([go, "build", "-o", str(exe), "."], cwd=str(PEERS / "peer"), env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"go build failed:\n{r.stderr}"
+    return str(exe)
 
 
 class GoServer:
@@ -130,12 +128,12 @@ class GoServer:
 
 
 @pytest.fixture
-def go_server(go_peers, pki):
+def go_server(go_peer, pki):
     started: list[GoServer] = []
 
     def start(*args: str, leaf: str = "ec256", cert=None) -> GoServer:
         c = cert or pki.leaf(leaf)
-        srv = GoServer(go_peers["server"], ["-cert", c.cert_file, "-key", c.key_file, *args])
+        srv = GoServer(go_peer, ["-mode", "server", "-cert", c.cert_file, "-key", c.key_file, *args])
         started.append(srv)
         return srv
 
@@ -145,11 +143,11 @@ def go_server(go_peers, pki):
 
 
 @pytest.fixture
-def go_client(go_peers, pki):
+def go_client(go_peer, pki):
     """``go_client(port, *args, size=N)`` -> (exit code, JSON results, stderr)."""
 
     def run(port: int, *args: str, size: int = 0, ca: Optional[str] = pki.ca_file) -> tuple[int, list[dict], str]:
-        cmd = [go_peers["client"], "-addr", f"127.0.0.1:{port}", "-size", str(size), "-timeout", f"{int(T)}s", *args]
+        cmd = [go_peer, "-mode", "client", "-addr", f"127.0.0.1:{port}", "-size", str(size), "-timeout", f"{int(T)}s", *args]
         if ca:
             cmd += ["-ca", ca]
         r = subprocess.run(cmd, capture_output=True, timeout=T + 10)
