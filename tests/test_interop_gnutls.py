@@ -217,13 +217,17 @@ def gnutls_client():
         c.stop()
 
 
-def run_gnutls_cli(port: int, args: Sequence[str], data: bytes = b"", expect: Optional[bytes] = None) -> GnutlsClient:
-    """One gnutls-cli session: send ``data``, wait for ``expect`` (default: ``data``) echoed, close."""
+def run_gnutls_cli(port: int, args: Sequence[str], data: bytes = b"", expect: Optional[bytes] = None,
+                   *, echo: bool = True) -> GnutlsClient:
+    """One gnutls-cli session: send ``data``, wait for ``expect`` (default:
+    ``data``) echoed unless ``echo`` is false, close. Its exit code is then
+    ``c.proc.returncode``."""
     c = GnutlsClient(port, args)
     try:
         if data:
             c.send(data)
-            c.wait_stdout(expect if expect is not None else data)
+            if echo:
+                c.wait_stdout(expect if expect is not None else data)
         c.finish()
     finally:
         c.stop()
@@ -421,6 +425,11 @@ def text_lines(n: int) -> bytes:
     """About ``n`` bytes of distinct newline-terminated lines: gnutls-serv's
     echo mode answers line by line (and treats CR LF as LF)."""
     return b"".join(os.urandom(32).hex().encode() + b"\n" for _ in range(n // 65 + 1))
+
+
+def alert_of(info: dict) -> Optional[str]:
+    """The alert name of the error our server recorded for a connection (None: no alert error)."""
+    return getattr(info.get("error"), "alert_name", None)
 
 
 def ok(info: dict) -> dict:
@@ -822,13 +831,9 @@ def test_server_external_psk_sha384_vs_sha256_binder(engine_server):
     SHA-256 binders for it: the binder does not validate, so we abort with
     decrypt_error (RFC 9846 §4.2.11, §6.2) and gnutls-cli reports it."""
     srv = engine_server(psk_server_cfg(PskKeyExchangeMode.psk_dhe_ke, "sha384"))
-    c = GnutlsClient(srv.port, psk_cli(f"{PSK_PRIORITY}:-CIPHER-ALL:+AES-256-GCM"))
-    try:
-        c.finish()
-    finally:
-        c.stop()
+    c = run_gnutls_cli(srv.port, psk_cli(f"{PSK_PRIORITY}:-CIPHER-ALL:+AES-256-GCM"))
     (info,) = srv.join()
-    assert getattr(info.get("error"), "alert_name", None) == "decrypt_error"
+    assert alert_of(info) == "decrypt_error"
     assert "Received alert [51]: Decrypt error" in c.output
 
 
@@ -903,14 +908,10 @@ def test_server_refuses_gnutls_cli_without_certificate(engine_server, pki):
     cfg = server_cfg(pki, require_client_certificate=True)
     cfg.load_verify_locations(pki.ca_file)
     srv = engine_server(cfg)
-    c = GnutlsClient(srv.port, cli_args(pki))
-    try:
-        c.send(b"no cert\n")
-        rc = c.finish()
-    finally:
-        c.stop()
+    c = run_gnutls_cli(srv.port, cli_args(pki), b"no cert\n", echo=False)
+    rc = c.proc.returncode
     (info,) = srv.join()
-    assert getattr(info.get("error"), "alert_name", None) == "certificate_required"
+    assert alert_of(info) == "certificate_required"
     assert info["data"] == b"" and rc != 0
     assert "Received alert [116]" in c.output
 
@@ -1479,7 +1480,7 @@ def test_server_post_handshake_auth_required_but_refused(engine_server, pki):
     finally:
         c.stop()
     (info,) = srv.join()
-    assert getattr(info.get("error"), "alert_name", None) == "certificate_required"
+    assert alert_of(info) == "certificate_required"
     assert "Received alert [116]: Certificate is required" in c.output
 
 
@@ -1506,15 +1507,11 @@ def test_server_refuses_more_early_data_than_the_ticket_allows(engine_server, pk
     srv = engine_server(server_cfg(pki, max_early_data=8), connections=2)
     early = tmp_path / "early.txt"
     early.write_bytes(b"0123456789abcdefghij\n")
-    c = GnutlsClient(srv.port, cli_args(pki, TLS13, "--resume", "--waitresumption", "--earlydata", str(early)))
-    try:
-        c.send(b"one rtt\n")
-        c.finish()
-    finally:
-        c.stop()
+    args = cli_args(pki, TLS13, "--resume", "--waitresumption", "--earlydata", str(early))
+    c = run_gnutls_cli(srv.port, args, b"one rtt\n", echo=False)
     full, resumed = srv.join()
     ok(full)
-    assert getattr(resumed.get("error"), "alert_name", None) == "unexpected_message"
+    assert alert_of(resumed) == "unexpected_message"
     assert resumed["early"] == b"" and resumed["data"] == b""
     assert "Received alert [10]: Unexpected message" in c.output
 
@@ -1572,12 +1569,7 @@ def test_record_size_limit_below_512_with_gnutls(gnutls_server, engine_server, p
     srv.wait_output(r"client requested too small record_size_limit 256; ignoring", "gnutls-serv ignoring our limit")
 
     ours = engine_server(server_cfg(pki, record_size_limit=256))
-    c = GnutlsClient(ours.port, ["-d", "4", *cli_args(pki)])
-    try:
-        c.send(b"refused\n")
-        c.finish()
-    finally:
-        c.stop()
+    c = run_gnutls_cli(ours.port, ["-d", "4", *cli_args(pki)], b"refused\n", echo=False)
     (info,) = ours.join()
     if "error" in info:
         assert getattr(info["error"], "alert_name", None) == "illegal_parameter"
@@ -1702,13 +1694,9 @@ def test_tls12_only_gnutls_peers_are_refused(gnutls_server, engine_server, pki):
     suite) where §4.2.1 asks for protocol_version; either way our client
     fails with the peer's alert."""
     ours = engine_server(server_cfg(pki))
-    c = GnutlsClient(ours.port, cli_args(pki, "NORMAL:-VERS-ALL:+VERS-TLS1.2"))
-    try:
-        c.finish()
-    finally:
-        c.stop()
+    c = run_gnutls_cli(ours.port, cli_args(pki, "NORMAL:-VERS-ALL:+VERS-TLS1.2"))
     (info,) = ours.join()
-    assert getattr(info.get("error"), "alert_name", None) == "protocol_version"
+    assert alert_of(info) == "protocol_version"
     assert "Received alert [70]" in c.output
 
     srv = gnutls_server(*serv_args(pki, priority="NORMAL:-VERS-ALL:+VERS-TLS1.2"))
