@@ -1611,41 +1611,12 @@ def test_server_early_data_with_alpn_from_gnutls_cli(engine_server, pki, tmp_pat
 
 
 # ====================================================================== chains, default priorities, TLS 1.2-only peers
-def make_intermediate(pki):
-    """An intermediate CA under the test root (path length 0)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import NameOID
-    from tcpls import _testcerts
-
-    key = _testcerts.make_key("ec384")
-    now = datetime.datetime.now(datetime.timezone.utc)
-    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                          encipher_only=False, decipher_only=False)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tcpls test intermediate")]))
-        .issuer_name(pki.ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.ca_key.public_key()), critical=False)
-        .sign(pki.ca_key, hashes.SHA256())
-    )
-    return cert, key
-
-
 def test_certificate_chains_with_intermediate_both_ways(gnutls_server, engine_server, pki, tmp_path):
     """Leaf + intermediate sent by each side, verified up to the root only."""
     from conftest import _write_certs, _write_key
     from tcpls import _testcerts
 
-    icert, ikey = make_intermediate(pki)
+    icert, ikey = _testcerts.make_intermediate(pki.ca_cert, pki.ca_key, key_type="ec384")
     leaf, lkey = _testcerts.make_leaf(icert, ikey, names=["localhost", "127.0.0.1"], key_type="ec256")
     chain_file, key_file = _write_certs(tmp_path / "chain.pem", [leaf, icert]), _write_key(tmp_path / "leaf.key", lkey)
     ccert, ckey = _testcerts.make_leaf(icert, ikey, names=["client.test"], key_type="ec256", client=True)

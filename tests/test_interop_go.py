@@ -171,75 +171,21 @@ def client_leaves(pki, tmp_path_factory) -> dict:
     return out
 
 
-def _intermediate_ca(root_cert, root_key):
-    """A CA certificate (pathLen 0) for a fresh P-256 key, signed by the root."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tcpls test intermediate")]))
-        .issuer_name(root_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                          key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
-        .sign(root_key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def _expired_leaf(pki, name: str, client: bool):
-    """A leaf from the test CA for ``name`` whose validity ended yesterday."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(pki.ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=30))
-        .not_valid_after(now - datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.ca_key.public_key()), critical=False)
-        .sign(pki.ca_key, hashes.SHA256())
-    )
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def expired(pki, tmp_path_factory) -> dict:
     """Expired leaves from the test CA: ``server`` (localhost), ``client`` (client.test)."""
+    import datetime
+
     from conftest import Leaf, _write_certs, _write_key
+    from tcpls import _testcerts
 
     d = tmp_path_factory.mktemp("go-expired")
+    now = datetime.datetime.now(datetime.timezone.utc)
     out = {}
     for role, name in (("server", "localhost"), ("client", "client.test")):
-        cert, key = _expired_leaf(pki, name, role == "client")
+        cert, key = _testcerts.make_leaf(pki.ca_cert, pki.ca_key, names=[name], client=role == "client",
+                                         not_before=now - datetime.timedelta(days=30),
+                                         not_after=now - datetime.timedelta(days=1))
         out[role] = Leaf(cert, key, _write_certs(d / f"{role}.pem", cert), _write_key(d / f"{role}.key", key))
     return out
 
@@ -252,7 +198,7 @@ def chained(pki, tmp_path_factory) -> dict:
     from tcpls import _testcerts
 
     d = tmp_path_factory.mktemp("go-chain")
-    icert, ikey = _intermediate_ca(pki.ca_cert, pki.ca_key)
+    icert, ikey = _testcerts.make_intermediate(pki.ca_cert, pki.ca_key)
     out = {}
     for name, names, client in (("server", ["localhost", "127.0.0.1"], False), ("client", ["client.test"], True)):
         cert, key = _testcerts.make_leaf(icert, ikey, names=names, key_type="ec256", client=client)
