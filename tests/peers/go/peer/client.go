@@ -83,14 +83,10 @@ func connect(addr string, cfg *tls.Config, specs []exportSpec, data []byte, time
 	}
 	conn := tls.Client(raw, cfg)
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(timeout))
-	if err := conn.Handshake(); err != nil {
-		res.Error = err.Error()
-		res.HandshakeErr = true
+	st, ok := handshake(conn, timeout, &res.common, specs)
+	if !ok {
 		return
 	}
-	st := conn.ConnectionState()
-	describe(st, &res.common, specs)
 	res.OCSP = hex.EncodeToString(st.OCSPResponse)
 	// Write and read concurrently so that neither side's buffers fill up.
 	// close_notify only goes out once the whole echo is back: a KeyUpdate

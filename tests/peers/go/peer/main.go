@@ -133,6 +133,22 @@ func baseConfig(o *options, maxVersion string) *tls.Config {
 	return cfg
 }
 
+// handshake sets the connection's deadline and runs the handshake. On
+// success it fills the common fields and returns the state; on failure it
+// records the error and returns false.
+func handshake(conn *tls.Conn, timeout time.Duration, res *common, specs []exportSpec) (tls.ConnectionState, bool) {
+	res.PeerCerts = []string{}
+	conn.SetDeadline(time.Now().Add(timeout))
+	if err := conn.Handshake(); err != nil {
+		res.Error = err.Error()
+		res.HandshakeErr = true
+		return tls.ConnectionState{}, false
+	}
+	st := conn.ConnectionState()
+	describe(st, res, specs)
+	return st, true
+}
+
 // describe fills the common fields from a completed handshake.
 func describe(st tls.ConnectionState, res *common, specs []exportSpec) {
 	res.Version = fmt.Sprintf("%#04x", st.Version)

@@ -79,15 +79,10 @@ func runServer(o *options, so *serverOptions, cfg *tls.Config) {
 
 func serve(conn *tls.Conn, specs []exportSpec, timeout time.Duration) (res serverResult) {
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(timeout))
-	res.PeerCerts = []string{}
-	if err := conn.Handshake(); err != nil {
-		res.Error = err.Error()
-		res.HandshakeErr = true
+	st, ok := handshake(conn, timeout, &res.common, specs)
+	if !ok {
 		return
 	}
-	st := conn.ConnectionState()
-	describe(st, &res.common, specs)
 	res.SNI = st.ServerName
 	// Echo until the client closes (close_notify or EOF). A TLS 1.3 client
 	// certificate is only checked when its Certificate arrives, after the
