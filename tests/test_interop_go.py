@@ -370,6 +370,14 @@ def connect(address, config: TLSConfig, **kw) -> tuple[sync.TLSSocket, list]:
     return tls, events
 
 
+def first_session(address, config: TLSConfig):
+    """Our client's session from a full handshake that echoed b"first"."""
+    tls, _ = connect(address, config)
+    with tls:
+        assert echo_through(tls, b"first") == b"first"
+        return tls.connection.session
+
+
 # ================================================= our client, Go server
 @pytest.mark.parametrize("suite", list(SUITES), ids=lambda s: s.name)
 def test_client_each_suite(go_server, pki, suite):
@@ -506,10 +514,7 @@ def test_client_no_early_data_with_go_tickets(go_server, pki):
 
     srv = go_server("-conns", "3")
     cfg = client_config(pki)
-    tls, _ = connect(srv.address, cfg)
-    with tls:
-        assert echo_through(tls, b"first") == b"first"
-        session = tls.connection.session
+    session = first_session(srv.address, cfg)
     assert session.max_early_data == 0
     with pytest.raises(UsageError, match="early data"):
         sync.connect(srv.address, cfg, session=session, early_data=b"0-rtt", timeout=T)
@@ -527,10 +532,7 @@ def test_client_resumes_after_hello_retry(go_server, pki):
     (RFC 9846 §4.2.11.2); the Go server checks it."""
     srv = go_server("-conns", "2", "-curves", "P-384")
     cfg = client_config(pki)
-    tls, _ = connect(srv.address, cfg)
-    with tls:
-        assert echo_through(tls, b"first") == b"first"
-        session = tls.connection.session
+    session = first_session(srv.address, cfg)
     tls, _ = connect(srv.address, cfg, session=session)
     with tls:
         assert echo_through(tls, b"second") == b"second"
@@ -543,10 +545,7 @@ def test_client_resumes_with_client_certificate(go_server, pki):
     still counts as authenticated by Go (peer certificates kept)."""
     srv = go_server("-conns", "2", "-client-auth", "require", "-client-ca", pki.ca_file)
     cfg = with_client_cert(pki, client_config(pki))
-    tls, _ = connect(srv.address, cfg)
-    with tls:
-        assert echo_through(tls, b"first") == b"first"
-        session = tls.connection.session
+    session = first_session(srv.address, cfg)
     tls, _ = connect(srv.address, cfg, session=session)
     with tls:
         assert echo_through(tls, b"second") == b"second"
