@@ -8,154 +8,21 @@ visible to the test), with ``now = time.time()``.
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
-from typing import Optional
 
 import pytest
 
 import subprocess
 
 from conftest import DEFAULT_TIMEOUT, OPENSSL, _Drain, _stop, needs_openssl, run_s_client, wait_until
-from tcpls.errors import ProtocolError
+from enginepeers import EngineClient, EngineServer
 from tcpls.tls import events as ev
 from tcpls.tls.config import TLSConfig
-from tcpls.tls.connection import TLSConnection
 from tcpls.tls.enums import CipherSuite
 from tcpls.tls.session import ExternalPSK, Session
 
 T = DEFAULT_TIMEOUT
 PSK_HEX = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 PSK_ID = "tcpls-client"
-
-
-class EngineClient:
-    """Our client engine over one TCP connection."""
-
-    def __init__(self, address, config: TLSConfig, *, session: Optional[Session] = None, early: bytes = b"") -> None:
-        self.sock = socket.create_connection(address, timeout=T)
-        self.conn = TLSConnection(config, server_side=False, server_name="localhost", session=session)
-        self.events: list = []
-        if early:
-            self.conn.send_early_data(early)
-        self.conn.start_handshake(time.time())
-        self._flush()
-
-    def _flush(self) -> None:
-        out = self.conn.data_to_send()
-        if out:
-            self.sock.sendall(out)
-
-    def _read(self) -> bool:
-        d = self.sock.recv(65536)
-        if not d:
-            return False
-        self.conn.receive_data(d, time.time())
-        self._flush()
-        while (e := self.conn.next_event()) is not None:
-            self.events.append(e)
-        return True
-
-    def handshake(self) -> None:
-        while not self.conn.handshake_complete:
-            if not self._read():
-                raise EOFError("closed during handshake")
-
-    def received(self) -> bytes:
-        return b"".join(e.data for e in self.events if isinstance(e, ev.DataReceived))
-
-    def read_until(self, pred, what: str = "data") -> None:
-        deadline = time.monotonic() + T
-        while not pred():
-            if time.monotonic() > deadline or not self._read():
-                raise TimeoutError(f"no {what}; got {self.received()!r}")
-
-    def send(self, data: bytes) -> None:
-        self.conn.send_data(data)
-        self._flush()
-
-    def close(self) -> None:
-        try:
-            self.conn.close()
-            self._flush()
-            self.sock.settimeout(2)
-            while self._read():
-                pass
-        except (OSError, ProtocolError):
-            pass
-        self.sock.close()
-
-    def of(self, cls) -> list:
-        return [e for e in self.events if isinstance(e, cls)]
-
-
-class EngineServer:
-    """Our server engine: accepts ``connections`` clients one after the
-    other, echoes application data (early data too), records events."""
-
-    def __init__(self, config: TLSConfig, connections: int = 1, export: Optional[tuple[str, int]] = None) -> None:
-        self.config = config
-        self.export = export
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(T)
-        self.port = self.listener.getsockname()[1]
-        self.sessions: list[dict] = []
-        self.thread = threading.Thread(target=self._run, args=(connections,), daemon=True)
-        self.thread.start()
-
-    def _run(self, n: int) -> None:
-        for _ in range(n):
-            info: dict = {"events": [], "early": b"", "data": b""}
-            self.sessions.append(info)
-            try:
-                sock, _ = self.listener.accept()
-            except OSError as exc:
-                info["error"] = exc
-                return
-            sock.settimeout(T)
-            conn = TLSConnection(self.config, server_side=True)
-            try:
-                while True:
-                    d = sock.recv(65536)
-                    if not d:
-                        break
-                    conn.receive_data(d, time.time())
-                    while (e := conn.next_event()) is not None:
-                        info["events"].append(e)
-                        if isinstance(e, ev.EarlyDataReceived):
-                            info["early"] += e.data
-                            conn.send_data(e.data)
-                        elif isinstance(e, ev.DataReceived):
-                            info["data"] += e.data
-                            conn.send_data(e.data)
-                        elif isinstance(e, ev.HandshakeComplete):
-                            info["resumed"] = conn.session_resumed
-                            info["cipher_suite"] = conn.cipher_suite
-                            if self.export:
-                                info["exported"] = conn.export_keying_material(self.export[0], b"", self.export[1])
-                        elif isinstance(e, ev.CloseNotifyReceived):
-                            conn.close()
-                    out = conn.data_to_send()
-                    if out:
-                        sock.sendall(out)
-                    if conn.peer_closed:
-                        break
-            except Exception as exc:  # noqa: BLE001 -- reported to the test
-                info["error"] = exc
-                try:
-                    sock.sendall(conn.data_to_send())
-                except OSError:
-                    pass
-            finally:
-                info["early_accepted"] = conn.early_data_accepted
-                sock.close()
-
-    def join(self) -> list[dict]:
-        self.thread.join(T)
-        assert not self.thread.is_alive(), "server thread did not finish"
-        self.listener.close()
-        return self.sessions
 
 
 def client_cfg(pki, **kw) -> TLSConfig:
