@@ -37,6 +37,13 @@ class EngineClient:
         self.conn.start_handshake(time.time() + now_offset)
         self.flush()
 
+    @classmethod
+    def connected(cls, address, config: TLSConfig, **kw) -> "EngineClient":
+        """A client that has completed its handshake."""
+        cl = cls(address, config, **kw)
+        cl.handshake()
+        return cl
+
     def flush(self) -> None:
         out = self.conn.data_to_send()
         if out:

@@ -298,8 +298,7 @@ def completed(info: dict) -> ev.HandshakeComplete:
 @pytest.mark.parametrize("group", list(GROUPS), ids=lambda g: g.name)
 def test_client_groups(gnutls_server, pki, group):
     srv = gnutls_server(*serv_args(pki, priority=only_group(group)))
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     assert cl.conn.group == group
     # our first ClientHello has an x25519 share only: the others need a HelloRetryRequest
     assert cl.conn.hello_retry == (group != NamedGroup.x25519)
@@ -312,8 +311,7 @@ def test_client_groups(gnutls_server, pki, group):
 @pytest.mark.parametrize("suite", list(SUITES), ids=lambda s: s.name)
 def test_client_suites(gnutls_server, pki, suite):
     srv = gnutls_server(*serv_args(pki, priority=only_suite(suite)))
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     assert cl.conn.cipher_suite == suite
     cl.echo(text_lines(40000))  # several full records each way
     cl.close()
@@ -324,8 +322,7 @@ def test_client_suites(gnutls_server, pki, suite):
                                           ("rsa2048", "RSA-PSS-RSAE-SHA256"), ("ed25519", "EdDSA-Ed25519")])
 def test_client_certificate_types(gnutls_server, pki, key_type, sig):
     srv = gnutls_server(*serv_args(pki, key_type))
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     assert cl.conn.peer_certificates[0] == pki.leaf(key_type).cert
     cl.echo(b"cert " + key_type.encode() + b"\n")
     cl.close()
@@ -335,8 +332,7 @@ def test_client_certificate_types(gnutls_server, pki, key_type, sig):
 def test_client_alpn_and_sni(gnutls_server, pki):
     srv = gnutls_server(*serv_args(pki), "--alpn", "h2", "--alpn", "http/1.1", "--alpn-fatal",
                         "--sni-hostname", "localhost", "--sni-hostname-fatal")
-    cl = EngineClient(srv.address, client_cfg(pki, alpn_protocols=["http/1.1", "h2"]))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, alpn_protocols=["http/1.1", "h2"]))
     assert cl.conn.alpn_protocol in ("h2", "http/1.1")
     cl.echo(b"alpn\n")
     cl.close()
@@ -400,8 +396,7 @@ def test_server_alpn_and_sni(engine_server, pki):
 def test_client_hrr_to_gnutls_group(gnutls_server, pki):
     """gnutls-serv takes only secp384r1; our first ClientHello shares x25519."""
     srv = gnutls_server(*serv_args(pki, priority=only_group(NamedGroup.secp384r1)), "--alpn", "hrr")
-    cl = EngineClient(srv.address, client_cfg(pki, key_share_groups=[NamedGroup.x25519], alpn_protocols=["hrr"]))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, key_share_groups=[NamedGroup.x25519], alpn_protocols=["hrr"]))
     assert cl.conn.hello_retry and cl.conn.group == NamedGroup.secp384r1 and cl.conn.alpn_protocol == "hrr"
     cl.echo(b"after hrr\n")
     cl.close()
@@ -433,8 +428,7 @@ def resume_server(gnutls_server, pki, *extra: str, priority: str = TLS13) -> Gnu
 
 
 def first_session(srv: GnutlsServer, pki, **kw) -> Session:
-    cl = EngineClient(srv.address, client_cfg(pki, **kw))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, **kw))
     cl.echo(b"first\n")  # the tickets arrive with or before the echo
     cl.read_until(lambda: bool(cl.of(ev.SessionTicketReceived)), "a NewSessionTicket")
     assert not cl.conn.session_resumed
@@ -448,8 +442,7 @@ def first_session(srv: GnutlsServer, pki, **kw) -> Session:
 def test_client_resumes_with_gnutls_serv(gnutls_server, pki, suite):
     srv = resume_server(gnutls_server, pki, priority=only_suite(suite))
     sess = first_session(srv, pki)
-    cl = EngineClient(srv.address, client_cfg(pki), session=sess)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki), session=sess)
     assert cl.conn.session_resumed and cl.conn.cipher_suite == suite
     # the resumed connection reports the chain of the original one (§2.2)
     ders = [c.public_bytes(serialization.Encoding.DER) for c in cl.conn.peer_certificates]
@@ -465,8 +458,7 @@ def test_client_resumption_with_hrr(gnutls_server, pki):
     of the second ClientHello covers the HelloRetryRequest transcript."""
     srv = resume_server(gnutls_server, pki, priority=only_group(NamedGroup.secp384r1))
     sess = first_session(srv, pki)
-    cl = EngineClient(srv.address, client_cfg(pki, key_share_groups=[NamedGroup.x25519]), session=sess)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, key_share_groups=[NamedGroup.x25519]), session=sess)
     assert cl.conn.session_resumed and cl.conn.hello_retry
     cl.echo(b"resumed after hrr\n")
     cl.close()
@@ -487,8 +479,7 @@ def test_client_early_data_accepted_by_gnutls_serv(gnutls_server, pki):
     sess = first_session(srv, pki)
     assert sess.max_early_data == 16384
     early = b"zero rtt line\n"
-    cl = EngineClient(srv.address, client_cfg(pki), session=sess, early=early)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki), session=sess, early=early)
     assert cl.conn.session_resumed and cl.conn.early_data_accepted
     assert cl.of(ev.EarlyDataAccepted) and not cl.of(ev.EarlyDataRejected)
     cl.echo(b"after early\n")
@@ -507,8 +498,7 @@ def test_client_early_data_rejected_by_gnutls_serv(gnutls_server, pki):
     srv = resume_server(gnutls_server, pki, "-d", "5", "--earlydata", "--maxearlydata", "16384")
     sess = first_session(srv, pki)
     early = b"stale early\n"
-    cl = EngineClient(srv.address, client_cfg(pki), session=sess, early=early, now_offset=5.0)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki), session=sess, early=early, now_offset=5.0)
     assert cl.conn.session_resumed and cl.conn.early_data_accepted is False
     (rej,) = cl.of(ev.EarlyDataRejected)
     assert rej.data == early
@@ -541,8 +531,7 @@ def test_large_early_data_both_ways(gnutls_server, engine_server, pki, tmp_path)
     srv = resume_server(gnutls_server, pki, "-d", "5", "--earlydata", "--maxearlydata", "65536")
     sess = first_session(srv, pki)
     assert sess.max_early_data == 65536
-    cl = EngineClient(srv.address, client_cfg(pki), session=sess, early=data)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki), session=sess, early=data)
     assert cl.conn.early_data_accepted
     cl.echo(b"after\n")
     cl.close()
@@ -619,8 +608,7 @@ def psk_serv(gnutls_server, tmp_path, priority: str, *extra: str) -> GnutlsServe
 def test_client_external_psk(gnutls_server, pki, tmp_path, mode, priority):
     srv = psk_serv(gnutls_server, tmp_path, priority)
     cfg = TLSConfig(psk=ExternalPSK(PSK_ID.encode(), bytes.fromhex(PSK_HEX)), psk_key_exchange_modes=[mode])
-    cl = EngineClient(srv.address, cfg)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, cfg)
     assert cl.conn.session_resumed and not cl.conn.peer_certificates
     assert (cl.conn.group is None) == (mode == PskKeyExchangeMode.psk_ke)
     cl.echo(b"psk " + mode.name.encode() + b"\n")
@@ -697,8 +685,7 @@ def test_client_certificate_to_gnutls_serv(gnutls_server, pki):
     leaf = pki.leaf("ec256")
     srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--priority", TLS13,
                         "--require-client-cert", "--verify-client-cert", "--x509cafile", pki.ca_file, "-d", "4")
-    cl = EngineClient(srv.address, with_client_cert(client_cfg(pki), pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, with_client_cert(client_cfg(pki), pki))
     cl.echo(b"authenticated\n")
     cl.close()
     # our Certificate and CertificateVerify, checked by gnutls-serv
@@ -726,8 +713,7 @@ def test_client_post_handshake_auth_from_gnutls_serv(gnutls_server, pki):
     srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--priority", TLS13,
                         "--verify-client-cert", "--x509cafile", pki.ca_file, "-d", "4")
     cfg = with_client_cert(client_cfg(pki, post_handshake_auth=True), pki)
-    cl = EngineClient(srv.address, cfg)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, cfg)
     cl.echo(b"**REAUTH**\n", GNUTLS_SERV_COMMAND_OK)
     cl.read_until(lambda: bool(cl.of(ev.PostHandshakeAuthAnswered)), "the post-handshake CertificateRequest")
     (answered,) = cl.of(ev.PostHandshakeAuthAnswered)
@@ -803,8 +789,7 @@ def test_server_post_handshake_auth_needs_the_offer(engine_server, pki):
 # ====================================================================== 6. KeyUpdate
 def test_client_key_update_with_gnutls_serv(gnutls_server, pki):
     srv = gnutls_server(*serv_args(pki), "-d", "4")
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     cl.echo(b"before\n")
     cl.conn.key_update(request_peer_update=True)
     cl.echo(b"after our update\n")  # sent under our new key, echoed under gnutls-serv's new key
@@ -818,8 +803,7 @@ def test_gnutls_serv_key_update_to_our_client(gnutls_server, pki):
     """gnutls-serv's ``**REHANDSHAKE**`` command is, in TLS 1.3, a KeyUpdate
     with update_requested: we switch our receive key and answer with ours."""
     srv = gnutls_server(*serv_args(pki), "-d", "4")
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     cl.echo(b"**REHANDSHAKE**\n", GNUTLS_SERV_COMMAND_OK)
     cl.read_until(lambda: len(cl.of(ev.KeyUpdated)) >= 2, "gnutls-serv's KeyUpdate")
     assert [e.direction for e in cl.of(ev.KeyUpdated)] == ["receive", "send"]
@@ -877,8 +861,7 @@ def test_key_updates_interleaved_with_bulk_data_our_client(gnutls_server, pki):
     new one after; the echo must stay byte-exact. Two update_requested in a
     row may get one answer (RFC 9846 §4.6.3)."""
     srv = gnutls_server(*serv_args(pki), "-d", "4")
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     a, b = text_lines(400000), text_lines(400000)
     cl.conn.send_data(a)
     cl.conn.key_update(request_peer_update=True)
@@ -919,8 +902,7 @@ def test_key_updates_while_our_server_streams(engine_server, pki):
 # ====================================================================== 7. exporters
 def test_client_exporter_matches_gnutls_serv(gnutls_server, pki):
     srv = gnutls_server(*serv_args(pki), "--keymatexport", "EXPORTER-tcpls-test", "--keymatexportsize", "48")
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     cl.echo(b"export\n")
     ours = cl.conn.export_keying_material("EXPORTER-tcpls-test", b"", 48)
     binding = cl.conn.export_keying_material("EXPORTER-Channel-Binding", b"", 32)
@@ -975,8 +957,7 @@ def test_client_record_size_limit_with_gnutls_serv(gnutls_server, pki):
     srv = gnutls_server(*serv_args(pki), "--recordsize", "512")
     proxy = RecordingProxy(srv.address)
     try:
-        cl = EngineClient(proxy.address, client_cfg(pki, record_size_limit=1024))
-        cl.handshake()
+        cl = EngineClient.connected(proxy.address, client_cfg(pki, record_size_limit=1024))
         data = text_lines(30000)
         cl.echo(data)
         cl.close()
@@ -1051,8 +1032,7 @@ def test_server_certificate_compression_with_gnutls_cli(engine_server, pki):
 
 def test_client_certificate_compression_with_gnutls_serv(gnutls_server, pki):
     srv = gnutls_server(*serv_args(pki), "--compress-cert", "zlib", "-d", "4")
-    cl = EngineClient(srv.address, client_cfg(pki, certificate_compression=[CertificateCompressionAlgorithm.zlib]))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, certificate_compression=[CertificateCompressionAlgorithm.zlib]))
     assert cl.conn.peer_certificates[0] == pki.leaf("ec256").cert
     cl.echo(b"compression offered\n")
     cl.close()
@@ -1085,13 +1065,11 @@ def test_client_ocsp_stapled_by_gnutls_serv(gnutls_server, pki, tmp_path):
     f = tmp_path / "ocsp.der"
     f.write_bytes(der)
     srv = gnutls_server(*serv_args(pki), "--ocsp-response", str(f))
-    cl = EngineClient(srv.address, client_cfg(pki, request_ocsp=True))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, request_ocsp=True))
     assert cl.conn.ocsp_response == der
     cl.echo(b"stapled\n")
     cl.close()
-    plain = EngineClient(srv.address, client_cfg(pki))
-    plain.handshake()
+    plain = EngineClient.connected(srv.address, client_cfg(pki))
     assert plain.conn.ocsp_response is None  # not asked, not stapled
     plain.close()
 
@@ -1161,8 +1139,7 @@ def test_client_early_data_meets_hrr_from_gnutls_serv(gnutls_server, pki):
         srv.wait_output(r"failed to decrypt early data", "gnutls-serv's decryption failure")
         cl.sock.close()
         # what an application does next: resume again without 0-RTT
-        cl = EngineClient(srv.address, cfg, session=Session.from_bytes(blob))
-        cl.handshake()
+        cl = EngineClient.connected(srv.address, cfg, session=Session.from_bytes(blob))
         assert cl.conn.session_resumed and cl.conn.hello_retry
         cl.echo(b"retried without early data\n")
         cl.close()
@@ -1228,8 +1205,7 @@ def test_cli_server_key_update_with_gnutls_cli(tcpls_cli_server, pki):
 def test_more_groups_both_ways(gnutls_server, engine_server, pki, group, name):
     priority = f"{TLS13}:-GROUP-ALL:+GROUP-{name}"
     srv = gnutls_server(*serv_args(pki, priority=priority))
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     assert cl.conn.group == group
     cl.echo(b"group\n")
     cl.close()
@@ -1243,8 +1219,7 @@ def test_more_groups_both_ways(gnutls_server, engine_server, pki, group, name):
 def test_ccm_suites_both_ways(gnutls_server, engine_server, pki, suite, name):
     priority = f"{TLS13}:-CIPHER-ALL:+{name}"
     srv = gnutls_server(*serv_args(pki, priority=priority))
-    cl = EngineClient(srv.address, client_cfg(pki, cipher_suites=[suite]))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, cipher_suites=[suite]))
     assert cl.conn.cipher_suite == suite
     cl.echo(text_lines(20000))
     cl.close()
@@ -1260,8 +1235,7 @@ def test_rsa_pss_hashes_both_ways(gnutls_server, engine_server, pki, scheme):
     """The peer allows only one RSA-PSS hash: each side's CertificateVerify uses it."""
     priority = f"{TLS13}:-SIGN-ALL:+SIGN-{scheme}:+SIGN-ECDSA-SECP256R1-SHA256"
     srv = gnutls_server(*serv_args(pki, "rsa2048", priority=priority))
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     cl.echo(b"pss\n")
     cl.close()
     srv.wait_output(rf"- Description: .*\({scheme}\)", "gnutls-serv's signature scheme")
@@ -1274,8 +1248,7 @@ def test_rsa_pss_hashes_both_ways(gnutls_server, engine_server, pki, scheme):
 def test_without_middlebox_compatibility_both_ways(gnutls_server, engine_server, pki):
     priority = f"{TLS13}:%DISABLE_TLS13_COMPAT_MODE"
     srv = gnutls_server(*serv_args(pki, priority=priority))
-    cl = EngineClient(srv.address, client_cfg(pki, middlebox_compat=False))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, middlebox_compat=False))
     cl.echo(b"no ccs\n")
     cl.close()
     ours = engine_server(server_cfg(pki))
@@ -1303,8 +1276,7 @@ def test_client_certificate_key_types_both_ways(gnutls_server, engine_server, pk
                         "--require-client-cert", "--verify-client-cert", "--x509cafile", pki.ca_file)
     cfg = client_cfg(pki)
     cfg.load_cert_chain(cf, kf)
-    cl = EngineClient(srv.address, cfg)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, cfg)
     cl.echo(b"client " + key_type.encode() + b"\n")  # gnutls-serv verified our chain and CertificateVerify
     cl.close()
     scfg = server_cfg(pki, require_client_certificate=True)
@@ -1340,8 +1312,7 @@ def test_client_post_handshake_auth_without_certificate(gnutls_server, pki):
     leaf = pki.leaf("ec256")
     srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--priority", TLS13,
                         "--x509cafile", pki.ca_file)
-    cl = EngineClient(srv.address, client_cfg(pki, post_handshake_auth=True))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, post_handshake_auth=True))
     cl.echo(b"**REAUTH**\n", GNUTLS_SERV_COMMAND_OK)
     cl.read_until(lambda: bool(cl.of(ev.PostHandshakeAuthAnswered)), "the post-handshake CertificateRequest")
     assert not cl.of(ev.PostHandshakeAuthAnswered)[0].certificate_sent
@@ -1377,8 +1348,7 @@ def test_small_record_size_limits_fragment_handshake_messages(gnutls_server, eng
     srv = gnutls_server(*serv_args(pki, "rsa2048"))
     proxy = RecordingProxy(srv.address)
     try:
-        cl = EngineClient(proxy.address, client_cfg(pki, record_size_limit=512))
-        cl.handshake()
+        cl = EngineClient.connected(proxy.address, client_cfg(pki, record_size_limit=512))
         assert cl.conn.peer_certificates[0] == pki.leaf("rsa2048").cert
         cl.echo(text_lines(3000))
         cl.close()
@@ -1412,8 +1382,7 @@ def test_record_size_limit_below_512_with_gnutls(gnutls_server, engine_server, p
     its full-size records); as a client it aborts on a smaller server limit
     with illegal_parameter, which our server reports as the peer's alert."""
     srv = gnutls_server(*serv_args(pki, "rsa2048"), "-d", "4")
-    cl = EngineClient(srv.address, client_cfg(pki, record_size_limit=256))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, record_size_limit=256))
     cl.echo(text_lines(3000))
     cl.close()
     srv.wait_output(r"client requested too small record_size_limit 256; ignoring", "gnutls-serv ignoring our limit")
@@ -1476,8 +1445,7 @@ def test_certificate_chains_with_intermediate_both_ways(gnutls_server, engine_se
                         "--require-client-cert", "--verify-client-cert", "--x509cafile", pki.ca_file)
     cfg = client_cfg(pki)
     cfg.load_cert_chain(cchain, ckeyf)
-    cl = EngineClient(srv.address, cfg)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, cfg)
     assert cl.conn.peer_certificates == [leaf, icert]
     cl.echo(b"chain\n")
     cl.close()
@@ -1497,8 +1465,7 @@ def test_default_gnutls_priorities_negotiate_tls13(gnutls_server, engine_server,
     """GnuTLS's default priority (TLS 1.2 and 1.3, all its groups and suites)."""
     leaf = pki.leaf("ec256")
     srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--disable-client-cert")
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     cl.echo(b"defaults\n")
     cl.close()
     srv.wait_output(r"- Version: TLS1\.3", "gnutls-serv's version report")
@@ -1612,8 +1579,7 @@ def test_rsassa_pss_certificates_both_ways(gnutls_server, engine_server, tmp_pat
     assert "The certificate is trusted" in c.output and "-(RSA-PSS-SHA256)-" in c.output
 
     srv = gnutls_server("--x509certfile", chain, "--x509keyfile", key, "--disable-client-cert", "--priority", TLS13)
-    cl = EngineClient(srv.address, TLSConfig(verify_peer=False))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, TLSConfig(verify_peer=False))
     cl.echo(b"pss\n")
     cl.close()
     srv.wait_output(r"- Description: .*\(RSA-PSS-SHA256\)", "gnutls-serv's signature scheme")
@@ -1639,8 +1605,7 @@ def test_client_picks_certificate_by_gnutls_serv_ca_names(gnutls_server, pki):
     leaf = pki.leaf("ec256")
     srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--priority", TLS13,
                         "--require-client-cert", "--verify-client-cert", "--x509cafile", pki.ca_file, "-d", "4")
-    cl = EngineClient(srv.address, cfg)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, cfg)
     cl.echo(b"the right certificate\n")
     cl.close()
     srv.wait_output(r"CERTIFICATE REQUEST was queued", "gnutls-serv's CertificateRequest")

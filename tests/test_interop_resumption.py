@@ -54,8 +54,7 @@ def rev_exchange(cl: EngineClient, line: bytes) -> None:
 def test_our_client_resumes_with_s_server(openssl_server, pki, suite):
     srv = rev_server(openssl_server, pki, "-naccept", "2", "-ciphersuites", suite)
     cfg = client_cfg(pki)
-    c1 = EngineClient(srv.address, cfg)
-    c1.handshake()
+    c1 = EngineClient.connected(srv.address, cfg)
     rev_exchange(c1, b"first connection")
     tickets = c1.of(ev.SessionTicketReceived)
     assert len(tickets) == 2  # OpenSSL's default
@@ -63,8 +62,7 @@ def test_our_client_resumes_with_s_server(openssl_server, pki, suite):
     sess = Session.from_bytes(c1.conn.session.to_bytes())
     c1.close()
 
-    c2 = EngineClient(srv.address, cfg, session=sess)
-    c2.handshake()
+    c2 = EngineClient.connected(srv.address, cfg, session=sess)
     # Authenticated by the PSK (RFC 9846 §2.2): the certificates are the session's.
     assert c2.conn.session_resumed and c2.conn.peer_certificates == c1.conn.peer_certificates
     assert c2.conn.cipher_suite == CipherSuite[suite]
@@ -80,13 +78,11 @@ def test_our_client_psk_ke_with_s_server(openssl_server, pki):
 
     srv = rev_server(openssl_server, pki, "-naccept", "2", "-allow_no_dhe_kex")
     cfg = client_cfg(pki, psk_key_exchange_modes=[PM.psk_ke])
-    c1 = EngineClient(srv.address, cfg)
-    c1.handshake()
+    c1 = EngineClient.connected(srv.address, cfg)
     rev_exchange(c1, b"one")
     sess = c1.conn.session
     c1.close()
-    c2 = EngineClient(srv.address, cfg, session=sess)
-    c2.handshake()
+    c2 = EngineClient.connected(srv.address, cfg, session=sess)
     assert c2.conn.session_resumed and c2.conn.group is None
     rev_exchange(c2, b"two")
     c2.close()
@@ -160,8 +156,7 @@ def test_our_client_early_data_to_s_server(plain_server, pki):
     sess = get_ticket(c1)
     assert sess.max_early_data > 0
     c1.close()
-    c2 = EngineClient(srv.address, cfg, session=sess, early=b"zero round trip\n")
-    c2.handshake()
+    c2 = EngineClient.connected(srv.address, cfg, session=sess, early=b"zero round trip\n")
     assert c2.of(ev.EarlyDataAccepted) and c2.conn.early_data_accepted
     c2.send(b"after 0-RTT\n")
     c2.close()
@@ -181,8 +176,7 @@ def test_our_client_early_data_rejected_by_s_server(plain_server, openssl_server
     c1.close()
     srv1.wait(T)
     srv2 = rev_server(openssl_server, pki, "-naccept", "1")
-    c2 = EngineClient(srv2.address, cfg, session=sess, early=b"dropped\n")
-    c2.handshake()
+    c2 = EngineClient.connected(srv2.address, cfg, session=sess, early=b"dropped\n")
     rej = c2.of(ev.EarlyDataRejected)
     assert rej and rej[0].data == b"dropped\n" and not c2.conn.session_resumed
     rev_exchange(c2, b"fallback works")
@@ -193,8 +187,7 @@ def test_our_client_early_data_rejected_by_s_server(plain_server, openssl_server
 def test_our_client_external_psk_with_s_server(openssl_server, pki):
     srv = openssl_server("-tls1_3", "-rev", "-naccept", "1", "-nocert", "-psk", PSK_HEX, "-psk_identity", PSK_ID)
     cfg = TLSConfig(psk=ExternalPSK(PSK_ID.encode(), bytes.fromhex(PSK_HEX)))
-    c = EngineClient(srv.address, cfg)
-    c.handshake()
+    c = EngineClient.connected(srv.address, cfg)
     assert c.conn.session_resumed and c.conn.cipher_suite == CipherSuite.TLS_AES_128_GCM_SHA256
     rev_exchange(c, b"external psk")
     c.close()
