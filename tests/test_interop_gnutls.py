@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 from cryptography.hazmat.primitives import serialization
 import pytest
 
-from conftest import _Drain, _stop, free_port, require_peer, wait_until
+from conftest import _Drain, _stop, close_stdin_and_wait, free_port, require_peer, wait_until
 from enginepeers import EngineClient, EngineServer
 from tcpls.errors import RemoteAlert, TLSError
 from tcpls.tls import events as ev
@@ -180,18 +180,7 @@ class GnutlsClient:
 
     def finish(self) -> int:
         """Close stdin (gnutls-cli then sends close_notify) and wait for exit."""
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            rc = self.proc.wait(T)
-        except subprocess.TimeoutExpired:
-            _stop(self.proc)
-            rc = self.proc.returncode
-        self._out.join(2)
-        self._err.join(2)
-        return rc
+        return close_stdin_and_wait(self.proc, (self._out, self._err), T)
 
     def stop(self) -> None:
         _stop(self.proc)
