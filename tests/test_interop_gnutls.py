@@ -260,6 +260,14 @@ def cli_args(pki, priority: str = TLS13, *extra: str) -> list[str]:
     return ["--x509cafile", pki.ca_file, "--priority", priority, *extra, "localhost"]
 
 
+def early_cli_args(pki, tmp_path, early: bytes, *extra: str) -> list[str]:
+    """gnutls-cli arguments to connect twice, the second time resuming with
+    ``early`` (written to a file in ``tmp_path``) as 0-RTT data."""
+    path = tmp_path / "early.txt"
+    path.write_bytes(early)
+    return cli_args(pki, TLS13, *extra, "--resume", "--waitresumption", "--earlydata", str(path))
+
+
 def text_lines(n: int) -> bytes:
     """About ``n`` bytes of distinct newline-terminated lines: gnutls-serv's
     echo mode answers line by line (and treats CR LF as LF)."""
@@ -500,10 +508,7 @@ def test_client_early_data_rejected_by_gnutls_serv(gnutls_server, pki):
 
 def test_server_resumption_and_early_data_accepted(engine_server, pki, tmp_path):
     srv = engine_server(server_cfg(pki, max_early_data=16384), connections=2)
-    early = tmp_path / "early.txt"
-    early.write_bytes(b"zero rtt from gnutls\n")
-    c = run_gnutls_cli(srv.port, cli_args(pki, TLS13, "--resume", "--waitresumption", "--earlydata", str(early)),
-                       b"one rtt\n")
+    c = run_gnutls_cli(srv.port, early_cli_args(pki, tmp_path, b"zero rtt from gnutls\n"), b"one rtt\n")
     full, resumed = srv.join()
     assert not completed(full).session_resumed
     hc = completed(resumed)
@@ -529,10 +534,7 @@ def test_large_early_data_both_ways(gnutls_server, engine_server, pki, tmp_path)
     assert len(sizes) >= 3 and sum(sizes) == len(data)
 
     ours = engine_server(server_cfg(pki, max_early_data=65536), connections=2)
-    early = tmp_path / "early.txt"
-    early.write_bytes(data)
-    run_gnutls_cli(ours.port, cli_args(pki, TLS13, "--resume", "--waitresumption", "--earlydata", str(early)),
-                   b"one rtt\n")
+    run_gnutls_cli(ours.port, early_cli_args(pki, tmp_path, data), b"one rtt\n")
     full, resumed = ours.join()
     assert resumed["conn"].early_data_accepted and resumed["early"] == data and resumed["data"] == b"one rtt\n"
 
@@ -546,10 +548,7 @@ def test_server_resumption_early_data_rejected(engine_server, pki, tmp_path):
         return False
 
     srv = engine_server(server_cfg(pki, max_early_data=16384, early_data_callback=refuse), connections=2)
-    early = tmp_path / "early.txt"
-    early.write_bytes(b"refused early\n")
-    c = run_gnutls_cli(srv.port, cli_args(pki, TLS13, "--resume", "--waitresumption", "--earlydata", str(early)),
-                       b"one rtt\n")
+    c = run_gnutls_cli(srv.port, early_cli_args(pki, tmp_path, b"refused early\n"), b"one rtt\n")
     full, resumed = srv.join()
     assert not completed(full).session_resumed
     assert completed(resumed).session_resumed and len(offers) == 1
@@ -1085,10 +1084,7 @@ def test_server_ocsp_staple_to_gnutls_cli(engine_server, pki, tmp_path):
 # same). The tests check our side behaves per the RFC either way.
 def test_server_hrr_with_gnutls_early_data(engine_server, pki, tmp_path):
     srv = engine_server(server_cfg(pki, max_early_data=16384, groups=[NamedGroup.secp384r1]), connections=2)
-    early = tmp_path / "early.txt"
-    early.write_bytes(b"early before hrr\n")
-    c = GnutlsClient(srv.port, ["-d", "5", *cli_args(pki, TLS13, "--resume", "--waitresumption",
-                                                      "--earlydata", str(early))])
+    c = GnutlsClient(srv.port, ["-d", "5", *early_cli_args(pki, tmp_path, b"early before hrr\n")])
     try:
         c.send(b"one rtt after hrr\n")
         try:
@@ -1315,10 +1311,7 @@ def test_server_refuses_more_early_data_than_the_ticket_allows(engine_server, pk
     --earlydata file anyway (21 bytes). RFC 9846 §4.2.10: we abort with
     unexpected_message and deliver none of it."""
     srv = engine_server(server_cfg(pki, max_early_data=8), connections=2)
-    early = tmp_path / "early.txt"
-    early.write_bytes(b"0123456789abcdefghij\n")
-    args = cli_args(pki, TLS13, "--resume", "--waitresumption", "--earlydata", str(early))
-    c = run_gnutls_cli(srv.port, args, b"one rtt\n", echo=False)
+    c = run_gnutls_cli(srv.port, early_cli_args(pki, tmp_path, b"0123456789abcdefghij\n"), b"one rtt\n", echo=False)
     full, resumed = srv.join()
     ok(full)
     assert alert_of(resumed) == "unexpected_message"
@@ -1407,10 +1400,7 @@ def test_repeated_key_updates_from_gnutls_cli(engine_server, pki):
 def test_server_early_data_with_alpn_from_gnutls_cli(engine_server, pki, tmp_path):
     """0-RTT is accepted only with the ticket's ALPN (RFC 9846 §4.2.10)."""
     srv = engine_server(server_cfg(pki, max_early_data=16384, alpn_protocols=["h2", "http/1.1"]), connections=2)
-    early = tmp_path / "early.txt"
-    early.write_bytes(b"early with alpn\n")
-    run_gnutls_cli(srv.port, cli_args(pki, TLS13, "--alpn", "h2", "--resume", "--waitresumption",
-                                      "--earlydata", str(early)), b"one rtt\n")
+    run_gnutls_cli(srv.port, early_cli_args(pki, tmp_path, b"early with alpn\n", "--alpn", "h2"), b"one rtt\n")
     full, resumed = srv.join()
     assert completed(full).alpn_protocol == "h2"
     hc = completed(resumed)
