@@ -284,6 +284,11 @@ def ok(info: dict) -> dict:
     return info
 
 
+def key_update_directions(info: dict) -> list[str]:
+    """The directions of the KeyUpdated events our server saw, in order."""
+    return [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)]
+
+
 def completed(info: dict) -> ev.HandshakeComplete:
     ok(info)
     (hc,) = [e for e in info["events"] if isinstance(e, ev.HandshakeComplete)]
@@ -814,8 +819,7 @@ def test_gnutls_cli_key_update_to_our_server(engine_server, pki, command, reques
     finally:
         c.stop()
     (info,) = srv.join()
-    ok(info)
-    dirs = [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)]
+    dirs = key_update_directions(ok(info))
     assert dirs == (["receive", "send"] if requested else ["receive"])
     assert info["data"] == b"before\nafter rekey\n"
     assert "Rekey was completed" in c.output
@@ -836,8 +840,7 @@ def test_server_key_update_to_gnutls_cli(engine_server, pki):
     finally:
         c.stop()
     (info,) = srv.join()
-    ok(info)
-    dirs = [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)]
+    dirs = key_update_directions(ok(info))
     assert dirs == ["send", "receive"]
     assert info["data"] == b"first line\nsecond line\n"
     assert re.search(r"received TLS 1\.3 key update \(1\)[\s\S]*sending key update \(0\)", c.output)
@@ -882,7 +885,7 @@ def test_key_updates_while_our_server_streams(engine_server, pki):
         c.stop()
     (info,) = srv.join()
     ok(info)
-    assert [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)] == ["receive", "send", "receive"]
+    assert key_update_directions(info) == ["receive", "send", "receive"]
     assert info["data"] == b"after\n" and c.stdout.count(greeting) == 1
     assert c.output.count("Rekey was completed") == 2
 
@@ -1391,8 +1394,7 @@ def test_repeated_key_updates_from_gnutls_cli(engine_server, pki):
     finally:
         c.stop()
     (info,) = srv.join()
-    ok(info)
-    dirs = [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)]
+    dirs = key_update_directions(ok(info))
     assert dirs == ["receive", "send"] * 3
     assert info["data"] == b"after rekey 0\nafter rekey 1\nafter rekey 2\n"
 
