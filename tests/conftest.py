@@ -174,6 +174,24 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
+def close_stdin_and_wait(proc: subprocess.Popen, drains: Sequence["_Drain"] = (), timeout: float = DEFAULT_TIMEOUT,
+                         drain_timeout: float = 2.0) -> int:
+    """Close a CLI peer's stdin (it then closes its connection) and wait for
+    it to exit, stopping it after ``timeout``; then let ``drains`` collect
+    the last output. Returns the exit code (negative: it had to be stopped)."""
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+    for d in drains:
+        d.join(drain_timeout)
+    return proc.returncode
+
+
 class _Drain(threading.Thread):
     """Collects everything a pipe produces, so the child never blocks on it."""
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import DEFAULT_TIMEOUT, OPENSSL, _Drain, _stop, needs_openssl, run_s_client, run_tcpls_cli, wait_until
+from conftest import DEFAULT_TIMEOUT, OPENSSL, _Drain, _stop, close_stdin_and_wait, needs_openssl, run_s_client, run_tcpls_cli, wait_until
 
 T = DEFAULT_TIMEOUT
 pytestmark = needs_openssl
@@ -100,17 +100,7 @@ class CLIClient:
             pass  # the client already exited (e.g. refused by the server); finish() reports it
 
     def finish(self) -> tuple[int, bytes, str]:
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            rc = self.proc.wait(T)
-        except subprocess.TimeoutExpired:
-            _stop(self.proc)
-            rc = -1
-        self._out.join(5)
-        self._err.join(5)
+        rc = close_stdin_and_wait(self.proc, (self._out, self._err), T, drain_timeout=5)
         return rc, self._out.data(), self._err.data().decode("utf-8", "replace")
 
 

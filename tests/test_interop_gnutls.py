@@ -18,20 +18,18 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import socket
 import subprocess
-import threading
 import time
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from cryptography.hazmat.primitives import serialization
 import pytest
 
-from conftest import _Drain, _stop, free_port, require_peer, wait_until
+from conftest import _Drain, _stop, close_stdin_and_wait, free_port, require_peer, wait_until
+from enginepeers import EngineClient, EngineServer
 from tcpls.errors import RemoteAlert, TLSError
 from tcpls.tls import events as ev
 from tcpls.tls.config import TLSConfig
-from tcpls.tls.connection import TLSConnection
 from tcpls.tls.enums import CertificateCompressionAlgorithm, CipherSuite, NamedGroup, PskKeyExchangeMode
 from tcpls.tls.session import ExternalPSK, Session
 
@@ -182,18 +180,7 @@ class GnutlsClient:
 
     def finish(self) -> int:
         """Close stdin (gnutls-cli then sends close_notify) and wait for exit."""
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            rc = self.proc.wait(T)
-        except subprocess.TimeoutExpired:
-            _stop(self.proc)
-            rc = self.proc.returncode
-        self._out.join(2)
-        self._err.join(2)
-        return rc
+        return close_stdin_and_wait(self.proc, (self._out, self._err), T)
 
     def stop(self) -> None:
         _stop(self.proc)
@@ -217,13 +204,17 @@ def gnutls_client():
         c.stop()
 
 
-def run_gnutls_cli(port: int, args: Sequence[str], data: bytes = b"", expect: Optional[bytes] = None) -> GnutlsClient:
-    """One gnutls-cli session: send ``data``, wait for ``expect`` (default: ``data``) echoed, close."""
+def run_gnutls_cli(port: int, args: Sequence[str], data: bytes = b"", expect: Optional[bytes] = None,
+                   *, echo: bool = True) -> GnutlsClient:
+    """One gnutls-cli session: send ``data``, wait for ``expect`` (default:
+    ``data``) echoed unless ``echo`` is false, close. Its exit code is then
+    ``c.proc.returncode``."""
     c = GnutlsClient(port, args)
     try:
         if data:
             c.send(data)
-            c.wait_stdout(expect if expect is not None else data)
+            if echo:
+                c.wait_stdout(expect if expect is not None else data)
         c.finish()
     finally:
         c.stop()
@@ -231,154 +222,6 @@ def run_gnutls_cli(port: int, args: Sequence[str], data: bytes = b"", expect: Op
 
 
 # ====================================================================== our engines
-class EngineClient:
-    """Our client engine over one TCP connection, every event recorded."""
-
-    def __init__(self, address, config: TLSConfig, *, server_name: Optional[str] = "localhost",
-                 session: Optional[Session] = None, early: bytes = b"", now_offset: float = 0.0) -> None:
-        self.now_offset = now_offset  # added to the wall clock we pass in (a skewed client clock)
-        self.sock = socket.create_connection(address, timeout=T)
-        self.conn = TLSConnection(config, server_side=False, server_name=server_name, session=session)
-        self.events: list = []
-        if early:
-            self.conn.send_early_data(early)
-        self.conn.start_handshake(time.time() + now_offset)
-        self.flush()
-
-    def flush(self) -> None:
-        out = self.conn.data_to_send()
-        if out:
-            self.sock.sendall(out)
-
-    def _read(self) -> bool:
-        d = self.sock.recv(65536)
-        if not d:
-            self.conn.receive_eof()
-            return False
-        try:
-            self.conn.receive_data(d, time.time() + self.now_offset)
-        finally:
-            self.flush()
-        while (e := self.conn.next_event()) is not None:
-            self.events.append(e)
-        return True
-
-    def handshake(self) -> None:
-        while not self.conn.handshake_complete:
-            if not self._read():
-                raise EOFError("closed during handshake")
-
-    def received(self) -> bytes:
-        return b"".join(e.data for e in self.events if isinstance(e, ev.DataReceived))
-
-    def read_until(self, pred: Callable[[], bool], what: str = "data") -> None:
-        deadline = time.monotonic() + T
-        while not pred():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {what}; got {self.received()[-200:]!r}")
-            if not self._read():
-                if pred():
-                    return
-                raise EOFError(f"peer closed before {what}; got {self.received()[-200:]!r}")
-
-    def echo(self, data: bytes, answer: Optional[bytes] = None) -> None:
-        """Send ``data`` and wait until the echo server returned all of it
-        (or ``answer``, what gnutls-serv sends back for a command)."""
-        want = data if answer is None else answer
-        before = len(self.received())
-        self.conn.send_data(data)
-        self.flush()
-        self.read_until(lambda: len(self.received()) >= before + len(want), f"echo of {len(data)} bytes")
-        assert self.received()[before:] == want
-
-    def of(self, cls) -> list:
-        return [e for e in self.events if isinstance(e, cls)]
-
-    def close(self) -> None:
-        try:
-            self.conn.close()
-            self.flush()
-            self.sock.settimeout(2)
-            while self._read():
-                pass
-        except (OSError, TLSError):
-            pass
-        self.sock.close()
-
-
-class EngineServer:
-    """Our server engine on 127.0.0.1, accepting ``connections`` clients in
-    turn; echoes application data (0-RTT data too) and records per connection
-    its events, what it received and its final state.
-
-    ``after_handshake(conn, info)`` runs once per connection when the
-    handshake completes (e.g. to start a KeyUpdate or post-handshake auth).
-    """
-
-    def __init__(self, config: TLSConfig, connections: int = 1,
-                 after_handshake: Optional[Callable[[TLSConnection, dict], None]] = None) -> None:
-        self.config = config
-        self.after_handshake = after_handshake
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(T)
-        self.port = self.listener.getsockname()[1]
-        self.sessions: list[dict] = []
-        self.thread = threading.Thread(target=self._run, args=(connections,), daemon=True)
-        self.thread.start()
-
-    def _run(self, n: int) -> None:
-        for _ in range(n):
-            info: dict = {"events": [], "early": b"", "data": b""}
-            try:
-                sock, _ = self.listener.accept()
-            except OSError as exc:
-                info["error"] = exc
-                self.sessions.append(info)
-                return
-            self.sessions.append(info)
-            sock.settimeout(T)
-            conn = TLSConnection(self.config, server_side=True)
-            info["conn"] = conn
-            try:
-                while True:
-                    d = sock.recv(65536)
-                    if not d:
-                        break
-                    conn.receive_data(d, time.time())
-                    while (e := conn.next_event()) is not None:
-                        info["events"].append(e)
-                        if isinstance(e, ev.EarlyDataReceived):
-                            info["early"] += e.data
-                            conn.send_data(e.data)
-                        elif isinstance(e, ev.DataReceived):
-                            info["data"] += e.data
-                            conn.send_data(e.data)
-                        elif isinstance(e, ev.HandshakeComplete):
-                            if self.after_handshake:
-                                self.after_handshake(conn, info)
-                        elif isinstance(e, ev.CloseNotifyReceived):
-                            conn.close()
-                    out = conn.data_to_send()
-                    if out:
-                        sock.sendall(out)
-                    if conn.peer_closed:
-                        break
-            except Exception as exc:  # noqa: BLE001 -- reported to the test
-                info["error"] = exc
-                try:
-                    sock.sendall(conn.data_to_send())
-                except OSError:
-                    pass
-            finally:
-                sock.close()
-
-    def join(self) -> list[dict]:
-        self.thread.join(T)
-        assert not self.thread.is_alive(), "server thread did not finish"
-        self.listener.close()
-        return self.sessions
-
-
 @pytest.fixture
 def engine_server():
     started: list[EngineServer] = []
@@ -417,15 +260,33 @@ def cli_args(pki, priority: str = TLS13, *extra: str) -> list[str]:
     return ["--x509cafile", pki.ca_file, "--priority", priority, *extra, "localhost"]
 
 
+def early_cli_args(pki, tmp_path, early: bytes, *extra: str) -> list[str]:
+    """gnutls-cli arguments to connect twice, the second time resuming with
+    ``early`` (written to a file in ``tmp_path``) as 0-RTT data."""
+    path = tmp_path / "early.txt"
+    path.write_bytes(early)
+    return cli_args(pki, TLS13, *extra, "--resume", "--waitresumption", "--earlydata", str(path))
+
+
 def text_lines(n: int) -> bytes:
     """About ``n`` bytes of distinct newline-terminated lines: gnutls-serv's
     echo mode answers line by line (and treats CR LF as LF)."""
     return b"".join(os.urandom(32).hex().encode() + b"\n" for _ in range(n // 65 + 1))
 
 
+def alert_of(info: dict) -> Optional[str]:
+    """The alert name of the error our server recorded for a connection (None: no alert error)."""
+    return getattr(info.get("error"), "alert_name", None)
+
+
 def ok(info: dict) -> dict:
     assert "error" not in info, f"our server failed: {info.get('error')!r}"
     return info
+
+
+def key_update_directions(info: dict) -> list[str]:
+    """The directions of the KeyUpdated events our server saw, in order."""
+    return [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)]
 
 
 def completed(info: dict) -> ev.HandshakeComplete:
@@ -439,8 +300,7 @@ def completed(info: dict) -> ev.HandshakeComplete:
 @pytest.mark.parametrize("group", list(GROUPS), ids=lambda g: g.name)
 def test_client_groups(gnutls_server, pki, group):
     srv = gnutls_server(*serv_args(pki, priority=only_group(group)))
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     assert cl.conn.group == group
     # our first ClientHello has an x25519 share only: the others need a HelloRetryRequest
     assert cl.conn.hello_retry == (group != NamedGroup.x25519)
@@ -453,8 +313,7 @@ def test_client_groups(gnutls_server, pki, group):
 @pytest.mark.parametrize("suite", list(SUITES), ids=lambda s: s.name)
 def test_client_suites(gnutls_server, pki, suite):
     srv = gnutls_server(*serv_args(pki, priority=only_suite(suite)))
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     assert cl.conn.cipher_suite == suite
     cl.echo(text_lines(40000))  # several full records each way
     cl.close()
@@ -465,8 +324,7 @@ def test_client_suites(gnutls_server, pki, suite):
                                           ("rsa2048", "RSA-PSS-RSAE-SHA256"), ("ed25519", "EdDSA-Ed25519")])
 def test_client_certificate_types(gnutls_server, pki, key_type, sig):
     srv = gnutls_server(*serv_args(pki, key_type))
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     assert cl.conn.peer_certificates[0] == pki.leaf(key_type).cert
     cl.echo(b"cert " + key_type.encode() + b"\n")
     cl.close()
@@ -476,8 +334,7 @@ def test_client_certificate_types(gnutls_server, pki, key_type, sig):
 def test_client_alpn_and_sni(gnutls_server, pki):
     srv = gnutls_server(*serv_args(pki), "--alpn", "h2", "--alpn", "http/1.1", "--alpn-fatal",
                         "--sni-hostname", "localhost", "--sni-hostname-fatal")
-    cl = EngineClient(srv.address, client_cfg(pki, alpn_protocols=["http/1.1", "h2"]))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, alpn_protocols=["http/1.1", "h2"]))
     assert cl.conn.alpn_protocol in ("h2", "http/1.1")
     cl.echo(b"alpn\n")
     cl.close()
@@ -541,8 +398,7 @@ def test_server_alpn_and_sni(engine_server, pki):
 def test_client_hrr_to_gnutls_group(gnutls_server, pki):
     """gnutls-serv takes only secp384r1; our first ClientHello shares x25519."""
     srv = gnutls_server(*serv_args(pki, priority=only_group(NamedGroup.secp384r1)), "--alpn", "hrr")
-    cl = EngineClient(srv.address, client_cfg(pki, key_share_groups=[NamedGroup.x25519], alpn_protocols=["hrr"]))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, key_share_groups=[NamedGroup.x25519], alpn_protocols=["hrr"]))
     assert cl.conn.hello_retry and cl.conn.group == NamedGroup.secp384r1 and cl.conn.alpn_protocol == "hrr"
     cl.echo(b"after hrr\n")
     cl.close()
@@ -574,8 +430,7 @@ def resume_server(gnutls_server, pki, *extra: str, priority: str = TLS13) -> Gnu
 
 
 def first_session(srv: GnutlsServer, pki, **kw) -> Session:
-    cl = EngineClient(srv.address, client_cfg(pki, **kw))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, **kw))
     cl.echo(b"first\n")  # the tickets arrive with or before the echo
     cl.read_until(lambda: bool(cl.of(ev.SessionTicketReceived)), "a NewSessionTicket")
     assert not cl.conn.session_resumed
@@ -589,8 +444,7 @@ def first_session(srv: GnutlsServer, pki, **kw) -> Session:
 def test_client_resumes_with_gnutls_serv(gnutls_server, pki, suite):
     srv = resume_server(gnutls_server, pki, priority=only_suite(suite))
     sess = first_session(srv, pki)
-    cl = EngineClient(srv.address, client_cfg(pki), session=sess)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki), session=sess)
     assert cl.conn.session_resumed and cl.conn.cipher_suite == suite
     # the resumed connection reports the chain of the original one (§2.2)
     ders = [c.public_bytes(serialization.Encoding.DER) for c in cl.conn.peer_certificates]
@@ -606,8 +460,7 @@ def test_client_resumption_with_hrr(gnutls_server, pki):
     of the second ClientHello covers the HelloRetryRequest transcript."""
     srv = resume_server(gnutls_server, pki, priority=only_group(NamedGroup.secp384r1))
     sess = first_session(srv, pki)
-    cl = EngineClient(srv.address, client_cfg(pki, key_share_groups=[NamedGroup.x25519]), session=sess)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, key_share_groups=[NamedGroup.x25519]), session=sess)
     assert cl.conn.session_resumed and cl.conn.hello_retry
     cl.echo(b"resumed after hrr\n")
     cl.close()
@@ -628,8 +481,7 @@ def test_client_early_data_accepted_by_gnutls_serv(gnutls_server, pki):
     sess = first_session(srv, pki)
     assert sess.max_early_data == 16384
     early = b"zero rtt line\n"
-    cl = EngineClient(srv.address, client_cfg(pki), session=sess, early=early)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki), session=sess, early=early)
     assert cl.conn.session_resumed and cl.conn.early_data_accepted
     assert cl.of(ev.EarlyDataAccepted) and not cl.of(ev.EarlyDataRejected)
     cl.echo(b"after early\n")
@@ -648,8 +500,7 @@ def test_client_early_data_rejected_by_gnutls_serv(gnutls_server, pki):
     srv = resume_server(gnutls_server, pki, "-d", "5", "--earlydata", "--maxearlydata", "16384")
     sess = first_session(srv, pki)
     early = b"stale early\n"
-    cl = EngineClient(srv.address, client_cfg(pki), session=sess, early=early, now_offset=5.0)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki), session=sess, early=early, now_offset=5.0)
     assert cl.conn.session_resumed and cl.conn.early_data_accepted is False
     (rej,) = cl.of(ev.EarlyDataRejected)
     assert rej.data == early
@@ -662,10 +513,7 @@ def test_client_early_data_rejected_by_gnutls_serv(gnutls_server, pki):
 
 def test_server_resumption_and_early_data_accepted(engine_server, pki, tmp_path):
     srv = engine_server(server_cfg(pki, max_early_data=16384), connections=2)
-    early = tmp_path / "early.txt"
-    early.write_bytes(b"zero rtt from gnutls\n")
-    c = run_gnutls_cli(srv.port, cli_args(pki, TLS13, "--resume", "--waitresumption", "--earlydata", str(early)),
-                       b"one rtt\n")
+    c = run_gnutls_cli(srv.port, early_cli_args(pki, tmp_path, b"zero rtt from gnutls\n"), b"one rtt\n")
     full, resumed = srv.join()
     assert not completed(full).session_resumed
     hc = completed(resumed)
@@ -682,8 +530,7 @@ def test_large_early_data_both_ways(gnutls_server, engine_server, pki, tmp_path)
     srv = resume_server(gnutls_server, pki, "-d", "5", "--earlydata", "--maxearlydata", "65536")
     sess = first_session(srv, pki)
     assert sess.max_early_data == 65536
-    cl = EngineClient(srv.address, client_cfg(pki), session=sess, early=data)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki), session=sess, early=data)
     assert cl.conn.early_data_accepted
     cl.echo(b"after\n")
     cl.close()
@@ -692,10 +539,7 @@ def test_large_early_data_both_ways(gnutls_server, engine_server, pki, tmp_path)
     assert len(sizes) >= 3 and sum(sizes) == len(data)
 
     ours = engine_server(server_cfg(pki, max_early_data=65536), connections=2)
-    early = tmp_path / "early.txt"
-    early.write_bytes(data)
-    run_gnutls_cli(ours.port, cli_args(pki, TLS13, "--resume", "--waitresumption", "--earlydata", str(early)),
-                   b"one rtt\n")
+    run_gnutls_cli(ours.port, early_cli_args(pki, tmp_path, data), b"one rtt\n")
     full, resumed = ours.join()
     assert resumed["conn"].early_data_accepted and resumed["early"] == data and resumed["data"] == b"one rtt\n"
 
@@ -709,10 +553,7 @@ def test_server_resumption_early_data_rejected(engine_server, pki, tmp_path):
         return False
 
     srv = engine_server(server_cfg(pki, max_early_data=16384, early_data_callback=refuse), connections=2)
-    early = tmp_path / "early.txt"
-    early.write_bytes(b"refused early\n")
-    c = run_gnutls_cli(srv.port, cli_args(pki, TLS13, "--resume", "--waitresumption", "--earlydata", str(early)),
-                       b"one rtt\n")
+    c = run_gnutls_cli(srv.port, early_cli_args(pki, tmp_path, b"refused early\n"), b"one rtt\n")
     full, resumed = srv.join()
     assert not completed(full).session_resumed
     assert completed(resumed).session_resumed and len(offers) == 1
@@ -760,8 +601,7 @@ def psk_serv(gnutls_server, tmp_path, priority: str, *extra: str) -> GnutlsServe
 def test_client_external_psk(gnutls_server, pki, tmp_path, mode, priority):
     srv = psk_serv(gnutls_server, tmp_path, priority)
     cfg = TLSConfig(psk=ExternalPSK(PSK_ID.encode(), bytes.fromhex(PSK_HEX)), psk_key_exchange_modes=[mode])
-    cl = EngineClient(srv.address, cfg)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, cfg)
     assert cl.conn.session_resumed and not cl.conn.peer_certificates
     assert (cl.conn.group is None) == (mode == PskKeyExchangeMode.psk_ke)
     cl.echo(b"psk " + mode.name.encode() + b"\n")
@@ -822,13 +662,9 @@ def test_server_external_psk_sha384_vs_sha256_binder(engine_server):
     SHA-256 binders for it: the binder does not validate, so we abort with
     decrypt_error (RFC 9846 §4.2.11, §6.2) and gnutls-cli reports it."""
     srv = engine_server(psk_server_cfg(PskKeyExchangeMode.psk_dhe_ke, "sha384"))
-    c = GnutlsClient(srv.port, psk_cli(f"{PSK_PRIORITY}:-CIPHER-ALL:+AES-256-GCM"))
-    try:
-        c.finish()
-    finally:
-        c.stop()
+    c = run_gnutls_cli(srv.port, psk_cli(f"{PSK_PRIORITY}:-CIPHER-ALL:+AES-256-GCM"))
     (info,) = srv.join()
-    assert getattr(info.get("error"), "alert_name", None) == "decrypt_error"
+    assert alert_of(info) == "decrypt_error"
     assert "Received alert [51]: Decrypt error" in c.output
 
 
@@ -842,8 +678,7 @@ def test_client_certificate_to_gnutls_serv(gnutls_server, pki):
     leaf = pki.leaf("ec256")
     srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--priority", TLS13,
                         "--require-client-cert", "--verify-client-cert", "--x509cafile", pki.ca_file, "-d", "4")
-    cl = EngineClient(srv.address, with_client_cert(client_cfg(pki), pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, with_client_cert(client_cfg(pki), pki))
     cl.echo(b"authenticated\n")
     cl.close()
     # our Certificate and CertificateVerify, checked by gnutls-serv
@@ -871,8 +706,7 @@ def test_client_post_handshake_auth_from_gnutls_serv(gnutls_server, pki):
     srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--priority", TLS13,
                         "--verify-client-cert", "--x509cafile", pki.ca_file, "-d", "4")
     cfg = with_client_cert(client_cfg(pki, post_handshake_auth=True), pki)
-    cl = EngineClient(srv.address, cfg)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, cfg)
     cl.echo(b"**REAUTH**\n", GNUTLS_SERV_COMMAND_OK)
     cl.read_until(lambda: bool(cl.of(ev.PostHandshakeAuthAnswered)), "the post-handshake CertificateRequest")
     (answered,) = cl.of(ev.PostHandshakeAuthAnswered)
@@ -903,14 +737,10 @@ def test_server_refuses_gnutls_cli_without_certificate(engine_server, pki):
     cfg = server_cfg(pki, require_client_certificate=True)
     cfg.load_verify_locations(pki.ca_file)
     srv = engine_server(cfg)
-    c = GnutlsClient(srv.port, cli_args(pki))
-    try:
-        c.send(b"no cert\n")
-        rc = c.finish()
-    finally:
-        c.stop()
+    c = run_gnutls_cli(srv.port, cli_args(pki), b"no cert\n", echo=False)
+    rc = c.proc.returncode
     (info,) = srv.join()
-    assert getattr(info.get("error"), "alert_name", None) == "certificate_required"
+    assert alert_of(info) == "certificate_required"
     assert info["data"] == b"" and rc != 0
     assert "Received alert [116]" in c.output
 
@@ -952,8 +782,7 @@ def test_server_post_handshake_auth_needs_the_offer(engine_server, pki):
 # ====================================================================== 6. KeyUpdate
 def test_client_key_update_with_gnutls_serv(gnutls_server, pki):
     srv = gnutls_server(*serv_args(pki), "-d", "4")
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     cl.echo(b"before\n")
     cl.conn.key_update(request_peer_update=True)
     cl.echo(b"after our update\n")  # sent under our new key, echoed under gnutls-serv's new key
@@ -967,8 +796,7 @@ def test_gnutls_serv_key_update_to_our_client(gnutls_server, pki):
     """gnutls-serv's ``**REHANDSHAKE**`` command is, in TLS 1.3, a KeyUpdate
     with update_requested: we switch our receive key and answer with ours."""
     srv = gnutls_server(*serv_args(pki), "-d", "4")
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     cl.echo(b"**REHANDSHAKE**\n", GNUTLS_SERV_COMMAND_OK)
     cl.read_until(lambda: len(cl.of(ev.KeyUpdated)) >= 2, "gnutls-serv's KeyUpdate")
     assert [e.direction for e in cl.of(ev.KeyUpdated)] == ["receive", "send"]
@@ -991,8 +819,7 @@ def test_gnutls_cli_key_update_to_our_server(engine_server, pki, command, reques
     finally:
         c.stop()
     (info,) = srv.join()
-    ok(info)
-    dirs = [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)]
+    dirs = key_update_directions(ok(info))
     assert dirs == (["receive", "send"] if requested else ["receive"])
     assert info["data"] == b"before\nafter rekey\n"
     assert "Rekey was completed" in c.output
@@ -1013,8 +840,7 @@ def test_server_key_update_to_gnutls_cli(engine_server, pki):
     finally:
         c.stop()
     (info,) = srv.join()
-    ok(info)
-    dirs = [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)]
+    dirs = key_update_directions(ok(info))
     assert dirs == ["send", "receive"]
     assert info["data"] == b"first line\nsecond line\n"
     assert re.search(r"received TLS 1\.3 key update \(1\)[\s\S]*sending key update \(0\)", c.output)
@@ -1026,8 +852,7 @@ def test_key_updates_interleaved_with_bulk_data_our_client(gnutls_server, pki):
     new one after; the echo must stay byte-exact. Two update_requested in a
     row may get one answer (RFC 9846 §4.6.3)."""
     srv = gnutls_server(*serv_args(pki), "-d", "4")
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     a, b = text_lines(400000), text_lines(400000)
     cl.conn.send_data(a)
     cl.conn.key_update(request_peer_update=True)
@@ -1060,7 +885,7 @@ def test_key_updates_while_our_server_streams(engine_server, pki):
         c.stop()
     (info,) = srv.join()
     ok(info)
-    assert [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)] == ["receive", "send", "receive"]
+    assert key_update_directions(info) == ["receive", "send", "receive"]
     assert info["data"] == b"after\n" and c.stdout.count(greeting) == 1
     assert c.output.count("Rekey was completed") == 2
 
@@ -1068,8 +893,7 @@ def test_key_updates_while_our_server_streams(engine_server, pki):
 # ====================================================================== 7. exporters
 def test_client_exporter_matches_gnutls_serv(gnutls_server, pki):
     srv = gnutls_server(*serv_args(pki), "--keymatexport", "EXPORTER-tcpls-test", "--keymatexportsize", "48")
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     cl.echo(b"export\n")
     ours = cl.conn.export_keying_material("EXPORTER-tcpls-test", b"", 48)
     binding = cl.conn.export_keying_material("EXPORTER-Channel-Binding", b"", 32)
@@ -1124,8 +948,7 @@ def test_client_record_size_limit_with_gnutls_serv(gnutls_server, pki):
     srv = gnutls_server(*serv_args(pki), "--recordsize", "512")
     proxy = RecordingProxy(srv.address)
     try:
-        cl = EngineClient(proxy.address, client_cfg(pki, record_size_limit=1024))
-        cl.handshake()
+        cl = EngineClient.connected(proxy.address, client_cfg(pki, record_size_limit=1024))
         data = text_lines(30000)
         cl.echo(data)
         cl.close()
@@ -1200,8 +1023,7 @@ def test_server_certificate_compression_with_gnutls_cli(engine_server, pki):
 
 def test_client_certificate_compression_with_gnutls_serv(gnutls_server, pki):
     srv = gnutls_server(*serv_args(pki), "--compress-cert", "zlib", "-d", "4")
-    cl = EngineClient(srv.address, client_cfg(pki, certificate_compression=[CertificateCompressionAlgorithm.zlib]))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, certificate_compression=[CertificateCompressionAlgorithm.zlib]))
     assert cl.conn.peer_certificates[0] == pki.leaf("ec256").cert
     cl.echo(b"compression offered\n")
     cl.close()
@@ -1234,13 +1056,11 @@ def test_client_ocsp_stapled_by_gnutls_serv(gnutls_server, pki, tmp_path):
     f = tmp_path / "ocsp.der"
     f.write_bytes(der)
     srv = gnutls_server(*serv_args(pki), "--ocsp-response", str(f))
-    cl = EngineClient(srv.address, client_cfg(pki, request_ocsp=True))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, request_ocsp=True))
     assert cl.conn.ocsp_response == der
     cl.echo(b"stapled\n")
     cl.close()
-    plain = EngineClient(srv.address, client_cfg(pki))
-    plain.handshake()
+    plain = EngineClient.connected(srv.address, client_cfg(pki))
     assert plain.conn.ocsp_response is None  # not asked, not stapled
     plain.close()
 
@@ -1267,10 +1087,7 @@ def test_server_ocsp_staple_to_gnutls_cli(engine_server, pki, tmp_path):
 # same). The tests check our side behaves per the RFC either way.
 def test_server_hrr_with_gnutls_early_data(engine_server, pki, tmp_path):
     srv = engine_server(server_cfg(pki, max_early_data=16384, groups=[NamedGroup.secp384r1]), connections=2)
-    early = tmp_path / "early.txt"
-    early.write_bytes(b"early before hrr\n")
-    c = GnutlsClient(srv.port, ["-d", "5", *cli_args(pki, TLS13, "--resume", "--waitresumption",
-                                                      "--earlydata", str(early))])
+    c = GnutlsClient(srv.port, ["-d", "5", *early_cli_args(pki, tmp_path, b"early before hrr\n")])
     try:
         c.send(b"one rtt after hrr\n")
         try:
@@ -1310,8 +1127,7 @@ def test_client_early_data_meets_hrr_from_gnutls_serv(gnutls_server, pki):
         srv.wait_output(r"failed to decrypt early data", "gnutls-serv's decryption failure")
         cl.sock.close()
         # what an application does next: resume again without 0-RTT
-        cl = EngineClient(srv.address, cfg, session=Session.from_bytes(blob))
-        cl.handshake()
+        cl = EngineClient.connected(srv.address, cfg, session=Session.from_bytes(blob))
         assert cl.conn.session_resumed and cl.conn.hello_retry
         cl.echo(b"retried without early data\n")
         cl.close()
@@ -1377,8 +1193,7 @@ def test_cli_server_key_update_with_gnutls_cli(tcpls_cli_server, pki):
 def test_more_groups_both_ways(gnutls_server, engine_server, pki, group, name):
     priority = f"{TLS13}:-GROUP-ALL:+GROUP-{name}"
     srv = gnutls_server(*serv_args(pki, priority=priority))
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     assert cl.conn.group == group
     cl.echo(b"group\n")
     cl.close()
@@ -1392,8 +1207,7 @@ def test_more_groups_both_ways(gnutls_server, engine_server, pki, group, name):
 def test_ccm_suites_both_ways(gnutls_server, engine_server, pki, suite, name):
     priority = f"{TLS13}:-CIPHER-ALL:+{name}"
     srv = gnutls_server(*serv_args(pki, priority=priority))
-    cl = EngineClient(srv.address, client_cfg(pki, cipher_suites=[suite]))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, cipher_suites=[suite]))
     assert cl.conn.cipher_suite == suite
     cl.echo(text_lines(20000))
     cl.close()
@@ -1409,8 +1223,7 @@ def test_rsa_pss_hashes_both_ways(gnutls_server, engine_server, pki, scheme):
     """The peer allows only one RSA-PSS hash: each side's CertificateVerify uses it."""
     priority = f"{TLS13}:-SIGN-ALL:+SIGN-{scheme}:+SIGN-ECDSA-SECP256R1-SHA256"
     srv = gnutls_server(*serv_args(pki, "rsa2048", priority=priority))
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     cl.echo(b"pss\n")
     cl.close()
     srv.wait_output(rf"- Description: .*\({scheme}\)", "gnutls-serv's signature scheme")
@@ -1423,8 +1236,7 @@ def test_rsa_pss_hashes_both_ways(gnutls_server, engine_server, pki, scheme):
 def test_without_middlebox_compatibility_both_ways(gnutls_server, engine_server, pki):
     priority = f"{TLS13}:%DISABLE_TLS13_COMPAT_MODE"
     srv = gnutls_server(*serv_args(pki, priority=priority))
-    cl = EngineClient(srv.address, client_cfg(pki, middlebox_compat=False))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, middlebox_compat=False))
     cl.echo(b"no ccs\n")
     cl.close()
     ours = engine_server(server_cfg(pki))
@@ -1452,8 +1264,7 @@ def test_client_certificate_key_types_both_ways(gnutls_server, engine_server, pk
                         "--require-client-cert", "--verify-client-cert", "--x509cafile", pki.ca_file)
     cfg = client_cfg(pki)
     cfg.load_cert_chain(cf, kf)
-    cl = EngineClient(srv.address, cfg)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, cfg)
     cl.echo(b"client " + key_type.encode() + b"\n")  # gnutls-serv verified our chain and CertificateVerify
     cl.close()
     scfg = server_cfg(pki, require_client_certificate=True)
@@ -1479,7 +1290,7 @@ def test_server_post_handshake_auth_required_but_refused(engine_server, pki):
     finally:
         c.stop()
     (info,) = srv.join()
-    assert getattr(info.get("error"), "alert_name", None) == "certificate_required"
+    assert alert_of(info) == "certificate_required"
     assert "Received alert [116]: Certificate is required" in c.output
 
 
@@ -1489,8 +1300,7 @@ def test_client_post_handshake_auth_without_certificate(gnutls_server, pki):
     leaf = pki.leaf("ec256")
     srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--priority", TLS13,
                         "--x509cafile", pki.ca_file)
-    cl = EngineClient(srv.address, client_cfg(pki, post_handshake_auth=True))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, post_handshake_auth=True))
     cl.echo(b"**REAUTH**\n", GNUTLS_SERV_COMMAND_OK)
     cl.read_until(lambda: bool(cl.of(ev.PostHandshakeAuthAnswered)), "the post-handshake CertificateRequest")
     assert not cl.of(ev.PostHandshakeAuthAnswered)[0].certificate_sent
@@ -1504,17 +1314,10 @@ def test_server_refuses_more_early_data_than_the_ticket_allows(engine_server, pk
     --earlydata file anyway (21 bytes). RFC 9846 §4.2.10: we abort with
     unexpected_message and deliver none of it."""
     srv = engine_server(server_cfg(pki, max_early_data=8), connections=2)
-    early = tmp_path / "early.txt"
-    early.write_bytes(b"0123456789abcdefghij\n")
-    c = GnutlsClient(srv.port, cli_args(pki, TLS13, "--resume", "--waitresumption", "--earlydata", str(early)))
-    try:
-        c.send(b"one rtt\n")
-        c.finish()
-    finally:
-        c.stop()
+    c = run_gnutls_cli(srv.port, early_cli_args(pki, tmp_path, b"0123456789abcdefghij\n"), b"one rtt\n", echo=False)
     full, resumed = srv.join()
     ok(full)
-    assert getattr(resumed.get("error"), "alert_name", None) == "unexpected_message"
+    assert alert_of(resumed) == "unexpected_message"
     assert resumed["early"] == b"" and resumed["data"] == b""
     assert "Received alert [10]: Unexpected message" in c.output
 
@@ -1530,8 +1333,7 @@ def test_small_record_size_limits_fragment_handshake_messages(gnutls_server, eng
     srv = gnutls_server(*serv_args(pki, "rsa2048"))
     proxy = RecordingProxy(srv.address)
     try:
-        cl = EngineClient(proxy.address, client_cfg(pki, record_size_limit=512))
-        cl.handshake()
+        cl = EngineClient.connected(proxy.address, client_cfg(pki, record_size_limit=512))
         assert cl.conn.peer_certificates[0] == pki.leaf("rsa2048").cert
         cl.echo(text_lines(3000))
         cl.close()
@@ -1565,19 +1367,13 @@ def test_record_size_limit_below_512_with_gnutls(gnutls_server, engine_server, p
     its full-size records); as a client it aborts on a smaller server limit
     with illegal_parameter, which our server reports as the peer's alert."""
     srv = gnutls_server(*serv_args(pki, "rsa2048"), "-d", "4")
-    cl = EngineClient(srv.address, client_cfg(pki, record_size_limit=256))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki, record_size_limit=256))
     cl.echo(text_lines(3000))
     cl.close()
     srv.wait_output(r"client requested too small record_size_limit 256; ignoring", "gnutls-serv ignoring our limit")
 
     ours = engine_server(server_cfg(pki, record_size_limit=256))
-    c = GnutlsClient(ours.port, ["-d", "4", *cli_args(pki)])
-    try:
-        c.send(b"refused\n")
-        c.finish()
-    finally:
-        c.stop()
+    c = run_gnutls_cli(ours.port, ["-d", "4", *cli_args(pki)], b"refused\n", echo=False)
     (info,) = ours.join()
     if "error" in info:
         assert getattr(info["error"], "alert_name", None) == "illegal_parameter"
@@ -1598,8 +1394,7 @@ def test_repeated_key_updates_from_gnutls_cli(engine_server, pki):
     finally:
         c.stop()
     (info,) = srv.join()
-    ok(info)
-    dirs = [e.direction for e in info["events"] if isinstance(e, ev.KeyUpdated)]
+    dirs = key_update_directions(ok(info))
     assert dirs == ["receive", "send"] * 3
     assert info["data"] == b"after rekey 0\nafter rekey 1\nafter rekey 2\n"
 
@@ -1607,10 +1402,7 @@ def test_repeated_key_updates_from_gnutls_cli(engine_server, pki):
 def test_server_early_data_with_alpn_from_gnutls_cli(engine_server, pki, tmp_path):
     """0-RTT is accepted only with the ticket's ALPN (RFC 9846 §4.2.10)."""
     srv = engine_server(server_cfg(pki, max_early_data=16384, alpn_protocols=["h2", "http/1.1"]), connections=2)
-    early = tmp_path / "early.txt"
-    early.write_bytes(b"early with alpn\n")
-    run_gnutls_cli(srv.port, cli_args(pki, TLS13, "--alpn", "h2", "--resume", "--waitresumption",
-                                      "--earlydata", str(early)), b"one rtt\n")
+    run_gnutls_cli(srv.port, early_cli_args(pki, tmp_path, b"early with alpn\n", "--alpn", "h2"), b"one rtt\n")
     full, resumed = srv.join()
     assert completed(full).alpn_protocol == "h2"
     hc = completed(resumed)
@@ -1619,41 +1411,12 @@ def test_server_early_data_with_alpn_from_gnutls_cli(engine_server, pki, tmp_pat
 
 
 # ====================================================================== chains, default priorities, TLS 1.2-only peers
-def make_intermediate(pki):
-    """An intermediate CA under the test root (path length 0)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import NameOID
-    from tcpls import _testcerts
-
-    key = _testcerts.make_key("ec384")
-    now = datetime.datetime.now(datetime.timezone.utc)
-    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                          encipher_only=False, decipher_only=False)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tcpls test intermediate")]))
-        .issuer_name(pki.ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.ca_key.public_key()), critical=False)
-        .sign(pki.ca_key, hashes.SHA256())
-    )
-    return cert, key
-
-
 def test_certificate_chains_with_intermediate_both_ways(gnutls_server, engine_server, pki, tmp_path):
     """Leaf + intermediate sent by each side, verified up to the root only."""
     from conftest import _write_certs, _write_key
     from tcpls import _testcerts
 
-    icert, ikey = make_intermediate(pki)
+    icert, ikey = _testcerts.make_intermediate(pki.ca_cert, pki.ca_key, key_type="ec384")
     leaf, lkey = _testcerts.make_leaf(icert, ikey, names=["localhost", "127.0.0.1"], key_type="ec256")
     chain_file, key_file = _write_certs(tmp_path / "chain.pem", [leaf, icert]), _write_key(tmp_path / "leaf.key", lkey)
     ccert, ckey = _testcerts.make_leaf(icert, ikey, names=["client.test"], key_type="ec256", client=True)
@@ -1663,8 +1426,7 @@ def test_certificate_chains_with_intermediate_both_ways(gnutls_server, engine_se
                         "--require-client-cert", "--verify-client-cert", "--x509cafile", pki.ca_file)
     cfg = client_cfg(pki)
     cfg.load_cert_chain(cchain, ckeyf)
-    cl = EngineClient(srv.address, cfg)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, cfg)
     assert cl.conn.peer_certificates == [leaf, icert]
     cl.echo(b"chain\n")
     cl.close()
@@ -1684,8 +1446,7 @@ def test_default_gnutls_priorities_negotiate_tls13(gnutls_server, engine_server,
     """GnuTLS's default priority (TLS 1.2 and 1.3, all its groups and suites)."""
     leaf = pki.leaf("ec256")
     srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--disable-client-cert")
-    cl = EngineClient(srv.address, client_cfg(pki))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, client_cfg(pki))
     cl.echo(b"defaults\n")
     cl.close()
     srv.wait_output(r"- Version: TLS1\.3", "gnutls-serv's version report")
@@ -1702,13 +1463,9 @@ def test_tls12_only_gnutls_peers_are_refused(gnutls_server, engine_server, pki):
     suite) where §4.2.1 asks for protocol_version; either way our client
     fails with the peer's alert."""
     ours = engine_server(server_cfg(pki))
-    c = GnutlsClient(ours.port, cli_args(pki, "NORMAL:-VERS-ALL:+VERS-TLS1.2"))
-    try:
-        c.finish()
-    finally:
-        c.stop()
+    c = run_gnutls_cli(ours.port, cli_args(pki, "NORMAL:-VERS-ALL:+VERS-TLS1.2"))
     (info,) = ours.join()
-    assert getattr(info.get("error"), "alert_name", None) == "protocol_version"
+    assert alert_of(info) == "protocol_version"
     assert "Received alert [70]" in c.output
 
     srv = gnutls_server(*serv_args(pki, priority="NORMAL:-VERS-ALL:+VERS-TLS1.2"))
@@ -1803,8 +1560,7 @@ def test_rsassa_pss_certificates_both_ways(gnutls_server, engine_server, tmp_pat
     assert "The certificate is trusted" in c.output and "-(RSA-PSS-SHA256)-" in c.output
 
     srv = gnutls_server("--x509certfile", chain, "--x509keyfile", key, "--disable-client-cert", "--priority", TLS13)
-    cl = EngineClient(srv.address, TLSConfig(verify_peer=False))
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, TLSConfig(verify_peer=False))
     cl.echo(b"pss\n")
     cl.close()
     srv.wait_output(r"- Description: .*\(RSA-PSS-SHA256\)", "gnutls-serv's signature scheme")
@@ -1830,8 +1586,7 @@ def test_client_picks_certificate_by_gnutls_serv_ca_names(gnutls_server, pki):
     leaf = pki.leaf("ec256")
     srv = gnutls_server("--x509certfile", leaf.cert_file, "--x509keyfile", leaf.key_file, "--priority", TLS13,
                         "--require-client-cert", "--verify-client-cert", "--x509cafile", pki.ca_file, "-d", "4")
-    cl = EngineClient(srv.address, cfg)
-    cl.handshake()
+    cl = EngineClient.connected(srv.address, cfg)
     cl.echo(b"the right certificate\n")
     cl.close()
     srv.wait_output(r"CERTIFICATE REQUEST was queued", "gnutls-serv's CertificateRequest")

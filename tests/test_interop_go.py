@@ -1,14 +1,15 @@
 """Interop with Go's crypto/tls (the ``go`` toolchain, standard library only).
 
-Two small Go programs in ``tests/peers/go/`` are built once per test session
-into a temporary directory (``GO111MODULE=off``, ``CGO_ENABLED=0``, caches
-under that directory, so no network and no C compiler are needed):
+One small Go program in ``tests/peers/go/peer/`` is built once per test
+session into a temporary directory (``GO111MODULE=off``, ``CGO_ENABLED=0``,
+caches under that directory, so no network and no C compiler are needed) and
+run in one of two modes:
 
-* ``server``: an echo server; flags choose the certificate (and OCSP
+* ``-mode server``: an echo server; flags choose the certificate (and OCSP
   staple), ``CurvePreferences``, ALPN, client authentication, how many
   connections to serve (its tickets let later ones resume) and exporter
   values to print;
-* ``client``: sends a fixed pattern while reading the echo back, then
+* ``-mode client``: sends a fixed pattern while reading the echo back, then
   half-closes with close_notify and checks the echo byte for byte; flags as
   above, plus ``-conns`` connections sharing one ``ClientSessionCache``.
 
@@ -73,8 +74,8 @@ def pattern(n: int) -> bytes:
 
 # ------------------------------------------------------------ Go programs
 @pytest.fixture(scope="session")
-def go_peers(tmp_path_factory) -> dict[str, str]:
-    """Build the Go client and server once per session; paths by name."""
+def go_peer(tmp_path_factory) -> str:
+    """Build the Go peer (client and server modes) once per session; its path."""
     (go,) = require_peer("go")
     d = tmp_path_factory.mktemp("go")
     env = dict(os.environ)
@@ -82,14 +83,11 @@ def go_peers(tmp_path_factory) -> dict[str, str]:
         GO111MODULE="off", GOFLAGS="", CGO_ENABLED="0", GOCACHE=str(d / "cache"), GOPATH=str(d / "gopath"),
         GOTMPDIR="", HOME=str(d), GOTOOLCHAIN="local",
     )
-    out = {}
-    for name in ("client", "server"):
-        exe = d / name
-        r = subprocess.run([go, "build", "-o", str(exe), "."], cwd=str(PEERS / name), env=env,
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, f"go build {name} failed:\n{r.stderr}"
-        out[name] = str(exe)
-    return out
+    exe = d / "peer"
+    r = subprocess.run([go, "build", "-o", str(exe), "."], cwd=str(PEERS / "peer"), env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"go build failed:\n{r.stderr}"
+    return str(exe)
 
 
 class GoServer:
@@ -130,12 +128,12 @@ class GoServer:
 
 
 @pytest.fixture
-def go_server(go_peers, pki):
+def go_server(go_peer, pki):
     started: list[GoServer] = []
 
     def start(*args: str, leaf: str = "ec256", cert=None) -> GoServer:
         c = cert or pki.leaf(leaf)
-        srv = GoServer(go_peers["server"], ["-cert", c.cert_file, "-key", c.key_file, *args])
+        srv = GoServer(go_peer, ["-mode", "server", "-cert", c.cert_file, "-key", c.key_file, *args])
         started.append(srv)
         return srv
 
@@ -145,11 +143,11 @@ def go_server(go_peers, pki):
 
 
 @pytest.fixture
-def go_client(go_peers, pki):
+def go_client(go_peer, pki):
     """``go_client(port, *args, size=N)`` -> (exit code, JSON results, stderr)."""
 
     def run(port: int, *args: str, size: int = 0, ca: Optional[str] = pki.ca_file) -> tuple[int, list[dict], str]:
-        cmd = [go_peers["client"], "-addr", f"127.0.0.1:{port}", "-size", str(size), "-timeout", f"{int(T)}s", *args]
+        cmd = [go_peer, "-mode", "client", "-addr", f"127.0.0.1:{port}", "-size", str(size), "-timeout", f"{int(T)}s", *args]
         if ca:
             cmd += ["-ca", ca]
         r = subprocess.run(cmd, capture_output=True, timeout=T + 10)
@@ -173,75 +171,21 @@ def client_leaves(pki, tmp_path_factory) -> dict:
     return out
 
 
-def _intermediate_ca(root_cert, root_key):
-    """A CA certificate (pathLen 0) for a fresh P-256 key, signed by the root."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tcpls test intermediate")]))
-        .issuer_name(root_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                          key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
-        .sign(root_key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def _expired_leaf(pki, name: str, client: bool):
-    """A leaf from the test CA for ``name`` whose validity ended yesterday."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(pki.ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=30))
-        .not_valid_after(now - datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.ca_key.public_key()), critical=False)
-        .sign(pki.ca_key, hashes.SHA256())
-    )
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def expired(pki, tmp_path_factory) -> dict:
     """Expired leaves from the test CA: ``server`` (localhost), ``client`` (client.test)."""
+    import datetime
+
     from conftest import Leaf, _write_certs, _write_key
+    from tcpls import _testcerts
 
     d = tmp_path_factory.mktemp("go-expired")
+    now = datetime.datetime.now(datetime.timezone.utc)
     out = {}
     for role, name in (("server", "localhost"), ("client", "client.test")):
-        cert, key = _expired_leaf(pki, name, role == "client")
+        cert, key = _testcerts.make_leaf(pki.ca_cert, pki.ca_key, names=[name], client=role == "client",
+                                         not_before=now - datetime.timedelta(days=30),
+                                         not_after=now - datetime.timedelta(days=1))
         out[role] = Leaf(cert, key, _write_certs(d / f"{role}.pem", cert), _write_key(d / f"{role}.key", key))
     return out
 
@@ -254,7 +198,7 @@ def chained(pki, tmp_path_factory) -> dict:
     from tcpls import _testcerts
 
     d = tmp_path_factory.mktemp("go-chain")
-    icert, ikey = _intermediate_ca(pki.ca_cert, pki.ca_key)
+    icert, ikey = _testcerts.make_intermediate(pki.ca_cert, pki.ca_key)
     out = {}
     for name, names, client in (("server", ["localhost", "127.0.0.1"], False), ("client", ["client.test"], True)):
         cert, key = _testcerts.make_leaf(icert, ikey, names=names, key_type="ec256", client=client)
@@ -426,6 +370,14 @@ def connect(address, config: TLSConfig, **kw) -> tuple[sync.TLSSocket, list]:
     return tls, events
 
 
+def first_session(address, config: TLSConfig):
+    """Our client's session from a full handshake that echoed b"first"."""
+    tls, _ = connect(address, config)
+    with tls:
+        assert echo_through(tls, b"first") == b"first"
+        return tls.connection.session
+
+
 # ================================================= our client, Go server
 @pytest.mark.parametrize("suite", list(SUITES), ids=lambda s: s.name)
 def test_client_each_suite(go_server, pki, suite):
@@ -562,10 +514,7 @@ def test_client_no_early_data_with_go_tickets(go_server, pki):
 
     srv = go_server("-conns", "3")
     cfg = client_config(pki)
-    tls, _ = connect(srv.address, cfg)
-    with tls:
-        assert echo_through(tls, b"first") == b"first"
-        session = tls.connection.session
+    session = first_session(srv.address, cfg)
     assert session.max_early_data == 0
     with pytest.raises(UsageError, match="early data"):
         sync.connect(srv.address, cfg, session=session, early_data=b"0-rtt", timeout=T)
@@ -583,10 +532,7 @@ def test_client_resumes_after_hello_retry(go_server, pki):
     (RFC 9846 §4.2.11.2); the Go server checks it."""
     srv = go_server("-conns", "2", "-curves", "P-384")
     cfg = client_config(pki)
-    tls, _ = connect(srv.address, cfg)
-    with tls:
-        assert echo_through(tls, b"first") == b"first"
-        session = tls.connection.session
+    session = first_session(srv.address, cfg)
     tls, _ = connect(srv.address, cfg, session=session)
     with tls:
         assert echo_through(tls, b"second") == b"second"
@@ -599,10 +545,7 @@ def test_client_resumes_with_client_certificate(go_server, pki):
     still counts as authenticated by Go (peer certificates kept)."""
     srv = go_server("-conns", "2", "-client-auth", "require", "-client-ca", pki.ca_file)
     cfg = with_client_cert(pki, client_config(pki))
-    tls, _ = connect(srv.address, cfg)
-    with tls:
-        assert echo_through(tls, b"first") == b"first"
-        session = tls.connection.session
+    session = first_session(srv.address, cfg)
     tls, _ = connect(srv.address, cfg, session=session)
     with tls:
         assert echo_through(tls, b"second") == b"second"

@@ -722,33 +722,12 @@ def test_jsse_key_limits_trigger_key_updates(java, java_server, our_server, pki,
 def more_pki(pki, tmp_path_factory):
     """Chains through an intermediate CA, RSA and Ed25519 client certificates,
     and an RSASSA-PSS (id-RSASSA-PSS key) CA and server certificate."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import NameOID
-
     from conftest import _write_certs, _write_key
     from tcpls import _testcerts
 
     require_peer("openssl")  # makes the RSASSA-PSS keys
     d = tmp_path_factory.mktemp("morepki")
-    key = _testcerts.make_key("ec256")
-    now = datetime.datetime.now(datetime.timezone.utc)
-    inter = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tcpls test intermediate")]))
-        .issuer_name(pki.ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.ca_key.public_key()), critical=False)
-        .sign(pki.ca_key, hashes.SHA256())
-    )
+    inter, key = _testcerts.make_intermediate(pki.ca_cert, pki.ca_key)
     files = {}
 
     def leaf(name, issuer, issuer_key, chain_tail, key_type, client, names):

@@ -8,154 +8,21 @@ visible to the test), with ``now = time.time()``.
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
-from typing import Optional
 
 import pytest
 
 import subprocess
 
 from conftest import DEFAULT_TIMEOUT, OPENSSL, _Drain, _stop, needs_openssl, run_s_client, wait_until
-from tcpls.errors import ProtocolError
+from enginepeers import EngineClient, EngineServer
 from tcpls.tls import events as ev
 from tcpls.tls.config import TLSConfig
-from tcpls.tls.connection import TLSConnection
 from tcpls.tls.enums import CipherSuite
 from tcpls.tls.session import ExternalPSK, Session
 
 T = DEFAULT_TIMEOUT
 PSK_HEX = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 PSK_ID = "tcpls-client"
-
-
-class EngineClient:
-    """Our client engine over one TCP connection."""
-
-    def __init__(self, address, config: TLSConfig, *, session: Optional[Session] = None, early: bytes = b"") -> None:
-        self.sock = socket.create_connection(address, timeout=T)
-        self.conn = TLSConnection(config, server_side=False, server_name="localhost", session=session)
-        self.events: list = []
-        if early:
-            self.conn.send_early_data(early)
-        self.conn.start_handshake(time.time())
-        self._flush()
-
-    def _flush(self) -> None:
-        out = self.conn.data_to_send()
-        if out:
-            self.sock.sendall(out)
-
-    def _read(self) -> bool:
-        d = self.sock.recv(65536)
-        if not d:
-            return False
-        self.conn.receive_data(d, time.time())
-        self._flush()
-        while (e := self.conn.next_event()) is not None:
-            self.events.append(e)
-        return True
-
-    def handshake(self) -> None:
-        while not self.conn.handshake_complete:
-            if not self._read():
-                raise EOFError("closed during handshake")
-
-    def received(self) -> bytes:
-        return b"".join(e.data for e in self.events if isinstance(e, ev.DataReceived))
-
-    def read_until(self, pred, what: str = "data") -> None:
-        deadline = time.monotonic() + T
-        while not pred():
-            if time.monotonic() > deadline or not self._read():
-                raise TimeoutError(f"no {what}; got {self.received()!r}")
-
-    def send(self, data: bytes) -> None:
-        self.conn.send_data(data)
-        self._flush()
-
-    def close(self) -> None:
-        try:
-            self.conn.close()
-            self._flush()
-            self.sock.settimeout(2)
-            while self._read():
-                pass
-        except (OSError, ProtocolError):
-            pass
-        self.sock.close()
-
-    def of(self, cls) -> list:
-        return [e for e in self.events if isinstance(e, cls)]
-
-
-class EngineServer:
-    """Our server engine: accepts ``connections`` clients one after the
-    other, echoes application data (early data too), records events."""
-
-    def __init__(self, config: TLSConfig, connections: int = 1, export: Optional[tuple[str, int]] = None) -> None:
-        self.config = config
-        self.export = export
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(T)
-        self.port = self.listener.getsockname()[1]
-        self.sessions: list[dict] = []
-        self.thread = threading.Thread(target=self._run, args=(connections,), daemon=True)
-        self.thread.start()
-
-    def _run(self, n: int) -> None:
-        for _ in range(n):
-            info: dict = {"events": [], "early": b"", "data": b""}
-            self.sessions.append(info)
-            try:
-                sock, _ = self.listener.accept()
-            except OSError as exc:
-                info["error"] = exc
-                return
-            sock.settimeout(T)
-            conn = TLSConnection(self.config, server_side=True)
-            try:
-                while True:
-                    d = sock.recv(65536)
-                    if not d:
-                        break
-                    conn.receive_data(d, time.time())
-                    while (e := conn.next_event()) is not None:
-                        info["events"].append(e)
-                        if isinstance(e, ev.EarlyDataReceived):
-                            info["early"] += e.data
-                            conn.send_data(e.data)
-                        elif isinstance(e, ev.DataReceived):
-                            info["data"] += e.data
-                            conn.send_data(e.data)
-                        elif isinstance(e, ev.HandshakeComplete):
-                            info["resumed"] = conn.session_resumed
-                            info["cipher_suite"] = conn.cipher_suite
-                            if self.export:
-                                info["exported"] = conn.export_keying_material(self.export[0], b"", self.export[1])
-                        elif isinstance(e, ev.CloseNotifyReceived):
-                            conn.close()
-                    out = conn.data_to_send()
-                    if out:
-                        sock.sendall(out)
-                    if conn.peer_closed:
-                        break
-            except Exception as exc:  # noqa: BLE001 -- reported to the test
-                info["error"] = exc
-                try:
-                    sock.sendall(conn.data_to_send())
-                except OSError:
-                    pass
-            finally:
-                info["early_accepted"] = conn.early_data_accepted
-                sock.close()
-
-    def join(self) -> list[dict]:
-        self.thread.join(T)
-        assert not self.thread.is_alive(), "server thread did not finish"
-        self.listener.close()
-        return self.sessions
 
 
 def client_cfg(pki, **kw) -> TLSConfig:
@@ -187,8 +54,7 @@ def rev_exchange(cl: EngineClient, line: bytes) -> None:
 def test_our_client_resumes_with_s_server(openssl_server, pki, suite):
     srv = rev_server(openssl_server, pki, "-naccept", "2", "-ciphersuites", suite)
     cfg = client_cfg(pki)
-    c1 = EngineClient(srv.address, cfg)
-    c1.handshake()
+    c1 = EngineClient.connected(srv.address, cfg)
     rev_exchange(c1, b"first connection")
     tickets = c1.of(ev.SessionTicketReceived)
     assert len(tickets) == 2  # OpenSSL's default
@@ -196,8 +62,7 @@ def test_our_client_resumes_with_s_server(openssl_server, pki, suite):
     sess = Session.from_bytes(c1.conn.session.to_bytes())
     c1.close()
 
-    c2 = EngineClient(srv.address, cfg, session=sess)
-    c2.handshake()
+    c2 = EngineClient.connected(srv.address, cfg, session=sess)
     # Authenticated by the PSK (RFC 9846 §2.2): the certificates are the session's.
     assert c2.conn.session_resumed and c2.conn.peer_certificates == c1.conn.peer_certificates
     assert c2.conn.cipher_suite == CipherSuite[suite]
@@ -213,13 +78,11 @@ def test_our_client_psk_ke_with_s_server(openssl_server, pki):
 
     srv = rev_server(openssl_server, pki, "-naccept", "2", "-allow_no_dhe_kex")
     cfg = client_cfg(pki, psk_key_exchange_modes=[PM.psk_ke])
-    c1 = EngineClient(srv.address, cfg)
-    c1.handshake()
+    c1 = EngineClient.connected(srv.address, cfg)
     rev_exchange(c1, b"one")
     sess = c1.conn.session
     c1.close()
-    c2 = EngineClient(srv.address, cfg, session=sess)
-    c2.handshake()
+    c2 = EngineClient.connected(srv.address, cfg, session=sess)
     assert c2.conn.session_resumed and c2.conn.group is None
     rev_exchange(c2, b"two")
     c2.close()
@@ -293,8 +156,7 @@ def test_our_client_early_data_to_s_server(plain_server, pki):
     sess = get_ticket(c1)
     assert sess.max_early_data > 0
     c1.close()
-    c2 = EngineClient(srv.address, cfg, session=sess, early=b"zero round trip\n")
-    c2.handshake()
+    c2 = EngineClient.connected(srv.address, cfg, session=sess, early=b"zero round trip\n")
     assert c2.of(ev.EarlyDataAccepted) and c2.conn.early_data_accepted
     c2.send(b"after 0-RTT\n")
     c2.close()
@@ -314,8 +176,7 @@ def test_our_client_early_data_rejected_by_s_server(plain_server, openssl_server
     c1.close()
     srv1.wait(T)
     srv2 = rev_server(openssl_server, pki, "-naccept", "1")
-    c2 = EngineClient(srv2.address, cfg, session=sess, early=b"dropped\n")
-    c2.handshake()
+    c2 = EngineClient.connected(srv2.address, cfg, session=sess, early=b"dropped\n")
     rej = c2.of(ev.EarlyDataRejected)
     assert rej and rej[0].data == b"dropped\n" and not c2.conn.session_resumed
     rev_exchange(c2, b"fallback works")
@@ -326,8 +187,7 @@ def test_our_client_early_data_rejected_by_s_server(plain_server, openssl_server
 def test_our_client_external_psk_with_s_server(openssl_server, pki):
     srv = openssl_server("-tls1_3", "-rev", "-naccept", "1", "-nocert", "-psk", PSK_HEX, "-psk_identity", PSK_ID)
     cfg = TLSConfig(psk=ExternalPSK(PSK_ID.encode(), bytes.fromhex(PSK_HEX)))
-    c = EngineClient(srv.address, cfg)
-    c.handshake()
+    c = EngineClient.connected(srv.address, cfg)
     assert c.conn.session_resumed and c.conn.cipher_suite == CipherSuite.TLS_AES_128_GCM_SHA256
     rev_exchange(c, b"external psk")
     c.close()

@@ -135,32 +135,15 @@ def test_resumed_server_reports_the_ticket_holders_client_certificate():
 def test_no_ticket_when_the_client_chain_does_not_fit_in_one():
     """A client certificate too large for a stateless ticket (ticket<1..2^16-1>):
     the server issues none rather than failing or dropping the identity."""
-    import datetime
-
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+    from tcpls import _testcerts
     from tlspair import _CACHE, pki
 
     pki()
     ca, ca_key = _CACHE["ca"]
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    big = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "big.client")]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\0" * 70000), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    padding = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\0" * 70000)
+    big, key = _testcerts.make_leaf(ca, ca_key, names=["big.client"], client=True, extra_extensions=[padding])
     c, s = configs(s_require_client_certificate=True)
     c.certificate_chain, c.private_key = [big], key
     r = Run(c, s, T0).pump()

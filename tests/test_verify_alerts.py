@@ -7,10 +7,6 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tcpls import _testcerts
 from tcpls.errors import LocalProtocolError, ProtocolError, RemoteAlert
@@ -25,27 +21,11 @@ DAY = datetime.timedelta(days=1)
 
 
 def _cert(issuer, issuer_key, not_before, not_after, *, ca=False, client=False, name="localhost"):
-    key = ec.generate_private_key(ec.SECP256R1())
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(issuer.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
-    )
+    """A certificate valid from ``not_before`` to ``not_after``: an
+    intermediate CA (``ca``) or a server / client leaf for ``name``."""
     if ca:
-        b = b.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    else:
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False).add_extension(
-            x509.ExtendedKeyUsage([usage]), critical=False
-        )
-    return b.sign(issuer_key, hashes.SHA256()), key
+        return _testcerts.make_intermediate(issuer, issuer_key, name=name, not_before=not_before, not_after=not_after)
+    return _testcerts.make_leaf(issuer, issuer_key, names=[name], client=client, not_before=not_before, not_after=not_after)
 
 
 @pytest.fixture(scope="module")

@@ -6,44 +6,26 @@ Other paths get no KeyUpdate.
 
 from __future__ import annotations
 
-import socket
-import time
-
 import pytest
 
-from conftest import DEFAULT_TIMEOUT, needs_openssl, run_s_client
+from conftest import needs_openssl, run_s_client
+from enginepeers import EngineClient
 from tcpls.tls import events as ev
 from tcpls.tls.config import TLSConfig
-from tcpls.tls.connection import TLSConnection
 
 
 def _get(port: int, ca_file: str, path: str) -> tuple[bytes, list]:
-    """One HTTP/1.0 request through our client engine; (response, events)."""
+    """One HTTP/1.0 request through our client engine, read up to the
+    server's close_notify; (response, events)."""
     cfg = TLSConfig()
     cfg.load_verify_locations(ca_file)
-    conn = TLSConnection(cfg, server_side=False, server_name="localhost")
-    events: list = []
-    with socket.create_connection(("127.0.0.1", port), timeout=DEFAULT_TIMEOUT) as sock:
-        conn.start_handshake(time.time())
-        sock.sendall(conn.data_to_send())
-        sent = False
-        while True:
-            d = sock.recv(65536)
-            if not d:
-                break
-            conn.receive_data(d, time.time())
-            while (e := conn.next_event()) is not None:
-                events.append(e)
-            if conn.handshake_complete and not sent:
-                conn.send_data(f"GET {path} HTTP/1.0\r\n\r\n".encode())
-                sent = True
-            out = conn.data_to_send()
-            if out:
-                sock.sendall(out)
-            if any(isinstance(e, ev.CloseNotifyReceived) for e in events):
-                break
-    body = b"".join(e.data for e in events if isinstance(e, ev.DataReceived))
-    return body, events
+    cl = EngineClient.connected(("127.0.0.1", port), cfg)
+    try:
+        cl.send(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        cl.read_until(lambda: bool(cl.of(ev.CloseNotifyReceived)), "close_notify")
+    finally:
+        cl.sock.close()
+    return cl.received(), cl.events
 
 
 @pytest.fixture
