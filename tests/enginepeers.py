@@ -180,6 +180,14 @@ class EngineServer:
                 info["error"] = exc
                 try:
                     sock.sendall(conn.data_to_send())
+                    # Let the alert reach a peer that is still sending: FIN,
+                    # then read (bounded) so that close() does not reset the
+                    # connection over unread data, as the adapters do.
+                    sock.shutdown(socket.SHUT_WR)
+                    sock.settimeout(2.0)
+                    deadline = time.monotonic() + 2.0
+                    while time.monotonic() < deadline and sock.recv(65536):
+                        pass
                 except OSError:
                     pass
             finally:
