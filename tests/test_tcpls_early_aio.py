@@ -166,12 +166,15 @@ def test_cli_tfo_and_0rtt_in_a_namespace(pki, tmp_path):
             assert r.returncode == 0 and r.stdout == data, r.stderr
             m = re.search(rb"tcpls: summary: (.*)", r.stderr)
             runs.append(dict(kv.split("=", 1) for kv in m.group(1).decode().split()))
-        wait_until(lambda: b"stream 0: 10 early bytes" in stderr(), 10, "server early-data line")
+        try:
+            wait_until(lambda: b"stream 0: 10 early bytes" in stderr(), 10, "server early-data line")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; client runs: {runs}; server stderr: {stderr()[-800:]!r}") from None
     finally:
         if server is not None and server.poll() is None:
             server.terminate()
             server.wait(10)
         err.close()
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    assert runs[0]["tfo"] == "no" and runs[0]["early_accepted"] == "-"
-    assert runs[1]["tfo"] == "yes" and runs[1]["early_sent"] == "10" and runs[1]["early_accepted"] == "yes"
+    assert runs[0]["tfo"] == "no" and runs[0]["early_accepted"] == "-", runs
+    assert runs[1]["tfo"] == "yes" and runs[1]["early_sent"] == "10" and runs[1]["early_accepted"] == "yes", runs
