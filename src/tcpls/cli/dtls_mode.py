@@ -38,6 +38,7 @@ def add_parsers(sub: Any, common: Any) -> None:
     server.add_argument("--port", type=int, default=4433, help="UDP port; 0 picks a free one")
     server.add_argument("--echo", action="store_true", help="echo each record back (the default and only mode)")
     server.add_argument("--cid", action="store_true", help="negotiate connection IDs (RFC 9146)")
+    add_datagram_size_argument(server)
     server.add_argument("--num-tickets", type=int, default=2, metavar="N", help="session tickets per connection")
     server.add_argument(
         "--no-cookie", action="store_true", help="do not require the stateless HelloRetryRequest cookie exchange"
@@ -55,8 +56,29 @@ def add_parsers(sub: Any, common: Any) -> None:
     common(client)
     add_client_target_arguments(client)
     client.add_argument("--cid", action="store_true", help="negotiate connection IDs (RFC 9146)")
+    add_datagram_size_argument(client)
     client.add_argument("--timeout", type=float, default=10.0, help="handshake timeout and final wait (seconds)")
     client.set_defaults(func=cmd_dtls_client)
+
+
+def _datagram_size(text: str) -> int:
+    size = int(text)
+    # RFC 9147 §4.4: stay within the path MTU; 65507 is the largest UDP
+    # payload over IPv4, 256 leaves room for a record header and some data.
+    if not 256 <= size <= 65507:
+        raise argparse.ArgumentTypeError("must be between 256 and 65507")
+    return size
+
+
+def add_datagram_size_argument(parser: Any) -> None:
+    parser.add_argument(
+        "--max-datagram-size",
+        type=_datagram_size,
+        default=1200,
+        metavar="N",
+        help="largest UDP datagram we send, in bytes (default 1200: fits any IPv6 path; "
+        "raise it only on paths with a larger MTU)",
+    )
 
 
 # ---------------------------------------------------------------- server
@@ -64,7 +86,13 @@ async def _echo(channel: adtls.DTLSChannel) -> None:
     log.info("connection from %s", channel.peer_address)
     try:
         while data := await channel.recv():
-            channel.send(data)
+            # A peer whose datagrams are larger than ours gets its data back
+            # in as many records as it takes.
+            size = channel.max_data_size
+            if len(data) <= size:
+                channel.send(data)
+            else:
+                channel.send_many([data[i : i + size] for i in range(0, len(data), size)])
     except Exception as exc:  # noqa: BLE001 - one association's failure is logged, not fatal
         log.info("connection from %s failed: %s", channel.peer_address, exc)
         return
@@ -92,6 +120,7 @@ async def _serve(args: argparse.Namespace, config: Any) -> int:
             limits=limits,
             executor=executor,
             compact=True,
+            connection_options={"max_datagram_size": args.max_datagram_size},
         )
     except OSError as exc:
         raise UsageFailure(f"cannot bind {args.host}:{args.port}: {exc.strerror or exc}") from None
@@ -134,7 +163,13 @@ def _read_stdin(loop: asyncio.AbstractEventLoop, queue: "asyncio.Queue[Optional[
 
 async def _client(args: argparse.Namespace, config: Any) -> int:
     channel = await adtls.connect(
-        config, args.host, args.port, server_name=args.sni or args.host, timeout=args.timeout, cid=args.cid
+        config,
+        args.host,
+        args.port,
+        server_name=args.sni or args.host,
+        timeout=args.timeout,
+        cid=args.cid,
+        connection_options={"max_datagram_size": args.max_datagram_size},
     )
     conn = channel.connection
     if args.verbose:
