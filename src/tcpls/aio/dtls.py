@@ -54,12 +54,11 @@ from ..dtls.endpoint import (
     ConnectionClosed,
     ConnectionEstablished,
     ConnectionEvent,
-    CookieResponder,
     DTLSEndpoint,
     EndpointLimits,
     HandshakeCancelled,
     HandshakeRefused,
-    dtls_connection_factory,
+    build_endpoint,
 )
 from ..errors import ConnectionClosedError, TLSError
 from ..tls import events as _ev
@@ -496,25 +495,17 @@ async def create_endpoint(
     if limits is None:
         # Half-close: a handler answers what came with the peer's close_notify.
         limits = EndpointLimits(peer_close_linger=5.0)
-    options = dict(connection_options or {})
-    if server and not stateless_cookies:
-        options.setdefault("require_cookie", False)
-    factory = dtls_connection_factory(config, cookie_secret=secret, use_cid=cid, **options)
-    compactor = None
-    if compact:
-        from ..dtls.established import compact_connection
-
-        compactor = compact_connection
-
     def make(wakeup: Callable[[], None]) -> DTLSEndpoint:
-        return DTLSEndpoint(
-            factory,
+        return build_endpoint(
+            config,
             server=server,
+            cookie_secret=secret,
+            cid=cid,
+            stateless_cookies=stateless_cookies,
             limits=limits,
-            stateless=CookieResponder(config, secret) if server and stateless_cookies else None,
             executor=executor,
-            cid_length=8 if cid else 0,
-            compactor=compactor,
+            compact=compact,
+            connection_options=connection_options,
             wakeup=wakeup,
         )
 

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 
 from ..errors import (
@@ -1093,18 +1093,6 @@ class DTLSConnection(HandshakeQueries):
     def skip_early_data(self, limit: int, trial_decrypt: bool) -> None:
         """Server: rejected 0-RTT records are in epoch 1, for which we have no
         keys: the record layer drops them (§4.5.2)."""
-
-    def log_secret(self, label: str, client_random: bytes, secret: "bytes | Callable[[], bytes]") -> None:
-        if self._keylog_path is None and self.config.keylog_callback is None:
-            return
-        if callable(secret):
-            secret = secret()
-        line = f"{label} {client_random.hex()} {secret.hex()}"
-        if self.config.keylog_callback is not None:
-            self.config.keylog_callback(line)
-        if self._keylog_path is not None:
-            with open(self._keylog_path, "a", encoding="ascii") as f:
-                f.write(line + "\n")
 
     # -------------------------------------------------------------- internals
     def _guard(self, action: "object") -> None:

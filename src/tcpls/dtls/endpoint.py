@@ -80,6 +80,7 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "CookieResponder",
+    "build_endpoint",
     "dtls_connection_factory",
     "ConnectionEstablished",
     "ConnectionEvent",
@@ -995,3 +996,41 @@ def dtls_connection_factory(
         return DTLSConnection(config, is_client=is_client, **options)
 
     return factory
+
+
+def build_endpoint(
+    config: Any,
+    *,
+    server: bool,
+    cookie_secret: Any,
+    cid: bool = False,
+    stateless_cookies: bool = True,
+    limits: Optional[EndpointLimits] = None,
+    executor: Any = None,
+    compact: bool = False,
+    connection_options: Optional[dict] = None,
+    wakeup: Optional[Callable[[], None]] = None,
+) -> "DTLSEndpoint":
+    """The endpoint the asyncio and blocking adapters run: DTLSConnection
+    associations, 8-byte connection IDs with ``cid``, stateless cookie
+    HelloRetryRequests on a server unless ``stateless_cookies`` is False
+    (then connections skip the cookie exchange), idle associations compacted
+    with ``compact``. ``connection_options`` go to every DTLSConnection."""
+    options = dict(connection_options or {})
+    if server and not stateless_cookies:
+        options.setdefault("require_cookie", False)
+    compactor = None
+    if compact:
+        from .established import compact_connection
+
+        compactor = compact_connection
+    return DTLSEndpoint(
+        dtls_connection_factory(config, cookie_secret=cookie_secret, use_cid=cid, **options),
+        server=server,
+        limits=limits,
+        stateless=CookieResponder(config, cookie_secret) if server and stateless_cookies else None,
+        executor=executor,
+        cid_length=8 if cid else 0,
+        compactor=compactor,
+        wakeup=wakeup,
+    )

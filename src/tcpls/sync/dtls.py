@@ -31,11 +31,10 @@ from ..dtls.endpoint import (
     Association,
     ConnectionClosed,
     ConnectionEvent,
-    CookieResponder,
     DTLSEndpoint,
     EndpointLimits,
     HandshakeCancelled,
-    dtls_connection_factory,
+    build_endpoint,
 )
 from ..errors import ConnectionClosedError, TLSError
 from ..tls import events as _ev
@@ -150,31 +149,6 @@ class _Driver:
         os.close(self._wake_r)
         os.close(self._wake_w)
         self.sock.close()
-
-
-def _endpoint(
-    config: TLSConfig, *, server: bool, cid: bool, limits: Optional[EndpointLimits], executor: Any, wakeup: Callable[[], None],
-    stateless_cookies: bool = True, compact: bool = False,
-) -> DTLSEndpoint:
-    secret = CookieSecret()
-    options: dict[str, Any] = {}
-    if server and not stateless_cookies:
-        options["require_cookie"] = False
-    compactor = None
-    if compact:
-        from ..dtls.established import compact_connection
-
-        compactor = compact_connection
-    return DTLSEndpoint(
-        dtls_connection_factory(config, cookie_secret=secret, use_cid=cid, **options),
-        server=server,
-        limits=limits,
-        stateless=CookieResponder(config, secret) if server and stateless_cookies else None,
-        executor=executor,
-        cid_length=8 if cid else 0,
-        compactor=compactor,
-        wakeup=wakeup,
-    )
 
 
 class DTLSSocket:
@@ -320,7 +294,7 @@ def connect(
     family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
     sock = socket.socket(family, socket.SOCK_DGRAM)
     holder: list[_Driver] = []
-    endpoint = _endpoint(config, server=False, cid=cid, limits=None, executor=None, wakeup=lambda: holder[0].wakeup())
+    endpoint = build_endpoint(config, cookie_secret=CookieSecret(), server=False, cid=cid, wakeup=lambda: holder[0].wakeup())
     driver = _Driver(sock, endpoint, gso=gso, receive_buffer=receive_buffer)
     holder.append(driver)
     options: dict[str, Any] = {"server_name": server_name}
@@ -357,8 +331,8 @@ class DTLSServer:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.bind(address)
         holder: list[_Driver] = []
-        endpoint = _endpoint(
-            config, server=True, cid=cid, limits=limits, executor=executor,
+        endpoint = build_endpoint(
+            config, cookie_secret=CookieSecret(), server=True, cid=cid, limits=limits, executor=executor,
             wakeup=lambda: holder[0].wakeup() if holder else None,
             stateless_cookies=stateless_cookies, compact=compact,
         )

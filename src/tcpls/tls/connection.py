@@ -24,7 +24,7 @@ The engine never reads a clock, opens a socket or blocks.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 
 from ..errors import (
@@ -510,19 +510,6 @@ class TLSConnection(HandshakeQueries):
         """Server: skip rejected 0-RTT records (§4.2.10), at most ``limit`` bytes of them."""
         self._skip_mode = "trial" if trial_decrypt else "until-handshake"
         self._skip_budget = limit + 256  # record expansion allowance
-
-    def log_secret(self, label: str, client_random: bytes, secret: "bytes | Callable[[], bytes]") -> None:
-        """SSLKEYLOGFILE line: ``LABEL <client_random hex> <secret hex>``."""
-        if self._keylog_path is None and self.config.keylog_callback is None:
-            return
-        if callable(secret):
-            secret = secret()
-        line = f"{label} {client_random.hex()} {secret.hex()}"
-        if self.config.keylog_callback is not None:
-            self.config.keylog_callback(line)
-        if self._keylog_path is not None:
-            with open(self._keylog_path, "a", encoding="ascii") as f:
-                f.write(line + "\n")
 
     # -------------------------------------------------------------- internals
     def _flush_handshake(self) -> None:

@@ -265,6 +265,22 @@ class HandshakeQueries:
     _label_prefix: bytes = TLS13_LABEL_PREFIX
 
     _emit: "Callable[[ev.Event], None]"  # the connection's event queue
+    _keylog_path: "Optional[str]"  # SSLKEYLOGFILE, if set
+    config: "TLSConfig"
+
+    def log_secret(self, label: str, client_random: bytes, secret: "bytes | Callable[[], bytes]") -> None:
+        """SSLKEYLOGFILE line: ``LABEL <client_random hex> <secret hex>``
+        (``secret`` may be a callable, evaluated only when a line is written)."""
+        if self._keylog_path is None and self.config.keylog_callback is None:
+            return
+        if callable(secret):
+            secret = secret()
+        line = f"{label} {client_random.hex()} {secret.hex()}"
+        if self.config.keylog_callback is not None:
+            self.config.keylog_callback(line)
+        if self._keylog_path is not None:
+            with open(self._keylog_path, "a", encoding="ascii") as f:
+                f.write(line + "\n")
 
     def _wire_post_handshake_callbacks(self, server: bool) -> None:
         """Hook the state machine's ticket and post-handshake authentication
