@@ -388,10 +388,13 @@ def test_cli_dtls_client_against_wolfssl_server(pki, wolf):
     assert b"Client message: stdin line for wolfssl" in out
 
 
-def test_cli_dtls_server_against_wolfssl_client(pki, wolf):
+def _wolf_client_against_cli_server(pki, wolf, server_args: list[str], client_args: list[str]):
+    """Run ``tcpls dtls-server`` (ec256 leaf, free port) and wolfSSL's example
+    client against it; returns the client's CompletedProcess and the
+    server's stderr after it stopped."""
     leaf = pki.leaf("ec256")
     server = subprocess.Popen(
-        _cli("dtls-server", "--cert", leaf.cert_file, "--key", leaf.key_file, "--port", "0", "--cid"),
+        _cli("dtls-server", "--cert", leaf.cert_file, "--key", leaf.key_file, "--port", "0", *server_args),
         stderr=subprocess.PIPE,
         env=_env(),
     )
@@ -400,14 +403,19 @@ def test_cli_dtls_server_against_wolfssl_client(pki, wolf):
         assert line.startswith("listening on "), line
         port = line.split(":")[-1].split()[0]
         client = subprocess.run(
-            [str(wolf / "examples/client/client"), "-u", "-v", "4", "-p", port, "-A", pki.ca_file, "-x", "--cid", "c1d"],
+            [str(wolf / "examples/client/client"), "-u", "-v", "4", "-p", port, "-A", pki.ca_file, "-x", *client_args],
             cwd=wolf,
             capture_output=True,
             timeout=TIMEOUT,
         )
     finally:
         server.terminate()
-        server.wait(TIMEOUT)
+        _, err = server.communicate(timeout=TIMEOUT)
+    return client, err
+
+
+def test_cli_dtls_server_against_wolfssl_client(pki, wolf):
+    client, _ = _wolf_client_against_cli_server(pki, wolf, ["--cid"], ["--cid", "c1d"])
     assert client.returncode == 0, client.stdout.decode() + client.stderr.decode()
     assert HELLO.decode() in client.stdout.decode().splitlines()
 
@@ -455,26 +463,7 @@ def test_wolfssl_client_resumption_and_early_data(pki, wolf):
 def test_cli_dtls_server_early_data_from_wolfssl_client(pki, wolf):
     """`tcpls dtls-server --no-cookie --max-early-data N`: wolfSSL's client
     resumes with 0-RTT; the server logs the accepted 0-RTT and echoes."""
-    leaf = pki.leaf("ec256")
-    server = subprocess.Popen(
-        _cli("dtls-server", "--cert", leaf.cert_file, "--key", leaf.key_file, "--port", "0",
-             "--no-cookie", "--max-early-data", "4096", "-v"),
-        stderr=subprocess.PIPE,
-        env=_env(),
-    )
-    try:
-        line = server.stderr.readline().decode()
-        assert line.startswith("listening on "), line
-        port = line.split(":")[-1].split()[0]
-        client = subprocess.run(
-            [str(wolf / "examples/client/client"), "-u", "-v", "4", "-p", port, "-A", pki.ca_file, "-x", "-r", "-0"],
-            cwd=wolf,
-            capture_output=True,
-            timeout=TIMEOUT,
-        )
-    finally:
-        server.terminate()
-        _, err = server.communicate(timeout=TIMEOUT)
+    client, err = _wolf_client_against_cli_server(pki, wolf, ["--no-cookie", "--max-early-data", "4096", "-v"], ["-r", "-0"])
     out = client.stdout.decode()
     assert client.returncode == 0, out + client.stderr.decode()
     assert "reused session id" in out.splitlines()
